@@ -1,0 +1,373 @@
+#include "beam.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "bytes.h"
+#include "etf.h"
+
+static beam_errcode fail(beam_error *err, beam_errcode code, const char *chunk, uint64_t a) {
+    err->code = code;
+    memset(err->chunk, 0, sizeof err->chunk);
+    if (chunk) {
+        memcpy(err->chunk, chunk, strnlen(chunk, 4));
+    }
+    err->a = a;
+    err->table = BEAM_TABLE_IMPORTS;
+    return code;
+}
+
+static beam_errcode fail_index(beam_error *err, beam_table t, uint64_t idx) {
+    fail(err, BEAM_E_BAD_ATOM_INDEX, NULL, idx);
+    err->table = t;
+    return BEAM_E_BAD_ATOM_INDEX;
+}
+
+void beam_module_free(beam_module *m) {
+    free(m->chunks);
+    free(m->atoms);
+    memset(m, 0, sizeof *m);
+}
+
+const beam_chunk *beam_find_chunk(const beam_module *m, const char id[4]) {
+    for (size_t i = 0; i < m->nchunks; i++) {
+        if (memcmp(m->chunks[i].id, id, 4) == 0) {
+            return &m->chunks[i];
+        }
+    }
+    return NULL;
+}
+
+/* The IFF container: "FOR1" size "BEAM", then chunks of id, size, data, padding. */
+static beam_errcode parse_container(beam_module *m, beam_error *err) {
+    const uint8_t *d = m->data;
+    size_t size = m->size;
+    if (size < 12) {
+        if (size >= 4 && memcmp(d, "FOR1", 4) != 0) {
+            return fail(err, BEAM_E_NOT_IFF, NULL, 0);
+        }
+        return fail(err, BEAM_E_TRUNCATED, "FOR1", 0);
+    }
+    if (memcmp(d, "FOR1", 4) != 0) {
+        return fail(err, BEAM_E_NOT_IFF, NULL, 0);
+    }
+    if (memcmp(d + 8, "BEAM", 4) != 0) {
+        return fail(err, BEAM_E_NOT_BEAM, NULL, 0);
+    }
+    uint64_t form_end = (uint64_t)rd_u32(d + 4) + 8;
+    if (form_end < 12) {
+        return fail(err, BEAM_E_TRUNCATED, "FOR1", 0);
+    }
+    if (form_end < size) {
+        return fail(err, BEAM_E_TRAILING, NULL, size - form_end);
+    }
+    m->chunks = calloc((size - 12) / 8 + 1, sizeof *m->chunks);
+    if (!m->chunks) {
+        return fail(err, BEAM_E_NOMEM, NULL, 0);
+    }
+    size_t pos = 12;
+    while (pos < form_end) {
+        if (form_end - pos < 8) {
+            return fail(err, BEAM_E_TRAILING, NULL, form_end - pos);
+        }
+        if (size - pos < 8) {
+            /* The form claims more than the file holds, cut at a chunk boundary. */
+            return fail(err, BEAM_E_TRUNCATED, "", 0);
+        }
+        char id[5] = {0};
+        memcpy(id, d + pos, 4);
+        uint32_t csize = rd_u32(d + pos + 4);
+        size_t data_off = pos + 8;
+        size_t padded = align4(csize);
+        if ((uint64_t)padded > form_end - data_off || padded > size - data_off) {
+            return fail(err, BEAM_E_TRUNCATED, id, 0);
+        }
+        for (size_t i = data_off + csize; i < data_off + padded; i++) {
+            if (d[i] != 0) {
+                return fail(err, BEAM_E_BAD_PADDING, id, 0);
+            }
+        }
+        for (size_t i = 0; i < m->nchunks; i++) {
+            if (memcmp(m->chunks[i].id, id, 4) == 0) {
+                return fail(err, BEAM_E_DUPLICATE_CHUNK, id, 0);
+            }
+        }
+        beam_chunk *c = &m->chunks[m->nchunks++];
+        memcpy(c->id, id, 4);
+        c->offset = (uint32_t)data_off;
+        c->size = csize;
+        pos = data_off + padded;
+    }
+    return BEAM_OK;
+}
+
+/* Compact-term encoded unsigned integer (tag u), as used for atom lengths in
+ * the negative-count atom chunk format. Returns bytes read or 0 on error. */
+static size_t read_compact_u(const uint8_t *p, size_t avail, uint32_t *out) {
+    if (avail < 1 || (p[0] & 7) != 0) {
+        return 0;
+    }
+    if ((p[0] & 0x08) == 0) {
+        *out = p[0] >> 4;
+        return 1;
+    }
+    if ((p[0] & 0x10) == 0) {
+        if (avail < 2) {
+            return 0;
+        }
+        *out = (uint32_t)(p[0] & 0xE0) << 3 | p[1];
+        return 2;
+    }
+    return 0; /* longer forms never describe an atom length */
+}
+
+static beam_errcode parse_atoms(beam_module *m, beam_error *err) {
+    const beam_chunk *c = beam_find_chunk(m, "AtU8");
+    m->atoms_utf8 = 1;
+    if (!c) {
+        c = beam_find_chunk(m, "Atom");
+        m->atoms_utf8 = 0;
+    }
+    if (!c) {
+        return fail(err, BEAM_E_MISSING_CHUNK, "AtU8", 0);
+    }
+    m->atom_chunk = (int)(c - m->chunks);
+    char id[5] = {0};
+    memcpy(id, c->id, 4);
+    const uint8_t *p = m->data + c->offset;
+    size_t avail = c->size;
+    if (avail < 4) {
+        return fail(err, BEAM_E_TRUNCATED, id, 0);
+    }
+    int32_t raw = (int32_t)rd_u32(p);
+    int compact = raw < 0;
+    uint64_t count = compact ? (uint64_t)(-(int64_t)raw) : (uint64_t)raw;
+    p += 4;
+    avail -= 4;
+    if (count == 0) {
+        return fail(err, BEAM_E_BAD_CHUNK, id, 0);
+    }
+    if (count > avail) { /* every atom takes at least its length byte */
+        return fail(err, BEAM_E_BAD_CHUNK, id, count);
+    }
+    m->atoms = malloc(count * sizeof *m->atoms);
+    if (!m->atoms) {
+        return fail(err, BEAM_E_NOMEM, NULL, 0);
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        uint32_t len;
+        size_t hdr;
+        if (compact) {
+            hdr = read_compact_u(p, avail, &len);
+            if (!hdr) {
+                return fail(err, avail ? BEAM_E_BAD_ATOM : BEAM_E_TRUNCATED,
+                            avail ? NULL : id, i + 1);
+            }
+        } else {
+            if (avail < 1) {
+                return fail(err, BEAM_E_TRUNCATED, id, 0);
+            }
+            len = p[0];
+            hdr = 1;
+        }
+        if (len > avail - hdr) {
+            return fail(err, BEAM_E_TRUNCATED, id, 0);
+        }
+        const uint8_t *name = p + hdr;
+        if (m->atoms_utf8) {
+            long chars = utf8_count(name, len);
+            if (chars < 0 || chars > BEAM_MAX_ATOM_CHARS) {
+                return fail(err, BEAM_E_BAD_ATOM, NULL, i + 1);
+            }
+        } else if (len > BEAM_MAX_ATOM_CHARS) {
+            return fail(err, BEAM_E_BAD_ATOM, NULL, i + 1);
+        }
+        m->atoms[i].name = name;
+        m->atoms[i].len = (uint16_t)len;
+        p += hdr + len;
+        avail -= hdr + len;
+    }
+    m->natoms = (size_t)count;
+    /* Bytes after the last atom would be ignored by the loader; refuse them. */
+    if (avail != 0) {
+        return fail(err, BEAM_E_BAD_CHUNK, id, 0);
+    }
+    return BEAM_OK;
+}
+
+/* A table of 12-byte entries with a leading count. `checked` lists which of
+ * the three words are 1-based atom indices. */
+static beam_errcode parse_table(beam_module *m, const char *id, beam_table t, int check0,
+                                int check1, const uint8_t **out, uint32_t *nout, beam_error *err) {
+    const beam_chunk *c = beam_find_chunk(m, id);
+    *out = NULL;
+    *nout = 0;
+    if (!c) {
+        return BEAM_OK;
+    }
+    if (c->size < 4) {
+        return fail(err, BEAM_E_TRUNCATED, id, 0);
+    }
+    const uint8_t *p = m->data + c->offset;
+    uint32_t n = rd_u32(p);
+    if ((uint64_t)n * 12 != (uint64_t)c->size - 4) {
+        return fail(err, (uint64_t)n * 12 > (uint64_t)c->size - 4 ? BEAM_E_TRUNCATED
+                                                                   : BEAM_E_BAD_CHUNK,
+                    id, 0);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t e[3];
+        beam_table_entry(p + 4, i, e);
+        if (check0 && (e[0] == 0 || e[0] > m->natoms)) {
+            return fail_index(err, t, e[0]);
+        }
+        if (check1 && (e[1] == 0 || e[1] > m->natoms)) {
+            return fail_index(err, t, e[1]);
+        }
+    }
+    *out = p + 4;
+    *nout = n;
+    return BEAM_OK;
+}
+
+beam_errcode beam_parse(const uint8_t *data, size_t size, beam_module *m, beam_error *err) {
+    memset(m, 0, sizeof *m);
+    memset(err, 0, sizeof *err);
+    m->data = data;
+    m->size = size;
+    beam_errcode rc;
+    if ((rc = parse_container(m, err)) != BEAM_OK || (rc = parse_atoms(m, err)) != BEAM_OK ||
+        (rc = parse_table(m, "ImpT", BEAM_TABLE_IMPORTS, 1, 1, &m->imports, &m->nimports, err)) !=
+            BEAM_OK ||
+        (rc = parse_table(m, "ExpT", BEAM_TABLE_EXPORTS, 1, 0, &m->exports, &m->nexports, err)) !=
+            BEAM_OK ||
+        (rc = parse_table(m, "LocT", BEAM_TABLE_LOCALS, 1, 0, &m->locals, &m->nlocals, err)) !=
+            BEAM_OK) {
+        beam_module_free(m);
+        return rc;
+    }
+    return BEAM_OK;
+}
+
+/* LitT: uncompressed size, then a zlib stream of: count, then per literal a
+ * size and one external term (with its version byte). */
+static beam_errcode validate_literals(const beam_module *m, beam_error *err) {
+    const beam_chunk *c = beam_find_chunk(m, "LitT");
+    if (!c) {
+        return BEAM_OK;
+    }
+    if (c->size < 4) {
+        return fail(err, BEAM_E_TRUNCATED, "LitT", 0);
+    }
+    const uint8_t *p = m->data + c->offset;
+    uint32_t usize = rd_u32(p);
+    const uint8_t *table;
+    uint8_t *buf = NULL;
+    if (usize == 0) { /* an uncompressed table follows directly */
+        table = p + 4;
+        usize = c->size - 4;
+    } else {
+        if (usize > etf_inflate_bound(c->size - 4)) {
+            return fail(err, BEAM_E_ZLIB, "LitT", 0);
+        }
+        buf = malloc(usize);
+        if (!buf) {
+            return fail(err, BEAM_E_NOMEM, NULL, 0);
+        }
+        if (etf_inflate_exact(p + 4, c->size - 4, buf, usize) != 0) {
+            free(buf);
+            return fail(err, BEAM_E_ZLIB, "LitT", 0);
+        }
+        table = buf;
+    }
+    beam_errcode rc = BEAM_OK;
+    if (usize < 4) {
+        rc = fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
+        goto out;
+    }
+    uint32_t n = rd_u32(table);
+    size_t pos = 4;
+    for (uint32_t i = 0; i < n; i++) {
+        if (usize - pos < 4) {
+            rc = fail(err, BEAM_E_BAD_LITERAL, NULL, i);
+            goto out;
+        }
+        uint32_t lsize = rd_u32(table + pos);
+        pos += 4;
+        if (lsize > usize - pos || etf_validate(table + pos, lsize, 0) != ETF_OK) {
+            rc = fail(err, BEAM_E_BAD_LITERAL, NULL, i);
+            goto out;
+        }
+        pos += lsize;
+    }
+    if (pos != usize) {
+        rc = fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
+    }
+out:
+    free(buf);
+    return rc;
+}
+
+static beam_errcode validate_term_chunk(const beam_module *m, const char *id, beam_error *err) {
+    const beam_chunk *c = beam_find_chunk(m, id);
+    if (c && etf_validate(m->data + c->offset, c->size, 1) != ETF_OK) {
+        return fail(err, BEAM_E_BAD_TERM, id, 0);
+    }
+    return BEAM_OK;
+}
+
+/* Code: header size, instruction set, highest opcode, label and function counts. */
+static beam_errcode validate_code(const beam_module *m, uint32_t max_opcode, beam_error *err) {
+    const beam_chunk *c = beam_find_chunk(m, "Code");
+    const uint8_t *p = m->data + c->offset;
+    if (c->size < 20) {
+        return fail(err, BEAM_E_TRUNCATED, "Code", 0);
+    }
+    uint32_t hdr = rd_u32(p);
+    if (hdr < 16 || hdr > c->size - 4) {
+        return fail(err, BEAM_E_BAD_CHUNK, "Code", 0);
+    }
+    uint32_t iset = rd_u32(p + 4);
+    if (iset != BEAM_FORMAT_NUMBER) {
+        return fail(err, BEAM_E_INSTRUCTION_SET, NULL, iset);
+    }
+    uint32_t opmax = rd_u32(p + 8);
+    if (opmax > max_opcode) {
+        return fail(err, BEAM_E_MAX_OPCODE, NULL, opmax);
+    }
+    return BEAM_OK;
+}
+
+beam_errcode beam_validate(const uint8_t *data, size_t size, uint32_t max_opcode,
+                           beam_error *err) {
+    beam_module m;
+    beam_errcode rc = beam_parse(data, size, &m, err);
+    if (rc != BEAM_OK) {
+        return rc;
+    }
+    static const char *required[] = {"Code", "StrT", "ImpT", "ExpT"};
+    for (size_t i = 0; i < sizeof required / sizeof *required; i++) {
+        if (!beam_find_chunk(&m, required[i])) {
+            rc = fail(err, BEAM_E_MISSING_CHUNK, required[i], 0);
+            goto out;
+        }
+    }
+    if ((rc = validate_code(&m, max_opcode, err)) != BEAM_OK ||
+        (rc = validate_literals(&m, err)) != BEAM_OK ||
+        (rc = validate_term_chunk(&m, "Attr", err)) != BEAM_OK ||
+        (rc = validate_term_chunk(&m, "CInf", err)) != BEAM_OK) {
+        goto out;
+    }
+out:
+    beam_module_free(&m);
+    return rc;
+}
+
+const char *beam_errcode_name(beam_errcode c) {
+    static const char *names[] = {
+        "ok",        "truncated",   "not_iff",         "not_beam",       "trailing_bytes",
+        "bad_padding", "duplicate_chunk", "missing_chunk", "bad_chunk",  "bad_atom",
+        "bad_atom_index", "zlib_error", "bad_literal", "bad_term",       "bad_instruction_set",
+        "bad_max_opcode", "out_of_memory"};
+    return (size_t)c < sizeof names / sizeof *names ? names[c] : "unknown";
+}

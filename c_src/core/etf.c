@@ -1,0 +1,351 @@
+#include "etf.h"
+
+#include <stdlib.h>
+#include <zlib.h>
+
+#include "bytes.h"
+
+enum {
+    TAG_NEW_FLOAT = 70,
+    TAG_BIT_BINARY = 77,
+    TAG_COMPRESSED = 80,
+    TAG_NEW_PID = 88,
+    TAG_NEW_PORT = 89,
+    TAG_NEWER_REFERENCE = 90,
+    TAG_SMALL_INTEGER = 97,
+    TAG_INTEGER = 98,
+    TAG_FLOAT = 99,
+    TAG_ATOM = 100,
+    TAG_REFERENCE = 101,
+    TAG_PORT = 102,
+    TAG_PID = 103,
+    TAG_SMALL_TUPLE = 104,
+    TAG_LARGE_TUPLE = 105,
+    TAG_NIL = 106,
+    TAG_STRING = 107,
+    TAG_LIST = 108,
+    TAG_BINARY = 109,
+    TAG_SMALL_BIG = 110,
+    TAG_LARGE_BIG = 111,
+    TAG_NEW_FUN = 112,
+    TAG_EXPORT = 113,
+    TAG_NEW_REFERENCE = 114,
+    TAG_SMALL_ATOM = 115,
+    TAG_MAP = 116,
+    TAG_ATOM_UTF8 = 118,
+    TAG_SMALL_ATOM_UTF8 = 119,
+    TAG_V4_PORT = 120
+};
+
+#define NEED(n)                                                                                    \
+    do {                                                                                           \
+        if ((size_t)(n) > len - pos) {                                                             \
+            return ETF_E_TRUNCATED;                                                                \
+        }                                                                                          \
+    } while (0)
+
+/* Reads one atom term at *ppos and reports it to the visitor. */
+static etf_status walk_atom(const uint8_t *buf, size_t len, size_t *ppos, const etf_visitor *v,
+                            etf_atom_role role) {
+    size_t pos = *ppos;
+    size_t start = pos;
+    NEED(1);
+    uint8_t tag = buf[pos++];
+    size_t n;
+    int utf8;
+    switch (tag) {
+    case TAG_ATOM:
+    case TAG_ATOM_UTF8:
+        NEED(2);
+        n = rd_u16(buf + pos);
+        pos += 2;
+        utf8 = tag == TAG_ATOM_UTF8;
+        break;
+    case TAG_SMALL_ATOM:
+    case TAG_SMALL_ATOM_UTF8:
+        NEED(1);
+        n = buf[pos++];
+        utf8 = tag == TAG_SMALL_ATOM_UTF8;
+        break;
+    default:
+        return ETF_E_BAD_TAG;
+    }
+    NEED(n);
+    if (utf8) {
+        long chars = utf8_count(buf + pos, n);
+        if (chars < 0 || chars > ETF_MAX_ATOM_CHARS) {
+            return ETF_E_BAD_ATOM;
+        }
+    } else if (n > ETF_MAX_ATOM_CHARS) {
+        return ETF_E_BAD_ATOM;
+    }
+    if (v && v->atom && v->atom(v->ctx, start, pos + n - start, buf + pos, n, utf8, role)) {
+        return ETF_E_CALLBACK;
+    }
+    *ppos = pos + n;
+    return ETF_OK;
+}
+
+etf_status etf_walk_term(const uint8_t *buf, size_t len, size_t *end, const etf_visitor *v) {
+    size_t pos = 0;
+    uint64_t pending = 1; /* terms still to read */
+    etf_status st;
+
+    while (pending > 0) {
+        pending--;
+        NEED(1);
+        uint8_t tag = buf[pos];
+        uint32_t n;
+        switch (tag) {
+        case TAG_SMALL_INTEGER:
+            NEED(2);
+            pos += 2;
+            break;
+        case TAG_INTEGER:
+            NEED(5);
+            pos += 5;
+            break;
+        case TAG_NEW_FLOAT:
+            NEED(9);
+            pos += 9;
+            break;
+        case TAG_FLOAT:
+            NEED(32);
+            pos += 32;
+            break;
+        case TAG_ATOM:
+        case TAG_ATOM_UTF8:
+        case TAG_SMALL_ATOM:
+        case TAG_SMALL_ATOM_UTF8:
+            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_DATA)) != ETF_OK) {
+                return st;
+            }
+            break;
+        case TAG_SMALL_TUPLE:
+            NEED(2);
+            pending += buf[pos + 1];
+            pos += 2;
+            break;
+        case TAG_LARGE_TUPLE:
+            NEED(5);
+            pending += rd_u32(buf + pos + 1);
+            pos += 5;
+            break;
+        case TAG_MAP:
+            NEED(5);
+            pending += 2 * (uint64_t)rd_u32(buf + pos + 1);
+            pos += 5;
+            break;
+        case TAG_NIL:
+            pos += 1;
+            break;
+        case TAG_STRING:
+            NEED(3);
+            n = rd_u16(buf + pos + 1);
+            pos += 3;
+            NEED(n);
+            pos += n;
+            break;
+        case TAG_LIST:
+            NEED(5);
+            pending += (uint64_t)rd_u32(buf + pos + 1) + 1; /* elements and the tail */
+            pos += 5;
+            break;
+        case TAG_BINARY:
+            NEED(5);
+            n = rd_u32(buf + pos + 1);
+            pos += 5;
+            NEED(n);
+            pos += n;
+            break;
+        case TAG_BIT_BINARY: {
+            NEED(6);
+            n = rd_u32(buf + pos + 1);
+            uint8_t bits = buf[pos + 5];
+            if (n == 0 || bits == 0 || bits > 8) {
+                return ETF_E_BAD_VALUE;
+            }
+            pos += 6;
+            NEED(n);
+            pos += n;
+            break;
+        }
+        case TAG_SMALL_BIG:
+            NEED(3);
+            n = buf[pos + 1];
+            if (buf[pos + 2] > 1) {
+                return ETF_E_BAD_VALUE;
+            }
+            pos += 3;
+            NEED(n);
+            pos += n;
+            break;
+        case TAG_LARGE_BIG:
+            NEED(6);
+            n = rd_u32(buf + pos + 1);
+            if (buf[pos + 5] > 1) {
+                return ETF_E_BAD_VALUE;
+            }
+            pos += 6;
+            NEED(n);
+            pos += n;
+            break;
+        case TAG_EXPORT:
+            pos += 1;
+            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_FUN_MODULE)) != ETF_OK ||
+                (st = walk_atom(buf, len, &pos, v, ETF_ATOM_FUN_NAME)) != ETF_OK) {
+                return st;
+            }
+            NEED(2);
+            if (buf[pos] != TAG_SMALL_INTEGER) {
+                return ETF_E_BAD_VALUE;
+            }
+            pos += 2;
+            break;
+        case TAG_NEW_FUN: {
+            /* Size(4) Arity(1) Uniq(16) Index(4) NumFree(4), then Module,
+             * OldIndex, OldUniq, Pid and NumFree free variables. */
+            NEED(30);
+            uint32_t size = rd_u32(buf + pos + 1);
+            if (size < 29 || size > len - pos - 1) {
+                return ETF_E_BAD_VALUE;
+            }
+            pending += 4 + (uint64_t)rd_u32(buf + pos + 26);
+            pos += 30;
+            break;
+        }
+        case TAG_PID:
+        case TAG_NEW_PID:
+        case TAG_PORT:
+        case TAG_NEW_PORT:
+        case TAG_V4_PORT:
+        case TAG_REFERENCE: {
+            pos += 1;
+            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_NODE)) != ETF_OK) {
+                return st;
+            }
+            size_t rest = tag == TAG_PID        ? 9
+                          : tag == TAG_NEW_PID  ? 12
+                          : tag == TAG_PORT     ? 5
+                          : tag == TAG_NEW_PORT ? 8
+                          : tag == TAG_V4_PORT  ? 12
+                                                : 5;
+            NEED(rest);
+            pos += rest;
+            break;
+        }
+        case TAG_NEW_REFERENCE:
+        case TAG_NEWER_REFERENCE: {
+            NEED(3);
+            uint16_t words = rd_u16(buf + pos + 1);
+            if (words == 0 || words > 5) {
+                return ETF_E_BAD_VALUE;
+            }
+            pos += 3;
+            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_NODE)) != ETF_OK) {
+                return st;
+            }
+            size_t rest = (tag == TAG_NEW_REFERENCE ? 1 : 4) + 4 * (size_t)words;
+            NEED(rest);
+            pos += rest;
+            break;
+        }
+        default:
+            return ETF_E_BAD_TAG;
+        }
+        /* Every pending term needs at least one byte: refuse impossible counts early. */
+        if (pending > len - pos) {
+            return ETF_E_TRUNCATED;
+        }
+    }
+    *end = pos;
+    return ETF_OK;
+}
+
+int etf_inflate_exact(const uint8_t *src, size_t src_len, uint8_t *dst, size_t dst_len) {
+    if (src_len > UINT32_MAX || dst_len > UINT32_MAX) {
+        return -1;
+    }
+    z_stream zs = {0};
+    if (inflateInit(&zs) != Z_OK) {
+        return -1;
+    }
+    zs.next_in = (Bytef *)(uintptr_t)src;
+    zs.avail_in = (uInt)src_len;
+    zs.next_out = dst;
+    zs.avail_out = (uInt)dst_len;
+    /* One call with the whole output: the stream must end exactly where both
+     * the input and the declared output end. */
+    int zr = inflate(&zs, Z_FINISH);
+    int ok = zr == Z_STREAM_END && zs.avail_in == 0 && zs.avail_out == 0;
+    inflateEnd(&zs);
+    return ok ? 0 : -1;
+}
+
+etf_status etf_validate(const uint8_t *buf, size_t len, int allow_compressed) {
+    if (len < 1) {
+        return ETF_E_TRUNCATED;
+    }
+    if (buf[0] != ETF_VERSION) {
+        return ETF_E_VERSION;
+    }
+    size_t end = 0;
+    etf_status st;
+    if (len >= 2 && buf[1] == TAG_COMPRESSED) {
+        if (!allow_compressed) {
+            return ETF_E_BAD_TAG;
+        }
+        if (len < 6) {
+            return ETF_E_TRUNCATED;
+        }
+        uint32_t usize = rd_u32(buf + 2);
+        if (usize == 0 || usize > etf_inflate_bound(len - 6)) {
+            return ETF_E_ZLIB;
+        }
+        uint8_t *out = malloc(usize);
+        if (!out) {
+            return ETF_E_NOMEM;
+        }
+        if (etf_inflate_exact(buf + 6, len - 6, out, usize) != 0) {
+            free(out);
+            return ETF_E_ZLIB;
+        }
+        st = etf_walk_term(out, usize, &end, NULL);
+        if (st == ETF_OK && end != usize) {
+            st = ETF_E_TRAILING;
+        }
+        free(out);
+        return st;
+    }
+    st = etf_walk_term(buf + 1, len - 1, &end, NULL);
+    if (st == ETF_OK && end != len - 1) {
+        st = ETF_E_TRAILING;
+    }
+    return st;
+}
+
+const char *etf_status_name(etf_status s) {
+    switch (s) {
+    case ETF_OK:
+        return "ok";
+    case ETF_E_TRUNCATED:
+        return "truncated";
+    case ETF_E_BAD_TAG:
+        return "bad_tag";
+    case ETF_E_BAD_ATOM:
+        return "bad_atom";
+    case ETF_E_BAD_VALUE:
+        return "bad_value";
+    case ETF_E_TRAILING:
+        return "trailing_bytes";
+    case ETF_E_VERSION:
+        return "bad_version";
+    case ETF_E_ZLIB:
+        return "zlib_error";
+    case ETF_E_NOMEM:
+        return "out_of_memory";
+    case ETF_E_CALLBACK:
+        return "stopped";
+    }
+    return "unknown";
+}

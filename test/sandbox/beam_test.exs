@@ -1,0 +1,4 @@
+defmodule Sandbox.BeamTest do
+  use ExUnit.Case, async: true
+  doctest Sandbox.Beam
+end
