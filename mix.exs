@@ -59,7 +59,7 @@ defmodule Sandbox.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger]]
+    [extra_applications: [:logger], mod: {Sandbox.Application, []}]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]
