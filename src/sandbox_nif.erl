@@ -23,9 +23,12 @@
 -define(CHECKSUM_DIRTY_BYTES, 1024 * 1024).
 
 -spec parse(binary()) -> {ok, map()} | {error, term()}.
-parse(Bin) when is_binary(Bin), byte_size(Bin) > ?PARSE_DIRTY_BYTES -> parse_dirty(Bin);
-parse(Bin) when is_binary(Bin) -> parse_nif(Bin);
+parse(Bin) when is_binary(Bin), byte_size(Bin) > ?PARSE_DIRTY_BYTES -> sort_funs(parse_dirty(Bin));
+parse(Bin) when is_binary(Bin) -> sort_funs(parse_nif(Bin));
 parse(Other) -> erlang:error(badarg, [Other]).
+
+sort_funs({ok, #{external_funs := Funs} = M}) -> {ok, M#{external_funs := lists:usort(Funs)}};
+sort_funs(Error) -> Error.
 
 -spec validate(binary()) -> ok | {error, term()}.
 validate(Bin) when is_binary(Bin), byte_size(Bin) > ?VALIDATE_DIRTY_BYTES -> validate_dirty(Bin);

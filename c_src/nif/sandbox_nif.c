@@ -6,6 +6,7 @@
 
 #include "beam.h"
 #include "checksum.h"
+#include "etf.h"
 
 typedef struct {
     uint32_t max_opcode;
@@ -17,7 +18,7 @@ static ERL_NIF_TERM am_ok, am_error, am_true, am_false, am_truncated, am_form, a
     am_locals, am_zlib_error, am_bad_literal, am_bad_term, am_unsupported_instruction_set,
     am_unsupported_opcode, am_out_of_memory, am_module, am_atoms, am_atom_encoding, am_utf8,
     am_latin1, am_chunks, am_attributes, am_compile_info, am_has_literals, am_has_debug_info,
-    am_has_docs, am_has_exck;
+    am_has_docs, am_has_exck, am_external_funs;
 
 static ERL_NIF_TERM mk_atom(ErlNifEnv *env, const char *name) {
     ERL_NIF_TERM a;
@@ -63,6 +64,7 @@ static void make_atoms(ErlNifEnv *env) {
     A(has_debug_info);
     A(has_docs);
     A(has_exck);
+    A(external_funs);
 #undef A
 }
 
@@ -81,8 +83,7 @@ static int load(ErlNifEnv *env, void **priv_data, ERL_NIF_TERM load_info) {
     return 0;
 }
 
-static int upgrade(ErlNifEnv *env, void **priv_data, void **old_priv_data,
-                   ERL_NIF_TERM load_info) {
+static int upgrade(ErlNifEnv *env, void **priv_data, void **old_priv_data, ERL_NIF_TERM load_info) {
     (void)old_priv_data;
     return load(env, priv_data, load_info);
 }
@@ -138,8 +139,7 @@ static ERL_NIF_TERM error_reason(ErlNifEnv *env, const beam_error *e) {
     case BEAM_E_BAD_TERM:
         return enif_make_tuple2(env, am_bad_term, chunk_id(env, e->chunk));
     case BEAM_E_INSTRUCTION_SET:
-        return enif_make_tuple2(env, am_unsupported_instruction_set,
-                                enif_make_uint64(env, e->a));
+        return enif_make_tuple2(env, am_unsupported_instruction_set, enif_make_uint64(env, e->a));
     case BEAM_E_MAX_OPCODE:
         return enif_make_tuple2(env, am_unsupported_opcode, enif_make_uint64(env, e->a));
     case BEAM_E_NOMEM:
@@ -211,6 +211,52 @@ static ERL_NIF_TERM fa_list(ErlNifEnv *env, const uint8_t *table, uint32_t n,
     return list;
 }
 
+typedef struct {
+    ErlNifEnv *env;
+    ERL_NIF_TERM list;
+} funs_acc;
+
+static int collect_export_fun(void *ctx, const etf_atom *mod, const etf_atom *fun, unsigned arity) {
+    funs_acc *acc = ctx;
+    beam_atom m = {mod->name, (uint16_t)mod->len}, f = {fun->name, (uint16_t)fun->len};
+    ERL_NIF_TERM ma, fa;
+    if (!make_name_atom(acc->env, &m, mod->utf8, &ma) ||
+        !make_name_atom(acc->env, &f, fun->utf8, &fa)) {
+        return 1;
+    }
+    ERL_NIF_TERM mfa = enif_make_tuple3(acc->env, ma, fa, enif_make_uint(acc->env, arity));
+    acc->list = enif_make_list_cell(acc->env, mfa, acc->list);
+    return 0;
+}
+
+/* The external funs `fun M:F/A` among the module's literals, in reverse
+ * order of appearance (the Erlang side sorts them). */
+static beam_errcode external_funs(ErlNifEnv *env, const beam_module *m, ERL_NIF_TERM *out,
+                                  beam_error *err) {
+    beam_literals lits;
+    beam_errcode rc = beam_literals_load(m, &lits, err);
+    if (rc != BEAM_OK) {
+        return rc;
+    }
+    funs_acc acc = {env, enif_make_list(env, 0)};
+    etf_visitor v = {NULL, collect_export_fun, &acc};
+    size_t pos = 0, end;
+    const uint8_t *term;
+    uint32_t len;
+    for (uint32_t i = 0; beam_literals_next(&lits, &pos, &term, &len); i++) {
+        if (len < 1 || term[0] != ETF_VERSION ||
+            etf_walk_term(term + 1, len - 1, &end, &v) != ETF_OK || end != len - 1) {
+            err->code = BEAM_E_BAD_LITERAL;
+            err->a = i;
+            rc = BEAM_E_BAD_LITERAL;
+            break;
+        }
+    }
+    beam_literals_free(&lits);
+    *out = acc.list;
+    return rc;
+}
+
 static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     ErlNifBinary bin;
@@ -244,9 +290,9 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     for (size_t i = m.nchunks; i-- > 0;) {
         char id[5] = {0};
         memcpy(id, m.chunks[i].id, 4);
-        ERL_NIF_TERM c = enif_make_tuple3(env, chunk_id(env, id),
-                                          enif_make_uint(env, m.chunks[i].offset),
-                                          enif_make_uint(env, m.chunks[i].size));
+        ERL_NIF_TERM c =
+            enif_make_tuple3(env, chunk_id(env, id), enif_make_uint(env, m.chunks[i].offset),
+                             enif_make_uint(env, m.chunks[i].size));
         chunks = enif_make_list_cell(env, c, chunks);
     }
 
@@ -254,8 +300,8 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     for (uint32_t i = m.nimports; i-- > 0;) {
         uint32_t e[3];
         beam_table_entry(m.imports, i, e);
-        ERL_NIF_TERM mfa = enif_make_tuple3(env, atoms[e[0] - 1], atoms[e[1] - 1],
-                                            enif_make_uint(env, e[2]));
+        ERL_NIF_TERM mfa =
+            enif_make_tuple3(env, atoms[e[0] - 1], atoms[e[1] - 1], enif_make_uint(env, e[2]));
         imports = enif_make_list_cell(env, mfa, imports);
     }
 
@@ -275,11 +321,18 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         goto out;
     }
 
-    ERL_NIF_TERM keys[] = {am_module,      am_atoms,        am_atom_encoding, am_chunks,
-                           am_imports,     am_exports,      am_locals,        am_attributes,
-                           am_compile_info, am_has_literals, am_has_debug_info, am_has_docs,
-                           am_has_exck};
+    ERL_NIF_TERM funs;
+    if (external_funs(env, &m, &funs, &err) != BEAM_OK) {
+        ret = error_tuple(env, &err);
+        goto out;
+    }
+
+    ERL_NIF_TERM keys[] = {am_external_funs, am_module,       am_atoms,        am_atom_encoding,
+                           am_chunks,        am_imports,      am_exports,      am_locals,
+                           am_attributes,    am_compile_info, am_has_literals, am_has_debug_info,
+                           am_has_docs,      am_has_exck};
     ERL_NIF_TERM vals[] = {
+        funs,
         atoms[0],
         atom_list,
         m.atoms_utf8 ? am_utf8 : am_latin1,

@@ -78,6 +78,8 @@ defmodule Sandbox.Beam do
     * `chunks` — every chunk, interpreted or not: `{id, data_offset, size}`
     * `imports` — `{module, function, arity}` in table order
     * `exports`, `locals` — `{function, arity}` in table order
+    * `external_funs` — the external funs `fun M:F/A` among the literals
+      (`LitT`), sorted and without duplicates
     * `attributes` — the decoded `Attr` chunk (`[]` when absent)
     * `compile_info` — the decoded `CInf` chunk (`[]` when absent)
     * `has_literals`, `has_debug_info`, `has_docs`, `has_exck` — whether the
@@ -91,6 +93,7 @@ defmodule Sandbox.Beam do
           imports: [{atom, atom, arity}],
           exports: [{atom, arity}],
           locals: [{atom, arity}],
+          external_funs: [{atom, atom, arity}],
           attributes: term,
           compile_info: term,
           has_literals: boolean,
@@ -106,6 +109,7 @@ defmodule Sandbox.Beam do
             imports: [],
             exports: [],
             locals: [],
+            external_funs: [],
             attributes: [],
             compile_info: [],
             has_literals: false,
@@ -117,8 +121,9 @@ defmodule Sandbox.Beam do
   Parses a BEAM binary: its chunk table, atom table, import, export and local
   tables, and the `Attr` and `CInf` terms.
 
-  Parsing checks every bound and index it reads; it does not inflate the
-  literal table or look at the code (see `validate/1`).
+  Parsing checks every bound and index it reads, and walks the literal
+  table for external funs; it does not look at the code (see `validate/1`
+  for the checks a loadable module needs).
 
       iex> {_, bin, _} = :code.get_object_code(:lists)
       iex> {:ok, %Sandbox.Beam{exports: exports}} = Sandbox.Beam.parse(bin)
