@@ -10,7 +10,7 @@
 %% error reasons.
 -module(sandbox_nif).
 
--export([parse/1, validate/1, checksum/1, dirty_thresholds/0]).
+-export([parse/1, validate/1, checksum/1, relocate/4, dirty_thresholds/0]).
 
 -on_load(init/0).
 
@@ -21,6 +21,9 @@
 -define(PARSE_DIRTY_BYTES, 256 * 1024).
 -define(VALIDATE_DIRTY_BYTES, 64 * 1024).
 -define(CHECKSUM_DIRTY_BYTES, 1024 * 1024).
+%% Relocation rewrites and recompresses term chunks (zlib at about 20 MB/s
+%% for deflate): above this size it runs dirty.
+-define(RELOCATE_DIRTY_BYTES, 16 * 1024).
 
 -spec parse(binary()) -> {ok, map()} | {error, term()}.
 parse(Bin) when is_binary(Bin), byte_size(Bin) > ?PARSE_DIRTY_BYTES -> sort_funs(parse_dirty(Bin));
@@ -47,12 +50,22 @@ checksum(IoList) when is_list(IoList) ->
 checksum(Other) ->
     erlang:error(badarg, [Other]).
 
+%% @doc Relocates a BEAM: `Renames' and `Redirects' are lists of
+%% `{FromName, ToName}' with names as UTF-8 binaries; `StripDebug' drops the
+%% Dbgi and Docs chunks.
+-spec relocate(binary(), [{binary(), binary()}], [{binary(), binary()}], boolean()) ->
+    {ok, binary()} | {error, term()}.
+relocate(Bin, Renames, Redirects, Strip) when is_binary(Bin), byte_size(Bin) > ?RELOCATE_DIRTY_BYTES ->
+    relocate_dirty(Bin, Renames, Redirects, Strip);
+relocate(Bin, Renames, Redirects, Strip) ->
+    relocate_nif(Bin, Renames, Redirects, Strip).
+
 %% @doc The input sizes (bytes) above which each function runs dirty.
 -spec dirty_thresholds() -> #{parse := pos_integer(), validate := pos_integer(),
-                              checksum := pos_integer()}.
+                              checksum := pos_integer(), relocate := pos_integer()}.
 dirty_thresholds() ->
     #{parse => ?PARSE_DIRTY_BYTES, validate => ?VALIDATE_DIRTY_BYTES,
-      checksum => ?CHECKSUM_DIRTY_BYTES}.
+      checksum => ?CHECKSUM_DIRTY_BYTES, relocate => ?RELOCATE_DIRTY_BYTES}.
 
 init() ->
     Path = filename:join(priv_dir(), "sandbox_nif"),
@@ -88,3 +101,5 @@ validate_nif(_) -> erlang:nif_error(nif_not_loaded).
 validate_dirty(_) -> erlang:nif_error(nif_not_loaded).
 checksum_nif(_) -> erlang:nif_error(nif_not_loaded).
 checksum_dirty(_) -> erlang:nif_error(nif_not_loaded).
+relocate_nif(_, _, _, _) -> erlang:nif_error(nif_not_loaded).
+relocate_dirty(_, _, _, _) -> erlang:nif_error(nif_not_loaded).

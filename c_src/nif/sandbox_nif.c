@@ -7,6 +7,7 @@
 #include "beam.h"
 #include "checksum.h"
 #include "etf.h"
+#include "relocate.h"
 
 typedef struct {
     uint32_t max_opcode;
@@ -18,7 +19,7 @@ static ERL_NIF_TERM am_ok, am_error, am_true, am_false, am_truncated, am_form, a
     am_locals, am_zlib_error, am_bad_literal, am_bad_term, am_unsupported_instruction_set,
     am_unsupported_opcode, am_out_of_memory, am_module, am_atoms, am_atom_encoding, am_utf8,
     am_latin1, am_chunks, am_attributes, am_compile_info, am_has_literals, am_has_debug_info,
-    am_has_docs, am_has_exck, am_external_funs;
+    am_has_docs, am_has_exck, am_external_funs, am_atom_too_long, am_duplicate_map_key;
 
 static ERL_NIF_TERM mk_atom(ErlNifEnv *env, const char *name) {
     ERL_NIF_TERM a;
@@ -65,6 +66,8 @@ static void make_atoms(ErlNifEnv *env) {
     A(has_docs);
     A(has_exck);
     A(external_funs);
+    A(atom_too_long);
+    A(duplicate_map_key);
 #undef A
 }
 
@@ -381,6 +384,104 @@ static ERL_NIF_TERM checksum_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     return out;
 }
 
+/* Decodes a list of {FromBinary, ToBinary} into pairs pointing into the
+ * binaries (valid for the duration of the call). */
+static int get_pairs(ErlNifEnv *env, ERL_NIF_TERM list, reloc_pair **out, size_t *n) {
+    unsigned len;
+    *out = NULL;
+    *n = 0;
+    if (!enif_get_list_length(env, list, &len)) {
+        return 0;
+    }
+    reloc_pair *pairs = enif_alloc((len + 1) * sizeof *pairs);
+    if (!pairs) {
+        return 0;
+    }
+    ERL_NIF_TERM head, tail = list;
+    for (unsigned i = 0; enif_get_list_cell(env, tail, &head, &tail); i++) {
+        const ERL_NIF_TERM *tuple;
+        int arity;
+        ErlNifBinary from, to;
+        if (!enif_get_tuple(env, head, &arity, &tuple) || arity != 2 ||
+            !get_binary(env, tuple[0], &from) || !get_binary(env, tuple[1], &to)) {
+            enif_free(pairs);
+            return 0;
+        }
+        pairs[i] = (reloc_pair){from.data, from.size, to.data, to.size};
+    }
+    *out = pairs;
+    *n = len;
+    return 1;
+}
+
+static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifBinary bin;
+    reloc_spec spec = {0};
+    reloc_pair *renames = NULL, *redirects = NULL;
+    ERL_NIF_TERM ret;
+    if (!get_binary(env, argv[0], &bin) || !get_pairs(env, argv[1], &renames, &spec.nrenames) ||
+        !get_pairs(env, argv[2], &redirects, &spec.nredirects) ||
+        (argv[3] != am_true && argv[3] != am_false)) {
+        ret = enif_make_badarg(env);
+        goto out;
+    }
+    spec.renames = renames;
+    spec.redirects = redirects;
+    spec.strip_debug = argv[3] == am_true;
+    uint8_t *data;
+    size_t len;
+    reloc_error err;
+    if (beam_relocate(bin.data, bin.size, &spec, &data, &len, &err) == 0) {
+        ERL_NIF_TERM out_bin;
+        uint8_t *dst = enif_make_new_binary(env, len, &out_bin);
+        if (dst) {
+            memcpy(dst, data, len);
+            ret = enif_make_tuple2(env, am_ok, out_bin);
+        } else {
+            ret = enif_make_tuple2(env, am_error, am_out_of_memory);
+        }
+        free(data);
+        goto out;
+    }
+    switch (err.code) {
+    case RELOC_E_BEAM:
+        ret = error_tuple(env, &err.beam);
+        break;
+    case RELOC_E_ATOM_TOO_LONG: {
+        ERL_NIF_TERM name;
+        memcpy(enif_make_new_binary(env, err.name_len, &name), err.name, err.name_len);
+        ret = enif_make_tuple2(env, am_error, enif_make_tuple2(env, am_atom_too_long, name));
+        break;
+    }
+    case RELOC_E_DUPLICATE_MAP_KEY: {
+        ERL_NIF_TERM key = am_error;
+        unsigned char *ext = enif_alloc(err.key_len + 1);
+        if (ext && err.key) {
+            ext[0] = ETF_VERSION;
+            memcpy(ext + 1, err.key, err.key_len);
+            if (enif_binary_to_term(env, ext, err.key_len + 1, &key, 0) == 0) {
+                key = am_error;
+            }
+        }
+        enif_free(ext);
+        ret = enif_make_tuple2(env, am_error, enif_make_tuple2(env, am_duplicate_map_key, key));
+        break;
+    }
+    case RELOC_E_BAD_SPEC:
+        ret = enif_make_badarg(env);
+        break;
+    default:
+        ret = enif_make_tuple2(env, am_error, am_out_of_memory);
+        break;
+    }
+    reloc_error_free(&err);
+out:
+    enif_free(renames);
+    enif_free(redirects);
+    return ret;
+}
+
 static ErlNifFunc nif_funcs[] = {
     {"parse_nif", 1, parse_nif, 0},
     {"parse_dirty", 1, parse_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
@@ -388,6 +489,8 @@ static ErlNifFunc nif_funcs[] = {
     {"validate_dirty", 1, validate_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"checksum_nif", 1, checksum_nif, 0},
     {"checksum_dirty", 1, checksum_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"relocate_nif", 4, relocate_nif, 0},
+    {"relocate_dirty", 4, relocate_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
 };
 
 ERL_NIF_INIT(sandbox_nif, nif_funcs, load, NULL, upgrade, unload)
