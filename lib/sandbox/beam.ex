@@ -332,8 +332,9 @@ defmodule Sandbox.Beam do
     end
   end
 
+  # :maps.to_list/1, not Enum: a map with an :__struct__ key is still a map here.
   defp atom_pairs!(map, what) when is_map(map) do
-    Enum.map(map, fn
+    Enum.map(:maps.to_list(map), fn
       {from, to} when is_atom(from) and is_atom(to) ->
         {Atom.to_string(from), Atom.to_string(to)}
 
