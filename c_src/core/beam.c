@@ -327,6 +327,11 @@ void beam_literals_free(beam_literals *lits) {
 }
 
 static beam_errcode validate_literals(const beam_module *m, beam_error *err) {
+    const beam_chunk *c = beam_find_chunk(m, "LitT");
+    /* OTP 25's loader only reads a compressed table (size 0 is refused). */
+    if (c && c->size >= 4 && rd_u32(m->data + c->offset) == 0) {
+        return fail(err, BEAM_E_ZLIB, "LitT", 0);
+    }
     beam_literals lits;
     beam_errcode rc = beam_literals_load(m, &lits, err);
     if (rc != BEAM_OK) {
