@@ -11,6 +11,7 @@
 -module(sandbox_nif).
 
 -export([parse/1, validate/1, checksum/1, dirty_thresholds/0]).
+-export([reload_order/1, dependency_graph/1]).
 
 -on_load(init/0).
 
@@ -21,6 +22,13 @@
 -define(PARSE_DIRTY_BYTES, 256 * 1024).
 -define(VALIDATE_DIRTY_BYTES, 64 * 1024).
 -define(CHECKSUM_DIRTY_BYTES, 1024 * 1024).
+%% Graph work in nodes + edges. reload_order/1 costs about 250 ns per node
+%% (the sort of the names, the id map, three passes over the map) and 15 ns
+%% per edge, measured on 1,000-4,000-node graphs with and without 5 edges per
+%% node: 4,000 units stay under about a millisecond even with no edges. The
+%% Erlang side sees only the key count; the NIF counts edges and moves itself
+%% to a dirty scheduler when the total is above the threshold.
+-define(GRAPH_DIRTY_WORK, 4000).
 
 -spec parse(binary()) -> {ok, map()} | {error, term()}.
 parse(Bin) when is_binary(Bin), byte_size(Bin) > ?PARSE_DIRTY_BYTES -> sort_funs(parse_dirty(Bin));
@@ -47,12 +55,34 @@ checksum(IoList) when is_list(IoList) ->
 checksum(Other) ->
     erlang:error(badarg, [Other]).
 
+%% @doc Strongly connected components of `Graph' (node => nodes it depends
+%% on), dependencies first; see `Sandbox.Beam.Graph' for the order.
+-spec reload_order(#{atom() => [atom()]}) ->
+    {ok, [[atom(), ...]]} | {error, {bad_node, term()} | {bad_edges, atom()} | too_large | out_of_memory}.
+reload_order(Graph) when is_map(Graph), map_size(Graph) > ?GRAPH_DIRTY_WORK ->
+    reload_order_dirty(Graph, ?GRAPH_DIRTY_WORK);
+reload_order(Graph) when is_map(Graph) -> reload_order_nif(Graph, ?GRAPH_DIRTY_WORK);
+reload_order(Other) -> erlang:error(badarg, [Other]).
+
+%% @doc Each module's dependencies among the given modules, from
+%% `{Module, Imports, ExternalFuns, Extra}' entries (`{M, F, A}' or `M'
+%% references), without self-edges, sorted.
+-spec dependency_graph([{atom(), [mfa() | atom()], [mfa() | atom()], [mfa() | atom()]}]) ->
+    {ok, #{atom() => [atom()]}} | {error, {duplicate_module, atom()} | too_large | out_of_memory}.
+dependency_graph(Entries) when is_list(Entries) ->
+    case length(Entries) > ?GRAPH_DIRTY_WORK of
+        true -> dependency_graph_dirty(Entries, ?GRAPH_DIRTY_WORK);
+        false -> dependency_graph_nif(Entries, ?GRAPH_DIRTY_WORK)
+    end;
+dependency_graph(Other) -> erlang:error(badarg, [Other]).
+
 %% @doc The input sizes (bytes) above which each function runs dirty.
+%% (`graph' is in nodes + edges.)
 -spec dirty_thresholds() -> #{parse := pos_integer(), validate := pos_integer(),
-                              checksum := pos_integer()}.
+                              checksum := pos_integer(), graph := pos_integer()}.
 dirty_thresholds() ->
     #{parse => ?PARSE_DIRTY_BYTES, validate => ?VALIDATE_DIRTY_BYTES,
-      checksum => ?CHECKSUM_DIRTY_BYTES}.
+      checksum => ?CHECKSUM_DIRTY_BYTES, graph => ?GRAPH_DIRTY_WORK}.
 
 init() ->
     Path = filename:join(priv_dir(), "sandbox_nif"),
@@ -88,3 +118,7 @@ validate_nif(_) -> erlang:nif_error(nif_not_loaded).
 validate_dirty(_) -> erlang:nif_error(nif_not_loaded).
 checksum_nif(_) -> erlang:nif_error(nif_not_loaded).
 checksum_dirty(_) -> erlang:nif_error(nif_not_loaded).
+reload_order_nif(_, _) -> erlang:nif_error(nif_not_loaded).
+reload_order_dirty(_, _) -> erlang:nif_error(nif_not_loaded).
+dependency_graph_nif(_, _) -> erlang:nif_error(nif_not_loaded).
+dependency_graph_dirty(_, _) -> erlang:nif_error(nif_not_loaded).
