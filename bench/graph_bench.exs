@@ -29,7 +29,8 @@ defmodule Sandbox.Bench.Graph do
       for {v, _} <- graph, do: :digraph.add_vertex(g, v)
 
       for {v, deps} <- graph, d <- deps do
-        :digraph.add_vertex(g, d)
+        # A dependency that is not a key is a node too (none in this graph).
+        if not is_map_key(graph, d), do: :digraph.add_vertex(g, d)
         :digraph.add_edge(g, v, d)
       end
 
@@ -48,10 +49,10 @@ defmodule Sandbox.Bench.Graph do
 
   def run do
     graph = random_graph(@nodes, @edges, 42)
+    # Both sides find the same components.
     {:ok, groups} = Sandbox.Beam.reload_order(graph)
-    ^groups = groups
     base_groups = digraph_order(graph)
-    true = length(groups) == length(base_groups)
+    true = MapSet.new(groups, &MapSet.new/1) == MapSet.new(base_groups, &MapSet.new/1)
 
     ours = Sandbox.Bench.median_us(fn -> Sandbox.Beam.reload_order(graph) end, 31)
     base = Sandbox.Bench.median_us(fn -> digraph_order(graph) end, 11, 1)
