@@ -339,6 +339,54 @@ fail:
     return rc;
 }
 
+graph_errcode graph_sort_keys(uint64_t *keys, uint32_t *ids, size_t n) {
+    if (n < 2) {
+        return GRAPH_OK;
+    }
+    uint64_t *tkeys = alloc_array(n, sizeof *tkeys);
+    uint32_t *tids = alloc_array(n, sizeof *tids);
+    if (!tkeys || !tids) {
+        free(tkeys);
+        free(tids);
+        return GRAPH_E_NOMEM;
+    }
+    uint64_t *k = keys, *tk = tkeys;
+    uint32_t *d = ids, *td = tids;
+    for (unsigned shift = 0; shift < 64; shift += 8) {
+        size_t count[256] = {0};
+        for (size_t i = 0; i < n; i++) {
+            count[(k[i] >> shift) & 0xff]++;
+        }
+        if (count[(k[0] >> shift) & 0xff] == n) {
+            continue;
+        }
+        size_t sum = 0;
+        for (unsigned b = 0; b < 256; b++) {
+            size_t c = count[b];
+            count[b] = sum;
+            sum += c;
+        }
+        for (size_t i = 0; i < n; i++) {
+            size_t at = count[(k[i] >> shift) & 0xff]++;
+            tk[at] = k[i];
+            td[at] = d[i];
+        }
+        uint64_t *sk = k;
+        uint32_t *sd = d;
+        k = tk;
+        d = td;
+        tk = sk;
+        td = sd;
+    }
+    if (k != keys) {
+        memcpy(keys, k, n * sizeof *keys);
+        memcpy(ids, d, n * sizeof *ids);
+    }
+    free(tkeys);
+    free(tids);
+    return GRAPH_OK;
+}
+
 /* splitmix64's finaliser: atom terms differ in few low bits. */
 static size_t hash64(uint64_t x) {
     x ^= x >> 30;

@@ -58,6 +58,10 @@ graph_errcode graph_csr_check(const graph_csr *g);
 graph_errcode graph_reload_order(const graph_csr *g, graph_order *out);
 void graph_order_free(graph_order *o);
 
+/* Sorts keys[] ascending, permuting ids[] alongside: a stable LSD radix
+ * sort by bytes, skipping bytes that are equal in every key. O(n). */
+graph_errcode graph_sort_keys(uint64_t *keys, uint32_t *ids, size_t n);
+
 /* A hash map from 64-bit keys (e.g. atom terms) to dense ids 0, 1, 2, ... in
  * order of first insertion. Open addressing, linear probing. */
 typedef struct {

@@ -129,6 +129,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else {
         fuzz_edges(n, data + 1, size - 1);
     }
+    /* The key sort: 8-byte windows of the input, sorted stably. */
+    size_t nk = size / 8 < 256 ? size / 8 : 256;
+    uint64_t keys[256], copy[256];
+    uint32_t ids[256];
+    for (size_t i = 0; i < nk; i++) {
+        memcpy(&keys[i], data + 8 * i, 8);
+        copy[i] = keys[i];
+        ids[i] = (uint32_t)i;
+    }
+    CHECK(graph_sort_keys(keys, ids, nk) == GRAPH_OK);
+    for (size_t i = 0; i < nk; i++) {
+        CHECK(keys[i] == copy[ids[i]]);
+        CHECK(i == 0 || keys[i - 1] < keys[i] || (keys[i - 1] == keys[i] && ids[i - 1] < ids[i]));
+    }
     /* The id map: keys from the input, ids dense in order of first insertion. */
     graph_idmap m;
     CHECK(graph_idmap_init(&m, 0) == GRAPH_OK);

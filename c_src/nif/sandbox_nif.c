@@ -437,7 +437,9 @@ static int sort_atoms(ErlNifEnv *env, const ERL_NIF_TERM *names, uint32_t n, ERL
     }
     char *text = enif_alloc(total + 1);
     named_atom *items = enif_alloc(((size_t)n + 1) * sizeof *items);
-    int ok = text && items;
+    uint64_t *keys = enif_alloc(((size_t)n + 1) * sizeof *keys);
+    uint32_t *order = enif_alloc(((size_t)n + 1) * sizeof *order);
+    int ok = text && items && keys && order;
     for (size_t i = 0, at = 0; ok && i < n; i++) {
         int got = enif_get_atom(env, names[i], text + at, (unsigned)(total - at), ERL_NIF_LATIN1);
         if (got <= 0) {
@@ -449,8 +451,8 @@ static int sort_atoms(ErlNifEnv *env, const ERL_NIF_TERM *names, uint32_t n, ERL
     }
     if (ok) {
         /* Module names share long prefixes ("Elixir.MyApp."): key each name
-         * by the 8 bytes after the prefix common to all, so most comparisons
-         * are one integer comparison (equal keys fall back to the text). */
+         * by the 8 bytes after the prefix common to all, radix-sort the
+         * keys, then sort each run of equal keys by the whole text. */
         size_t common = n > 0 ? items[0].len : 0;
         for (uint32_t i = 1; i < n && common > 0; i++) {
             size_t k = 0, lim = items[i].len < common ? items[i].len : common;
@@ -464,16 +466,39 @@ static int sort_atoms(ErlNifEnv *env, const ERL_NIF_TERM *names, uint32_t n, ERL
             for (size_t k = common; k < common + 8; k++) {
                 key = key << 8 | (k < items[i].len ? (unsigned char)items[i].text[k] : 0);
             }
-            items[i].key = key;
+            items[i].key = keys[i] = key;
+            order[i] = i;
         }
-        qsort(items, n, sizeof *items, compare_named);
+        ok = graph_sort_keys(keys, order, n) == GRAPH_OK;
+    }
+    if (ok) {
+        named_atom *run = enif_alloc(((size_t)n + 1) * sizeof *run);
+        ok = run != NULL;
+        for (uint32_t i = 0, j; ok && i < n; i = j) {
+            for (j = i + 1; j < n && keys[j] == keys[i]; j++) {
+            }
+            if (j - i > 1) {
+                for (uint32_t r = i; r < j; r++) {
+                    run[r - i] = items[order[r]];
+                }
+                qsort(run, j - i, sizeof *run, compare_named);
+                for (uint32_t r = i; r < j; r++) {
+                    order[r] = run[r - i].id;
+                }
+            }
+        }
+        enif_free(run);
+    }
+    if (ok) {
         for (uint32_t i = 0; i < n; i++) {
-            sorted[i] = names[items[i].id];
-            rank[items[i].id] = i;
+            sorted[i] = names[order[i]];
+            rank[order[i]] = i;
         }
     }
     enif_free(text);
     enif_free(items);
+    enif_free(keys);
+    enif_free(order);
     return ok;
 }
 

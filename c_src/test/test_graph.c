@@ -253,3 +253,28 @@ Test(graph, idmap_assigns_dense_ids_and_grows) {
     cr_assert_eq(m.count, 100000);
     graph_idmap_free(&m);
 }
+
+Test(graph, sort_keys_is_a_stable_sort) {
+    enum { N = 5000 };
+    uint64_t keys[N], copy[N];
+    uint32_t ids[N];
+    srand(99);
+    for (uint32_t i = 0; i < N; i++) {
+        /* Few distinct values in some bytes, none in others. */
+        keys[i] = (uint64_t)(rand() % 7) << 56 | (uint64_t)(rand() % 300) << 8 | 0x42;
+        copy[i] = keys[i];
+        ids[i] = i;
+    }
+    cr_assert_eq(graph_sort_keys(keys, ids, N), GRAPH_OK);
+    for (uint32_t i = 0; i < N; i++) {
+        cr_assert_eq(keys[i], copy[ids[i]]);
+        if (i > 0) {
+            cr_assert_leq(keys[i - 1], keys[i]);
+            if (keys[i - 1] == keys[i]) {
+                cr_assert_lt(ids[i - 1], ids[i], "not stable at %u", i);
+            }
+        }
+    }
+    cr_assert_eq(graph_sort_keys(keys, ids, 0), GRAPH_OK);
+    cr_assert_eq(graph_sort_keys(keys, ids, 1), GRAPH_OK);
+}

@@ -46,6 +46,21 @@ defmodule Sandbox.BeamGraphTest do
       assert groups == Enum.map(Enum.sort(Map.keys(graph)), &[&1])
     end
 
+    test "names alike in their first bytes after a common prefix sort in term order" do
+      :rand.seed(:exsss, {9, 9, 9})
+
+      for _ <- 1..50 do
+        names =
+          for _ <- 1..:rand.uniform(200) do
+            suffix = for _ <- 1..:rand.uniform(12), into: "", do: <<Enum.random(~c"ab\0")>>
+            :"Elixir.MyApp.Accounts.#{suffix}"
+          end
+
+        graph = Map.new(names, &{&1, []})
+        assert Beam.reload_order(graph) == {:ok, Enum.map(Enum.sort(Map.keys(graph)), &[&1])}
+      end
+    end
+
     test "a 100,000-node chain (no recursion limit)" do
       n = 100_000
       assert {:ok, groups} = Beam.reload_order(chain(n))
