@@ -22,14 +22,6 @@
 -define(PARSE_DIRTY_BYTES, 256 * 1024).
 -define(VALIDATE_DIRTY_BYTES, 64 * 1024).
 -define(CHECKSUM_DIRTY_BYTES, 1024 * 1024).
-%% Graph work in nodes + edges. reload_order/1 costs about 150 ns per node
-%% (three passes over the map, the id map, the sort of the names, the heap of
-%% ready groups) and 20 ns per edge, measured on 1,000- and 4,000-node graphs
-%% with no edges and with 5 per node (2 shared cores, load average 6): 4,000
-%% units take at most about 0.65 ms. The Erlang side sees only the key count;
-%% the NIF counts edges and moves itself to a dirty scheduler when the total
-%% is above the threshold.
--define(GRAPH_DIRTY_WORK, 4000).
 
 -spec parse(binary()) -> {ok, map()} | {error, term()}.
 parse(Bin) when is_binary(Bin), byte_size(Bin) > ?PARSE_DIRTY_BYTES -> sort_funs(parse_dirty(Bin));
@@ -56,10 +48,20 @@ checksum(IoList) when is_list(IoList) ->
 checksum(Other) ->
     erlang:error(badarg, [Other]).
 
+%% Graph work in nodes + edges. reload_order/1 costs about 150 ns per node
+%% (three passes over the map, the id map, the sort of the names, the heap of
+%% ready groups) and 20 ns per edge, measured on 1,000- and 4,000-node graphs
+%% with no edges and with 5 per node (2 shared cores, load average 6): 4,000
+%% units take at most about 0.65 ms. The Erlang side sees only the key count;
+%% the NIF counts edges and moves itself to a dirty scheduler when the total
+%% is above the threshold.
+-define(GRAPH_DIRTY_WORK, 4000).
+
 %% @doc Strongly connected components of `Graph' (node => nodes it depends
 %% on), dependencies first; see `Sandbox.Beam.Graph' for the order.
 -spec reload_order(#{atom() => [atom()]}) ->
-    {ok, [[atom(), ...]]} | {error, {bad_node, term()} | {bad_edges, atom()} | too_large | out_of_memory}.
+    {ok, [[atom(), ...]]}
+    | {error, {bad_node, term()} | {bad_edges, atom()} | too_large | out_of_memory}.
 reload_order(Graph) when is_map(Graph), map_size(Graph) > ?GRAPH_DIRTY_WORK ->
     reload_order_dirty(Graph, ?GRAPH_DIRTY_WORK);
 reload_order(Graph) when is_map(Graph) -> reload_order_nif(Graph, ?GRAPH_DIRTY_WORK);
@@ -76,6 +78,11 @@ dependency_graph(Entries) when is_list(Entries) ->
         false -> dependency_graph_nif(Entries, ?GRAPH_DIRTY_WORK)
     end;
 dependency_graph(Other) -> erlang:error(badarg, [Other]).
+
+reload_order_nif(_, _) -> erlang:nif_error(nif_not_loaded).
+reload_order_dirty(_, _) -> erlang:nif_error(nif_not_loaded).
+dependency_graph_nif(_, _) -> erlang:nif_error(nif_not_loaded).
+dependency_graph_dirty(_, _) -> erlang:nif_error(nif_not_loaded).
 
 %% @doc The input sizes (bytes) above which each function runs dirty.
 %% (`graph' is in nodes + edges.)
@@ -119,7 +126,3 @@ validate_nif(_) -> erlang:nif_error(nif_not_loaded).
 validate_dirty(_) -> erlang:nif_error(nif_not_loaded).
 checksum_nif(_) -> erlang:nif_error(nif_not_loaded).
 checksum_dirty(_) -> erlang:nif_error(nif_not_loaded).
-reload_order_nif(_, _) -> erlang:nif_error(nif_not_loaded).
-reload_order_dirty(_, _) -> erlang:nif_error(nif_not_loaded).
-dependency_graph_nif(_, _) -> erlang:nif_error(nif_not_loaded).
-dependency_graph_dirty(_, _) -> erlang:nif_error(nif_not_loaded).

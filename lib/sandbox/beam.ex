@@ -188,6 +188,9 @@ defmodule Sandbox.Beam do
   self-edges. Option `extra_edges: %{module => [module]}` adds edges such as
   compile-time dependencies. See `Sandbox.Beam.Graph.dependency_graph/2`.
   """
+  @spec dependency_graph([t]) ::
+          {:ok, %{atom => [atom]}}
+          | {:error, {:duplicate_module, atom} | :too_large | :out_of_memory}
   @spec dependency_graph([t], keyword) ::
           {:ok, %{atom => [atom]}}
           | {:error, {:duplicate_module, atom} | :too_large | :out_of_memory}

@@ -97,6 +97,8 @@ defmodule Sandbox.Beam.Graph do
       iex> Sandbox.Beam.Graph.dependency_graph([a, b], extra_edges: %{lists: [:proplists, :ets]})
       {:ok, %{lists: [:proplists], proplists: [:lists]}}
   """
+  @spec dependency_graph([Sandbox.Beam.t()]) ::
+          {:ok, graph} | {:error, {:duplicate_module, atom} | :too_large | :out_of_memory}
   @spec dependency_graph([Sandbox.Beam.t()], keyword) ::
           {:ok, graph} | {:error, {:duplicate_module, atom} | :too_large | :out_of_memory}
   def dependency_graph(parsed_modules, opts \\ [])
