@@ -122,7 +122,10 @@ defmodule Sandbox.Beam.Graph do
     rescue
       ArgumentError ->
         reraise ArgumentError,
-                [message: "malformed imports or external_funs in #{inspect(parsed_modules)}"],
+                [
+                  message:
+                    "malformed imports, external_funs or extra edges in #{inspect(parsed_modules, limit: 5)}"
+                ],
                 __STACKTRACE__
     end
   end
