@@ -381,4 +381,28 @@ defmodule Sandbox.Beam do
   """
   @spec checksum_hex(iodata) :: String.t()
   def checksum_hex(data), do: data |> checksum() |> Base.encode16(case: :lower)
+
+  @doc """
+  The runtime dependency graph of a set of parsed modules: each module's
+  imports and external fun literals, restricted to the set, without
+  self-edges. Option `extra_edges: %{module => [module]}` adds edges such as
+  compile-time dependencies. See `Sandbox.Beam.Graph.dependency_graph/2`.
+  """
+  @spec dependency_graph([t]) ::
+          {:ok, %{atom => [atom]}}
+          | {:error, {:duplicate_module, atom} | :too_large | :out_of_memory}
+  @spec dependency_graph([t], keyword) ::
+          {:ok, %{atom => [atom]}}
+          | {:error, {:duplicate_module, atom} | :too_large | :out_of_memory}
+  defdelegate dependency_graph(parsed_modules, opts \\ []), to: Sandbox.Beam.Graph
+
+  @doc """
+  Strongly connected components of a graph `%{node => [dependency]}` in
+  reload order: `{:ok, groups}`, dependencies first, each cycle one group,
+  canonical term order; `Enum.concat(groups)` is the flat order. See
+  `Sandbox.Beam.Graph.reload_order/1`.
+  """
+  @spec reload_order(%{atom => [atom]}) ::
+          {:ok, [[atom, ...]]} | {:error, Sandbox.Beam.Graph.reason()}
+  defdelegate reload_order(graph), to: Sandbox.Beam.Graph
 end
