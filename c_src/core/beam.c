@@ -62,9 +62,11 @@ static beam_errcode parse_container(beam_module *m, beam_error *err) {
         return fail(err, BEAM_E_TRAILING, NULL, size - form_end);
     }
     /* Count the chunk headers that fit first, so the table is sized exactly
-     * (the walk below reports whatever does not fit). */
+     * (the walk below reports whatever does not fit). A chunk may claim more
+     * than the file holds, so p can pass size: test that before size - p. */
     size_t nmax = 0;
-    for (size_t p = 12; p < form_end && size - p >= 8; p += 8 + align4(rd_u32(d + p + 4))) {
+    for (size_t p = 12; p < form_end && p <= size && size - p >= 8;
+         p += 8 + align4(rd_u32(d + p + 4))) {
         nmax++;
     }
     m->chunks = calloc(nmax + 1, sizeof *m->chunks);
