@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "beam.h"
+#include "bytes.h"
 #include "checksum.h"
 #include "etf.h"
 
@@ -93,20 +94,20 @@ static void unload(ErlNifEnv *env, void *priv_data) {
     enif_free(priv_data);
 }
 
+/* A chunk id: always 4 bytes, which may include NUL bytes. */
 static ERL_NIF_TERM chunk_id(ErlNifEnv *env, const char *id) {
     ERL_NIF_TERM bin;
-    size_t n = strnlen(id, 4);
-    memcpy(enif_make_new_binary(env, n, &bin), id, n);
+    memcpy(enif_make_new_binary(env, 4, &bin), id, 4);
     return bin;
 }
 
 static ERL_NIF_TERM error_reason(ErlNifEnv *env, const beam_error *e) {
     switch (e->code) {
     case BEAM_E_TRUNCATED:
-        if (e->chunk[0] == 0) {
+        if (!e->has_chunk) {
             return enif_make_tuple2(env, am_truncated, am_form);
         }
-        if (strcmp(e->chunk, "FOR1") == 0) {
+        if (memcmp(e->chunk, "FOR1", 4) == 0) {
             return enif_make_tuple2(env, am_truncated, am_header);
         }
         return enif_make_tuple2(env, am_truncated, chunk_id(env, e->chunk));
@@ -155,7 +156,8 @@ static ERL_NIF_TERM error_tuple(ErlNifEnv *env, const beam_error *e) {
 
 /* An atom from its name in the module's atom table. Latin-1 names and ASCII
  * UTF-8 names go straight to the atom table; other UTF-8 names are decoded as
- * a SMALL_ATOM_UTF8_EXT term (OTP 25 has no UTF-8 enif_make_atom). */
+ * an ATOM_UTF8_EXT term (OTP 25 has no UTF-8 enif_make_atom). Its 2-byte
+ * length carries names of up to 255 characters, which can take 1020 bytes. */
 static int make_name_atom(ErlNifEnv *env, const beam_atom *a, int utf8, ERL_NIF_TERM *out) {
     int ascii = 1;
     if (utf8) {
@@ -170,29 +172,53 @@ static int make_name_atom(ErlNifEnv *env, const beam_atom *a, int utf8, ERL_NIF_
         *out = enif_make_atom_len(env, (const char *)a->name, a->len);
         return 1;
     }
-    unsigned char buf[3 + 4 * BEAM_MAX_ATOM_CHARS];
-    if (a->len > sizeof buf - 3) {
+    unsigned char buf[4 + 4 * BEAM_MAX_ATOM_CHARS];
+    if (a->len > sizeof buf - 4) {
         return 0;
     }
     buf[0] = 131;
-    buf[1] = 119;
-    buf[2] = (unsigned char)a->len;
-    memcpy(buf + 3, a->name, a->len);
-    return enif_binary_to_term(env, buf, 3 + (size_t)a->len, out, 0) == 3 + (size_t)a->len;
+    buf[1] = 118;
+    buf[2] = (unsigned char)(a->len >> 8);
+    buf[3] = (unsigned char)a->len;
+    memcpy(buf + 4, a->name, a->len);
+    return enif_binary_to_term(env, buf, 4 + (size_t)a->len, out, 0) == 4 + (size_t)a->len;
 }
 
 static int get_binary(ErlNifEnv *env, ERL_NIF_TERM t, ErlNifBinary *bin) {
     return enif_is_binary(env, t) && enif_inspect_binary(env, t, bin);
 }
 
+/* Decodes one whole external term. The core checks that it is exactly one
+ * term first (binary_to_term ignores trailing bytes, and an empty buffer
+ * decodes to nothing). A compressed term is inflated here: OTP 25's
+ * enif_binary_to_term does not report a compressed term's size. */
+static int decode_term(ErlNifEnv *env, const uint8_t *data, size_t size, ERL_NIF_TERM *t) {
+    if (etf_validate(data, size, 1) != ETF_OK) {
+        return 0;
+    }
+    if (data[1] != 80) {
+        return enif_binary_to_term(env, data, size, t, 0) == size;
+    }
+    size_t usize = rd_u32(data + 2);
+    ErlNifBinary plain;
+    if (!enif_alloc_binary(usize + 1, &plain)) {
+        return 0;
+    }
+    plain.data[0] = ETF_VERSION;
+    int ok = etf_inflate_exact(data + 6, size - 6, plain.data + 1, usize) == 0 &&
+             enif_binary_to_term(env, plain.data, plain.size, t, 0) == plain.size;
+    enif_release_binary(&plain);
+    return ok;
+}
+
 static ERL_NIF_TERM decode_term_chunk(ErlNifEnv *env, const beam_module *m, const char *id,
                                       ERL_NIF_TERM dflt, int *ok) {
     const beam_chunk *c = beam_find_chunk(m, id);
+    ERL_NIF_TERM t;
     if (!c) {
         return dflt;
     }
-    ERL_NIF_TERM t;
-    if (enif_binary_to_term(env, m->data + c->offset, c->size, &t, 0) != c->size) {
+    if (!decode_term(env, m->data + c->offset, c->size, &t)) {
         *ok = 0;
         return dflt;
     }
@@ -310,6 +336,7 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if (!ok) {
         err.code = BEAM_E_BAD_TERM;
         memcpy(err.chunk, "Attr", 5);
+        err.has_chunk = 1;
         ret = error_tuple(env, &err);
         goto out;
     }
@@ -317,6 +344,7 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if (!ok) {
         err.code = BEAM_E_BAD_TERM;
         memcpy(err.chunk, "CInf", 5);
+        err.has_chunk = 1;
         ret = error_tuple(env, &err);
         goto out;
     }
