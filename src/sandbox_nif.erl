@@ -14,11 +14,15 @@
 
 -on_load(init/0).
 
-%% Sizes above which the dirty variant is used. Chosen from measurements on
-%% the OTP and Elixir corpus (see bench/): parse costs about 1 µs per KiB of
-%% atoms and attributes, validation inflates LitT (about 3 µs per KiB of
-%% module), checksum runs at several GiB/s.
--define(PARSE_DIRTY_BYTES, 256 * 1024).
+%% Sizes above which the dirty variant is used. Below them the NIF also
+%% estimates the cost from the contents (atoms, inflated literals) and
+%% reschedules itself as dirty when a call would exceed about 1 ms, so these
+%% bound the cheap first parse that estimate needs. Measured with
+%% bench/beam_bench.exs (normal-scheduler time per call, 2-core machine):
+%% a 252 KiB module of nothing but 1-byte atoms held a normal scheduler for
+%% about 0.9 ms before going dirty, hence 128 KiB (about 0.45 ms); the real
+%% module nearest 64 KiB validates in 12 µs and 1 MiB checksums in 57 µs.
+-define(PARSE_DIRTY_BYTES, 128 * 1024).
 -define(VALIDATE_DIRTY_BYTES, 64 * 1024).
 -define(CHECKSUM_DIRTY_BYTES, 1024 * 1024).
 
@@ -40,10 +44,10 @@ validate(Other) -> erlang:error(badarg, [Other]).
 checksum(Bin) when is_binary(Bin), byte_size(Bin) > ?CHECKSUM_DIRTY_BYTES -> checksum_dirty(Bin);
 checksum(Bin) when is_binary(Bin) -> checksum_nif(Bin);
 checksum(IoList) when is_list(IoList) ->
-    case iolist_size(IoList) > ?CHECKSUM_DIRTY_BYTES of
-        true -> checksum_dirty(IoList);
-        false -> checksum_nif(IoList)
-    end;
+    %% Flattening costs per element, not per byte (a 1 MiB list of integers
+    %% took 13 ms in the NIF): iolist_to_binary/1 yields, then the binary
+    %% takes the size-based path.
+    checksum(iolist_to_binary(IoList));
 checksum(Other) ->
     erlang:error(badarg, [Other]).
 

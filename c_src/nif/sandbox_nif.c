@@ -159,16 +159,8 @@ static ERL_NIF_TERM error_tuple(ErlNifEnv *env, const beam_error *e) {
  * an ATOM_UTF8_EXT term (OTP 25 has no UTF-8 enif_make_atom). Its 2-byte
  * length carries names of up to 255 characters, which can take 1020 bytes. */
 static int make_name_atom(ErlNifEnv *env, const beam_atom *a, int utf8, ERL_NIF_TERM *out) {
-    int ascii = 1;
-    if (utf8) {
-        for (uint16_t i = 0; i < a->len; i++) {
-            if (a->name[i] & 0x80) {
-                ascii = 0;
-                break;
-            }
-        }
-    }
-    if (ascii) {
+    /* A UTF-8 name is ASCII when it has as many characters as bytes. */
+    if (!utf8 || utf8_count(a->name, a->len) == (long)a->len) {
         *out = enif_make_atom_len(env, (const char *)a->name, a->len);
         return 1;
     }
@@ -283,8 +275,43 @@ static beam_errcode external_funs(ErlNifEnv *env, const beam_module *m, ERL_NIF_
     return rc;
 }
 
+/* The cost of a call, estimated from what the module contains, so that a
+ * small input that is expensive (many atoms, a literal table that inflates
+ * a thousandfold) does not hold a normal scheduler for more than about 1 ms:
+ * such a call reschedules itself as dirty. Per-item costs, measured on the
+ * project's 2-core machine with crafted worst cases (see bench/beam_bench.exs):
+ * about 2 ns per byte of the file and per byte of inflated literals or terms
+ * walked, 150 ns per atom made, 6 ns per byte of Attr/CInf decoded to terms.
+ * Inputs above src/sandbox_nif.erl's size thresholds go dirty directly. */
+#define NORMAL_SCHEDULER_BUDGET_NS 1000000u
+
+/* The bytes a term chunk or the literal table inflates to (its size when it
+ * is not compressed), as declared. */
+static uint64_t declared_plain_bytes(const beam_module *m, const char *id) {
+    const beam_chunk *c = beam_find_chunk(m, id);
+    if (!c) {
+        return 0;
+    }
+    const uint8_t *p = m->data + c->offset;
+    if (memcmp(id, "LitT", 4) == 0) {
+        return c->size >= 4 && rd_u32(p) != 0 ? rd_u32(p) : c->size;
+    }
+    return c->size >= 6 && p[1] == 80 ? rd_u32(p + 2) : c->size;
+}
+
+static int too_long_for_normal_scheduler(const beam_module *m, int makes_terms) {
+    if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER) {
+        return 0;
+    }
+    uint64_t terms = declared_plain_bytes(m, "Attr") + declared_plain_bytes(m, "CInf");
+    uint64_t ns = 2 * ((uint64_t)m->size + declared_plain_bytes(m, "LitT") + terms);
+    if (makes_terms) {
+        ns += 150 * (uint64_t)m->natoms + 6 * terms;
+    }
+    return ns > NORMAL_SCHEDULER_BUDGET_NS;
+}
+
 static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
     ErlNifBinary bin;
     if (!get_binary(env, argv[0], &bin)) {
         return enif_make_badarg(env);
@@ -293,6 +320,11 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     beam_error err;
     if (beam_parse(bin.data, bin.size, &m, &err) != BEAM_OK) {
         return error_tuple(env, &err);
+    }
+    if (too_long_for_normal_scheduler(&m, 1)) {
+        beam_module_free(&m);
+        return enif_schedule_nif(env, "parse_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND, parse_nif, argc,
+                                 argv);
     }
     ERL_NIF_TERM ret;
     ERL_NIF_TERM *atoms = enif_alloc(m.natoms * sizeof *atoms);
@@ -385,13 +417,25 @@ out:
 }
 
 static ERL_NIF_TERM validate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
     ErlNifBinary bin;
     if (!get_binary(env, argv[0], &bin)) {
         return enif_make_badarg(env);
     }
     const nif_priv *p = enif_priv_data(env);
     beam_error err;
+    if (enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER) {
+        /* A first, cheap parse tells the cost; its errors are validate's. */
+        beam_module m;
+        if (beam_parse(bin.data, bin.size, &m, &err) != BEAM_OK) {
+            return error_tuple(env, &err);
+        }
+        int dirty = too_long_for_normal_scheduler(&m, 0);
+        beam_module_free(&m);
+        if (dirty) {
+            return enif_schedule_nif(env, "validate_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                     validate_nif, argc, argv);
+        }
+    }
     if (beam_validate(bin.data, bin.size, p->max_opcode, &err) != BEAM_OK) {
         return error_tuple(env, &err);
     }

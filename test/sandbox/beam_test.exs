@@ -270,6 +270,10 @@ defmodule Sandbox.BeamTest do
     replace_atom_chunk(chunks, ~c"AtU8", data)
   end
 
+  defp atom_chunk(names) do
+    for name <- names, into: <<length(names)::32>>, do: <<byte_size(name), name::binary>>
+  end
+
   defp compact_u(n) when n < 16, do: <<n::4, 0::1, 0::3>>
   defp compact_u(n) when n < 2048, do: <<n >>> 8::3, 1::2, 0::3, n &&& 255>>
 
@@ -1093,6 +1097,38 @@ defmodule Sandbox.BeamTest do
       end
 
       assert Beam.validate(:binary.copy(<<0>>, max(p, v) + 1)) == {:error, :not_iff}
+    end
+
+    # Below the size thresholds, but expensive: the NIF reschedules these as
+    # dirty (see bench/beam_bench.exs for the scheduler times).
+    test "small inputs with costly contents give the same results as beam_lib" do
+      keep = [~c"AtU8", ~c"Code", ~c"StrT", ~c"ImpT", ~c"ExpT"]
+      base = :erl_anno |> object_code() |> all_chunks() |> Enum.filter(&(elem(&1, 0) in keep))
+      names = atom_names(base)
+
+      # 20,000 extra atoms in about 80 KiB.
+      extra = for i <- 1..20_000, do: Integer.to_string(i, 36)
+      atom_heavy = base |> replace_atom_chunk(~c"AtU8", atom_chunk(names ++ extra)) |> build()
+      assert byte_size(atom_heavy) < :sandbox_nif.dirty_thresholds().parse
+      assert Beam.validate(atom_heavy) == :ok
+      assert {:ok, beam} = Beam.parse(atom_heavy)
+      {:ok, {:erl_anno, theirs}} = :beam_lib.chunks(atom_heavy, [:atoms, :imports, :exports])
+      assert beam.atoms == theirs[:atoms] |> Enum.sort() |> Enum.map(&elem(&1, 1))
+      assert Enum.sort(beam.imports) == theirs[:imports]
+      assert Enum.sort(beam.exports) == theirs[:exports]
+      assert length(beam.atoms) == length(names) + 20_000
+
+      # A literal table of a few KiB that inflates to about 4 MiB.
+      term = [(&:lists.reverse/1) | List.duplicate(1, 2_000_000)] ++ [&Enum.map/2]
+      literal = :erlang.term_to_binary(term)
+      table = <<1::32, byte_size(literal)::32, literal::binary>>
+      litt = <<byte_size(table)::32, :zlib.compress(table)::binary>>
+      literal_heavy = build(base ++ [{~c"LitT", litt}])
+      assert byte_size(literal_heavy) < :sandbox_nif.dirty_thresholds().validate
+      assert Beam.validate(literal_heavy) == :ok
+      assert {:ok, beam} = Beam.parse(literal_heavy)
+      assert beam.external_funs == [{Enum, :map, 2}, {:lists, :reverse, 1}]
+      assert beam.external_funs == literal_external_funs(literal_heavy)
     end
   end
 end
