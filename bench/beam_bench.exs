@@ -51,17 +51,15 @@ end
 
 # How long one call holds a normal scheduler (the rule: about 1 ms at most),
 # at each size threshold of src/sandbox_nif.erl and for small inputs that are
-# expensive: the crafted worst cases that make the NIF reschedule itself as
-# dirty. Measured as the normal schedulers' active time over `n` calls
-# (:erlang.statistics(:scheduler_wall_time_all)). Each call runs in a fresh
-# process that exits at once, so its result is never garbage collected; the
-# figure still includes spawning it and anything else that ran: an upper
-# bound.
+# expensive: crafted worst cases that make the NIF reschedule itself as
+# dirty. Measured with microstate accounting (:msacc): the normal schedulers'
+# emulator and gc time (NIF time counts as emulator time) over `n` calls,
+# each in a fresh process, divided by `n`. It includes the Erlang wrapper and
+# collecting the result, so it is an upper bound; the time schedulers spend
+# spinning while a dirty call runs ("other") is not holding them.
 normal_hold_us = fn fun, n ->
-  :erlang.system_flag(:scheduler_wall_time, true)
-  normal = :erlang.system_info(:schedulers)
-  t0 = System.monotonic_time(:microsecond)
-  s0 = Enum.sort(:erlang.statistics(:scheduler_wall_time_all))
+  :msacc.start()
+  :msacc.reset()
 
   for _ <- 1..n do
     {_pid, ref} = spawn_monitor(fn -> fun.() end)
@@ -71,18 +69,15 @@ normal_hold_us = fn fun, n ->
     end
   end
 
-  s1 = Enum.sort(:erlang.statistics(:scheduler_wall_time_all))
-  elapsed_us = System.monotonic_time(:microsecond) - t0
-  :erlang.system_flag(:scheduler_wall_time, false)
+  :msacc.stop()
 
-  deltas =
-    for {{id, a1, t1}, {id, a0, t0}} <- Enum.zip(s1, s0), id <= normal, do: {a1 - a0, t1 - t0}
+  busy =
+    for %{type: :scheduler, counters: counters} <- :msacc.stats(),
+        state <- [:emulator, :gc],
+        do: Map.get(counters, state, 0)
 
-  # The unit of these times is not specified: calibrate against the clock.
-  {_, total} = hd(deltas)
-  units_per_us = total / max(elapsed_us, 1)
-  active = deltas |> Enum.map(&elem(&1, 0)) |> Enum.sum()
-  active / units_per_us / n
+  # msacc counters are in microseconds.
+  Enum.sum(busy) / n
 end
 
 %{parse: parse_t, validate: validate_t, checksum: checksum_t} = :sandbox_nif.dirty_thresholds()

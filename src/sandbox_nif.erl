@@ -18,11 +18,13 @@
 %% estimates the cost from the contents (atoms, inflated literals) and
 %% reschedules itself as dirty when a call would exceed about 1 ms, so these
 %% bound the cheap first parse that estimate needs. Measured with
-%% bench/beam_bench.exs (normal-scheduler time per call, 2-core machine):
-%% a 252 KiB module of nothing but 1-byte atoms held a normal scheduler for
-%% about 0.9 ms before going dirty, hence 128 KiB (about 0.45 ms); the real
-%% module nearest 64 KiB validates in 12 µs and 1 MiB checksums in 57 µs.
--define(PARSE_DIRTY_BYTES, 128 * 1024).
+%% bench/beam_bench.exs (normal-scheduler emulator + gc time per call, msacc,
+%% on the shared 2-core machine): a module of nothing but 1-byte atoms just
+%% under 128 KiB held a normal scheduler for about 0.95 ms (about 0.2-0.45 ms
+%% of it the first parse, the rest the caller collecting 62,000 atoms),
+%% hence 64 KiB; the real module nearest 64 KiB validates in 12 us and
+%% 1 MiB checksums in 55-65 us.
+-define(PARSE_DIRTY_BYTES, 64 * 1024).
 -define(VALIDATE_DIRTY_BYTES, 64 * 1024).
 -define(CHECKSUM_DIRTY_BYTES, 1024 * 1024).
 

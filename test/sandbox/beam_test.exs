@@ -1125,8 +1125,8 @@ defmodule Sandbox.BeamTest do
       base = :erl_anno |> object_code() |> all_chunks() |> Enum.filter(&(elem(&1, 0) in keep))
       names = atom_names(base)
 
-      # 20,000 extra atoms in about 80 KiB.
-      extra = for i <- 1..20_000, do: Integer.to_string(i, 36)
+      # 10,000 extra atoms in about 40 KiB.
+      extra = for i <- 1..10_000, do: Integer.to_string(i, 36)
       atom_heavy = base |> replace_atom_chunk(~c"AtU8", atom_chunk(names ++ extra)) |> build()
       assert byte_size(atom_heavy) < :sandbox_nif.dirty_thresholds().parse
       assert Beam.validate(atom_heavy) == :ok
@@ -1135,7 +1135,7 @@ defmodule Sandbox.BeamTest do
       assert beam.atoms == theirs[:atoms] |> Enum.sort() |> Enum.map(&elem(&1, 1))
       assert Enum.sort(beam.imports) == theirs[:imports]
       assert Enum.sort(beam.exports) == theirs[:exports]
-      assert length(beam.atoms) == length(names) + 20_000
+      assert length(beam.atoms) == length(names) + 10_000
 
       # A literal table of a few KiB that inflates to about 4 MiB.
       term = [(&:lists.reverse/1) | List.duplicate(1, 2_000_000)] ++ [&Enum.map/2]
