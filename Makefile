@@ -6,7 +6,7 @@
 #   make bench     benchmarks, printing BENCH lines
 #   make fuzz      libFuzzer targets, FUZZ_SECONDS each (default 60)
 #   make sanitize  the C core's Criterion tests under ASan + UBSan
-#   make demo      the demo (added with the sandbox lifecycle)
+#   make demo      the demo: sandboxes from examples/counter side by side
 #
 # Every path is a `?=` variable so mix, rebar3 and plain make share this file.
 
@@ -166,6 +166,11 @@ fuzz: setup $(FUZZ_BIN)
 
 bench: setup native
 	MIX_ENV=bench $(MIX) run bench/run.exs
+
+# The main job for a new user: two sandboxes from examples/counter and a
+# third from a changed copy, side by side, with timings.
+demo: setup native
+	MIX_ENV=demo $(MIX) run examples/demo.exs
 
 clean:
 	rm -rf $(BUILD_DIR) $(NIF_SO) $(CNODE_BIN)

@@ -51,8 +51,9 @@ defmodule Sandbox.MixProject do
       elixirc_paths: elixirc_paths(Mix.env()),
       start_permanent: Mix.env() == :prod,
       # A sandbox's implementation of a host protocol can only be dispatched to
-      # by an unconsolidated protocol (see DESIGN "Protocols").
-      consolidate_protocols: Mix.env() not in [:test, :bench],
+      # by an unconsolidated protocol (see DESIGN "Protocols"): the test,
+      # bench and demo environments do not consolidate.
+      consolidate_protocols: Mix.env() not in [:test, :bench, :demo],
       deps: [],
       docs: [main: "Sandbox"]
     ]
