@@ -65,6 +65,8 @@ defmodule Sandbox.IsolatedCompiler do
     * `incremental` — whether only part of the project was recompiled
     * `removed_modules` — modules gone since the previous build
       (`incremental_compile/3`)
+    * `recompiled_files` — the absolute paths of the sources the worker
+      compiled (`[]` on a cache hit)
     * `os_pid` — the worker's OS pid (`nil` on a cache hit)
 
   A diagnostic (warning or error) is `%{file, line, column, message, type}`:
@@ -126,6 +128,7 @@ defmodule Sandbox.IsolatedCompiler do
           cached: boolean,
           incremental: boolean,
           removed_modules: [module],
+          recompiled_files: [String.t()],
           os_pid: pos_integer | nil
         }
 
@@ -376,7 +379,12 @@ defmodule Sandbox.IsolatedCompiler do
     Cache.put_build(opts.cache_server, build_key(kind, root, opts), build(payload, inputs))
 
     {:ok,
-     compile_info(payload, info, started, cached: false, incremental: false, os_pid: result.os_pid)}
+     compile_info(payload, info, started,
+       cached: false,
+       incremental: false,
+       recompiled: result.sources,
+       os_pid: result.os_pid
+     )}
   end
 
   defp payload(result, out_root) do
@@ -452,6 +460,7 @@ defmodule Sandbox.IsolatedCompiler do
       cached: extra[:cached],
       incremental: extra[:incremental],
       removed_modules: Keyword.get(extra, :removed_modules, []),
+      recompiled_files: Keyword.get(extra, :recompiled, []),
       os_pid: extra[:os_pid]
     }
   end
@@ -571,6 +580,7 @@ defmodule Sandbox.IsolatedCompiler do
         cached: false,
         incremental: true,
         removed_modules: Enum.sort(removed),
+        recompiled: result.sources,
         os_pid: result.os_pid
       )
 
