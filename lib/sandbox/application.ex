@@ -7,7 +7,7 @@ defmodule Sandbox.Application do
 
   @impl true
   def start(_type, _args) do
-    children = []
+    children = [Sandbox.CNode]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: Sandbox.Supervisor)
   end
