@@ -2,6 +2,13 @@ defmodule Sandbox.Application do
   @moduledoc """
   The library's supervision tree. Started automatically as the `:sandbox`
   application's callback module.
+
+  Children, in start order: the supervising C-node (`Sandbox.CNode`), the
+  compile cache (`Sandbox.IsolatedCompiler.Cache`) and the pool of warm
+  compile workers (`Sandbox.IsolatedCompiler.Pool`, whose workers the C-node
+  starts). Application environment read at start: `:compiler_pool_size`
+  (default: the number of schedulers), `:compiler_cache_dir`,
+  `:compiler_cache_max_bytes`.
   """
   use Application
 
@@ -9,18 +16,12 @@ defmodule Sandbox.Application do
   def start(_type, _args) do
     env = Application.get_all_env(:sandbox)
 
-    launcher =
-      if Sandbox.IsolatedCompiler.launcher() == Sandbox.IsolatedCompiler.PortLauncher,
-        do: [Sandbox.IsolatedCompiler.PortLauncher],
-        else: []
-
-    children =
-      launcher ++
-        [
-          Sandbox.IsolatedCompiler.Cache,
-          {Sandbox.IsolatedCompiler.Pool,
-           size: Keyword.get(env, :compiler_pool_size, System.schedulers_online())}
-        ]
+    children = [
+      Sandbox.CNode,
+      Sandbox.IsolatedCompiler.Cache,
+      {Sandbox.IsolatedCompiler.Pool,
+       size: Keyword.get(env, :compiler_pool_size, System.schedulers_online())}
+    ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: Sandbox.Supervisor)
   end

@@ -153,11 +153,7 @@ defmodule Sandbox.IsolatedCompiler do
   C-node.
   """
   @spec launcher() :: module
-  def launcher do
-    if Code.ensure_loaded?(Sandbox.CNode),
-      do: Sandbox.CNode,
-      else: Sandbox.IsolatedCompiler.PortLauncher
-  end
+  def launcher, do: Sandbox.CNode
 
   @doc """
   Compiles a mix project or a plain directory of `.ex`/`.erl` files in a

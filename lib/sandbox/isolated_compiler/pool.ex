@@ -232,7 +232,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   end
 
   defp start_worker(state) do
-    case state.launcher.spawn(worker_argv(), subscriber: self(), timeout: :infinity) do
+    case state.launcher.spawn(worker_argv(), subscriber: self(), timeout: :infinity, grace: 0) do
       {:ok, %{id: id, os_pid: os_pid}} ->
         worker = %{
           status: :starting,
