@@ -4,6 +4,7 @@ defmodule Sandbox.IsolatedCompilerTest do
   import Sandbox.IsolatedCompilerTestHelpers
 
   alias Sandbox.IsolatedCompiler
+  alias Sandbox.IsolatedCompiler.Cache
 
   # One private pool (two workers) and cache for the whole module: tests in a
   # module run one after another, and a warm second worker keeps them quick.
@@ -272,6 +273,33 @@ defmodule Sandbox.IsolatedCompilerTest do
       other = [env: %{"SANDBOX_IC_GREETING" => "a", "SANDBOX_IC_UNREAD" => "x"}]
       assert {:ok, %{cached: true} = again} = IsolatedCompiler.compile_sandbox(dir, other ++ opts)
       assert again.app_env[:greeting] == "a"
+    end
+  end
+
+  describe "Cache" do
+    test "the cache is bounded in size, least recently used out" do
+      cache = :"bounded_cache_#{System.unique_integer([:positive])}"
+      dir = tmp_dir!("bounded")
+      start_supervised!({Cache, name: cache, dir: dir, max_bytes: 10_000})
+      blob = :binary.copy("x", 4_000)
+
+      for key <- ["a", "b", "c"] do
+        :ok = Cache.put(cache, key, %{files: [], env: []}, blob)
+      end
+
+      # Two entries fit: "a", the least recently used, went.
+      assert %{entries: 2} = Cache.info(cache)
+      assert :miss = Cache.fetch(cache, "a", fn _ -> true end)
+      assert {:ok, ^blob} = Cache.fetch(cache, "b", fn _ -> true end)
+      # A manifest that no longer holds is a miss.
+      assert :miss = Cache.fetch(cache, "c", fn _ -> false end)
+
+      # "b" was used last, so "c" goes next.
+      :sys.get_state(cache)
+      :ok = Cache.put(cache, "d", %{files: [], env: []}, blob)
+      assert {:ok, ^blob} = Cache.fetch(cache, "b", fn _ -> true end)
+      assert :miss = Cache.fetch(cache, "c", fn _ -> true end)
+      assert length(File.ls!(dir)) == 2
     end
   end
 
