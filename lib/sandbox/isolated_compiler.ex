@@ -346,7 +346,6 @@ defmodule Sandbox.IsolatedCompiler do
             kind: if(kind == :file, do: :dir, else: kind),
             root: root,
             files: files || source_files(kind, inputs),
-            preload: [],
             mix_env: opts.mix_env,
             env: env,
             erl_include: [Path.join(root, "include"), root]
@@ -415,10 +414,8 @@ defmodule Sandbox.IsolatedCompiler do
     ebin = Path.join(dir, "ebin")
     File.mkdir_p!(ebin)
 
-    for {module, beam} <- payload.modules,
-        do: File.write!(Path.join(ebin, "#{module}.beam"), beam)
-
-    for {name, content} <- payload.app_files, do: File.write!(Path.join(ebin, name), content)
+    for {module, beam} <- payload.modules, do: raw_write!(Path.join(ebin, "#{module}.beam"), beam)
+    for {name, content} <- payload.app_files, do: raw_write!(Path.join(ebin, name), content)
 
     Cache.put_build(opts.cache_server, build_key(kind, root, opts), build(payload, []))
     info = %{temp_dir: dir, output: ""}
@@ -605,7 +602,17 @@ defmodule Sandbox.IsolatedCompiler do
     dir = new_artifact_dir()
     job_path = Path.join(dir, "job.etf")
     result_path = Path.join(dir, "result.etf")
-    job = Map.merge(job, %{out_dir: Path.join(dir, "ebin"), result_path: result_path})
+    marker = "\n<<sandbox-compile-done:#{Base.encode16(:rand.bytes(12))}>>\n"
+    {preload, job} = Map.pop(job, :preload, [])
+
+    job =
+      Map.merge(job, %{
+        out_dir: Path.join(dir, "ebin"),
+        result_path: result_path,
+        done_marker: marker,
+        preload_dir: write_preload(dir, preload)
+      })
+
     File.write!(job_path, :erlang.term_to_binary(job))
 
     limits = %{
@@ -615,7 +622,8 @@ defmodule Sandbox.IsolatedCompiler do
       cpu_seconds: opts.limits.max_cpu_seconds
     }
 
-    outcome = Pool.run(opts.pool, job_path, limits, opts.timeout)
+    outcome = Pool.run(opts.pool, job_path, limits, opts.timeout, marker)
+    File.rm_rf(Path.join(dir, "prev"))
 
     case interpret(outcome, result_path, opts) do
       {:ok, result, output} ->
@@ -635,6 +643,18 @@ defmodule Sandbox.IsolatedCompiler do
         error
     end
   end
+
+  defp write_preload(_dir, []), do: nil
+
+  defp write_preload(dir, modules) do
+    prev = Path.join(dir, "prev")
+    File.mkdir_p!(prev)
+    for {module, beam} <- modules, do: File.write!(Path.join(prev, "#{module}.beam"), beam)
+    prev
+  end
+
+  defp interpret({:done, output, os_pid}, result_path, opts),
+    do: interpret({:exited, {:status, 0}, output, os_pid}, result_path, opts)
 
   defp interpret({:timeout, _output, _os_pid}, _result_path, opts),
     do: {:error, {:compile_timeout, opts.timeout}}
@@ -705,10 +725,12 @@ defmodule Sandbox.IsolatedCompiler do
       else: {:error, {:no_sources, root}}
   end
 
+  # Raw file operations (no file server round trip) keep a cache hit fast.
   defp walk_dir(dir, root, kind) do
-    case File.ls(dir) do
+    case :prim_file.list_dir(dir) do
       {:ok, entries} ->
         entries
+        |> Enum.map(&List.to_string/1)
         |> Enum.sort()
         |> Enum.flat_map(fn entry ->
           path = Path.join(dir, entry)
@@ -717,7 +739,7 @@ defmodule Sandbox.IsolatedCompiler do
             String.starts_with?(entry, ".") or entry in @skip_dirs ->
               []
 
-            File.dir?(path) ->
+            file_type(path) == :directory ->
               walk_dir(path, root, kind)
 
             Path.extname(entry) in @source_exts ->
@@ -743,8 +765,17 @@ defmodule Sandbox.IsolatedCompiler do
      end}
   end
 
+  defp file_type(path) do
+    case :file.read_file_info(path, [:raw, {:time, :posix}]) do
+      {:ok, info} -> elem(info, 2)
+      {:error, _} -> nil
+    end
+  end
+
+  defp raw_write!(path, data), do: :ok = :file.write_file(path, data, [:raw])
+
   defp file_checksum(path) do
-    case File.read(path) do
+    case :prim_file.read_file(path) do
       {:ok, bin} -> Sandbox.Beam.checksum(bin)
       {:error, _} -> :missing
     end
@@ -752,8 +783,8 @@ defmodule Sandbox.IsolatedCompiler do
 
   defp check_sizes(inputs, max) do
     Enum.find_value(inputs, :ok, fn {abs, _rel, _} ->
-      case File.stat(abs) do
-        {:ok, %File.Stat{size: size}} when size > max -> {:error, {:file_too_large, abs}}
+      case :file.read_file_info(abs, [:raw, {:time, :posix}]) do
+        {:ok, info} when elem(info, 1) > max -> {:error, {:file_too_large, abs}}
         _ -> nil
       end
     end)

@@ -33,7 +33,8 @@ defmodule Sandbox.IsolatedCompiler.Pool do
 
   @typedoc "How a job ended."
   @type outcome ::
-          {:exited, reason :: term, output :: binary, os_pid :: pos_integer}
+          {:done, output :: binary, os_pid :: pos_integer}
+          | {:exited, reason :: term, output :: binary, os_pid :: pos_integer}
           | {:timeout, output :: binary, os_pid :: pos_integer}
 
   @doc "A child spec; see the module documentation for the options."
@@ -55,11 +56,16 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   `:memory` (resident bytes), `:processes`, `:cpu_seconds` and `:file_size`
   (bytes; raised to at least 8 MiB for the JIT); `timeout` is the job's
   wall-clock limit in ms (or `:infinity`), counted from the hand-over.
+
+  When `done_marker` (a binary) appears in the worker's output, the job is
+  over: the caller gets `{:done, output, os_pid}` at once (without the
+  marker) and the worker is killed, so nobody waits for a VM to halt.
+  Otherwise the caller gets how the worker ended.
   """
-  @spec run(GenServer.server(), Path.t(), map, timeout) :: outcome
-  def run(pool \\ __MODULE__, job_path, limits, timeout)
+  @spec run(GenServer.server(), Path.t(), map, timeout, binary | nil) :: outcome
+  def run(pool \\ __MODULE__, job_path, limits, timeout, done_marker \\ nil)
       when is_binary(job_path) and is_map(limits) do
-    GenServer.call(pool, {:run, job_path, limits, timeout}, :infinity)
+    GenServer.call(pool, {:run, job_path, limits, timeout, done_marker}, :infinity)
   end
 
   @doc """
@@ -95,6 +101,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
       size: Keyword.get(opts, :size, System.schedulers_online()),
       launcher: Keyword.get_lazy(opts, :launcher, &Sandbox.IsolatedCompiler.launcher/0),
       workers: %{},
+      dying: %{},
       idle: :queue.new(),
       queue: :queue.new(),
       jobs: 0,
@@ -107,8 +114,8 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   end
 
   @impl true
-  def handle_call({:run, job_path, limits, timeout}, from, state) do
-    state = %{state | queue: :queue.in({from, job_path, limits, timeout}, state.queue)}
+  def handle_call({:run, job_path, limits, timeout, marker}, from, state) do
+    state = %{state | queue: :queue.in({from, job_path, limits, timeout, marker}, state.queue)}
     {:noreply, dispatch(state)}
   end
 
@@ -145,11 +152,25 @@ defmodule Sandbox.IsolatedCompiler.Pool do
         end
 
       %{^id => %{status: :busy} = w} ->
-        {:noreply, put_in(state.workers[id].buf, binary_tail(w.buf <> data, @max_output))}
+        buf = w.buf <> data
+
+        case w.marker && :binary.split(buf, w.marker) do
+          [output, _rest] ->
+            # The result is complete: reply now and do away with the worker.
+            finish(id, w, {:done, binary_tail(output, @max_output), w.os_pid}, state)
+
+          _ ->
+            {:noreply, put_in(state.workers[id].buf, binary_tail(buf, @max_output))}
+        end
 
       _ ->
         {:noreply, state}
     end
+  end
+
+  def handle_info({:sandbox_cnode, id, {:exit, _reason}}, %{dying: dying} = state)
+      when is_map_key(dying, id) do
+    {:noreply, %{state | dying: Map.delete(dying, id)}}
   end
 
   def handle_info({:sandbox_cnode, id, {:exit, reason}}, state) do
@@ -194,7 +215,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
 
   def handle_info({:DOWN, ref, :process, _pid, _reason}, state) do
     # A caller went away: drop its queued job, or kill the worker running it.
-    queue = :queue.filter(fn {{pid, _}, _, _, _} -> Process.alive?(pid) end, state.queue)
+    queue = :queue.filter(fn {{pid, _}, _, _, _, _} -> Process.alive?(pid) end, state.queue)
 
     for {id, %{status: :busy, monitor: ^ref}} <- state.workers do
       state.launcher.kill(id, :sigkill)
@@ -241,6 +262,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
           from: nil,
           monitor: nil,
           timer: nil,
+          marker: nil,
           timed_out: false
         }
 
@@ -265,7 +287,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
     end
   end
 
-  defp hand_over(id, {{pid, _} = from, job_path, limits, timeout}, state) do
+  defp hand_over(id, {{pid, _} = from, job_path, limits, timeout, marker} = job, state) do
     limits = Map.update(limits, :file_size, nil, &(&1 && max(&1, @min_file_size)))
     limits = limits |> Enum.reject(fn {_, v} -> is_nil(v) end) |> Map.new()
     launcher = state.launcher
@@ -280,6 +302,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
           from: from,
           monitor: Process.monitor(pid),
           timer: timer,
+          marker: marker,
           buf: ""
       }
 
@@ -289,9 +312,24 @@ defmodule Sandbox.IsolatedCompiler.Pool do
         # The worker is gone or unusable: put the job back first in line.
         launcher.kill(id, :sigkill)
         workers = Map.delete(state.workers, id)
-        queue = :queue.in_r({from, job_path, limits, timeout}, state.queue)
+        queue = :queue.in_r(job, state.queue)
         fill(%{state | workers: workers, queue: queue})
     end
+  end
+
+  defp finish(id, w, reply, state) do
+    cancel(w.timer)
+    Process.demonitor(w.monitor, [:flush])
+    GenServer.reply(w.from, reply)
+    state.launcher.kill(id, :sigkill)
+
+    state = %{
+      state
+      | workers: Map.delete(state.workers, id),
+        dying: Map.put(state.dying, id, true)
+    }
+
+    {:noreply, fill(state)}
   end
 
   defp cancel(nil), do: :ok

@@ -7,7 +7,8 @@ defmodule Sandbox.IsolatedCompiler.Worker do
   reading one line from standard input: the path of a job file, written by
   the host with `:erlang.term_to_binary/1`. It runs that one job, writes its
   result next to it (`:result_path`, written to a temporary name and
-  renamed, so a result file is always whole) and halts. A worker never
+  renamed, so a result file is always whole), prints the job's done marker
+  and halts. A worker never
   serves a second job.
 
   This module is started with nothing but the Erlang, Elixir and this
@@ -16,10 +17,14 @@ defmodule Sandbox.IsolatedCompiler.Worker do
 
     * `:kind` — `:project` (a mix project), `:dir` (the given `.ex`/`.erl`
       files) or `:files` (an incremental job: the given files, compiled
-      against `:preload`)
+      against `:preload_dir`)
     * `:root` — the absolute directory compiled (the job's working directory)
     * `:files` — absolute source paths (`:dir` and `:files` kinds)
-    * `:preload` — `[{module, beam}]` loaded before compiling (`:files` kind)
+    * `:preload_dir` — a directory of `.beam` files put first in the code
+      path (`:files` kind): the previous build's unchanged modules
+    * `:config` — the application environment to apply (`:files` kind)
+    * `:done_marker` — written to standard output once the result file is
+      complete
     * `:out_dir` — where `.beam` and `.app` files are written
     * `:result_path` — where the result term is written
     * `:mix_env` — the Mix environment `mix.exs` and the config see
@@ -70,7 +75,30 @@ defmodule Sandbox.IsolatedCompiler.Worker do
     end
 
     Mix.shell(Mix.Shell.Quiet)
+    warm_up()
     Code.compiler_options(ignore_module_conflict: false)
+    :ok
+  end
+
+  # Runs the compiler once on a throwaway module so that the job's compile
+  # does not pay for first-use work (caches, lazily created tables).
+  defp warm_up do
+    module = :"Elixir.Sandbox.IsolatedCompiler.Worker.WarmUp"
+
+    Code.compile_string("""
+    defmodule #{inspect(module)} do
+      @moduledoc "warm-up"
+      defstruct a: 1, b: "two"
+      defmacro twice(x), do: quote(do: unquote(x) * 2)
+      def f(%__MODULE__{a: a} = s, n) when is_integer(n), do: %{s | a: a + n}
+      def g(list), do: list |> Enum.map(&(&1 * 2)) |> Enum.filter(&(&1 > 2)) |> Enum.sum()
+      def h(x), do: "value: \#{x} \#{inspect(x)}"
+    end
+    """)
+
+    :code.purge(module)
+    :code.delete(module)
+    :code.purge(module)
     :ok
   end
 
@@ -90,6 +118,11 @@ defmodule Sandbox.IsolatedCompiler.Worker do
     tmp = job.result_path <> ".tmp"
     File.write!(tmp, :erlang.term_to_binary(result))
     File.rename!(tmp, job.result_path)
+
+    # Tells the host the result is complete, so it need not wait for this
+    # VM to halt.
+    if marker = job[:done_marker], do: :ok = :io.put_chars(:standard_io, marker)
+    :ok
   end
 
   @doc """
@@ -153,8 +186,10 @@ defmodule Sandbox.IsolatedCompiler.Worker do
     Code.compiler_options(ignore_module_conflict: true)
     Application.put_all_env(job[:config] || [], persistent: true)
 
-    for {module, beam} <- job.preload do
-      :code.load_binary(module, ~c"#{module}.beam", beam)
+    # The unchanged modules of the previous build are loaded on demand.
+    if dir = job[:preload_dir] do
+      Code.prepend_path(dir)
+      Process.put(:sandbox_job_paths, [String.to_charlist(dir)])
     end
 
     with {:ok, compiled} <- compile_sources(files, job[:erl_include] || [], job) do
@@ -655,11 +690,29 @@ defmodule Sandbox.IsolatedCompiler.Worker do
     :ok
   end
 
+  # Only the project's own modules matter: those of Elixir and OTP (loaded
+  # from the code path the worker started with) are left out.
   defp collect_deps(files) do
+    root = MapSet.new(:code.get_path() -- Process.get(:sandbox_job_paths, []))
+
     Map.new(files, fn file ->
-      deps = @trace_table |> :ets.lookup(file) |> Enum.map(&elem(&1, 1)) |> Enum.uniq()
+      deps =
+        @trace_table
+        |> :ets.lookup(file)
+        |> Enum.map(&elem(&1, 1))
+        |> Enum.uniq()
+        |> Enum.reject(&system_module?(&1, root))
+
       {file, deps}
     end)
+  end
+
+  defp system_module?(module, system_paths) do
+    case :code.which(module) do
+      :preloaded -> true
+      path when is_list(path) -> MapSet.member?(system_paths, :filename.dirname(path))
+      _ -> false
+    end
   end
 
   ## Files and environment read during the job (call tracing)
