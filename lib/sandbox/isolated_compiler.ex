@@ -613,7 +613,7 @@ defmodule Sandbox.IsolatedCompiler do
         preload_dir: write_preload(dir, preload)
       })
 
-    File.write!(job_path, :erlang.term_to_binary(job))
+    raw_write!(job_path, :erlang.term_to_binary(job))
 
     limits = %{
       memory: opts.limits.max_memory,
@@ -623,12 +623,12 @@ defmodule Sandbox.IsolatedCompiler do
     }
 
     outcome = Pool.run(opts.pool, job_path, limits, opts.timeout, marker)
-    File.rm_rf(Path.join(dir, "prev"))
+    remove_preload(job.preload_dir, preload)
 
     case interpret(outcome, result_path, opts) do
       {:ok, result, output} ->
-        File.rm(job_path)
-        File.rm(result_path)
+        :prim_file.delete(job_path)
+        :prim_file.delete(result_path)
 
         with :ok <- validate(result.modules, opts) do
           {:ok, result, %{temp_dir: dir, output: output}}
@@ -649,8 +649,18 @@ defmodule Sandbox.IsolatedCompiler do
   defp write_preload(dir, modules) do
     prev = Path.join(dir, "prev")
     File.mkdir_p!(prev)
-    for {module, beam} <- modules, do: File.write!(Path.join(prev, "#{module}.beam"), beam)
+    for {module, beam} <- modules, do: raw_write!(Path.join(prev, "#{module}.beam"), beam)
     prev
+  end
+
+  defp remove_preload(nil, _modules), do: :ok
+
+  defp remove_preload(prev, modules) do
+    for {module, _} <- modules, do: :prim_file.delete(Path.join(prev, "#{module}.beam"))
+
+    # Anything the job added there goes too.
+    with {:error, _} <- :prim_file.del_dir(prev), do: File.rm_rf(prev)
+    :ok
   end
 
   defp interpret({:done, output, os_pid}, result_path, opts),
@@ -672,7 +682,7 @@ defmodule Sandbox.IsolatedCompiler do
     do: {:error, {:compile_resource_limit, :file_size}}
 
   defp interpret({:exited, {:status, 0} = reason, output, _os_pid}, result_path, _opts) do
-    case File.read(result_path) do
+    case :prim_file.read_file(result_path) do
       {:ok, bin} ->
         case :erlang.binary_to_term(bin) do
           {:ok, result} when is_map(result) -> {:ok, result, output}

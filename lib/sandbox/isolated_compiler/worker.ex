@@ -417,8 +417,8 @@ defmodule Sandbox.IsolatedCompiler.Worker do
   defp compile_sources(files, include, job) do
     {erl, ex} = Enum.split_with(files, &(Path.extname(&1) == ".erl"))
 
-    with :ok <- check_syntax(ex, job.root),
-         :ok <- check_duplicates(ex, job.root),
+    with {:ok, asts} <- parse(ex, job.root),
+         :ok <- check_duplicates(asts, job.root),
          {:ok, erl_modules, erl_warnings} <- compile_erlang(erl, include, job),
          {:ok, ex_modules, ex_warnings} <- compile_elixir(ex, job) do
       modules = erl_modules ++ ex_modules
@@ -437,21 +437,25 @@ defmodule Sandbox.IsolatedCompiler.Worker do
     end
   end
 
-  defp check_syntax(files, root) do
-    errors =
-      Enum.flat_map(files, fn file ->
+  # Parses every Elixir file once: syntax errors are reported as such (file,
+  # line, column) before anything is compiled.
+  defp parse(files, root) do
+    {asts, errors} =
+      Enum.reduce(files, {[], []}, fn file, {asts, errors} ->
         case Code.string_to_quoted(File.read!(file), file: file, columns: true) do
-          {:ok, _} ->
-            []
+          {:ok, ast} ->
+            {[{file, ast} | asts], errors}
 
           {:error, {meta, message, token}} ->
             {line, column} = meta_position(meta)
             text = format_syntax_message(message, token)
-            [diagnostic(file, line, column, text, :syntax, root)]
+            {asts, [diagnostic(file, line, column, text, :syntax, root) | errors]}
         end
       end)
 
-    if errors == [], do: :ok, else: {:error, {:compilation_failed, errors}}
+    if errors == [],
+      do: {:ok, Enum.reverse(asts)},
+      else: {:error, {:compilation_failed, Enum.reverse(errors)}}
   end
 
   defp meta_position(meta) when is_list(meta), do: {meta[:line], meta[:column]}
@@ -468,10 +472,9 @@ defmodule Sandbox.IsolatedCompiler.Worker do
   defp format_syntax_message(message, token), do: "#{inspect(message)} #{token}"
 
   # Two files defining the same module (by their literal defmodule names).
-  defp check_duplicates(files, root) do
-    files
-    |> Enum.flat_map(fn file ->
-      {:ok, ast} = Code.string_to_quoted(File.read!(file), file: file)
+  defp check_duplicates(asts, root) do
+    asts
+    |> Enum.flat_map(fn {file, ast} ->
       file |> defined_modules(ast) |> Enum.map(&{&1, file})
     end)
     |> duplicate_error(root)
