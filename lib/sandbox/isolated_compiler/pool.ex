@@ -30,6 +30,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   @min_file_size 8 * 1024 * 1024
   @max_output 65_536
   @max_backoff 5_000
+  @replace_delay 100
 
   @typedoc "How a job ended."
   @type outcome ::
@@ -116,7 +117,10 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   @impl true
   def handle_call({:run, job_path, limits, timeout, marker}, from, state) do
     state = %{state | queue: :queue.in({from, job_path, limits, timeout, marker}, state.queue)}
-    {:noreply, dispatch(state)}
+    state = dispatch(state)
+    # A job waits: start any replacement that was put off.
+    state = if :queue.is_empty(state.queue), do: state, else: fill(state)
+    {:noreply, state}
   end
 
   def handle_call(:stats, _from, state) do
@@ -188,7 +192,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
             else: {:exited, reason, w.buf, w.os_pid}
 
         GenServer.reply(w.from, reply)
-        {:noreply, fill(%{state | workers: workers})}
+        {:noreply, replace(%{state | workers: workers})}
 
       {_starting_or_idle, workers} ->
         state = %{
@@ -243,6 +247,18 @@ defmodule Sandbox.IsolatedCompiler.Pool do
       Enum.reduce(1..missing, state, fn _, state -> start_worker(state) end)
     else
       state
+    end
+  end
+
+  # Replaces a worker that served its job. While another worker is idle and
+  # no job waits, the replacement starts a moment later: booting a VM takes
+  # CPU the caller needs right now to read the job's result.
+  defp replace(state) do
+    if :queue.is_empty(state.queue) and not :queue.is_empty(state.idle) do
+      Process.send_after(self(), :fill, @replace_delay)
+      state
+    else
+      fill(state)
     end
   end
 
