@@ -80,12 +80,16 @@ defmodule Sandbox.IsolatedCompiler.Worker do
     :ok
   end
 
-  # Runs the compiler once on a throwaway module so that the job's compile
-  # does not pay for first-use work (caches, lazily created tables).
+  # Runs the parallel compiler once on a throwaway module (in a directory of
+  # its own, removed afterwards) so that the job's compile does not pay for
+  # first-use work: lazily created tables, first calls, checker processes.
   defp warm_up do
     module = :"Elixir.Sandbox.IsolatedCompiler.Worker.WarmUp"
+    dir = Path.join(System.tmp_dir!(), "sandbox-worker-warm-up-#{System.pid()}")
+    File.mkdir_p!(dir)
+    file = Path.join(dir, "warm_up.ex")
 
-    Code.compile_string("""
+    File.write!(file, """
     defmodule #{inspect(module)} do
       @moduledoc "warm-up"
       defstruct a: 1, b: "two"
@@ -96,9 +100,35 @@ defmodule Sandbox.IsolatedCompiler.Worker do
     end
     """)
 
-    :code.purge(module)
-    :code.delete(module)
-    :code.purge(module)
+    File.write!(Path.join(dir, "mix.exs"), """
+    defmodule Sandbox.IsolatedCompiler.Worker.WarmUpProject do
+      use Mix.Project
+      def project, do: [app: :sandbox_worker_warm_up, version: "0.0.0"]
+    end
+    """)
+
+    File.write!(
+      Path.join(dir, "config.exs"),
+      "import Config\nconfig :sandbox_worker_warm_up, a: 1\n"
+    )
+
+    try do
+      Mix.Project.in_project(:sandbox_worker_warm_up, dir, fn _ -> Mix.Project.config() end)
+      Config.Reader.read!(Path.join(dir, "config.exs"), env: :prod, target: :host)
+      Code.put_compiler_option(:tracers, [__MODULE__])
+      Kernel.ParallelCompiler.compile_to_path([file], dir)
+    after
+      Code.put_compiler_option(:tracers, [])
+
+      for m <- [module, Sandbox.IsolatedCompiler.Worker.WarmUpProject] do
+        :code.purge(m)
+        :code.delete(m)
+        :code.purge(m)
+      end
+
+      File.rm_rf(dir)
+    end
+
     :ok
   end
 
