@@ -445,8 +445,10 @@ defmodule Sandbox.IsolatedCompiler do
     ebin = Path.join(dir, "ebin")
     :ok = :prim_file.make_dir(ebin)
 
-    for {module, beam} <- payload.modules, do: raw_write!(Path.join(ebin, "#{module}.beam"), beam)
-    for {name, content} <- payload.app_files, do: raw_write!(Path.join(ebin, name), content)
+    files =
+      Enum.map(payload.modules, fn {m, beam} -> {"#{m}.beam", beam} end) ++ payload.app_files
+
+    write_all!(ebin, files)
 
     Cache.put_build(opts.cache_server, build_key(kind, root, opts), build(payload, []))
     info = %{temp_dir: dir, output: ""}
@@ -834,6 +836,22 @@ defmodule Sandbox.IsolatedCompiler do
   end
 
   defp raw_write!(path, data), do: :ok = :file.write_file(path, data, [:raw])
+
+  # Writes files from a few processes at once: each raw write waits for a
+  # dirty I/O scheduler, and they do not have to wait one after another.
+  defp write_all!(dir, files) when length(files) < 8 do
+    for {name, data} <- files, do: raw_write!(Path.join(dir, name), data)
+    :ok
+  end
+
+  defp write_all!(dir, files) do
+    files
+    |> Enum.chunk_every(div(length(files) + 3, 4))
+    |> Enum.map(fn chunk ->
+      Task.async(fn -> for {name, data} <- chunk, do: raw_write!(Path.join(dir, name), data) end)
+    end)
+    |> Enum.each(&Task.await(&1, :infinity))
+  end
 
   defp file_checksum(path) do
     case :prim_file.read_file(path) do
