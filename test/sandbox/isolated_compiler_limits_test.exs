@@ -50,6 +50,18 @@ defmodule Sandbox.IsolatedCompilerLimitsTest do
     benign!(opts)
   end
 
+  test "a compile-time loop beyond max_cpu_seconds is {:compile_resource_limit, :cpu}",
+       %{opts: opts} do
+    opts = Keyword.put(opts, :compile_limits, Map.put(@limits, :max_cpu_seconds, 1))
+
+    host_unchanged(fn ->
+      assert {:error, {:compile_resource_limit, :cpu}} =
+               IsolatedCompiler.compile_sandbox(fixture("infinite_loop"), opts)
+    end)
+
+    benign!(opts)
+  end
+
   test "a compile-time memory bomb is {:compile_resource_limit, :memory}", %{opts: opts} do
     host_unchanged(fn ->
       assert {:error, {:compile_resource_limit, :memory}} =
