@@ -531,7 +531,25 @@ defmodule Sandbox.IsolatedCompiler do
           erl_include: [Path.join(root, "include") | Enum.map(existing, &Path.dirname/1)]
         }
 
-        with {:ok, result, info} <- run_job(job, opts) do
+        outcome =
+          if existing == [] do
+            # Only deletions (or nothing at all): no worker needed.
+            result = %{
+              modules: [],
+              module_files: %{},
+              deps: %{},
+              warnings: [],
+              sources: [],
+              files_read: [],
+              os_pid: nil
+            }
+
+            {:ok, result, %{temp_dir: new_artifact_dir(), output: ""}}
+          else
+            run_job(job, opts)
+          end
+
+        with {:ok, result, info} <- outcome do
           finish_incremental(kind, root, build, stale, stale_modules, result, info, started, opts)
         end
       end

@@ -365,6 +365,13 @@ defmodule Sandbox.IsolatedCompilerTest do
       assert module_names(info) == [Inc.Fresh]
       assert info.removed_modules == [Inc.Caller]
 
+      # A deletion alone needs no worker.
+      jobs = jobs(opts[:pool])
+      File.rm!(Path.join(dir, "lib/fresh.ex"))
+      assert {:ok, info} = IsolatedCompiler.incremental_compile(dir, ["lib/fresh.ex"], opts)
+      assert info.modules == [] and info.removed_modules == [Inc.Fresh]
+      assert info.os_pid == nil and jobs(opts[:pool]) == jobs
+
       edit!(dir, "lib/plain.ex", "def value, do: 1", "def value, do: nope()")
 
       assert {:error, {:compilation_failed, [%{file: "lib/plain.ex", line: 2, type: :compile}]}} =
@@ -375,7 +382,7 @@ defmodule Sandbox.IsolatedCompilerTest do
       File.write!(Path.join(dir, "config/config.exs"), "import Config\nconfig :inc, a: 1\n")
 
       assert {:ok, info} = IsolatedCompiler.incremental_compile(dir, ["config/config.exs"], opts)
-      assert length(info.recompiled_files) == 8
+      assert Enum.sort(info.recompiled_files) == Path.wildcard(Path.join(dir, "lib/*.ex"))
       assert info.modules == [] and info.removed_modules == []
       assert info.config == [inc: [a: 1]]
     end

@@ -694,6 +694,7 @@ defmodule Sandbox.IsolatedCompiler.Worker do
   ## Compile-time dependencies (Elixir compile tracer)
 
   @doc false
+  @spec trace(tuple, Macro.Env.t()) :: :ok
   # The compile tracer (Code.put_compiler_option(:tracers, [...])). Records,
   # per file, the modules it depends on at compile time: macros, structs,
   # imports, requires, and any reference made outside a function body (such
