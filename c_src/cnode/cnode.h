@@ -88,7 +88,7 @@ int cn_audit_setup(const char *path, int64_t max_bytes, int keep);
 void cn_audit_request(const cn_request *r);
 /* Called once per loop iteration after the frames read were handled: one
  * fsync covers every line appended since the last, then the replies go. */
-void cn_audit_commit(void);
+void cn_audit_round(void);
 void cn_audit_stop(void);
 
 /* ---- dispatch (main.c) ---- */

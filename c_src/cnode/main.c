@@ -462,9 +462,9 @@ int main(int argc, char **argv) {
             cn_watch_timers();
         }
         /* One fsync for every audit line appended in this round. */
-        cn_audit_commit();
+        cn_audit_round();
     }
-    cn_audit_commit();
+    cn_audit_round();
     cn_child_kill_all();
     cn_watch_stop();
     cn_dist_stop();

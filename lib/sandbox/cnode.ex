@@ -625,7 +625,7 @@ defmodule Sandbox.CNode do
     {:noreply, maybe_distribute(state)}
   end
 
-  def handle_info({:EXIT, port, _}, %{port: port} = state), do: {:noreply, state}
+  def handle_info({:EXIT, port, _}, state) when is_port(port), do: {:noreply, state}
   def handle_info({:EXIT, _, reason}, state), do: {:stop, reason, state}
   def handle_info(_msg, state), do: {:noreply, state}
 
