@@ -75,7 +75,9 @@ defmodule Sandbox.CNode do
 
   When the host VM is distributed (now or later: this server checks every
   #{500} ms and on `node_name/1`), the program registers with epmd as the hidden node
-  `sandbox_cnode_<host alive name>@<host>`, receiving the cookie over the port, and
+  `sandbox_cnode_<host alive name>@<host>` (a server not registered as `Sandbox.CNode`
+  appends `_<program os pid>`; option `:cnode_name` sets it), receiving the cookie over
+  the port, and
   connects to the host. Any node of the cluster with the cookie can then send the same
   requests to `{:sandbox_cnode, cnode_node}`; replies and events go to the pids in the
   request (pids of the host travel through the port).
@@ -119,7 +121,7 @@ defmodule Sandbox.CNode do
   def start_link(opts \\ []) do
     {name, opts} = Keyword.pop(opts, :name, __MODULE__)
     gen_opts = if name, do: [name: name], else: []
-    GenServer.start_link(__MODULE__, opts, gen_opts)
+    GenServer.start_link(__MODULE__, [{:registered, name} | opts], gen_opts)
   end
 
   @doc "A child specification; `opts` as for `start_link/1`."
@@ -585,14 +587,23 @@ defmodule Sandbox.CNode do
     if Node.alive?() do
       [alive, _host] = node() |> Atom.to_string() |> String.split("@", parts: 2)
 
+      name =
+        Keyword.get_lazy(state.opts, :cnode_name, fn ->
+          if state.opts[:registered] == __MODULE__,
+            do: "sandbox_cnode_" <> alive,
+            else: "sandbox_cnode_#{alive}_#{state.os_pid}"
+        end)
+
       args = %{
         node: Atom.to_string(node()),
         cookie: Atom.to_string(Node.get_cookie()),
-        name: "sandbox_cnode_" <> alive
+        name: name
       }
 
-      {:ok, state} = send_request(state, :distribute, args, :distribute)
-      %{state | dist_pending: true}
+      case send_request(state, :distribute, args, :distribute) do
+        {:ok, state} -> %{state | dist_pending: true}
+        {:error, _} -> state
+      end
     else
       state
     end
