@@ -68,13 +68,17 @@ static void reply_node(const cn_request *r) {
 }
 
 void cn_dist_start(const cn_request *r) {
-    if (g_dist) {
-        reply_node(r);
-        return;
-    }
     char *node = cn_term_strdup(cn_term_get(r->args, "node"));
     char *cookie = cn_term_strdup(cn_term_get(r->args, "cookie"));
     char *name = cn_term_strdup(cn_term_get(r->args, "name"));
+    if (g_dist && node && strcmp(node, g_host) == 0) {
+        reply_node(r);
+        goto out;
+    }
+    if (g_dist) {
+        /* the host's distribution restarted under another name: start over */
+        cn_dist_stop();
+    }
     const char *at = node ? strchr(node, '@') : NULL;
     cn_error err = {"bad_option", NULL};
     if (!node || !at || at[1] == 0 || strlen(node) > MAXNODELEN) {

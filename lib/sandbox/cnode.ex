@@ -97,6 +97,8 @@ defmodule Sandbox.CNode do
   @default_max_frame 64 * 1024 * 1024
   @dist_check_ms 500
   @call_timeout 60_000
+  @max_restarts 5
+  @restart_period_ms 5_000
 
   @type id :: pos_integer
   @type server :: GenServer.server()
@@ -462,8 +464,10 @@ defmodule Sandbox.CNode do
       spawns: %{},
       watches: %{},
       dist: nil,
+      dist_host: nil,
       dist_waiters: [],
-      dist_pending: false
+      dist_pending: false,
+      restarts: []
     }
 
     case open_port(state) do
@@ -512,7 +516,8 @@ defmodule Sandbox.CNode do
         ])
 
       {:os_pid, os_pid} = Port.info(port, :os_pid)
-      {:ok, %{state | port: port, os_pid: os_pid, dist: nil, dist_pending: false}}
+      state = %{state | port: port, os_pid: os_pid, dist: nil, dist_pending: false}
+      {:ok, maybe_distribute(state)}
     else
       {:error, {:no_executable, exe}}
     end
@@ -617,22 +622,30 @@ defmodule Sandbox.CNode do
   end
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
-    Logger.error("sandbox_cnode exited with status #{status}; restarting it")
     state = fail_in_flight(state)
+    now = System.monotonic_time(:millisecond)
+    restarts = [now | Enum.take_while(state.restarts, &(now - &1 < @restart_period_ms))]
 
-    case open_port(state) do
-      {:ok, state} ->
-        state = rewatch(state)
-        send(self(), :check_dist)
-        {:noreply, state}
-
-      {:error, reason} ->
-        {:stop, reason, state}
+    if length(restarts) > @max_restarts do
+      Logger.error("sandbox_cnode exited with status #{status} too often; giving up")
+      {:stop, {:cnode_exited, status}, %{state | port: nil}}
+    else
+      Logger.error("sandbox_cnode exited with status #{status}; restarting it")
+      reopen(%{state | restarts: restarts})
     end
   end
 
   def handle_info(:check_dist, state) do
     Process.send_after(self(), :check_dist, @dist_check_ms)
+
+    state =
+      cond do
+        # distribution stopped, or restarted under another name: register again later
+        state.dist != nil and not Node.alive?() -> %{state | dist: nil}
+        state.dist != nil and state.dist_host != node() -> %{state | dist: nil}
+        true -> state
+      end
+
     {:noreply, maybe_distribute(state)}
   end
 
@@ -700,12 +713,19 @@ defmodule Sandbox.CNode do
     case result do
       {:ok, node} ->
         Enum.each(state.dist_waiters, &GenServer.reply(&1, {:ok, node}))
-        %{state | dist: node, dist_waiters: []}
+        %{state | dist: node, dist_host: node(), dist_waiters: []}
 
       {:error, _} = err ->
         Logger.warning("sandbox_cnode could not join the distribution: #{inspect(err)}")
         Enum.each(state.dist_waiters, &GenServer.reply(&1, err))
         %{state | dist_waiters: []}
+    end
+  end
+
+  defp reopen(state) do
+    case open_port(state) do
+      {:ok, state} -> {:noreply, rewatch(state)}
+      {:error, reason} -> {:stop, reason, state}
     end
   end
 

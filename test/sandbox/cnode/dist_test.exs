@@ -26,6 +26,11 @@ defmodule Sandbox.CNode.DistTest do
     assert cnode |> Atom.to_string() |> String.starts_with?("sandbox_cnode_")
     os_pid = CNode.os_pid()
 
+    # the cookie never appears on the program's command line or in its environment
+    cookie = Atom.to_string(Node.get_cookie())
+    refute File.read!("/proc/#{os_pid}/cmdline") =~ cookie
+    refute File.read!("/proc/#{os_pid}/environ") =~ cookie
+
     # hidden: connected, yet not among the visible nodes
     assert cnode in Node.list(:hidden)
     refute cnode in Node.list()

@@ -61,6 +61,20 @@ defmodule Sandbox.CNode.LifecycleTest do
     for pid <- pids, do: refute(alive?(pid), "process #{pid} survived")
   end
 
+  test "on SIGTERM the program kills every descendant and exits" do
+    server = private()
+
+    capture_log(fn ->
+      script = "sleep 300 & echo $!; setsid sleep 300 & echo $!; sleep 300"
+      {:ok, %{id: id, os_pid: child}} = CNode.spawn(["sh", "-c", script], server: server)
+      pids = [child | read_lines(id, 2) |> Enum.map(&String.to_integer/1)]
+      System.cmd("kill", ["-TERM", Integer.to_string(CNode.os_pid(server))])
+      # sent once the program has exited, which it does after reaping them all
+      assert_receive {:sandbox_cnode, ^id, {:exit, :cnode_down}}, 10_000
+      for pid <- pids, do: refute(alive?(pid), "process #{pid} survived")
+    end)
+  end
+
   test "malformed and unknown requests get error replies and the program keeps serving" do
     server = private(max_frame: 4096)
     port = :sys.get_state(server).port
