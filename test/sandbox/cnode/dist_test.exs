@@ -31,6 +31,12 @@ defmodule Sandbox.CNode.DistTest do
     refute File.read!("/proc/#{os_pid}/cmdline") =~ cookie
     refute File.read!("/proc/#{os_pid}/environ") =~ cookie
 
+    # the distribution sockets (ei does not open them close-on-exec) do not leak
+    # into children: closefrom
+    {:ok, %{id: id}} = CNode.spawn(["sh", "-c", "ls /proc/$$/fd"], [])
+    assert %{stdout: fds, exit: {:status, 0}} = collect(id)
+    assert String.split(fds) == ["0", "1", "2"]
+
     # hidden: connected, yet not among the visible nodes
     assert cnode in Node.list(:hidden)
     refute cnode in Node.list()

@@ -18,7 +18,7 @@ defmodule Sandbox.CNode.WatchAuditTest do
       lib = Path.join(dir, "lib")
       File.mkdir_p!(lib)
       File.write!(Path.join(lib, "old.ex"), "old")
-      {:ok, wid} = CNode.watch(dir, debounce: 500)
+      {:ok, wid} = CNode.watch(dir, debounce: 1_000)
 
       File.write!(Path.join(lib, "a.ex"), "a")
       File.mkdir_p!(Path.join([lib, "new", "deeper"]))
@@ -59,6 +59,29 @@ defmodule Sandbox.CNode.WatchAuditTest do
       assert_receive {:sandbox_cnode, ^wid, {:changed, [path]}}, 20_000
       assert path == Path.join(dir, "x.txt")
       CNode.unwatch(wid)
+    end
+
+    test "an inotify queue overflow is answered with a rescan reporting every file" do
+      dir = tmp_dir("watch_overflow")
+      File.write!(Path.join(dir, "untouched.ex"), "u")
+      spec = Supervisor.child_spec({CNode, name: nil}, id: make_ref())
+      server = start_supervised!(spec)
+      {:ok, wid} = CNode.watch(dir, debounce: 20, server: server)
+      os_pid = Integer.to_string(CNode.os_pid(server))
+
+      # while the program is stopped, more events than the kernel queues (16384)
+      {_, 0} = System.cmd("kill", ["-STOP", os_pid])
+      limit = "/proc/sys/fs/inotify/max_queued_events" |> File.read!() |> String.trim()
+      writes = div(String.to_integer(limit), 2) + 2_000
+
+      for i <- 1..writes,
+          do: File.write!(Path.join(dir, "f#{rem(i, 20)}.ex"), Integer.to_string(i))
+
+      {_, 0} = System.cmd("kill", ["-CONT", os_pid])
+
+      assert_receive {:sandbox_cnode, ^wid, {:changed, paths}}, 20_000
+      assert Path.join(dir, "untouched.ex") in paths
+      assert length(paths) == 21
     end
 
     test "errors" do
