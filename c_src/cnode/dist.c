@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cn_frame.h"
 #include "cnode.h"
 
 #define MAX_CONNS 64
@@ -159,7 +160,11 @@ static void receive_from(int i) {
         drop_conn(i);
         return;
     }
-    if (msg.msgtype == ERL_SEND || msg.msgtype == ERL_REG_SEND) {
+    if ((msg.msgtype == ERL_SEND || msg.msgtype == ERL_REG_SEND) &&
+        (size_t)x.index > cn_max_frame) {
+        size_t peek = (size_t)x.index < CN_FRAME_PEEK ? (size_t)x.index : CN_FRAME_PEEK;
+        cn_refuse_too_big((const uint8_t *)x.buff, peek, (uint64_t)x.index);
+    } else if (msg.msgtype == ERL_SEND || msg.msgtype == ERL_REG_SEND) {
         cn_dispatch((const uint8_t *)x.buff, (size_t)x.index, fd);
     }
     ei_x_free(&x);

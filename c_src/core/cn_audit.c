@@ -11,7 +11,8 @@
 
 static int posix_open(void *ctx, const char *path) {
     (void)ctx;
-    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    /* O_RDWR: the last byte is read back after a crash (see `torn`) */
+    return open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
 }
 static ssize_t posix_write(void *ctx, int fd, const void *buf, size_t n) {
     (void)ctx;
@@ -35,8 +36,24 @@ static int64_t posix_size(void *ctx, int fd) {
     return fstat(fd, &st) == 0 ? (int64_t)st.st_size : -1;
 }
 
-const cn_audit_io cn_audit_posix_io = {posix_open,   posix_write, posix_fsync, posix_close,
-                                       posix_rename, posix_size,  NULL};
+static int posix_ends_with_newline(void *ctx, int fd) {
+    (void)ctx;
+    struct stat st;
+    char c;
+    if (fstat(fd, &st) != 0 || st.st_size == 0) {
+        return -1;
+    }
+    return pread(fd, &c, 1, st.st_size - 1) == 1 ? c == '\n' : -1;
+}
+
+const cn_audit_io cn_audit_posix_io = {posix_open,
+                                       posix_write,
+                                       posix_fsync,
+                                       posix_close,
+                                       posix_rename,
+                                       posix_size,
+                                       posix_ends_with_newline,
+                                       NULL};
 
 int cn_audit_open(cn_audit *a, const cn_audit_io *io, const char *path, int64_t max_bytes, int keep,
                   cn_audit_ack ack, void *ack_ctx) {
@@ -100,7 +117,8 @@ int cn_audit_append(cn_audit *a, const char *line, size_t len, void *token) {
     if (a->torn) {
         /* end whatever partial line may precede ours (an empty line if none) */
         int64_t size = a->io.size(a->io.ctx, a->fd);
-        if (size != 0) {
+        int nl = a->io.ends_with_newline ? a->io.ends_with_newline(a->io.ctx, a->fd) : -1;
+        if (size != 0 && nl != 1) {
             int e = write_all(a, "\n", 1);
             if (e) {
                 return e;

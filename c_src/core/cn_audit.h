@@ -20,6 +20,8 @@ typedef struct {
     int (*close)(void *ctx, int fd);
     int (*rename)(void *ctx, const char *from, const char *to);
     int64_t (*size)(void *ctx, int fd); /* current size, or -1 */
+    /* 1 if the file's last byte is a newline, 0 if not, -1 unknown (NULL: unknown) */
+    int (*ends_with_newline)(void *ctx, int fd);
     void *ctx;
 } cn_audit_io;
 

@@ -3,6 +3,8 @@
  * covers its line, and rotation. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -117,7 +119,7 @@ static void r_ack(void *ctx, void *token, int err) {
 }
 
 static cn_audit_io rec_io(rec *r) {
-    cn_audit_io io = {r_open, r_write, r_fsync, r_close, r_rename, r_size, r};
+    cn_audit_io io = {r_open, r_write, r_fsync, r_close, r_rename, r_size, NULL, r};
     return io;
 }
 
@@ -214,4 +216,43 @@ Test(cn_audit, rotates_by_size_before_acknowledging) {
         cr_assert_eq(r.ops[i + (int)k], want[k], "op %zu", k);
     }
     cn_audit_close(&a);
+}
+
+static void noop_ack(void *ctx, void *token, int err) {
+    (void)token;
+    *(int *)ctx += err == 0;
+}
+
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f);
+    static char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+Test(cn_audit, a_line_cut_short_by_a_crash_does_not_swallow_the_next) {
+    char path[] = "/tmp/cn_audit_test_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    const char *before = "{\"a\":1}\n{\"part";
+    cr_assert_eq(write(fd, before, strlen(before)), (ssize_t)strlen(before));
+    close(fd);
+    int acks = 0;
+    cn_audit a;
+    cr_assert_eq(cn_audit_open(&a, &cn_audit_posix_io, path, 0, 0, noop_ack, &acks), 0);
+    cr_assert_eq(cn_audit_append(&a, "{\"b\":2}", 7, NULL), 0);
+    cn_audit_commit(&a);
+    cn_audit_close(&a);
+    cr_assert_eq(acks, 1);
+    cr_assert_str_eq(slurp(path), "{\"a\":1}\n{\"part\n{\"b\":2}\n");
+    /* a file that ends with a newline gets no blank line */
+    cr_assert_eq(cn_audit_open(&a, &cn_audit_posix_io, path, 0, 0, noop_ack, &acks), 0);
+    cr_assert_eq(cn_audit_append(&a, "{}", 2, NULL), 0);
+    cn_audit_close(&a);
+    cr_assert_eq(acks, 2);
+    cr_assert_str_eq(slurp(path), "{\"a\":1}\n{\"part\n{\"b\":2}\n{}\n");
+    unlink(path);
 }

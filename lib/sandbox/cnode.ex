@@ -470,15 +470,17 @@ defmodule Sandbox.CNode do
       restarts: []
     }
 
-    case open_port(state) do
-      {:ok, state} ->
-        Process.send_after(self(), :check_dist, 0)
-        {:ok, state}
-
-      {:error, reason} ->
-        {:stop, reason}
+    with :ok <- check_max_frame(state.max_frame),
+         {:ok, state} <- open_port(state) do
+      Process.send_after(self(), :check_dist, @dist_check_ms)
+      {:ok, state}
+    else
+      {:error, reason} -> {:stop, reason}
     end
   end
+
+  defp check_max_frame(n) when is_integer(n) and n >= 64 and n < 4_294_967_296, do: :ok
+  defp check_max_frame(_), do: {:error, {:bad_option, :max_frame}}
 
   defp executable do
     Path.join(:code.priv_dir(:sandbox), "sandbox_cnode")
