@@ -28,7 +28,8 @@ defmodule Sandbox.CNode do
       died; its children died with it).
 
   When a spawned process exits, whatever it left behind in its process group or among its
-  descendants is killed with SIGKILL. On a timeout or a memory/process limit the group and
+  descendants (descendants are tracked while the spawn has a timeout or a memory or process
+  limit) is killed with SIGKILL, and the exit event is sent once those are gone. On a timeout or a memory/process limit the group and
   every descendant get SIGTERM, then SIGKILL after the grace period (option `:grace`).
 
   Sent to the subscriber of a watch:
@@ -74,7 +75,7 @@ defmodule Sandbox.CNode do
   ## Distribution
 
   When the host VM is distributed (now or later: this server checks every
-  #{500} ms and on `node_name/1`), the program registers with epmd as the hidden node
+  500 ms and on `node_name/1`), the program registers with epmd as the hidden node
   `sandbox_cnode_<host alive name>@<host>` (a server not registered as `Sandbox.CNode`
   appends `_<program os pid>`; option `:cnode_name` sets it), receiving the cookie over
   the port, and
