@@ -51,15 +51,40 @@ checksum(IoList) when is_list(IoList) ->
 checksum(Other) ->
     erlang:error(badarg, [Other]).
 
-%% @doc Relocates a BEAM: `Renames' and `Redirects' are lists of
-%% `{FromName, ToName}' with names as UTF-8 binaries; `StripDebug' drops the
-%% Dbgi and Docs chunks.
--spec relocate(binary(), [{binary(), binary()}], [{binary(), binary()}], boolean()) ->
+%% @doc Relocates a BEAM: `Renames' and `Redirects' map names to names
+%% (atoms, or UTF-8 binaries); `StripDebug' drops the Dbgi and Docs chunks.
+%% The NIF reads atom names itself; OTP 25 gives NIFs only latin-1 atom
+%% names, so maps holding other atoms are passed on as binaries.
+-spec relocate(binary(), #{atom() | binary() => atom() | binary()},
+               #{atom() | binary() => atom() | binary()}, boolean()) ->
     {ok, binary()} | {error, term()}.
-relocate(Bin, Renames, Redirects, Strip) when is_binary(Bin), byte_size(Bin) > ?RELOCATE_DIRTY_BYTES ->
-    relocate_dirty(Bin, Renames, Redirects, Strip);
+relocate(Bin, Renames, Redirects, Strip) when is_binary(Bin), is_map(Renames), is_map(Redirects) ->
+    case relocate_call(Bin, Renames, Redirects, Strip) of
+        {error, badarg} ->
+            %% badarg from the NIF: retry with every name as a binary, which
+            %% reaches non-latin-1 atoms; other bad arguments fail again.
+            relocate_call(Bin, as_binaries(Renames), as_binaries(Redirects), Strip);
+        Result ->
+            Result
+    end;
 relocate(Bin, Renames, Redirects, Strip) ->
-    relocate_nif(Bin, Renames, Redirects, Strip).
+    erlang:error(badarg, [Bin, Renames, Redirects, Strip]).
+
+relocate_call(Bin, Renames, Redirects, Strip) ->
+    try
+        case byte_size(Bin) > ?RELOCATE_DIRTY_BYTES of
+            true -> relocate_dirty(Bin, Renames, Redirects, Strip);
+            false -> relocate_nif(Bin, Renames, Redirects, Strip)
+        end
+    catch
+        error:badarg -> {error, badarg}
+    end.
+
+as_binaries(Map) ->
+    maps:from_list([{name(K), name(V)} || {K, V} <- maps:to_list(Map)]).
+
+name(A) when is_atom(A) -> atom_to_binary(A, utf8);
+name(Other) -> Other.
 %% Graph work in nodes + edges. reload_order/1 costs about 150 ns per node
 %% (three passes over the map, the id map, the sort of the names, the heap of
 %% ready groups) and 20 ns per edge, measured on 1,000- and 4,000-node graphs

@@ -384,33 +384,79 @@ static ERL_NIF_TERM checksum_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     return out;
 }
 
-/* Decodes a list of {FromBinary, ToBinary} into pairs pointing into the
- * binaries (valid for the duration of the call). */
-static int get_pairs(ErlNifEnv *env, ERL_NIF_TERM list, reloc_pair **out, size_t *n) {
-    unsigned len;
+/* Names for relocation: atoms are read straight from the atom table (as
+ * latin-1, converted to UTF-8 into `arena`), binaries are taken as UTF-8.
+ * Atoms outside latin-1 cannot be read by OTP 25's enif_get_atom; for those
+ * the caller passes binaries (see sandbox_nif:relocate/4). */
+static int term_name(ErlNifEnv *env, ERL_NIF_TERM t, uint8_t **arena, const uint8_t **name,
+                     size_t *len) {
+    ErlNifBinary bin;
+    if (enif_is_atom(env, t)) {
+        char latin1[256];
+        int n = enif_get_atom(env, t, latin1, sizeof latin1, ERL_NIF_LATIN1);
+        if (n <= 0) {
+            return 0;
+        }
+        uint8_t *out = *arena;
+        size_t k = 0;
+        for (int i = 0; i < n - 1; i++) {
+            uint8_t c = (uint8_t)latin1[i];
+            if (c < 0x80) {
+                out[k++] = c;
+            } else {
+                out[k++] = (uint8_t)(0xC0 | c >> 6);
+                out[k++] = (uint8_t)(0x80 | (c & 0x3F));
+            }
+        }
+        *name = out;
+        *len = k;
+        *arena += k;
+        return 1;
+    }
+    if (get_binary(env, t, &bin)) {
+        *name = bin.data;
+        *len = bin.size;
+        return 1;
+    }
+    return 0;
+}
+
+/* Decodes a map of names to names into pairs. Pairs and the arena holding
+ * converted atom names are one allocation, released with enif_free. */
+static int get_pairs(ErlNifEnv *env, ERL_NIF_TERM map, reloc_pair **out, size_t *n) {
+    size_t size;
     *out = NULL;
     *n = 0;
-    if (!enif_get_list_length(env, list, &len)) {
+    if (!enif_get_map_size(env, map, &size)) {
         return 0;
     }
-    reloc_pair *pairs = enif_alloc((len + 1) * sizeof *pairs);
+    /* Each pair's names take at most 2 * 2 * 255 bytes as UTF-8. */
+    reloc_pair *pairs = enif_alloc((size + 1) * (sizeof *pairs + 4 * 255));
     if (!pairs) {
         return 0;
     }
-    ERL_NIF_TERM head, tail = list;
-    for (unsigned i = 0; enif_get_list_cell(env, tail, &head, &tail); i++) {
-        const ERL_NIF_TERM *tuple;
-        int arity;
-        ErlNifBinary from, to;
-        if (!enif_get_tuple(env, head, &arity, &tuple) || arity != 2 ||
-            !get_binary(env, tuple[0], &from) || !get_binary(env, tuple[1], &to)) {
-            enif_free(pairs);
-            return 0;
-        }
-        pairs[i] = (reloc_pair){from.data, from.size, to.data, to.size};
+    uint8_t *arena = (uint8_t *)(pairs + size + 1);
+    ErlNifMapIterator it;
+    if (!enif_map_iterator_create(env, map, &it, ERL_NIF_MAP_ITERATOR_FIRST)) {
+        enif_free(pairs);
+        return 0;
+    }
+    size_t i = 0;
+    ERL_NIF_TERM k, v;
+    int ok = 1;
+    while (ok && enif_map_iterator_get_pair(env, &it, &k, &v)) {
+        reloc_pair *p = &pairs[i++];
+        ok = term_name(env, k, &arena, &p->from, &p->from_len) &&
+             term_name(env, v, &arena, &p->to, &p->to_len);
+        enif_map_iterator_next(env, &it);
+    }
+    enif_map_iterator_destroy(env, &it);
+    if (!ok) {
+        enif_free(pairs);
+        return 0;
     }
     *out = pairs;
-    *n = len;
+    *n = size;
     return 1;
 }
 

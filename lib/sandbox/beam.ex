@@ -309,11 +309,14 @@ defmodule Sandbox.Beam do
 
   def relocate(beam, renames, redirects, opts) when is_binary(beam) do
     strip = strip_option(opts)
-    rename_pairs = atom_pairs!(renames, "renames")
-    redirect_pairs = atom_pairs!(redirects, "redirects")
+    check_atom_map!(renames, "renames")
+    check_atom_map!(redirects, "redirects")
 
     with :ok <- check_bif_redirects(beam, redirects) do
-      :sandbox_nif.relocate(beam, rename_pairs, redirect_pairs, strip)
+      case :sandbox_nif.relocate(beam, renames, redirects, strip) do
+        {:error, :badarg} -> raise ArgumentError, "relocate: the NIF refused its arguments"
+        result -> result
+      end
     end
   end
 
@@ -333,17 +336,17 @@ defmodule Sandbox.Beam do
   end
 
   # :maps.to_list/1, not Enum: a map with an :__struct__ key is still a map here.
-  defp atom_pairs!(map, what) when is_map(map) do
-    Enum.map(:maps.to_list(map), fn
+  defp check_atom_map!(map, what) when is_map(map) do
+    Enum.each(:maps.to_list(map), fn
       {from, to} when is_atom(from) and is_atom(to) ->
-        {Atom.to_string(from), Atom.to_string(to)}
+        :ok
 
       pair ->
         raise ArgumentError, "#{what} must map atoms to atoms, got: #{inspect(pair)}"
     end)
   end
 
-  defp atom_pairs!(other, what),
+  defp check_atom_map!(other, what),
     do: raise(ArgumentError, "#{what} must be a map, got: #{inspect(other)}")
 
   # The loader requires BIF imports of :erlang to stay BIFs.

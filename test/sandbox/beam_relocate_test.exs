@@ -217,6 +217,15 @@ defmodule Sandbox.BeamRelocateTest do
     assert name == Atom.to_string(long)
   end
 
+  test "names outside latin-1 are relocated too" do
+    [{_, beam}] = compile_unloaded("defmodule UniFix do def me, do: __MODULE__ end")
+    new_name = :"Elixir.Sandbox@u.Λάμδα"
+    {:ok, out} = Beam.relocate(beam, %{UniFix => new_name})
+    {:module, mod} = :code.load_binary(new_name, ~c"u", out)
+    assert mod.me() == new_name
+    unload(new_name)
+  end
+
   test "relocated_name/2 and rename_map/2 validate ids and lengths" do
     assert {:error, {:invalid_id, "a.b"}} = Beam.relocated_name("a.b", Foo)
     assert {:error, {:invalid_id, :a}} = Beam.relocated_name(:a, Foo)
