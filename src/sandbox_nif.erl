@@ -10,7 +10,8 @@
 %% error reasons.
 -module(sandbox_nif).
 
--export([parse/1, validate/1, checksum/1, dirty_thresholds/0]).
+-export([parse/1, validate/1, checksum/1, relocate/4, dirty_thresholds/0]).
+-export([reload_order/1, dependency_graph/1]).
 
 -on_load(init/0).
 
@@ -21,11 +22,17 @@
 -define(PARSE_DIRTY_BYTES, 256 * 1024).
 -define(VALIDATE_DIRTY_BYTES, 64 * 1024).
 -define(CHECKSUM_DIRTY_BYTES, 1024 * 1024).
+%% Relocation rewrites and recompresses term chunks (zlib at about 20 MB/s
+%% for deflate): above this size it runs dirty.
+-define(RELOCATE_DIRTY_BYTES, 16 * 1024).
 
 -spec parse(binary()) -> {ok, map()} | {error, term()}.
-parse(Bin) when is_binary(Bin), byte_size(Bin) > ?PARSE_DIRTY_BYTES -> parse_dirty(Bin);
-parse(Bin) when is_binary(Bin) -> parse_nif(Bin);
+parse(Bin) when is_binary(Bin), byte_size(Bin) > ?PARSE_DIRTY_BYTES -> sort_funs(parse_dirty(Bin));
+parse(Bin) when is_binary(Bin) -> sort_funs(parse_nif(Bin));
 parse(Other) -> erlang:error(badarg, [Other]).
+
+sort_funs({ok, #{external_funs := Funs} = M}) -> {ok, M#{external_funs := lists:usort(Funs)}};
+sort_funs(Error) -> Error.
 
 -spec validate(binary()) -> ok | {error, term()}.
 validate(Bin) when is_binary(Bin), byte_size(Bin) > ?VALIDATE_DIRTY_BYTES -> validate_dirty(Bin);
@@ -44,12 +51,85 @@ checksum(IoList) when is_list(IoList) ->
 checksum(Other) ->
     erlang:error(badarg, [Other]).
 
+%% @doc Relocates a BEAM: `Renames' and `Redirects' map names to names
+%% (atoms, or UTF-8 binaries); `StripDebug' drops the Dbgi and Docs chunks.
+%% The NIF reads atom names itself; OTP 25 gives NIFs only latin-1 atom
+%% names, so maps holding other atoms are passed on as binaries.
+-spec relocate(binary(), #{atom() | binary() => atom() | binary()},
+               #{atom() | binary() => atom() | binary()}, boolean()) ->
+    {ok, binary()} | {error, term()}.
+relocate(Bin, Renames, Redirects, Strip) when is_binary(Bin), is_map(Renames), is_map(Redirects) ->
+    case relocate_call(Bin, Renames, Redirects, Strip) of
+        {error, badarg} ->
+            %% badarg from the NIF: retry with every name as a binary, which
+            %% reaches non-latin-1 atoms; other bad arguments fail again.
+            relocate_call(Bin, as_binaries(Renames), as_binaries(Redirects), Strip);
+        Result ->
+            Result
+    end;
+relocate(Bin, Renames, Redirects, Strip) ->
+    erlang:error(badarg, [Bin, Renames, Redirects, Strip]).
+
+relocate_call(Bin, Renames, Redirects, Strip) ->
+    try
+        case byte_size(Bin) > ?RELOCATE_DIRTY_BYTES of
+            true -> relocate_dirty(Bin, Renames, Redirects, Strip);
+            false -> relocate_nif(Bin, Renames, Redirects, Strip)
+        end
+    catch
+        error:badarg -> {error, badarg}
+    end.
+
+as_binaries(Map) ->
+    maps:from_list([{name(K), name(V)} || {K, V} <- maps:to_list(Map)]).
+
+name(A) when is_atom(A) -> atom_to_binary(A, utf8);
+name(Other) -> Other.
+%% Graph work in nodes + edges. reload_order/1 costs about 150 ns per node
+%% (three passes over the map, the id map, the sort of the names, the heap of
+%% ready groups) and 20 ns per edge, measured on 1,000- and 4,000-node graphs
+%% with no edges and with 5 per node (2 shared cores, load average 6): 4,000
+%% units take at most about 0.65 ms. The Erlang side sees only the key count;
+%% the NIF counts edges and moves itself to a dirty scheduler when the total
+%% is above the threshold.
+-define(GRAPH_DIRTY_WORK, 4000).
+
+%% @doc Strongly connected components of `Graph' (node => nodes it depends
+%% on), dependencies first; see `Sandbox.Beam.Graph' for the order.
+-spec reload_order(#{atom() => [atom()]}) ->
+    {ok, [[atom(), ...]]}
+    | {error, {bad_node, term()} | {bad_edges, atom()} | too_large | out_of_memory}.
+reload_order(Graph) when is_map(Graph), map_size(Graph) > ?GRAPH_DIRTY_WORK ->
+    reload_order_dirty(Graph, ?GRAPH_DIRTY_WORK);
+reload_order(Graph) when is_map(Graph) -> reload_order_nif(Graph, ?GRAPH_DIRTY_WORK);
+reload_order(Other) -> erlang:error(badarg, [Other]).
+
+%% @doc Each module's dependencies among the given modules, from
+%% `{Module, Imports, ExternalFuns, Extra}' entries (`{M, F, A}' or `M'
+%% references), without self-edges, sorted.
+-spec dependency_graph([{atom(), [mfa() | atom()], [mfa() | atom()], [mfa() | atom()]}]) ->
+    {ok, #{atom() => [atom()]}} | {error, {duplicate_module, atom()} | too_large | out_of_memory}.
+dependency_graph(Entries) when is_list(Entries) ->
+    case length(Entries) > ?GRAPH_DIRTY_WORK of
+        true -> dependency_graph_dirty(Entries, ?GRAPH_DIRTY_WORK);
+        false -> dependency_graph_nif(Entries, ?GRAPH_DIRTY_WORK)
+    end;
+dependency_graph(Other) -> erlang:error(badarg, [Other]).
+
+reload_order_nif(_, _) -> erlang:nif_error(nif_not_loaded).
+reload_order_dirty(_, _) -> erlang:nif_error(nif_not_loaded).
+dependency_graph_nif(_, _) -> erlang:nif_error(nif_not_loaded).
+dependency_graph_dirty(_, _) -> erlang:nif_error(nif_not_loaded).
+
 %% @doc The input sizes (bytes) above which each function runs dirty.
+%% (`graph' is in nodes + edges.)
 -spec dirty_thresholds() -> #{parse := pos_integer(), validate := pos_integer(),
-                              checksum := pos_integer()}.
+                              checksum := pos_integer(), relocate := pos_integer(),
+                              graph := pos_integer()}.
 dirty_thresholds() ->
     #{parse => ?PARSE_DIRTY_BYTES, validate => ?VALIDATE_DIRTY_BYTES,
-      checksum => ?CHECKSUM_DIRTY_BYTES}.
+      checksum => ?CHECKSUM_DIRTY_BYTES, relocate => ?RELOCATE_DIRTY_BYTES,
+      graph => ?GRAPH_DIRTY_WORK}.
 
 init() ->
     Path = filename:join(priv_dir(), "sandbox_nif"),
@@ -85,3 +165,5 @@ validate_nif(_) -> erlang:nif_error(nif_not_loaded).
 validate_dirty(_) -> erlang:nif_error(nif_not_loaded).
 checksum_nif(_) -> erlang:nif_error(nif_not_loaded).
 checksum_dirty(_) -> erlang:nif_error(nif_not_loaded).
+relocate_nif(_, _, _, _) -> erlang:nif_error(nif_not_loaded).
+relocate_dirty(_, _, _, _) -> erlang:nif_error(nif_not_loaded).

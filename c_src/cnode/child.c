@@ -663,7 +663,8 @@ void cn_child_timers(void) {
             if (have) {
                 sample_child(c, &s);
             }
-            c->next_sample = now + c->sample_ms;
+            /* on a grid, so that children with the same interval share one scan */
+            c->next_sample = (now / c->sample_ms + 1) * c->sample_ms;
         } else if (c->kill_reason) {
             c->next_sample = -1;
         }

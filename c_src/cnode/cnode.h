@@ -46,6 +46,10 @@ void cn_event_begin(ei_x_buff *x, int64_t id);
 
 /* Whether the stdin/port side is gone or SIGTERM came: the loop ends. */
 extern int cn_stopping;
+extern size_t cn_max_frame;
+/* Replies {error, {frame_too_large, Size, Max}} to the request whose first
+ * bytes are prefix (when they name a sender and a reference). */
+void cn_refuse_too_big(const uint8_t *prefix, size_t len, uint64_t declared);
 extern pid_t cn_self;
 
 /* ---- child.c ---- */
@@ -88,7 +92,7 @@ int cn_audit_setup(const char *path, int64_t max_bytes, int keep);
 void cn_audit_request(const cn_request *r);
 /* Called once per loop iteration after the frames read were handled: one
  * fsync covers every line appended since the last, then the replies go. */
-void cn_audit_commit(void);
+void cn_audit_round(void);
 void cn_audit_stop(void);
 
 /* ---- dispatch (main.c) ---- */

@@ -22,6 +22,7 @@
 #include "cnode.h"
 
 int cn_stopping = 0;
+size_t cn_max_frame = CN_FRAME_DEFAULT_MAX;
 pid_t cn_self;
 
 static cn_framebuf g_in;
@@ -272,7 +273,7 @@ void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
     cn_arena_free(&a);
 }
 
-static void too_big(const uint8_t *prefix, size_t len, uint64_t declared) {
+void cn_refuse_too_big(const uint8_t *prefix, size_t len, uint64_t declared) {
     cn_arena a;
     cn_arena_init(&a);
     cn_term from, ref;
@@ -285,7 +286,7 @@ static void too_big(const uint8_t *prefix, size_t len, uint64_t declared) {
         ei_x_encode_tuple_header(&x, 3);
         ei_x_encode_atom(&x, "frame_too_large");
         ei_x_encode_ulonglong(&x, declared);
-        ei_x_encode_ulonglong(&x, g_in.max_frame);
+        ei_x_encode_ulonglong(&x, cn_max_frame);
         cn_reply_end(&r, &x);
     } else {
         notice_error("frame_too_large", NULL);
@@ -317,7 +318,7 @@ static void read_port(void) {
     cn_frame_status st;
     while (!cn_stopping && (st = cn_frame_next(&g_in, &frame, &len, &declared)) != CN_FRAME_NONE) {
         if (st == CN_FRAME_TOO_BIG) {
-            too_big(frame, len, declared);
+            cn_refuse_too_big(frame, len, declared);
         } else {
             cn_dispatch(frame, len, -1);
         }
@@ -415,6 +416,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     cn_frame_init(&g_in, max_frame);
+    cn_max_frame = max_frame;
     if (audit_log && cn_audit_setup(audit_log, audit_max, audit_keep) != 0) {
         fprintf(stderr, "sandbox_cnode: cannot open audit log %s: %s\n", audit_log,
                 strerror(errno));
@@ -462,9 +464,9 @@ int main(int argc, char **argv) {
             cn_watch_timers();
         }
         /* One fsync for every audit line appended in this round. */
-        cn_audit_commit();
+        cn_audit_round();
     }
-    cn_audit_commit();
+    cn_audit_round();
     cn_child_kill_all();
     cn_watch_stop();
     cn_dist_stop();

@@ -61,7 +61,13 @@ static beam_errcode parse_container(beam_module *m, beam_error *err) {
     if (form_end < size) {
         return fail(err, BEAM_E_TRAILING, NULL, size - form_end);
     }
-    m->chunks = calloc((size - 12) / 8 + 1, sizeof *m->chunks);
+    /* Count the chunk headers that fit first, so the table is sized exactly
+     * (the walk below reports whatever does not fit). */
+    size_t nmax = 0;
+    for (size_t p = 12; p < form_end && p <= size - 8; p += 8 + align4(rd_u32(d + p + 4))) {
+        nmax++;
+    }
+    m->chunks = calloc(nmax + 1, sizeof *m->chunks);
     if (!m->chunks) {
         return fail(err, BEAM_E_NOMEM, NULL, 0);
     }
@@ -160,8 +166,8 @@ static beam_errcode parse_atoms(beam_module *m, beam_error *err) {
         if (compact) {
             hdr = read_compact_u(p, avail, &len);
             if (!hdr) {
-                return fail(err, avail ? BEAM_E_BAD_ATOM : BEAM_E_TRUNCATED,
-                            avail ? NULL : id, i + 1);
+                return fail(err, avail ? BEAM_E_BAD_ATOM : BEAM_E_TRUNCATED, avail ? NULL : id,
+                            i + 1);
             }
         } else {
             if (avail < 1) {
@@ -211,8 +217,8 @@ static beam_errcode parse_table(beam_module *m, const char *id, beam_table t, in
     const uint8_t *p = m->data + c->offset;
     uint32_t n = rd_u32(p);
     if ((uint64_t)n * 12 != (uint64_t)c->size - 4) {
-        return fail(err, (uint64_t)n * 12 > (uint64_t)c->size - 4 ? BEAM_E_TRUNCATED
-                                                                   : BEAM_E_BAD_CHUNK,
+        return fail(err,
+                    (uint64_t)n * 12 > (uint64_t)c->size - 4 ? BEAM_E_TRUNCATED : BEAM_E_BAD_CHUNK,
                     id, 0);
     }
     for (uint32_t i = 0; i < n; i++) {
@@ -249,9 +255,10 @@ beam_errcode beam_parse(const uint8_t *data, size_t size, beam_module *m, beam_e
     return BEAM_OK;
 }
 
-/* LitT: uncompressed size, then a zlib stream of: count, then per literal a
- * size and one external term (with its version byte). */
-static beam_errcode validate_literals(const beam_module *m, beam_error *err) {
+/* LitT: uncompressed size (0: not compressed), then a zlib stream of: count,
+ * then per literal a size and one external term (with its version byte). */
+beam_errcode beam_literals_load(const beam_module *m, beam_literals *lits, beam_error *err) {
+    memset(lits, 0, sizeof *lits);
     const beam_chunk *c = beam_find_chunk(m, "LitT");
     if (!c) {
         return BEAM_OK;
@@ -261,50 +268,85 @@ static beam_errcode validate_literals(const beam_module *m, beam_error *err) {
     }
     const uint8_t *p = m->data + c->offset;
     uint32_t usize = rd_u32(p);
-    const uint8_t *table;
-    uint8_t *buf = NULL;
-    if (usize == 0) { /* an uncompressed table follows directly */
-        table = p + 4;
-        usize = c->size - 4;
+    if (usize == 0) {
+        lits->data = p + 4;
+        lits->size = c->size - 4;
     } else {
         if (usize > etf_inflate_bound(c->size - 4)) {
             return fail(err, BEAM_E_ZLIB, "LitT", 0);
         }
-        buf = malloc(usize);
-        if (!buf) {
+        lits->owned = malloc(usize);
+        if (!lits->owned) {
             return fail(err, BEAM_E_NOMEM, NULL, 0);
         }
-        if (etf_inflate_exact(p + 4, c->size - 4, buf, usize) != 0) {
-            free(buf);
+        if (etf_inflate_exact(p + 4, c->size - 4, lits->owned, usize) != 0) {
+            beam_literals_free(lits);
             return fail(err, BEAM_E_ZLIB, "LitT", 0);
         }
-        table = buf;
+        lits->data = lits->owned;
+        lits->size = usize;
     }
-    beam_errcode rc = BEAM_OK;
-    if (usize < 4) {
-        rc = fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
-        goto out;
+    if (lits->size < 4) {
+        beam_literals_free(lits);
+        return fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
     }
-    uint32_t n = rd_u32(table);
+    uint32_t n = rd_u32(lits->data);
     size_t pos = 4;
     for (uint32_t i = 0; i < n; i++) {
-        if (usize - pos < 4) {
-            rc = fail(err, BEAM_E_BAD_LITERAL, NULL, i);
-            goto out;
+        if (lits->size - pos < 4 || rd_u32(lits->data + pos) > lits->size - pos - 4) {
+            beam_literals_free(lits);
+            return fail(err, BEAM_E_BAD_LITERAL, NULL, i);
         }
-        uint32_t lsize = rd_u32(table + pos);
-        pos += 4;
-        if (lsize > usize - pos || etf_validate(table + pos, lsize, 0) != ETF_OK) {
+        pos += 4 + (size_t)rd_u32(lits->data + pos);
+    }
+    if (pos != lits->size) {
+        beam_literals_free(lits);
+        return fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
+    }
+    lits->count = n;
+    return BEAM_OK;
+}
+
+int beam_literals_next(const beam_literals *lits, size_t *pos, const uint8_t **term,
+                       uint32_t *len) {
+    if (*pos == 0) {
+        *pos = 4;
+    }
+    if (!lits->data || *pos >= lits->size) {
+        return 0;
+    }
+    *len = rd_u32(lits->data + *pos);
+    *term = lits->data + *pos + 4;
+    *pos += 4 + (size_t)*len;
+    return 1;
+}
+
+void beam_literals_free(beam_literals *lits) {
+    free(lits->owned);
+    memset(lits, 0, sizeof *lits);
+}
+
+static beam_errcode validate_literals(const beam_module *m, beam_error *err) {
+    const beam_chunk *c = beam_find_chunk(m, "LitT");
+    /* OTP 25's loader only reads a compressed table (size 0 is refused). */
+    if (c && c->size >= 4 && rd_u32(m->data + c->offset) == 0) {
+        return fail(err, BEAM_E_ZLIB, "LitT", 0);
+    }
+    beam_literals lits;
+    beam_errcode rc = beam_literals_load(m, &lits, err);
+    if (rc != BEAM_OK) {
+        return rc;
+    }
+    size_t pos = 0;
+    const uint8_t *term;
+    uint32_t len;
+    for (uint32_t i = 0; beam_literals_next(&lits, &pos, &term, &len); i++) {
+        if (etf_validate(term, len, 0) != ETF_OK) {
             rc = fail(err, BEAM_E_BAD_LITERAL, NULL, i);
-            goto out;
+            break;
         }
-        pos += lsize;
     }
-    if (pos != usize) {
-        rc = fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
-    }
-out:
-    free(buf);
+    beam_literals_free(&lits);
     return rc;
 }
 
@@ -338,8 +380,7 @@ static beam_errcode validate_code(const beam_module *m, uint32_t max_opcode, bea
     return BEAM_OK;
 }
 
-beam_errcode beam_validate(const uint8_t *data, size_t size, uint32_t max_opcode,
-                           beam_error *err) {
+beam_errcode beam_validate(const uint8_t *data, size_t size, uint32_t max_opcode, beam_error *err) {
     beam_module m;
     beam_errcode rc = beam_parse(data, size, &m, err);
     if (rc != BEAM_OK) {
@@ -364,10 +405,22 @@ out:
 }
 
 const char *beam_errcode_name(beam_errcode c) {
-    static const char *names[] = {
-        "ok",        "truncated",   "not_iff",         "not_beam",       "trailing_bytes",
-        "bad_padding", "duplicate_chunk", "missing_chunk", "bad_chunk",  "bad_atom",
-        "bad_atom_index", "zlib_error", "bad_literal", "bad_term",       "bad_instruction_set",
-        "bad_max_opcode", "out_of_memory"};
+    static const char *names[] = {"ok",
+                                  "truncated",
+                                  "not_iff",
+                                  "not_beam",
+                                  "trailing_bytes",
+                                  "bad_padding",
+                                  "duplicate_chunk",
+                                  "missing_chunk",
+                                  "bad_chunk",
+                                  "bad_atom",
+                                  "bad_atom_index",
+                                  "zlib_error",
+                                  "bad_literal",
+                                  "bad_term",
+                                  "bad_instruction_set",
+                                  "bad_max_opcode",
+                                  "out_of_memory"};
     return (size_t)c < sizeof names / sizeof *names ? names[c] : "unknown";
 }

@@ -63,8 +63,8 @@ typedef struct {
     size_t nchunks;
     beam_atom *atoms; /* atoms[0] is atom index 1, the module name */
     size_t natoms;
-    int atoms_utf8;      /* 1 for AtU8, 0 for the latin-1 Atom chunk */
-    int atom_chunk;      /* index into chunks */
+    int atoms_utf8;         /* 1 for AtU8, 0 for the latin-1 Atom chunk */
+    int atom_chunk;         /* index into chunks */
     const uint8_t *imports; /* 12-byte entries: module, function, arity */
     uint32_t nimports;
     const uint8_t *exports; /* 12-byte entries: function, arity, label */
@@ -79,8 +79,7 @@ beam_errcode beam_parse(const uint8_t *data, size_t size, beam_module *m, beam_e
 
 /* beam_parse plus the remaining checks of a loadable module: the required
  * chunks, the literal table, the Attr and CInf terms, the code header. */
-beam_errcode beam_validate(const uint8_t *data, size_t size, uint32_t max_opcode,
-                           beam_error *err);
+beam_errcode beam_validate(const uint8_t *data, size_t size, uint32_t max_opcode, beam_error *err);
 
 void beam_module_free(beam_module *m);
 
@@ -94,6 +93,24 @@ static inline void beam_table_entry(const uint8_t *table, uint32_t i, uint32_t o
     out[1] = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7];
     out[2] = (uint32_t)p[8] << 24 | (uint32_t)p[9] << 16 | (uint32_t)p[10] << 8 | p[11];
 }
+
+/* The literal table (LitT), inflated: `count` literals, each a 4-byte size
+ * and one external term with its version byte. */
+typedef struct {
+    uint8_t *owned; /* the inflated buffer, or NULL when data points into the file */
+    const uint8_t *data;
+    size_t size;
+    uint32_t count;
+} beam_literals;
+
+/* Loads the literal table (an empty one when the module has no LitT) and
+ * checks its framing: every literal's size fits and nothing trails. */
+beam_errcode beam_literals_load(const beam_module *m, beam_literals *lits, beam_error *err);
+
+/* Iterates literals: start with *pos = 0; returns 0 at the end. */
+int beam_literals_next(const beam_literals *lits, size_t *pos, const uint8_t **term, uint32_t *len);
+
+void beam_literals_free(beam_literals *lits);
 
 /* A short English description of an error code (for tests and logs). */
 const char *beam_errcode_name(beam_errcode c);

@@ -46,7 +46,7 @@ enum {
 
 /* Reads one atom term at *ppos and reports it to the visitor. */
 static etf_status walk_atom(const uint8_t *buf, size_t len, size_t *ppos, const etf_visitor *v,
-                            etf_atom_role role) {
+                            etf_atom_role role, etf_atom *out) {
     size_t pos = *ppos;
     size_t start = pos;
     NEED(1);
@@ -81,6 +81,11 @@ static etf_status walk_atom(const uint8_t *buf, size_t len, size_t *ppos, const 
     }
     if (v && v->atom && v->atom(v->ctx, start, pos + n - start, buf + pos, n, utf8, role)) {
         return ETF_E_CALLBACK;
+    }
+    if (out) {
+        out->name = buf + pos;
+        out->len = n;
+        out->utf8 = utf8;
     }
     *ppos = pos + n;
     return ETF_OK;
@@ -117,7 +122,7 @@ etf_status etf_walk_term(const uint8_t *buf, size_t len, size_t *end, const etf_
         case TAG_ATOM_UTF8:
         case TAG_SMALL_ATOM:
         case TAG_SMALL_ATOM_UTF8:
-            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_DATA)) != ETF_OK) {
+            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_DATA, NULL)) != ETF_OK) {
                 return st;
             }
             break;
@@ -190,18 +195,23 @@ etf_status etf_walk_term(const uint8_t *buf, size_t len, size_t *end, const etf_
             NEED(n);
             pos += n;
             break;
-        case TAG_EXPORT:
+        case TAG_EXPORT: {
+            etf_atom mod, fun;
             pos += 1;
-            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_FUN_MODULE)) != ETF_OK ||
-                (st = walk_atom(buf, len, &pos, v, ETF_ATOM_FUN_NAME)) != ETF_OK) {
+            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_FUN_MODULE, &mod)) != ETF_OK ||
+                (st = walk_atom(buf, len, &pos, v, ETF_ATOM_FUN_NAME, &fun)) != ETF_OK) {
                 return st;
             }
             NEED(2);
             if (buf[pos] != TAG_SMALL_INTEGER) {
                 return ETF_E_BAD_VALUE;
             }
+            if (v && v->export_fun && v->export_fun(v->ctx, &mod, &fun, buf[pos + 1])) {
+                return ETF_E_CALLBACK;
+            }
             pos += 2;
             break;
+        }
         case TAG_NEW_FUN: {
             /* Size(4) Arity(1) Uniq(16) Index(4) NumFree(4), then Module,
              * OldIndex, OldUniq, Pid and NumFree free variables. */
@@ -221,7 +231,7 @@ etf_status etf_walk_term(const uint8_t *buf, size_t len, size_t *end, const etf_
         case TAG_V4_PORT:
         case TAG_REFERENCE: {
             pos += 1;
-            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_NODE)) != ETF_OK) {
+            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_NODE, NULL)) != ETF_OK) {
                 return st;
             }
             size_t rest = tag == TAG_PID        ? 9
@@ -242,7 +252,7 @@ etf_status etf_walk_term(const uint8_t *buf, size_t len, size_t *end, const etf_
                 return ETF_E_BAD_VALUE;
             }
             pos += 3;
-            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_NODE)) != ETF_OK) {
+            if ((st = walk_atom(buf, len, &pos, v, ETF_ATOM_NODE, NULL)) != ETF_OK) {
                 return st;
             }
             size_t rest = (tag == TAG_NEW_REFERENCE ? 1 : 4) + 4 * (size_t)words;

@@ -27,11 +27,18 @@ typedef enum {
 
 /* Where an atom occurs, for visitors that care (relocation, dependency graphs). */
 typedef enum {
-    ETF_ATOM_DATA = 0,    /* any other atom */
-    ETF_ATOM_FUN_MODULE,  /* the module of an external fun `fun M:F/A` */
-    ETF_ATOM_FUN_NAME,    /* the function name of an external fun */
-    ETF_ATOM_NODE         /* the node of a pid, port or reference */
+    ETF_ATOM_DATA = 0,   /* any other atom */
+    ETF_ATOM_FUN_MODULE, /* the module of an external fun `fun M:F/A` */
+    ETF_ATOM_FUN_NAME,   /* the function name of an external fun */
+    ETF_ATOM_NODE        /* the node of a pid, port or reference */
 } etf_atom_role;
+
+/* An atom's name as it occurs in the walked buffer. */
+typedef struct {
+    const uint8_t *name;
+    size_t len;
+    int utf8;
+} etf_atom;
 
 typedef struct etf_visitor {
     /* Called for every atom. `off` is the offset of the atom's tag byte in the
@@ -39,6 +46,9 @@ typedef struct etf_visitor {
      * field and name). Returning non-zero stops the walk with ETF_E_CALLBACK. */
     int (*atom)(void *ctx, size_t off, size_t enc_len, const uint8_t *name, size_t len, int utf8,
                 etf_atom_role role);
+    /* Called for every external fun `fun M:F/A`, after the atom callbacks
+     * for M and F. May be NULL. Non-zero stops the walk. */
+    int (*export_fun)(void *ctx, const etf_atom *mod, const etf_atom *fun, unsigned arity);
     void *ctx;
 } etf_visitor;
 

@@ -7,8 +7,7 @@
 #include "etf.h"
 
 #define ETF(...) ((const uint8_t[]){__VA_ARGS__})
-#define VALID(...)                                                                                 \
-    etf_validate(ETF(__VA_ARGS__), sizeof(ETF(__VA_ARGS__)), 0)
+#define VALID(...) etf_validate(ETF(__VA_ARGS__), sizeof(ETF(__VA_ARGS__)), 0)
 
 Test(etf, scalars) {
     cr_assert_eq(VALID(131, 97, 5), ETF_OK);
@@ -33,7 +32,7 @@ Test(etf, framing) {
 
 Test(etf, atoms) {
     cr_assert_eq(VALID(131, 119, 2, 'o', 'k'), ETF_OK);
-    cr_assert_eq(VALID(131, 118, 0, 2, 0xC3, 0xA9), ETF_OK);  /* é */
+    cr_assert_eq(VALID(131, 118, 0, 2, 0xC3, 0xA9), ETF_OK);      /* é */
     cr_assert_eq(VALID(131, 119, 2, 0xC3, 0x28), ETF_E_BAD_ATOM); /* bad continuation */
     cr_assert_eq(VALID(131, 119, 2, 0xC0, 0x80), ETF_E_BAD_ATOM); /* overlong NUL */
     cr_assert_eq(VALID(131, 100, 0, 2, 'o', 'k'), ETF_OK);
@@ -100,10 +99,10 @@ static int count_atoms(void *ctx, size_t off, size_t enc_len, const uint8_t *nam
 
 Test(etf, visitor_sees_every_atom) {
     /* [fun m:f/1, a, {b}] */
-    const uint8_t t[] = {108, 0, 0, 0, 3, 113, 119, 1, 'm', 119, 1, 'f', 97, 1, 119, 1, 'a', 104,
-                         1,   119, 1, 'b', 106};
+    const uint8_t t[] = {108, 0, 0,   0, 3,   113, 119, 1,   'm', 119, 1,  'f',
+                         97,  1, 119, 1, 'a', 104, 1,   119, 1,   'b', 106};
     struct seen s = {0};
-    etf_visitor v = {count_atoms, &s};
+    etf_visitor v = {count_atoms, NULL, &s};
     size_t end;
     cr_assert_eq(etf_walk_term(t, sizeof t, &end, &v), ETF_OK);
     cr_assert_eq(end, sizeof t);
@@ -113,8 +112,8 @@ Test(etf, visitor_sees_every_atom) {
 
 Test(etf, compressed) {
     /* term_to_binary(lists:duplicate(100, 0), [compressed]) as OTP 25 writes it */
-    const uint8_t t[] = {131, 80, 0,  0,   0,   103, 120, 156, 203, 102,
-                         72,  97, 160, 3,  0,   0,   82,  232, 0,   208};
+    const uint8_t t[] = {131, 80, 0,   0, 0, 103, 120, 156, 203, 102,
+                         72,  97, 160, 3, 0, 0,   82,  232, 0,   208};
     cr_assert_eq(etf_validate(t, sizeof t, 1), ETF_OK);
     cr_assert_eq(etf_validate(t, sizeof t, 0), ETF_E_BAD_TAG);
     uint8_t wrong_size[sizeof t];

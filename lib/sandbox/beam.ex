@@ -78,6 +78,8 @@ defmodule Sandbox.Beam do
     * `chunks` — every chunk, interpreted or not: `{id, data_offset, size}`
     * `imports` — `{module, function, arity}` in table order
     * `exports`, `locals` — `{function, arity}` in table order
+    * `external_funs` — the external funs `fun M:F/A` among the literals
+      (`LitT`), sorted and without duplicates
     * `attributes` — the decoded `Attr` chunk (`[]` when absent)
     * `compile_info` — the decoded `CInf` chunk (`[]` when absent)
     * `has_literals`, `has_debug_info`, `has_docs`, `has_exck` — whether the
@@ -91,6 +93,7 @@ defmodule Sandbox.Beam do
           imports: [{atom, atom, arity}],
           exports: [{atom, arity}],
           locals: [{atom, arity}],
+          external_funs: [{atom, atom, arity}],
           attributes: term,
           compile_info: term,
           has_literals: boolean,
@@ -106,6 +109,7 @@ defmodule Sandbox.Beam do
             imports: [],
             exports: [],
             locals: [],
+            external_funs: [],
             attributes: [],
             compile_info: [],
             has_literals: false,
@@ -117,8 +121,9 @@ defmodule Sandbox.Beam do
   Parses a BEAM binary: its chunk table, atom table, import, export and local
   tables, and the `Attr` and `CInf` terms.
 
-  Parsing checks every bound and index it reads; it does not inflate the
-  literal table or look at the code (see `validate/1`).
+  Parsing checks every bound and index it reads, and walks the literal
+  table for external funs; it does not look at the code (see `validate/1`
+  for the checks a loadable module needs).
 
       iex> {_, bin, _} = :code.get_object_code(:lists)
       iex> {:ok, %Sandbox.Beam{exports: exports}} = Sandbox.Beam.parse(bin)
@@ -153,6 +158,209 @@ defmodule Sandbox.Beam do
   def validate(other),
     do: raise(ArgumentError, "expected a BEAM binary, got: #{inspect(other)}")
 
+  @id_pattern ~r/\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\z/
+
+  @doc """
+  The name module `module` gets in sandbox `id`.
+
+  An Elixir module `Elixir.Rest` becomes `Elixir.Sandbox@<id>.Rest`; an
+  Erlang module `m` becomes `sandbox@<id>@m`. Ids match
+  `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`, so they contain neither `@` nor `.`
+  and relocated names never collide across sandboxes or with host modules.
+
+      iex> Sandbox.Beam.relocated_name("a", Demo.Counter)
+      {:ok, :"Elixir.Sandbox@a.Demo.Counter"}
+      iex> Sandbox.Beam.relocated_name("a", :demo_sup)
+      {:ok, :"sandbox@a@demo_sup"}
+      iex> Sandbox.Beam.relocated_name("no.dots", :m)
+      {:error, {:invalid_id, "no.dots"}}
+
+  Returns `{:error, {:atom_too_long, name}}` (`name` a string) when the
+  result would exceed 255 characters.
+  """
+  @spec relocated_name(String.t(), module) ::
+          {:ok, module} | {:error, {:invalid_id, term} | {:atom_too_long, String.t()}}
+  def relocated_name(id, module) when is_atom(module) do
+    with :ok <- check_id(id), do: to_atom(relocated_string(id, Atom.to_string(module)))
+  end
+
+  def relocated_name(_id, module),
+    do: raise(ArgumentError, "expected a module name (atom), got: #{inspect(module)}")
+
+  defp check_id(id) do
+    if is_binary(id) and Regex.match?(@id_pattern, id), do: :ok, else: {:error, {:invalid_id, id}}
+  end
+
+  defp relocated_string(id, "Elixir." <> rest), do: "Elixir.Sandbox@#{id}." <> rest
+  defp relocated_string(id, name), do: "sandbox@#{id}@" <> name
+
+  defp to_atom(name) do
+    if String.length(name) > 255,
+      do: {:error, {:atom_too_long, name}},
+      else: {:ok, String.to_atom(name)}
+  end
+
+  @doc """
+  The renames for a sandbox's whole set of modules: each module's
+  `relocated_name/2`, except protocol implementations, which are named so
+  that protocol dispatch finds them:
+
+    * an implementation of a host protocol `P` for a sandbox type `T` is
+      `P.<relocated T without "Elixir.">`, e.g.
+      `Elixir.String.Chars.Sandbox@a.Counter.Point`;
+    * an implementation of a sandbox protocol is the relocated protocol's name
+      followed by the type's name (relocated when the type is the sandbox's).
+
+  An implementation of a host protocol for a host type cannot be given a
+  name that dispatch finds without replacing the host's own implementation,
+  so it is relocated like any other module (and is not dispatched to).
+
+  `modules` are parsed modules (`parse/1`); implementations are recognised
+  by their `__impl__` attribute.
+  """
+  @spec rename_map(String.t(), [t]) ::
+          {:ok, %{module => module}}
+          | {:error, {:invalid_id, term} | {:atom_too_long, String.t()}}
+  def rename_map(id, modules) when is_list(modules) do
+    with :ok <- check_id(id) do
+      own = MapSet.new(modules, &module_of/1)
+
+      Enum.reduce_while(modules, {:ok, %{}}, fn beam, {:ok, acc} ->
+        case to_atom(renamed_string(id, beam, own)) do
+          {:ok, new} -> {:cont, {:ok, Map.put(acc, beam.module, new)}}
+          error -> {:halt, error}
+        end
+      end)
+    end
+  end
+
+  def rename_map(_id, other),
+    do: raise(ArgumentError, "expected a list of %Sandbox.Beam{}, got: #{inspect(other)}")
+
+  defp module_of(%__MODULE__{module: m}), do: m
+
+  defp module_of(other),
+    do: raise(ArgumentError, "expected a %Sandbox.Beam{}, got: #{inspect(other)}")
+
+  defp renamed_string(id, %__MODULE__{module: module, attributes: attrs}, own) do
+    with impl when is_list(impl) <- Keyword.get(List.wrap(attrs), :__impl__),
+         protocol when is_atom(protocol) <- Keyword.get(impl, :protocol),
+         type when is_atom(type) <- Keyword.get(impl, :for),
+         true <- MapSet.member?(own, protocol) or MapSet.member?(own, type) do
+      proto = if MapSet.member?(own, protocol), do: relocated_string(id, Atom.to_string(protocol))
+      proto = proto || Atom.to_string(protocol)
+      type = Atom.to_string(type)
+
+      type =
+        if MapSet.member?(own, String.to_atom(type)), do: relocated_string(id, type), else: type
+
+      proto <> "." <> String.replace_prefix(type, "Elixir.", "")
+    else
+      _ -> relocated_string(id, Atom.to_string(module))
+    end
+  end
+
+  @doc """
+  Relocates a BEAM: renames module atoms and redirects calls, without
+  re-parsing source or touching the code.
+
+    * `renames` (`%{module => new_name}`) — every atom equal to a key is
+      replaced, in the atom table and inside every term chunk (`LitT`,
+      `Attr`, `CInf`, `Dbgi`, `Docs`, `ExCk`, `Meta`): the module's own
+      name, structs' `__struct__`, behaviours, literal `apply` targets,
+      external funs. Every other atom is left alone.
+    * `redirects` (`%{host_module => shim}`) — calls to `host_module` go to
+      `shim` instead: the shim's name is appended to the atom table and only
+      the import entries and external fun literals (`&Application.get_env/2`)
+      naming `host_module` are repointed. The atom `host_module` used as data
+      is unchanged. Imports of `:erlang` BIFs cannot be redirected.
+
+  Chunks that refer to atoms by index (`Code`, `ExpT`, `LocT`, `FunT`,
+  `Line`, `Type`), `StrT` and unknown chunks are kept byte for byte. The
+  result always has an `AtU8` atom table.
+
+  ## Options
+
+    * `:debug_info` — `:keep` (default) rewrites `Dbgi` and `Docs` like the
+      other term chunks; `:strip` drops them (no debugger, `:cover` or docs
+      for the relocated module, and much faster).
+
+  ## Errors
+
+  Besides the reasons of `parse/1`:
+
+    * `{:atom_too_long, name}` — a resulting atom would be over 255 bytes
+    * `{:duplicate_map_key, key}` — renaming makes two keys of a literal map
+      equal
+    * `{:cannot_redirect_bif, {:erlang, f, a}}` — a redirect of `:erlang`
+      would repoint a BIF import
+
+  Wrong argument types (a non-binary BEAM, renames or redirects that are not
+  maps of atoms to atoms, an unknown option) raise `ArgumentError`.
+  """
+  @spec relocate(binary, %{module => module}, %{module => module}, keyword) ::
+          {:ok, binary}
+          | {:error,
+             reason
+             | {:atom_too_long, String.t()}
+             | {:duplicate_map_key, term}
+             | {:cannot_redirect_bif, mfa}}
+  def relocate(beam, renames, redirects \\ %{}, opts \\ [])
+
+  def relocate(beam, renames, redirects, opts) when is_binary(beam) do
+    strip = strip_option(opts)
+    check_atom_map!(renames, "renames")
+    check_atom_map!(redirects, "redirects")
+
+    with :ok <- check_bif_redirects(beam, redirects) do
+      case :sandbox_nif.relocate(beam, renames, redirects, strip) do
+        {:error, :badarg} -> raise ArgumentError, "relocate: the NIF refused its arguments"
+        result -> result
+      end
+    end
+  end
+
+  def relocate(other, _renames, _redirects, _opts),
+    do: raise(ArgumentError, "expected a BEAM binary, got: #{inspect(other)}")
+
+  defp strip_option(opts) do
+    unless Keyword.keyword?(opts),
+      do: raise(ArgumentError, "expected options, got: #{inspect(opts)}")
+
+    case Keyword.validate(opts, debug_info: :keep) do
+      {:ok, [debug_info: :keep]} -> false
+      {:ok, [debug_info: :strip]} -> true
+      {:ok, [debug_info: other]} -> raise ArgumentError, "bad :debug_info #{inspect(other)}"
+      {:error, keys} -> raise ArgumentError, "unknown options #{inspect(keys)}"
+    end
+  end
+
+  # :maps.to_list/1, not Enum: a map with an :__struct__ key is still a map here.
+  defp check_atom_map!(map, what) when is_map(map) do
+    Enum.each(:maps.to_list(map), fn
+      {from, to} when is_atom(from) and is_atom(to) ->
+        :ok
+
+      pair ->
+        raise ArgumentError, "#{what} must map atoms to atoms, got: #{inspect(pair)}"
+    end)
+  end
+
+  defp check_atom_map!(other, what),
+    do: raise(ArgumentError, "#{what} must be a map, got: #{inspect(other)}")
+
+  # The loader requires BIF imports of :erlang to stay BIFs.
+  defp check_bif_redirects(beam, %{erlang: _}) do
+    with {:ok, %__MODULE__{imports: imports}} <- parse(beam) do
+      case Enum.find(imports, fn {m, f, a} -> m == :erlang and :erlang.is_builtin(m, f, a) end) do
+        nil -> :ok
+        mfa -> {:error, {:cannot_redirect_bif, mfa}}
+      end
+    end
+  end
+
+  defp check_bif_redirects(_beam, _redirects), do: :ok
+
   @doc """
   The XXH3-128 digest of `data`: 16 bytes in canonical (big-endian) order.
 
@@ -176,4 +384,28 @@ defmodule Sandbox.Beam do
   """
   @spec checksum_hex(iodata) :: String.t()
   def checksum_hex(data), do: data |> checksum() |> Base.encode16(case: :lower)
+
+  @doc """
+  The runtime dependency graph of a set of parsed modules: each module's
+  imports and external fun literals, restricted to the set, without
+  self-edges. Option `extra_edges: %{module => [module]}` adds edges such as
+  compile-time dependencies. See `Sandbox.Beam.Graph.dependency_graph/2`.
+  """
+  @spec dependency_graph([t]) ::
+          {:ok, %{atom => [atom]}}
+          | {:error, {:duplicate_module, atom} | :too_large | :out_of_memory}
+  @spec dependency_graph([t], keyword) ::
+          {:ok, %{atom => [atom]}}
+          | {:error, {:duplicate_module, atom} | :too_large | :out_of_memory}
+  defdelegate dependency_graph(parsed_modules, opts \\ []), to: Sandbox.Beam.Graph
+
+  @doc """
+  Strongly connected components of a graph `%{node => [dependency]}` in
+  reload order: `{:ok, groups}`, dependencies first, each cycle one group,
+  canonical term order; `Enum.concat(groups)` is the flat order. See
+  `Sandbox.Beam.Graph.reload_order/1`.
+  """
+  @spec reload_order(%{atom => [atom]}) ::
+          {:ok, [[atom, ...]]} | {:error, Sandbox.Beam.Graph.reason()}
+  defdelegate reload_order(graph), to: Sandbox.Beam.Graph
 end

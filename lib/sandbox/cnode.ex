@@ -28,7 +28,8 @@ defmodule Sandbox.CNode do
       died; its children died with it).
 
   When a spawned process exits, whatever it left behind in its process group or among its
-  descendants is killed with SIGKILL. On a timeout or a memory/process limit the group and
+  descendants (descendants are tracked while the spawn has a timeout or a memory or process
+  limit) is killed with SIGKILL, and the exit event is sent once those are gone. On a timeout or a memory/process limit the group and
   every descendant get SIGTERM, then SIGKILL after the grace period (option `:grace`).
 
   Sent to the subscriber of a watch:
@@ -74,8 +75,10 @@ defmodule Sandbox.CNode do
   ## Distribution
 
   When the host VM is distributed (now or later: this server checks every
-  #{500} ms and on `node_name/1`), the program registers with epmd as the hidden node
-  `sandbox_cnode_<host alive name>@<host>`, receiving the cookie over the port, and
+  500 ms and on `node_name/1`), the program registers with epmd as the hidden node
+  `sandbox_cnode_<host alive name>@<host>` (a server not registered as `Sandbox.CNode`
+  appends `_<program os pid>`; option `:cnode_name` sets it), receiving the cookie over
+  the port, and
   connects to the host. Any node of the cluster with the cookie can then send the same
   requests to `{:sandbox_cnode, cnode_node}`; replies and events go to the pids in the
   request (pids of the host travel through the port).
@@ -95,6 +98,8 @@ defmodule Sandbox.CNode do
   @default_max_frame 64 * 1024 * 1024
   @dist_check_ms 500
   @call_timeout 60_000
+  @max_restarts 5
+  @restart_period_ms 5_000
 
   @type id :: pos_integer
   @type server :: GenServer.server()
@@ -119,7 +124,7 @@ defmodule Sandbox.CNode do
   def start_link(opts \\ []) do
     {name, opts} = Keyword.pop(opts, :name, __MODULE__)
     gen_opts = if name, do: [name: name], else: []
-    GenServer.start_link(__MODULE__, opts, gen_opts)
+    GenServer.start_link(__MODULE__, [{:registered, name} | opts], gen_opts)
   end
 
   @doc "A child specification; `opts` as for `start_link/1`."
@@ -460,19 +465,23 @@ defmodule Sandbox.CNode do
       spawns: %{},
       watches: %{},
       dist: nil,
+      dist_host: nil,
       dist_waiters: [],
-      dist_pending: false
+      dist_pending: false,
+      restarts: []
     }
 
-    case open_port(state) do
-      {:ok, state} ->
-        Process.send_after(self(), :check_dist, 0)
-        {:ok, state}
-
-      {:error, reason} ->
-        {:stop, reason}
+    with :ok <- check_max_frame(state.max_frame),
+         {:ok, state} <- open_port(state) do
+      Process.send_after(self(), :check_dist, @dist_check_ms)
+      {:ok, state}
+    else
+      {:error, reason} -> {:stop, reason}
     end
   end
+
+  defp check_max_frame(n) when is_integer(n) and n >= 64 and n < 4_294_967_296, do: :ok
+  defp check_max_frame(_), do: {:error, {:bad_option, :max_frame}}
 
   defp executable do
     Path.join(:code.priv_dir(:sandbox), "sandbox_cnode")
@@ -510,7 +519,8 @@ defmodule Sandbox.CNode do
         ])
 
       {:os_pid, os_pid} = Port.info(port, :os_pid)
-      {:ok, %{state | port: port, os_pid: os_pid, dist: nil, dist_pending: false}}
+      state = %{state | port: port, os_pid: os_pid, dist: nil, dist_pending: false}
+      {:ok, maybe_distribute(state)}
     else
       {:error, {:no_executable, exe}}
     end
@@ -585,14 +595,23 @@ defmodule Sandbox.CNode do
     if Node.alive?() do
       [alive, _host] = node() |> Atom.to_string() |> String.split("@", parts: 2)
 
+      name =
+        Keyword.get_lazy(state.opts, :cnode_name, fn ->
+          if state.opts[:registered] == __MODULE__,
+            do: "sandbox_cnode_" <> alive,
+            else: "sandbox_cnode_#{alive}_#{state.os_pid}"
+        end)
+
       args = %{
         node: Atom.to_string(node()),
         cookie: Atom.to_string(Node.get_cookie()),
-        name: "sandbox_cnode_" <> alive
+        name: name
       }
 
-      {:ok, state} = send_request(state, :distribute, args, :distribute)
-      %{state | dist_pending: true}
+      case send_request(state, :distribute, args, :distribute) do
+        {:ok, state} -> %{state | dist_pending: true}
+        {:error, _} -> state
+      end
     else
       state
     end
@@ -606,26 +625,34 @@ defmodule Sandbox.CNode do
   end
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
-    Logger.error("sandbox_cnode exited with status #{status}; restarting it")
     state = fail_in_flight(state)
+    now = System.monotonic_time(:millisecond)
+    restarts = [now | Enum.take_while(state.restarts, &(now - &1 < @restart_period_ms))]
 
-    case open_port(state) do
-      {:ok, state} ->
-        state = rewatch(state)
-        send(self(), :check_dist)
-        {:noreply, state}
-
-      {:error, reason} ->
-        {:stop, reason, state}
+    if length(restarts) > @max_restarts do
+      Logger.error("sandbox_cnode exited with status #{status} too often; giving up")
+      {:stop, {:cnode_exited, status}, %{state | port: nil}}
+    else
+      Logger.error("sandbox_cnode exited with status #{status}; restarting it")
+      reopen(%{state | restarts: restarts})
     end
   end
 
   def handle_info(:check_dist, state) do
     Process.send_after(self(), :check_dist, @dist_check_ms)
+
+    state =
+      cond do
+        # distribution stopped, or restarted under another name: register again later
+        state.dist != nil and not Node.alive?() -> %{state | dist: nil}
+        state.dist != nil and state.dist_host != node() -> %{state | dist: nil}
+        true -> state
+      end
+
     {:noreply, maybe_distribute(state)}
   end
 
-  def handle_info({:EXIT, port, _}, %{port: port} = state), do: {:noreply, state}
+  def handle_info({:EXIT, port, _}, state) when is_port(port), do: {:noreply, state}
   def handle_info({:EXIT, _, reason}, state), do: {:stop, reason, state}
   def handle_info(_msg, state), do: {:noreply, state}
 
@@ -689,12 +716,19 @@ defmodule Sandbox.CNode do
     case result do
       {:ok, node} ->
         Enum.each(state.dist_waiters, &GenServer.reply(&1, {:ok, node}))
-        %{state | dist: node, dist_waiters: []}
+        %{state | dist: node, dist_host: node(), dist_waiters: []}
 
       {:error, _} = err ->
         Logger.warning("sandbox_cnode could not join the distribution: #{inspect(err)}")
         Enum.each(state.dist_waiters, &GenServer.reply(&1, err))
         %{state | dist_waiters: []}
+    end
+  end
+
+  defp reopen(state) do
+    case open_port(state) do
+      {:ok, state} -> {:noreply, rewatch(state)}
+      {:error, reason} -> {:stop, reason, state}
     end
   end
 
