@@ -702,17 +702,20 @@ defmodule Sandbox.IsolatedCompiler do
   defp write_preload(dir, modules) do
     prev = Path.join(dir, "prev")
     :ok = :prim_file.make_dir(prev)
-    for {module, beam} <- modules, do: raw_write!(Path.join(prev, "#{module}.beam"), beam)
+    write_all!(prev, Enum.map(modules, fn {module, beam} -> {"#{module}.beam", beam} end))
     prev
   end
 
   defp remove_preload(nil, _modules), do: :ok
 
+  # In the background: the caller need not wait for it.
   defp remove_preload(prev, modules) do
-    for {module, _} <- modules, do: :prim_file.delete(Path.join(prev, "#{module}.beam"))
+    Task.start(fn ->
+      for {module, _} <- modules, do: :prim_file.delete(Path.join(prev, "#{module}.beam"))
+      # Anything the job added there goes too.
+      with {:error, _} <- :prim_file.del_dir(prev), do: File.rm_rf(prev)
+    end)
 
-    # Anything the job added there goes too.
-    with {:error, _} <- :prim_file.del_dir(prev), do: File.rm_rf(prev)
     :ok
   end
 

@@ -75,6 +75,12 @@ defmodule Sandbox.IsolatedCompiler.Worker do
     end
 
     Mix.shell(Mix.Shell.Quiet)
+
+    # Trace patterns are global and slow to set (they wait for every
+    # scheduler): set them now; a job only turns tracing on for its processes.
+    patterns = [{:os, :getenv, :_}, {:os, :env, 0}, {:file, :read_file, :_}, {:file, :open, 2}]
+    for mfa <- patterns, do: :erlang.trace_pattern(mfa, true, [:global])
+
     warm_up()
     Code.compiler_options(ignore_module_conflict: false)
     :ok
@@ -192,8 +198,13 @@ defmodule Sandbox.IsolatedCompiler.Worker do
   defp os_pid, do: :os.getpid() |> List.to_integer()
 
   defp set_env(env) when is_map(env) do
-    for {name, _} <- System.get_env(), not Map.has_key?(env, name), do: System.delete_env(name)
-    for {name, value} <- env, do: System.put_env(name, value)
+    current = System.get_env()
+
+    if current != env do
+      for {name, _} <- current, not Map.has_key?(env, name), do: System.delete_env(name)
+      for {name, value} <- env, Map.get(current, name) != value, do: System.put_env(name, value)
+    end
+
     :ok
   end
 
@@ -753,8 +764,6 @@ defmodule Sandbox.IsolatedCompiler.Worker do
 
   defp start_call_trace do
     collector = spawn_link(fn -> collect(%{files: MapSet.new(), env: %{}, all_env: false}) end)
-    patterns = [{:os, :getenv, :_}, {:os, :env, 0}, {:file, :read_file, :_}, {:file, :open, 2}]
-    for mfa <- patterns, do: :erlang.trace_pattern(mfa, true, [:global])
     :erlang.trace(self(), true, [:call, :set_on_spawn, {:tracer, collector}])
     collector
   end
