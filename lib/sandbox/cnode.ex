@@ -625,16 +625,15 @@ defmodule Sandbox.CNode do
   end
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
-    state = fail_in_flight(state)
     now = System.monotonic_time(:millisecond)
     restarts = [now | Enum.take_while(state.restarts, &(now - &1 < @restart_period_ms))]
 
     if length(restarts) > @max_restarts do
       Logger.error("sandbox_cnode exited with status #{status} too often; giving up")
-      {:stop, {:cnode_exited, status}, %{state | port: nil}}
+      {:stop, {:cnode_exited, status}, %{fail_in_flight(state) | port: nil}}
     else
       Logger.error("sandbox_cnode exited with status #{status}; restarting it")
-      reopen(%{state | restarts: restarts})
+      reopen(%{fail_in_flight(state) | restarts: restarts})
     end
   end
 
