@@ -625,18 +625,17 @@ defmodule Sandbox.CNode do
   end
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
-    state = fail_in_flight(state)
-    now = System.monotonic_time(:millisecond)
-    restarts = [now | Enum.take_while(state.restarts, &(now - &1 < @restart_period_ms))]
-
-    if length(restarts) > @max_restarts do
-      Logger.error("sandbox_cnode exited with status #{status} too often; giving up")
-      {:stop, {:cnode_exited, status}, %{state | port: nil}}
-    else
-      Logger.error("sandbox_cnode exited with status #{status}; restarting it")
-      reopen(%{state | restarts: restarts})
-    end
+    program_down(state, status)
   end
+
+  # A write to a program that just died closes the port with `epipe` and no
+  # exit status: the same as its exit.
+  def handle_info({:EXIT, port, reason}, %{port: port} = state) do
+    program_down(state, reason)
+  end
+
+  def handle_info({:EXIT, port, _}, state) when is_port(port), do: {:noreply, state}
+  def handle_info({:EXIT, _, reason}, state), do: {:stop, reason, state}
 
   def handle_info(:check_dist, state) do
     Process.send_after(self(), :check_dist, @dist_check_ms)
@@ -652,9 +651,20 @@ defmodule Sandbox.CNode do
     {:noreply, maybe_distribute(state)}
   end
 
-  def handle_info({:EXIT, port, _}, state) when is_port(port), do: {:noreply, state}
-  def handle_info({:EXIT, _, reason}, state), do: {:stop, reason, state}
   def handle_info(_msg, state), do: {:noreply, state}
+
+  defp program_down(state, status) do
+    now = System.monotonic_time(:millisecond)
+    restarts = [now | Enum.take_while(state.restarts, &(now - &1 < @restart_period_ms))]
+
+    if length(restarts) > @max_restarts do
+      Logger.error("sandbox_cnode exited (#{inspect(status)}) too often; giving up")
+      {:stop, {:cnode_exited, status}, %{fail_in_flight(state) | port: nil}}
+    else
+      Logger.error("sandbox_cnode exited (#{inspect(status)}); restarting it")
+      reopen(%{fail_in_flight(state) | restarts: restarts})
+    end
+  end
 
   @impl true
   def terminate(_reason, %{port: port}) do

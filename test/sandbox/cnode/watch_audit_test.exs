@@ -132,6 +132,7 @@ defmodule Sandbox.CNode.WatchAuditTest do
     end
 
     @tag :slow
+    @tag :capture_log
     test "every acknowledged line survives a SIGKILL in the middle of 10,000 events" do
       log = Path.join(tmp_dir("audit_kill"), "audit.log")
       {:ok, server} = CNode.start_link(name: nil, audit_log: log)
