@@ -90,7 +90,7 @@ Bench.compare("compiler_cold_vs_elixirc", cold_us, elixirc_all_us)
 Bench.compare("compiler_cold_vs_parallel_compiler", cold_us, in_vm_all_us)
 
 # One module changed: incremental compile on a warm worker.
-IsolatedCompiler.compile_sandbox(project, opts) |> CB.ok!()
+IsolatedCompiler.compile_sandbox(project, opts) |> CB.ok!() |> cleanup.()
 
 one_change_us =
   CB.median_us(

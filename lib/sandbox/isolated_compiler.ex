@@ -44,6 +44,8 @@ defmodule Sandbox.IsolatedCompiler do
     * `:validate_beams` — validate every compiled BEAM with
       `Sandbox.Beam.validate/1` (default `true`)
     * `:cache` — use the compile cache (default `true`)
+    * `:artifacts_dir` — where this compile's `temp_dir` is created
+      (default `artifacts_root/0`)
     * `:pool`, `:cache_server` — the pool and cache servers (defaults: the
       application's)
 
@@ -255,15 +257,15 @@ defmodule Sandbox.IsolatedCompiler do
 
   @doc """
   Removes a compile's `temp_dir` (and everything in it). Only directories
-  this module created are removed: anything else is
-  `{:error, {:not_an_artifact_dir, path}}`. Removing one twice is `:ok`.
+  named as this module names them (`job-<n>-<os pid>`) are removed:
+  anything else is `{:error, {:not_an_artifact_dir, path}}`. Removing one
+  twice is `:ok`.
   """
   @spec cleanup_artifacts(String.t()) :: :ok | {:error, {:not_an_artifact_dir, String.t()}}
   def cleanup_artifacts(temp_dir) when is_binary(temp_dir) do
     dir = Path.expand(temp_dir)
-    root = artifacts_root()
 
-    if Path.dirname(dir) == root and String.starts_with?(Path.basename(dir), "job-") do
+    if Regex.match?(~r/\Ajob-\d+-\d+\z/, Path.basename(dir)) do
       File.rm_rf!(dir)
       :ok
     else
@@ -352,6 +354,7 @@ defmodule Sandbox.IsolatedCompiler do
       mix_env: mix_env,
       validate: Keyword.get(opts, :validate_beams, true),
       cache: Keyword.get(opts, :cache, true),
+      artifacts: Keyword.get_lazy(opts, :artifacts_dir, &artifacts_root/0),
       pool: Keyword.get(opts, :pool, Pool),
       cache_server: Keyword.get(opts, :cache_server, Cache)
     }
@@ -399,7 +402,7 @@ defmodule Sandbox.IsolatedCompiler do
     payload = payload(result, info.temp_dir)
 
     if opts.cache do
-      Cache.put(opts.cache_server, base, manifest(result, inputs, env), payload)
+      Cache.put(opts.cache_server, base, manifest(result, inputs, env, opts.artifacts), payload)
     end
 
     Cache.put_build(opts.cache_server, build_key(kind, root, opts), build(payload, inputs))
@@ -441,7 +444,7 @@ defmodule Sandbox.IsolatedCompiler do
   defp build_key(kind, root, opts), do: {kind, root, opts.mix_env}
 
   defp from_cache(kind, root, payload, started, opts) do
-    dir = new_artifact_dir()
+    dir = new_artifact_dir(opts.artifacts)
     ebin = Path.join(dir, "ebin")
     :ok = :prim_file.make_dir(ebin)
 
@@ -544,7 +547,7 @@ defmodule Sandbox.IsolatedCompiler do
               os_pid: nil
             }
 
-            {:ok, result, %{temp_dir: new_artifact_dir(), output: ""}}
+            {:ok, result, %{temp_dir: new_artifact_dir(opts.artifacts), output: ""}}
           else
             run_job(job, opts)
           end
@@ -652,7 +655,7 @@ defmodule Sandbox.IsolatedCompiler do
   ## Running a job on a worker
 
   defp run_job(job, opts) do
-    dir = new_artifact_dir()
+    dir = new_artifact_dir(opts.artifacts)
     job_path = Path.join(dir, "job.etf")
     result_path = Path.join(dir, "result.etf")
     marker = "\n<<sandbox-compile-done:#{Base.encode16(:rand.bytes(12))}>>\n"
@@ -767,8 +770,7 @@ defmodule Sandbox.IsolatedCompiler do
     end)
   end
 
-  defp new_artifact_dir do
-    root = artifacts_root()
+  defp new_artifact_dir(root) do
     dir = Path.join(root, "job-#{System.unique_integer([:positive])}-#{:os.getpid()}")
 
     case :prim_file.make_dir(dir) do
@@ -777,7 +779,7 @@ defmodule Sandbox.IsolatedCompiler do
 
       {:error, :enoent} ->
         File.mkdir_p!(root)
-        new_artifact_dir()
+        new_artifact_dir(root)
     end
   end
 
@@ -910,9 +912,9 @@ defmodule Sandbox.IsolatedCompiler do
     end)
   end
 
-  defp manifest(result, inputs, env) do
+  defp manifest(result, inputs, env, artifacts_dir) do
     known = MapSet.new(inputs, &elem(&1, 0))
-    artifacts = artifacts_root() <> "/"
+    artifacts = artifacts_dir <> "/"
 
     files =
       for file <- result.files_read,

@@ -12,14 +12,17 @@ defmodule Sandbox.IsolatedCompilerRestartTest do
 
   setup do
     cache_dir = tmp_dir!("restart-cache")
-    previous = Application.fetch_env(:sandbox, :compiler_cache_dir)
-    Application.put_env(:sandbox, :compiler_cache_dir, cache_dir)
+    env = [compiler_cache_dir: cache_dir, compiler_artifacts_dir: tmp_dir!("restart-artifacts")]
+    previous = for {key, _} <- env, do: {key, Application.fetch_env(:sandbox, key)}
+    for {key, value} <- env, do: Application.put_env(:sandbox, key, value)
     restart_app!()
 
     on_exit(fn ->
-      case previous do
-        {:ok, dir} -> Application.put_env(:sandbox, :compiler_cache_dir, dir)
-        :error -> Application.delete_env(:sandbox, :compiler_cache_dir)
+      for {key, value} <- previous do
+        case value do
+          {:ok, v} -> Application.put_env(:sandbox, key, v)
+          :error -> Application.delete_env(:sandbox, key)
+        end
       end
 
       restart_app!()

@@ -41,7 +41,7 @@ defmodule Sandbox.IsolatedCompilerTestHelpers do
     cache = :"#{label}_cache_#{System.unique_integer([:positive])}"
     start_supervised!({Cache, name: cache, dir: tmp_dir!("#{label}-cache")})
     start_supervised!({Pool, name: pool, size: size})
-    [pool: pool, cache_server: cache]
+    [pool: pool, cache_server: cache, artifacts_dir: tmp_dir!("#{label}-artifacts")]
   end
 
   @doc "Loads compiled modules into this VM, unloading them when the test exits."
