@@ -187,6 +187,14 @@ defmodule Sandbox.IsolatedCompilerTest do
       assert {:ok, info} = IsolatedCompiler.compile_file(fixture("basic/src/basic_erl.erl"), opts)
       assert module_names(info) == [:basic_erl]
 
+      dir = tmp_dir!("erl-error")
+      bad = Path.join(dir, "bad_erl.erl")
+      File.write!(bad, "-module(bad_erl).\n-export([f/0]).\nf() -> g().\n")
+
+      assert {:error, {:compilation_failed, [diag]}} = IsolatedCompiler.compile_file(bad, opts)
+      assert %{file: "bad_erl.erl", line: 3, type: :compile, message: message} = diag
+      assert message =~ "function g/0 undefined"
+
       assert {:error, {:no_such_file, "nope.ex"}} = IsolatedCompiler.compile_file("nope.ex", opts)
       mix_exs = fixture("basic/mix.exs")
 
