@@ -134,7 +134,7 @@ defmodule Sandbox.IsolatedCompilerLimitsTest do
     assert info.os_pid != tamper_pid
 
     assert module_names(info) ==
-             Enum.sort([Basic, Basic.Application, Basic.Point, Util, :basic_erl])
+             Enum.sort([Basic, Basic.Application, Basic.Point, Util])
 
     assert :ok = IsolatedCompiler.validate_beam_files(info.beam_files)
   end

@@ -21,8 +21,8 @@ defmodule Sandbox.IsolatedCompilerTest do
   describe "compile_sandbox/2 on a mix project" do
     test "compiles the project, its path dependency and its Erlang sources in another OS process",
          %{opts: opts} do
-      assert {:ok, info} =
-               IsolatedCompiler.compile_sandbox(fixture("basic"), [cache: false] ++ opts)
+      dir = basic_with_erlang!()
+      assert {:ok, info} = IsolatedCompiler.compile_sandbox(dir, [cache: false] ++ opts)
 
       assert module_names(info) ==
                Enum.sort([Basic, Basic.Application, Basic.Point, Util, :basic_erl])
@@ -53,7 +53,7 @@ defmodule Sandbox.IsolatedCompilerTest do
       assert apply(Basic, :compiled_in, []) != System.pid()
       assert apply(Basic, :render, ["Ada"]) == "Hello, Ada!\n"
       assert apply(Basic, :util, []) == "HI!"
-      assert apply(Basic, :erl, []) == 42
+      assert apply(:basic_erl, :twice, [21]) == 42
 
       assert :ok = IsolatedCompiler.cleanup_artifacts(info.temp_dir)
       refute File.exists?(info.temp_dir)
@@ -184,7 +184,8 @@ defmodule Sandbox.IsolatedCompilerTest do
       assert module_names(info) == [Basic.Point]
       assert info.app == nil
 
-      assert {:ok, info} = IsolatedCompiler.compile_file(fixture("basic/src/basic_erl.erl"), opts)
+      erl = Path.join(basic_with_erlang!(), "src/basic_erl.erl")
+      assert {:ok, info} = IsolatedCompiler.compile_file(erl, opts)
       assert module_names(info) == [:basic_erl]
 
       dir = tmp_dir!("erl-error")

@@ -61,6 +61,23 @@ defmodule Sandbox.IsolatedCompilerTestHelpers do
     :ok
   end
 
+  # Erlang sources for the fixtures are written at test time: rebar3's EUnit
+  # run would take any .erl file under test/ for a test module.
+  @basic_erl """
+  -module(basic_erl).
+  -export([twice/1]).
+
+  twice(X) -> 2 * X.
+  """
+
+  @doc "The basic fixture copied, with an Erlang source in its src/."
+  def basic_with_erlang! do
+    dir = copy_fixture!("basic")
+    File.mkdir_p!(Path.join(dir, "src"))
+    File.write!(Path.join(dir, "src/basic_erl.erl"), @basic_erl)
+    dir
+  end
+
   def module_names(info), do: info.modules |> Enum.map(&elem(&1, 0)) |> Enum.sort()
 
   def jobs(pool), do: Pool.stats(pool).jobs
