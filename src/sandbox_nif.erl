@@ -15,11 +15,17 @@
 
 -on_load(init/0).
 
-%% Sizes above which the dirty variant is used. Chosen from measurements on
-%% the OTP and Elixir corpus (see bench/): parse costs about 1 µs per KiB of
-%% atoms and attributes, validation inflates LitT (about 3 µs per KiB of
-%% module), checksum runs at several GiB/s.
--define(PARSE_DIRTY_BYTES, 256 * 1024).
+%% Sizes above which the dirty variant is used. Below them the NIF also
+%% estimates the cost from the contents (atoms, inflated literals) and
+%% reschedules itself as dirty when a call would exceed about 1 ms, so these
+%% bound the cheap first parse that estimate needs. Measured with
+%% bench/beam_bench.exs (normal-scheduler emulator + gc time per call, msacc,
+%% on the shared 2-core machine): a module of nothing but 1-byte atoms just
+%% under 128 KiB held a normal scheduler for about 0.95 ms (about 0.2-0.45 ms
+%% of it the first parse, the rest the caller collecting 62,000 atoms),
+%% hence 64 KiB; the real module nearest 64 KiB validates in 12 us and
+%% 1 MiB checksums in 55-65 us.
+-define(PARSE_DIRTY_BYTES, 64 * 1024).
 -define(VALIDATE_DIRTY_BYTES, 64 * 1024).
 -define(CHECKSUM_DIRTY_BYTES, 1024 * 1024).
 %% Relocation rewrites and recompresses term chunks (zlib at about 20 MB/s
@@ -44,10 +50,10 @@ validate(Other) -> erlang:error(badarg, [Other]).
 checksum(Bin) when is_binary(Bin), byte_size(Bin) > ?CHECKSUM_DIRTY_BYTES -> checksum_dirty(Bin);
 checksum(Bin) when is_binary(Bin) -> checksum_nif(Bin);
 checksum(IoList) when is_list(IoList) ->
-    case iolist_size(IoList) > ?CHECKSUM_DIRTY_BYTES of
-        true -> checksum_dirty(IoList);
-        false -> checksum_nif(IoList)
-    end;
+    %% Flattening costs per element, not per byte (a 1 MiB list of integers
+    %% took 13 ms in the NIF): iolist_to_binary/1 yields, then the binary
+    %% takes the size-based path.
+    checksum(iolist_to_binary(IoList));
 checksum(Other) ->
     erlang:error(badarg, [Other]).
 

@@ -6,11 +6,13 @@
 #include "bytes.h"
 #include "etf.h"
 
+/* `chunk`, when not NULL, is a 4-byte chunk id. */
 static beam_errcode fail(beam_error *err, beam_errcode code, const char *chunk, uint64_t a) {
     err->code = code;
     memset(err->chunk, 0, sizeof err->chunk);
+    err->has_chunk = chunk != NULL;
     if (chunk) {
-        memcpy(err->chunk, chunk, strnlen(chunk, 4));
+        memcpy(err->chunk, chunk, 4);
     }
     err->a = a;
     err->table = BEAM_TABLE_IMPORTS;
@@ -62,7 +64,8 @@ static beam_errcode parse_container(beam_module *m, beam_error *err) {
         return fail(err, BEAM_E_TRAILING, NULL, size - form_end);
     }
     /* Count the chunk headers that fit first, so the table is sized exactly
-     * (the walk below reports whatever does not fit). */
+     * (the walk below reports whatever does not fit). A chunk may claim more
+     * than the file holds, so p can pass size: test that before size - p. */
     size_t nmax = 0;
     for (size_t p = 12; p < form_end && p <= size - 8; p += 8 + align4(rd_u32(d + p + 4))) {
         nmax++;
@@ -74,11 +77,16 @@ static beam_errcode parse_container(beam_module *m, beam_error *err) {
     size_t pos = 12;
     while (pos < form_end) {
         if (form_end - pos < 8) {
+            /* Too little left for a chunk header: bytes that trail the last
+             * chunk, unless the file ends before the form does. */
+            if (form_end > size) {
+                return fail(err, BEAM_E_TRUNCATED, NULL, 0);
+            }
             return fail(err, BEAM_E_TRAILING, NULL, form_end - pos);
         }
         if (size - pos < 8) {
             /* The form claims more than the file holds, cut at a chunk boundary. */
-            return fail(err, BEAM_E_TRUNCATED, "", 0);
+            return fail(err, BEAM_E_TRUNCATED, NULL, 0);
         }
         char id[5] = {0};
         memcpy(id, d + pos, 4);
@@ -108,23 +116,21 @@ static beam_errcode parse_container(beam_module *m, beam_error *err) {
 }
 
 /* Compact-term encoded unsigned integer (tag u), as used for atom lengths in
- * the negative-count atom chunk format. Returns bytes read or 0 on error. */
-static size_t read_compact_u(const uint8_t *p, size_t avail, uint32_t *out) {
-    if (avail < 1 || (p[0] & 7) != 0) {
+ * the negative-count atom chunk format: the encoding's length in bytes as
+ * told by its first byte, or 0 for a form that never describes an atom
+ * length (another tag, or the forms for values of 2048 and up). */
+static size_t compact_u_size(uint8_t first) {
+    if ((first & 7) != 0) {
         return 0;
     }
-    if ((p[0] & 0x08) == 0) {
-        *out = p[0] >> 4;
+    if ((first & 0x08) == 0) {
         return 1;
     }
-    if ((p[0] & 0x10) == 0) {
-        if (avail < 2) {
-            return 0;
-        }
-        *out = (uint32_t)(p[0] & 0xE0) << 3 | p[1];
-        return 2;
-    }
-    return 0; /* longer forms never describe an atom length */
+    return (first & 0x10) == 0 ? 2 : 0;
+}
+
+static uint32_t compact_u_value(const uint8_t *p, size_t size) {
+    return size == 1 ? (uint32_t)(p[0] >> 4) : (uint32_t)(p[0] & 0xE0) << 3 | p[1];
 }
 
 static beam_errcode parse_atoms(beam_module *m, beam_error *err) {
@@ -163,16 +169,19 @@ static beam_errcode parse_atoms(beam_module *m, beam_error *err) {
     for (uint64_t i = 0; i < count; i++) {
         uint32_t len;
         size_t hdr;
+        if (avail < 1) {
+            return fail(err, BEAM_E_TRUNCATED, id, 0);
+        }
         if (compact) {
-            hdr = read_compact_u(p, avail, &len);
+            hdr = compact_u_size(p[0]);
             if (!hdr) {
-                return fail(err, avail ? BEAM_E_BAD_ATOM : BEAM_E_TRUNCATED, avail ? NULL : id,
-                            i + 1);
+                return fail(err, BEAM_E_BAD_ATOM, NULL, i + 1);
             }
-        } else {
-            if (avail < 1) {
+            if (hdr > avail) {
                 return fail(err, BEAM_E_TRUNCATED, id, 0);
             }
+            len = compact_u_value(p, hdr);
+        } else {
             len = p[0];
             hdr = 1;
         }

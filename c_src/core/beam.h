@@ -18,7 +18,7 @@
 
 typedef enum {
     BEAM_OK = 0,
-    BEAM_E_TRUNCATED,       /* chunk: the id, or "FOR1" for the header, "" for the form */
+    BEAM_E_TRUNCATED,       /* chunk: the id, or "FOR1" for the header; none for the form */
     BEAM_E_NOT_IFF,         /* no FOR1 magic */
     BEAM_E_NOT_BEAM,        /* form type is not BEAM */
     BEAM_E_TRAILING,        /* a = number of bytes after the form or the last chunk */
@@ -41,6 +41,7 @@ typedef enum { BEAM_TABLE_IMPORTS = 0, BEAM_TABLE_EXPORTS, BEAM_TABLE_LOCALS } b
 typedef struct {
     beam_errcode code;
     char chunk[5]; /* NUL-terminated chunk id where the error is about a chunk */
+    int has_chunk; /* chunk holds a 4-byte id (ids from the file may contain NUL bytes) */
     beam_table table;
     uint64_t a;
 } beam_error;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "beam.h"
+#include "bytes.h"
 #include "checksum.h"
 #include "etf.h"
 #include "relocate.h"
@@ -96,20 +97,20 @@ static void unload(ErlNifEnv *env, void *priv_data) {
     enif_free(priv_data);
 }
 
+/* A chunk id: always 4 bytes, which may include NUL bytes. */
 static ERL_NIF_TERM chunk_id(ErlNifEnv *env, const char *id) {
     ERL_NIF_TERM bin;
-    size_t n = strnlen(id, 4);
-    memcpy(enif_make_new_binary(env, n, &bin), id, n);
+    memcpy(enif_make_new_binary(env, 4, &bin), id, 4);
     return bin;
 }
 
 static ERL_NIF_TERM error_reason(ErlNifEnv *env, const beam_error *e) {
     switch (e->code) {
     case BEAM_E_TRUNCATED:
-        if (e->chunk[0] == 0) {
+        if (!e->has_chunk) {
             return enif_make_tuple2(env, am_truncated, am_form);
         }
-        if (strcmp(e->chunk, "FOR1") == 0) {
+        if (memcmp(e->chunk, "FOR1", 4) == 0) {
             return enif_make_tuple2(env, am_truncated, am_header);
         }
         return enif_make_tuple2(env, am_truncated, chunk_id(env, e->chunk));
@@ -158,44 +159,61 @@ static ERL_NIF_TERM error_tuple(ErlNifEnv *env, const beam_error *e) {
 
 /* An atom from its name in the module's atom table. Latin-1 names and ASCII
  * UTF-8 names go straight to the atom table; other UTF-8 names are decoded as
- * a SMALL_ATOM_UTF8_EXT term (OTP 25 has no UTF-8 enif_make_atom). */
+ * an ATOM_UTF8_EXT term (OTP 25 has no UTF-8 enif_make_atom). Its 2-byte
+ * length carries names of up to 255 characters, which can take 1020 bytes. */
 static int make_name_atom(ErlNifEnv *env, const beam_atom *a, int utf8, ERL_NIF_TERM *out) {
-    int ascii = 1;
-    if (utf8) {
-        for (uint16_t i = 0; i < a->len; i++) {
-            if (a->name[i] & 0x80) {
-                ascii = 0;
-                break;
-            }
-        }
-    }
-    if (ascii) {
+    /* A UTF-8 name is ASCII when it has as many characters as bytes. */
+    if (!utf8 || utf8_count(a->name, a->len) == (long)a->len) {
         *out = enif_make_atom_len(env, (const char *)a->name, a->len);
         return 1;
     }
-    unsigned char buf[3 + 4 * BEAM_MAX_ATOM_CHARS];
-    if (a->len > sizeof buf - 3) {
+    unsigned char buf[4 + 4 * BEAM_MAX_ATOM_CHARS];
+    if (a->len > sizeof buf - 4) {
         return 0;
     }
     buf[0] = 131;
-    buf[1] = 119;
-    buf[2] = (unsigned char)a->len;
-    memcpy(buf + 3, a->name, a->len);
-    return enif_binary_to_term(env, buf, 3 + (size_t)a->len, out, 0) == 3 + (size_t)a->len;
+    buf[1] = 118;
+    buf[2] = (unsigned char)(a->len >> 8);
+    buf[3] = (unsigned char)a->len;
+    memcpy(buf + 4, a->name, a->len);
+    return enif_binary_to_term(env, buf, 4 + (size_t)a->len, out, 0) == 4 + (size_t)a->len;
 }
 
 static int get_binary(ErlNifEnv *env, ERL_NIF_TERM t, ErlNifBinary *bin) {
     return enif_is_binary(env, t) && enif_inspect_binary(env, t, bin);
 }
 
+/* Decodes one whole external term. The core checks that it is exactly one
+ * term first (binary_to_term ignores trailing bytes, and an empty buffer
+ * decodes to nothing). A compressed term is inflated here: OTP 25's
+ * enif_binary_to_term does not report a compressed term's size. */
+static int decode_term(ErlNifEnv *env, const uint8_t *data, size_t size, ERL_NIF_TERM *t) {
+    if (etf_validate(data, size, 1) != ETF_OK) {
+        return 0;
+    }
+    if (data[1] != 80) {
+        return enif_binary_to_term(env, data, size, t, 0) == size;
+    }
+    size_t usize = rd_u32(data + 2);
+    ErlNifBinary plain;
+    if (!enif_alloc_binary(usize + 1, &plain)) {
+        return 0;
+    }
+    plain.data[0] = ETF_VERSION;
+    int ok = etf_inflate_exact(data + 6, size - 6, plain.data + 1, usize) == 0 &&
+             enif_binary_to_term(env, plain.data, plain.size, t, 0) == plain.size;
+    enif_release_binary(&plain);
+    return ok;
+}
+
 static ERL_NIF_TERM decode_term_chunk(ErlNifEnv *env, const beam_module *m, const char *id,
                                       ERL_NIF_TERM dflt, int *ok) {
     const beam_chunk *c = beam_find_chunk(m, id);
+    ERL_NIF_TERM t;
     if (!c) {
         return dflt;
     }
-    ERL_NIF_TERM t;
-    if (enif_binary_to_term(env, m->data + c->offset, c->size, &t, 0) != c->size) {
+    if (!decode_term(env, m->data + c->offset, c->size, &t)) {
         *ok = 0;
         return dflt;
     }
@@ -260,8 +278,43 @@ static beam_errcode external_funs(ErlNifEnv *env, const beam_module *m, ERL_NIF_
     return rc;
 }
 
+/* The cost of a call, estimated from what the module contains, so that a
+ * small input that is expensive (many atoms, a literal table that inflates
+ * a thousandfold) does not hold a normal scheduler for more than about 1 ms:
+ * such a call reschedules itself as dirty. Per-item costs, measured on the
+ * project's 2-core machine with crafted worst cases (see bench/beam_bench.exs):
+ * about 2 ns per byte of the file and per byte of inflated literals or terms
+ * walked, 150 ns per atom made, 6 ns per byte of Attr/CInf decoded to terms.
+ * Inputs above src/sandbox_nif.erl's size thresholds go dirty directly. */
+#define NORMAL_SCHEDULER_BUDGET_NS 1000000u
+
+/* The bytes a term chunk or the literal table inflates to (its size when it
+ * is not compressed), as declared. */
+static uint64_t declared_plain_bytes(const beam_module *m, const char *id) {
+    const beam_chunk *c = beam_find_chunk(m, id);
+    if (!c) {
+        return 0;
+    }
+    const uint8_t *p = m->data + c->offset;
+    if (memcmp(id, "LitT", 4) == 0) {
+        return c->size >= 4 && rd_u32(p) != 0 ? rd_u32(p) : c->size;
+    }
+    return c->size >= 6 && p[1] == 80 ? rd_u32(p + 2) : c->size;
+}
+
+static int too_long_for_normal_scheduler(const beam_module *m, int makes_terms) {
+    if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER) {
+        return 0;
+    }
+    uint64_t terms = declared_plain_bytes(m, "Attr") + declared_plain_bytes(m, "CInf");
+    uint64_t ns = 2 * ((uint64_t)m->size + declared_plain_bytes(m, "LitT") + terms);
+    if (makes_terms) {
+        ns += 150 * (uint64_t)m->natoms + 6 * terms;
+    }
+    return ns > NORMAL_SCHEDULER_BUDGET_NS;
+}
+
 static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
     ErlNifBinary bin;
     if (!get_binary(env, argv[0], &bin)) {
         return enif_make_badarg(env);
@@ -270,6 +323,11 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     beam_error err;
     if (beam_parse(bin.data, bin.size, &m, &err) != BEAM_OK) {
         return error_tuple(env, &err);
+    }
+    if (too_long_for_normal_scheduler(&m, 1)) {
+        beam_module_free(&m);
+        return enif_schedule_nif(env, "parse_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND, parse_nif, argc,
+                                 argv);
     }
     ERL_NIF_TERM ret;
     ERL_NIF_TERM *atoms = enif_alloc(m.natoms * sizeof *atoms);
@@ -313,6 +371,7 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if (!ok) {
         err.code = BEAM_E_BAD_TERM;
         memcpy(err.chunk, "Attr", 5);
+        err.has_chunk = 1;
         ret = error_tuple(env, &err);
         goto out;
     }
@@ -320,6 +379,7 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if (!ok) {
         err.code = BEAM_E_BAD_TERM;
         memcpy(err.chunk, "CInf", 5);
+        err.has_chunk = 1;
         ret = error_tuple(env, &err);
         goto out;
     }
@@ -360,13 +420,25 @@ out:
 }
 
 static ERL_NIF_TERM validate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
     ErlNifBinary bin;
     if (!get_binary(env, argv[0], &bin)) {
         return enif_make_badarg(env);
     }
     const nif_priv *p = enif_priv_data(env);
     beam_error err;
+    if (enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER) {
+        /* A first, cheap parse tells the cost; its errors are validate's. */
+        beam_module m;
+        if (beam_parse(bin.data, bin.size, &m, &err) != BEAM_OK) {
+            return error_tuple(env, &err);
+        }
+        int dirty = too_long_for_normal_scheduler(&m, 0);
+        beam_module_free(&m);
+        if (dirty) {
+            return enif_schedule_nif(env, "validate_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                     validate_nif, argc, argv);
+        }
+    }
     if (beam_validate(bin.data, bin.size, p->max_opcode, &err) != BEAM_OK) {
         return error_tuple(env, &err);
     }

@@ -276,3 +276,19 @@ Test(beam, single_byte_flips) {
     cr_assert_eq(validate(d, n, &e), BEAM_OK);
     free(d);
 }
+
+/* Regression (found by fuzz_parse): the form claims more bytes than the file
+ * holds and the first chunk's size jumps past the end of the file. Counting
+ * the chunk headers read beyond the buffer (caught by ASan under
+ * `make sanitize`); the chunk must be reported truncated. */
+Test(beam, chunk_size_past_end_of_short_file) {
+    static const uint8_t bytes[] = {'F', 'O', 'R', '1', 0, 0, 0x10, 0,   'B', 'E', 'A', 'M',
+                                    'A', 't', 'U', '8', 0, 0, 0,    100, 0,   0,   0,   1};
+    uint8_t *d = malloc(sizeof bytes); /* exactly sized, so ASan sees any overread */
+    memcpy(d, bytes, sizeof bytes);
+    beam_module m;
+    beam_error e;
+    cr_assert_eq(beam_parse(d, sizeof bytes, &m, &e), BEAM_E_TRUNCATED);
+    cr_assert_str_eq(e.chunk, "AtU8");
+    free(d);
+}

@@ -7,7 +7,12 @@ defmodule Sandbox.Application do
 
   @impl true
   def start(_type, _args) do
-    children = [Sandbox.CNode]
+    children = [
+      Sandbox.CNode,
+      {Registry, keys: :duplicate, name: Sandbox.Telemetry.registry()},
+      Sandbox.Manager,
+      {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one}
+    ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: Sandbox.Supervisor)
   end

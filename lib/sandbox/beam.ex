@@ -6,8 +6,9 @@ defmodule Sandbox.Beam do
   Every function takes the binary itself (for example from `File.read!/1` or
   `:code.get_object_code/1`). Malformed input never crashes the VM: it is an
   `{:error, reason}` with one of the reasons below. Arguments of the wrong
-  type raise `ArgumentError`. Large inputs are processed on dirty CPU
-  schedulers, small ones on the calling scheduler.
+  type raise `ArgumentError`. Inputs that are large, or small but costly
+  (many atoms, literals that inflate a thousandfold), are processed on dirty
+  CPU schedulers; the rest on the calling scheduler.
 
       iex> {_, bin, _} = :code.get_object_code(:lists)
       iex> {:ok, beam} = Sandbox.Beam.parse(bin)
@@ -24,7 +25,7 @@ defmodule Sandbox.Beam do
     * `:not_beam` — the IFF form type is not `BEAM`
     * `{:truncated, :header}` — shorter than the 12-byte IFF header
     * `{:truncated, :form}` — the header declares more bytes than there are,
-      and the binary ends at a chunk boundary
+      and the binary ends between chunks or inside a chunk's 8-byte header
     * `{:truncated, id}` — the chunk `id` (or its padding) runs past the end
       of the binary, or its contents end early
     * `{:trailing_bytes, n}` — `n` bytes follow the IFF form or the last chunk
@@ -35,11 +36,13 @@ defmodule Sandbox.Beam do
     * `{:bad_chunk, id}` — the chunk's contents contradict its size (an
       entry count that does not fit, bytes after the last entry)
     * `{:bad_atom, index}` — atom `index` (1-based) is longer than 255
-      characters or not valid UTF-8
+      characters or not valid UTF-8, or (in the compact atom table) its length
+      is not encoded as a one- or two-byte unsigned integer
     * `{:bad_atom_index, :imports | :exports | :locals, index}` — a table
       entry refers to an atom index outside the atom table
     * `{:zlib_error, "LitT"}` — the literal table does not inflate to its
-      declared size
+      declared size, or (from `validate/1`) is stored uncompressed, which
+      OTP 25's loader refuses
     * `{:bad_literal, n}` — literal `n` (0-based) is not one valid external
       term
     * `{:bad_term, id}` — the `Attr` or `CInf` chunk is not one valid

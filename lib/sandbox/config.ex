@@ -1,0 +1,224 @@
+defmodule Sandbox.Config do
+  @moduledoc """
+  Validation of `Sandbox.create_sandbox/3`'s options, and the security
+  profiles' defaults.
+
+  Options whose behaviour is not built yet are refused with
+  `{:error, {:not_yet_supported, option}}` when given a non-default value:
+  `:resource_limits` (the runtime budget), a `:security_profile` other than
+  `:medium`, and `auto_reload: true`.
+  """
+
+  @mib 1024 * 1024
+
+  @profiles %{
+    high: %{
+      isolation_level: :high,
+      allowed_operations: [:basic_otp, :math, :string],
+      restricted_modules: [],
+      audit_level: :full
+    },
+    medium: %{
+      isolation_level: :medium,
+      allowed_operations: [:basic_otp, :file_read, :network_client],
+      restricted_modules: [],
+      audit_level: :basic
+    },
+    low: %{
+      isolation_level: :low,
+      allowed_operations: [:all],
+      restricted_modules: [],
+      audit_level: :basic
+    }
+  }
+
+  @limits %{
+    high: %{
+      max_memory: 64 * @mib,
+      max_processes: 50,
+      max_execution_time: 60_000,
+      max_file_size: 16 * @mib,
+      max_cpu_percentage: 25.0
+    },
+    medium: %{
+      max_memory: 128 * @mib,
+      max_processes: 100,
+      max_execution_time: 300_000,
+      max_file_size: 64 * @mib,
+      max_cpu_percentage: 50.0
+    },
+    low: %{
+      max_memory: 256 * @mib,
+      max_processes: 200,
+      max_execution_time: 600_000,
+      max_file_size: 256 * @mib,
+      max_cpu_percentage: 100.0
+    }
+  }
+
+  @compile_limits %{max_memory: 1024 * @mib, max_file_size: 64 * @mib, max_processes: 64}
+
+  @defaults [
+    supervisor_args: [],
+    compile_timeout: 30_000,
+    security_profile: :medium,
+    auto_reload: false,
+    state_migration: nil,
+    max_restarts: 3,
+    max_seconds: 5,
+    max_versions: 10,
+    capture_output: false
+  ]
+
+  @type t :: %{
+          sandbox_path: String.t(),
+          supervisor_args: term,
+          compile_timeout: pos_integer,
+          compile_limits: map,
+          resource_limits: map,
+          security_profile: map,
+          auto_reload: boolean,
+          state_migration: (term -> term) | (term, term, term -> term) | nil,
+          max_restarts: non_neg_integer,
+          max_seconds: pos_integer,
+          max_versions: pos_integer,
+          capture_output: boolean
+        }
+
+  @doc "The security profile map of a profile name."
+  @spec profile(:high | :medium | :low) :: map
+  def profile(name), do: Map.fetch!(@profiles, name)
+
+  @doc "The default resource limits of a profile name."
+  @spec limits(:high | :medium | :low) :: map
+  def limits(name), do: Map.fetch!(@limits, name)
+
+  @doc """
+  Validates create options. Returns `{:ok, config}` or `{:error, reason}`:
+  `{:missing_option, :sandbox_path}`, `{:unknown_option, key}`,
+  `{:invalid_option, {key, value}}` or `{:not_yet_supported, key}`.
+  Raises `ArgumentError` when `opts` is not a keyword list.
+  """
+  @spec validate(keyword) :: {:ok, t} | {:error, term}
+  def validate(opts) do
+    unless Keyword.keyword?(opts),
+      do: raise(ArgumentError, "expected a keyword list of options, got: #{inspect(opts)}")
+
+    known = [:sandbox_path, :resource_limits, :compile_limits | Keyword.keys(@defaults)]
+
+    with :ok <- unknown(opts, known),
+         {:ok, path} <- fetch_path(opts) do
+      config =
+        @defaults
+        |> Keyword.merge(opts)
+        |> Map.new()
+        |> Map.put(:sandbox_path, path)
+
+      Enum.reduce_while(
+        [
+          &check_supervisor_args/1,
+          &check_compile_timeout/1,
+          &check_profile/1,
+          &check_resource_limits/1,
+          &check_compile_limits/1,
+          &check_auto_reload/1,
+          &check_migration/1,
+          &check_restarts/1,
+          &check_versions/1,
+          &check_capture/1
+        ],
+        {:ok, config},
+        fn check, {:ok, config} ->
+          case check.(config) do
+            {:ok, config} -> {:cont, {:ok, config}}
+            error -> {:halt, error}
+          end
+        end
+      )
+    end
+  end
+
+  defp unknown(opts, known) do
+    case Enum.find(Keyword.keys(opts), &(&1 not in known)) do
+      nil -> :ok
+      key -> {:error, {:unknown_option, key}}
+    end
+  end
+
+  defp fetch_path(opts) do
+    case Keyword.fetch(opts, :sandbox_path) do
+      {:ok, path} when is_binary(path) -> {:ok, Path.expand(path)}
+      {:ok, other} -> invalid(:sandbox_path, other)
+      :error -> {:error, {:missing_option, :sandbox_path}}
+    end
+  end
+
+  defp check_supervisor_args(config), do: {:ok, config}
+
+  defp check_compile_timeout(%{compile_timeout: t} = config) when is_integer(t) and t > 0,
+    do: {:ok, config}
+
+  defp check_compile_timeout(%{compile_timeout: t}), do: invalid(:compile_timeout, t)
+
+  defp check_profile(%{security_profile: :medium} = config),
+    do: {:ok, %{config | security_profile: profile(:medium)}}
+
+  defp check_profile(%{security_profile: p}) when p in [:high, :low] or is_map(p),
+    do: {:error, {:not_yet_supported, :security_profile}}
+
+  defp check_profile(%{security_profile: p}), do: invalid(:security_profile, p)
+
+  defp check_resource_limits(config) do
+    defaults = limits(:medium)
+
+    case Map.fetch(config, :resource_limits) do
+      :error -> {:ok, Map.put(config, :resource_limits, defaults)}
+      {:ok, ^defaults} -> {:ok, config}
+      {:ok, map} when is_map(map) -> {:error, {:not_yet_supported, :resource_limits}}
+      {:ok, other} -> invalid(:resource_limits, other)
+    end
+  end
+
+  defp check_compile_limits(config) do
+    case Map.get(config, :compile_limits, %{}) do
+      limits when is_map(limits) ->
+        valid? =
+          Enum.all?(limits, fn {k, v} ->
+            k in Map.keys(@compile_limits) and is_integer(v) and v > 0
+          end)
+
+        if valid?,
+          do: {:ok, Map.put(config, :compile_limits, Map.merge(@compile_limits, limits))},
+          else: invalid(:compile_limits, limits)
+
+      other ->
+        invalid(:compile_limits, other)
+    end
+  end
+
+  defp check_auto_reload(%{auto_reload: false} = config), do: {:ok, config}
+  defp check_auto_reload(%{auto_reload: true}), do: {:error, {:not_yet_supported, :auto_reload}}
+  defp check_auto_reload(%{auto_reload: other}), do: invalid(:auto_reload, other)
+
+  defp check_migration(%{state_migration: f} = config)
+       when is_nil(f) or is_function(f, 1) or is_function(f, 3),
+       do: {:ok, config}
+
+  defp check_migration(%{state_migration: f}), do: invalid(:state_migration, f)
+
+  defp check_restarts(%{max_restarts: r, max_seconds: s} = config)
+       when is_integer(r) and r >= 0 and is_integer(s) and s > 0,
+       do: {:ok, config}
+
+  defp check_restarts(%{max_restarts: r, max_seconds: s}) do
+    if is_integer(r) and r >= 0, do: invalid(:max_seconds, s), else: invalid(:max_restarts, r)
+  end
+
+  defp check_versions(%{max_versions: v} = config) when is_integer(v) and v > 0, do: {:ok, config}
+  defp check_versions(%{max_versions: v}), do: invalid(:max_versions, v)
+
+  defp check_capture(%{capture_output: c} = config) when is_boolean(c), do: {:ok, config}
+  defp check_capture(%{capture_output: c}), do: invalid(:capture_output, c)
+
+  defp invalid(key, value), do: {:error, {:invalid_option, {key, value}}}
+end

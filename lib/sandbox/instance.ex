@@ -1,0 +1,511 @@
+defmodule Sandbox.Instance do
+  @moduledoc """
+  One live sandbox: the process that compiles, relocates, loads and starts
+  it, watches its root supervisor, restarts it, and tears it down.
+
+  Started by `Sandbox.create_sandbox/3` under `Sandbox.InstanceSupervisor`
+  (temporary children), one per sandbox, so sandboxes never wait for each
+  other. Its state is mirrored into the `Sandbox.Manager` table at every
+  status change, so reading a sandbox's info never calls this process.
+
+  The sandbox's root processes (its supervisor, or its applications' `mod`
+  callbacks, path dependencies first) are started from this process with
+  the sandbox's group leader, so everything they spawn belongs to the
+  sandbox. They are linked to it: when one exits, the instance kills the
+  rest and starts them again, up to `max_restarts` times within
+  `max_seconds`; after that the sandbox's status is `:error`.
+  """
+
+  use GenServer, restart: :temporary
+
+  alias Sandbox.{Beam, Env, GroupLeader, IsolatedCompiler, Manager, Telemetry}
+
+  @shims [
+    {Application, Sandbox.Shim.Application},
+    {:application, Sandbox.Shim.ErlApplication}
+  ]
+
+  @doc false
+  def child_spec(arg) do
+    %{id: __MODULE__, start: {__MODULE__, :start_link, [arg]}, restart: :temporary}
+  end
+
+  @doc "Starts the instance of sandbox `id` (it does nothing until `setup/1`)."
+  @spec start_link({String.t(), atom, Sandbox.Config.t()}) :: GenServer.on_start()
+  def start_link({id, target, config}), do: GenServer.start_link(__MODULE__, {id, target, config})
+
+  @doc "Compiles, loads and starts the sandbox. On failure the instance cleans up and stops."
+  @spec setup(pid) :: {:ok, map} | {:error, term}
+  def setup(pid), do: GenServer.call(pid, :setup, :infinity)
+
+  @doc "Stops and starts the sandbox's processes again, with the same code."
+  @spec restart(pid) :: {:ok, map} | {:error, term}
+  def restart(pid), do: GenServer.call(pid, :restart, :infinity)
+
+  @doc "Destroys the sandbox: processes, modules, environment; then the instance stops."
+  @spec destroy(pid) :: :ok
+  def destroy(pid), do: GenServer.call(pid, :destroy, :infinity)
+
+  ## Server
+
+  @impl true
+  def init({id, target, config}) do
+    Process.flag(:trap_exit, true)
+    Manager.assign(id, self())
+
+    state = %{
+      id: id,
+      env_id: String.to_atom(id),
+      target: target,
+      config: config,
+      status: :initializing,
+      error: nil,
+      app: nil,
+      app_name: nil,
+      supervisor_module: nil,
+      mode: nil,
+      originals: [],
+      renames: %{},
+      loaded: [],
+      group_leader: nil,
+      roots: [],
+      restarts: [],
+      restart_count: 0,
+      created_at: DateTime.utc_now(),
+      started_at: nil
+    }
+
+    publish(state)
+    {:ok, state}
+  end
+
+  @impl true
+  def handle_call(:setup, _from, state) do
+    t0 = System.monotonic_time()
+
+    with {:ok, state} <- compile(state),
+         {:ok, state} <- load(state),
+         {:ok, state} <- start_roots(state) do
+      state = %{state | status: :running}
+      publish(state, listed: true)
+
+      Telemetry.emit(
+        :manager,
+        :created,
+        %{duration: System.monotonic_time() - t0},
+        %{
+          sandbox_id: state.id,
+          app_name: state.app_name,
+          supervisor_module: state.supervisor_module
+        }
+      )
+
+      {:reply, {:ok, public_info(state)}, state}
+    else
+      {:error, reason, state} ->
+        state = teardown(state)
+        Manager.release(state.id, self())
+        measurements = %{duration: System.monotonic_time() - t0}
+
+        Telemetry.emit(:manager, :create_failed, measurements, %{
+          sandbox_id: state.id,
+          reason: reason
+        })
+
+        {:stop, :normal, {:error, reason}, state}
+    end
+  end
+
+  def handle_call(:restart, _from, state) do
+    state = stop_roots(state)
+
+    case start_roots(%{state | status: :starting}) do
+      {:ok, state} ->
+        state = %{state | status: :running, error: nil, restart_count: state.restart_count + 1}
+        publish(state, listed: true)
+        emit_restarted(state, :requested)
+        {:reply, {:ok, public_info(state)}, state}
+
+      {:error, reason, state} ->
+        state = %{state | status: :error, error: reason}
+        publish(state, listed: true)
+        {:reply, {:error, reason}, state}
+    end
+  end
+
+  def handle_call(:destroy, _from, state) do
+    t0 = System.monotonic_time()
+    publish(%{state | status: :stopping}, listed: false)
+    state = teardown(state)
+    Manager.release(state.id, self())
+
+    Telemetry.emit(:manager, :destroyed, %{duration: System.monotonic_time() - t0}, %{
+      sandbox_id: state.id
+    })
+
+    {:stop, :normal, :ok, state}
+  end
+
+  def handle_call(:group_leader, _from, state), do: {:reply, state.group_leader, state}
+
+  @impl true
+  def handle_info({:EXIT, pid, reason}, state) do
+    if pid in state.roots do
+      {:noreply, root_died(state, pid, reason)}
+    else
+      {:noreply, state}
+    end
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  @impl true
+  def terminate(_reason, state) do
+    # A crash of the instance itself must not leave the sandbox behind.
+    if state.loaded != [] or state.roots != [], do: teardown(state)
+    :ok
+  end
+
+  ## Compile and load
+
+  defp compile(state) do
+    publish(%{state | status: :compiling})
+    config = state.config
+
+    opts = [compile_timeout: config.compile_timeout, compile_limits: config.compile_limits]
+
+    case IsolatedCompiler.compile_sandbox(config.sandbox_path, opts) do
+      {:ok, info} ->
+        IsolatedCompiler.cleanup_artifacts(info.temp_dir)
+        resolve_target(%{state | app: info.app, originals: info.modules}, info)
+
+      {:error, reason} ->
+        {:error, reason, state}
+    end
+  end
+
+  defp resolve_target(state, info) do
+    modules = Enum.map(state.originals, &elem(&1, 0))
+    app = info.app
+
+    cond do
+      app && app.name == state.target ->
+        Env.load(state.env_id, app.name, envs(app, info))
+        state = %{state | mode: :application, app_name: app.name}
+        {:ok, %{state | supervisor_module: app.mod && elem(app.mod, 0)}}
+
+      state.target in modules ->
+        Env.load(state.env_id, app && app.name, if(app, do: envs(app, info), else: info.config))
+
+        {:ok,
+         %{state | mode: :supervisor, app_name: app && app.name, supervisor_module: state.target}}
+
+      true ->
+        {:error, {:unknown_module_or_app, state.target}, state}
+    end
+  end
+
+  # The sandbox owns its application's environment, its path dependencies'
+  # and every application its config configures.
+  defp envs(app, info) do
+    own = [{app.name, info.app_env}]
+
+    deps =
+      for dep <- app.path_deps,
+          do: {dep.name, Keyword.merge(dep.env, Keyword.get(info.config, dep.name, []))}
+
+    configured =
+      for {name, kw} <- info.config,
+          name not in [app.name | Enum.map(deps, &elem(&1, 0))],
+          do: {name, kw}
+
+    own ++ deps ++ configured
+  end
+
+  defp load(state) do
+    publish(%{state | status: :starting})
+
+    with {:ok, parsed} <- parse_all(state.originals),
+         :ok <- check_protocols(parsed),
+         {:ok, renames} <- Beam.rename_map(state.id, parsed),
+         {:ok, shims, redirects} <- shims(state),
+         {:ok, relocated} <- relocate_all(state.originals, renames, redirects),
+         :ok <- ensure_host_apps(state),
+         {:ok, loaded} <- load_all(shims ++ relocated) do
+      {:ok, %{state | renames: renames, loaded: loaded}}
+    else
+      {:error, reason} -> {:error, reason, state}
+    end
+  end
+
+  defp parse_all(modules) do
+    Enum.reduce_while(modules, {:ok, []}, fn {module, beam}, {:ok, acc} ->
+      case Beam.parse(beam) do
+        {:ok, parsed} -> {:cont, {:ok, [parsed | acc]}}
+        {:error, reason} -> {:halt, {:error, {:invalid_beam, module, reason}}}
+      end
+    end)
+    |> then(fn
+      {:ok, list} -> {:ok, Enum.reverse(list)}
+      error -> error
+    end)
+  end
+
+  # A consolidated host protocol dispatches only to the implementations it
+  # was consolidated with: an implementation the sandbox brings for it would
+  # silently never be called, so the create is refused instead.
+  defp check_protocols(parsed) do
+    own = MapSet.new(parsed, & &1.module)
+
+    Enum.find_value(parsed, :ok, fn %{attributes: attrs} ->
+      with impl when is_list(impl) <- Keyword.get(List.wrap(attrs), :__impl__),
+           protocol when is_atom(protocol) <- Keyword.get(impl, :protocol),
+           false <- MapSet.member?(own, protocol),
+           true <- Code.ensure_loaded?(protocol),
+           true <- function_exported?(protocol, :__protocol__, 1),
+           true <- protocol.__protocol__(:consolidated?) do
+        {:error, {:consolidated_protocol, protocol}}
+      else
+        _ -> nil
+      end
+    end)
+  end
+
+  defp shims(state) do
+    Enum.reduce_while(@shims, {:ok, [], %{}}, fn {host, template}, {:ok, acc, redirects} ->
+      {^template, beam, _} = :code.get_object_code(template)
+      {:ok, name} = Beam.relocated_name(state.id, template)
+      renames = %{template => name, :__sandbox_shim_id__ => state.env_id}
+
+      case Beam.relocate(beam, renames, %{}, debug_info: :strip) do
+        {:ok, bin} -> {:cont, {:ok, [{name, bin} | acc], Map.put(redirects, host, name)}}
+        {:error, reason} -> {:halt, {:error, {:shim_failed, template, reason}}}
+      end
+    end)
+  end
+
+  defp relocate_all(modules, renames, redirects) do
+    Enum.reduce_while(modules, {:ok, []}, fn {module, beam}, {:ok, acc} ->
+      case Beam.relocate(beam, renames, redirects, debug_info: :strip) do
+        {:ok, bin} -> {:cont, {:ok, [{Map.fetch!(renames, module), bin} | acc]}}
+        {:error, reason} -> {:halt, {:error, {:relocation_failed, module, reason}}}
+      end
+    end)
+  end
+
+  # OTP and host applications the sandbox needs are shared: started in the host.
+  defp ensure_host_apps(%{app: nil}), do: :ok
+
+  defp ensure_host_apps(%{app: app}) do
+    own = MapSet.new([app.name | Enum.map(app.path_deps, & &1.name)])
+
+    needed =
+      for spec <- [app | app.path_deps],
+          name <- List.wrap(spec.applications) ++ spec.extra_applications,
+          not MapSet.member?(own, name),
+          uniq: true,
+          do: name
+
+    Enum.find_value(needed, :ok, fn name ->
+      case Application.ensure_all_started(name) do
+        {:ok, _} -> nil
+        {:error, reason} -> {:error, {:host_application_failed, name, reason}}
+      end
+    end)
+  end
+
+  defp load_all(binaries) do
+    entries = for {name, bin} <- binaries, do: {name, ~c"sandbox:#{name}", bin}
+
+    case :code.atomic_load(entries) do
+      :ok -> {:ok, Enum.map(binaries, &elem(&1, 0))}
+      {:error, failures} -> {:error, {:load_failed, failures}}
+    end
+  end
+
+  ## Roots
+
+  defp start_roots(state) do
+    {:ok, gl} =
+      GroupLeader.start_link(state.id,
+        upstream: Process.group_leader(),
+        capture: state.config.capture_output
+      )
+
+    state = %{state | group_leader: gl, started_at: System.monotonic_time(:millisecond)}
+    own_gl = Process.group_leader()
+    Process.group_leader(self(), gl)
+
+    try do
+      Enum.reduce_while(root_starts(state), {:ok, state}, fn {label, fun}, {:ok, state} ->
+        case safe_start(fun) do
+          {:ok, pid} when is_pid(pid) -> {:cont, {:ok, %{state | roots: state.roots ++ [pid]}}}
+          :ignore -> {:cont, {:ok, state}}
+          {:error, reason} -> {:halt, {:error, {:start_failed, label, reason}, state}}
+        end
+      end)
+    after
+      Process.group_leader(self(), own_gl)
+    end
+  end
+
+  defp root_starts(%{mode: :supervisor} = state) do
+    sup = Map.fetch!(state.renames, state.target)
+    [{state.target, fn -> sup.start_link(state.config.supervisor_args) end}]
+  end
+
+  defp root_starts(%{mode: :application, app: app} = state) do
+    for spec <- app.path_deps ++ [app], spec.mod != nil do
+      {mod, args} = spec.mod
+      relocated = Map.fetch!(state.renames, mod)
+      {spec.name, fn -> relocated.start(:normal, args) end}
+    end
+  end
+
+  defp safe_start(fun) do
+    case fun.() do
+      {:ok, pid} -> {:ok, pid}
+      {:ok, pid, _state} -> {:ok, pid}
+      :ignore -> :ignore
+      {:error, reason} -> {:error, reason}
+      other -> {:error, {:bad_return, other}}
+    end
+  catch
+    kind, reason -> {:error, {kind, reason, __STACKTRACE__}}
+  end
+
+  defp root_died(state, pid, reason) do
+    now = System.monotonic_time(:millisecond)
+    window = state.config.max_seconds * 1000
+    recent = [now | Enum.filter(state.restarts, &(now - &1 < window))]
+    state = stop_roots(%{state | roots: List.delete(state.roots, pid)})
+
+    if length(recent) > state.config.max_restarts do
+      state = %{state | status: :error, error: {:max_restarts_exceeded, reason}, restarts: recent}
+      publish(state, listed: true)
+
+      Telemetry.emit(:manager, :failed, %{restart_count: state.restart_count}, %{
+        sandbox_id: state.id,
+        reason: reason
+      })
+
+      state
+    else
+      case start_roots(%{state | restarts: recent}) do
+        {:ok, state} ->
+          state = %{state | status: :running, restart_count: state.restart_count + 1}
+          publish(state, listed: true)
+          emit_restarted(state, reason)
+          state
+
+        {:error, start_reason, state} ->
+          state = %{state | status: :error, error: start_reason}
+          publish(state, listed: true)
+          state
+      end
+    end
+  end
+
+  defp emit_restarted(state, reason) do
+    Telemetry.emit(:manager, :restarted, %{restart_count: state.restart_count}, %{
+      sandbox_id: state.id,
+      reason: reason
+    })
+  end
+
+  # Stops the roots (shutdown, then kill), then every process left with the
+  # sandbox's group leader, then the group leader itself.
+  defp stop_roots(state) do
+    for pid <- state.roots, do: shutdown(pid)
+    if state.group_leader, do: kill_members(state.group_leader)
+    if state.group_leader, do: stop_group_leader(state.group_leader)
+    %{state | roots: [], group_leader: nil}
+  end
+
+  defp shutdown(pid) do
+    Process.exit(pid, :shutdown)
+
+    receive do
+      {:EXIT, ^pid, _} -> :ok
+    after
+      5_000 ->
+        Process.exit(pid, :kill)
+
+        receive do
+          {:EXIT, ^pid, _} -> :ok
+        end
+    end
+  end
+
+  defp kill_members(gl) do
+    members = GroupLeader.members(gl)
+    refs = for pid <- members, do: Process.monitor(pid)
+    for pid <- members, do: Process.exit(pid, :kill)
+
+    for ref <- refs do
+      receive do
+        {:DOWN, ^ref, :process, _, _} -> :ok
+      end
+    end
+
+    # Processes spawned while the sweep ran.
+    if GroupLeader.members(gl) != [], do: kill_members(gl)
+  end
+
+  defp stop_group_leader(gl) do
+    GroupLeader.stop(gl)
+
+    receive do
+      {:EXIT, ^gl, _} -> :ok
+    after
+      0 -> :ok
+    end
+  end
+
+  # Everything of the sandbox goes: processes, modules, environment. Returns
+  # the state with nothing left to tear down.
+  defp teardown(state) do
+    state = stop_roots(state)
+
+    for module <- state.loaded do
+      :code.purge(module)
+      :code.delete(module)
+      :code.purge(module)
+    end
+
+    Env.delete(state.env_id)
+    %{state | loaded: []}
+  end
+
+  ## Info
+
+  defp publish(state, opts \\ []) do
+    info =
+      state
+      |> public_info()
+      |> Map.put(:group_leader, state.group_leader)
+      |> Map.put(:started_at, state.started_at)
+      |> Map.put(:listed, Keyword.get(opts, :listed, false))
+
+    Manager.put_info(state.id, info)
+  end
+
+  defp public_info(state) do
+    root = List.last(state.roots)
+
+    %{
+      id: state.id,
+      status: state.status,
+      app_name: state.app_name,
+      supervisor_module: state.supervisor_module,
+      app_pid: if(state.mode == :application, do: root),
+      supervisor_pid: root,
+      created_at: state.created_at,
+      restart_count: state.restart_count,
+      resource_usage: %{current_memory: 0, current_processes: 0, cpu_usage: 0.0, uptime: 0},
+      security_profile: state.config.security_profile,
+      resource_limits: state.config.resource_limits,
+      error: state.error
+    }
+  end
+end
