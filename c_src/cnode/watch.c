@@ -18,23 +18,26 @@
     (IN_CLOSE_WRITE | IN_MODIFY | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |            \
      IN_DELETE_SELF | IN_ONLYDIR | IN_EXCL_UNLINK)
 
-typedef struct {
-    int wd;
-    char *path;
-} wdir;
-
 typedef struct watch {
     struct watch *next;
     int64_t id;
-    int fd;
     cn_watch_req req;
     cn_dest sub;
-    wdir *dirs;
-    size_t ndirs, cap;
     cn_coalesce pending;
 } watch;
 
+/* One inotify instance serves every watch (instances are few per user): a
+ * directory watched by two watches has one wd and two entries here. */
+typedef struct {
+    int wd;
+    char *path;
+    watch *w;
+} wdir;
+
 static watch *g_watches;
+static int g_ifd = -1;
+static wdir *g_dirs;
+static size_t g_ndirs, g_capdirs;
 
 static int ignored_dir(const watch *w, const char *name) {
     for (size_t i = 0; i < w->req.nignore; i++) {
@@ -57,21 +60,37 @@ static int included(const watch *w, const char *name) {
     return 0;
 }
 
-static const char *dir_of(const watch *w, int wd) {
-    for (size_t i = 0; i < w->ndirs; i++) {
-        if (w->dirs[i].wd == wd) {
-            return w->dirs[i].path;
+static int has_entry(const watch *w, int wd) {
+    for (size_t i = 0; i < g_ndirs; i++) {
+        if (g_dirs[i].wd == wd && g_dirs[i].w == w) {
+            return 1;
         }
     }
-    return NULL;
+    return 0;
 }
 
-static void forget_wd(watch *w, int wd) {
-    for (size_t i = 0; i < w->ndirs; i++) {
-        if (w->dirs[i].wd == wd) {
-            free(w->dirs[i].path);
-            w->dirs[i] = w->dirs[--w->ndirs];
-            return;
+static int wd_in_use(int wd) {
+    for (size_t i = 0; i < g_ndirs; i++) {
+        if (g_dirs[i].wd == wd) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Drops the entries of watch w (every watch when w is NULL) for wd (every wd
+ * when wd < 0); removes kernel watches no entry uses any more. */
+static void drop_entries(const watch *w, int wd, int rm_kernel_watch) {
+    for (size_t i = 0; i < g_ndirs;) {
+        if ((!w || g_dirs[i].w == w) && (wd < 0 || g_dirs[i].wd == wd)) {
+            int gone = g_dirs[i].wd;
+            free(g_dirs[i].path);
+            g_dirs[i] = g_dirs[--g_ndirs];
+            if (rm_kernel_watch && !wd_in_use(gone)) {
+                inotify_rm_watch(g_ifd, gone);
+            }
+        } else {
+            i++;
         }
     }
 }
@@ -81,25 +100,25 @@ static void forget_wd(watch *w, int wd) {
  * written before its watch existed). Returns 0, or an errno value for the
  * root. */
 static int add_tree(watch *w, const char *dir, int report, int64_t now) {
-    int wd = inotify_add_watch(w->fd, dir, DIR_MASK);
+    int wd = inotify_add_watch(g_ifd, dir, DIR_MASK);
     if (wd < 0) {
         return errno;
     }
-    if (!dir_of(w, wd)) {
-        if (w->ndirs == w->cap) {
-            size_t cap = w->cap ? 2 * w->cap : 64;
-            wdir *d = realloc(w->dirs, cap * sizeof *d);
+    if (!has_entry(w, wd)) {
+        if (g_ndirs == g_capdirs) {
+            size_t cap = g_capdirs ? 2 * g_capdirs : 64;
+            wdir *d = realloc(g_dirs, cap * sizeof *d);
             if (!d) {
                 return ENOMEM;
             }
-            w->dirs = d;
-            w->cap = cap;
+            g_dirs = d;
+            g_capdirs = cap;
         }
         char *p = strdup(dir);
         if (!p) {
             return ENOMEM;
         }
-        w->dirs[w->ndirs++] = (wdir){wd, p};
+        g_dirs[g_ndirs++] = (wdir){wd, p, w};
     }
     DIR *d = opendir(dir);
     if (!d) {
@@ -135,13 +154,7 @@ static int add_tree(watch *w, const char *dir, int report, int64_t now) {
 }
 
 static void free_watch(watch *w) {
-    if (w->fd >= 0) {
-        close(w->fd);
-    }
-    for (size_t i = 0; i < w->ndirs; i++) {
-        free(w->dirs[i].path);
-    }
-    free(w->dirs);
+    drop_entries(w, -1, 1);
     cn_coalesce_free(&w->pending);
     cn_watch_req_free(&w->req);
     cn_dest_free(&w->sub);
@@ -157,7 +170,6 @@ void cn_watch_add(const cn_request *r) {
         cn_reply_error_atom(r, "enomem");
         return;
     }
-    w->fd = -1;
     if (cn_watch_parse(r->args, &w->req, &err) != 0) {
         free(w);
         cn_reply_error(r, &err);
@@ -183,8 +195,10 @@ void cn_watch_add(const cn_request *r) {
         cn_reply_error_atom(r, "enomem");
         return;
     }
-    w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-    int e = w->fd < 0 ? errno : add_tree(w, w->req.dir, 0, cn_now_ms());
+    if (g_ifd < 0) {
+        g_ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    }
+    int e = g_ifd < 0 ? errno : add_tree(w, w->req.dir, 0, cn_now_ms());
     if (e) {
         free_watch(w);
         cn_reply_errno(r, "watch_failed", e);
@@ -220,27 +234,14 @@ void cn_watch_remove(const cn_request *r) {
 }
 
 int cn_watch_pollfds(struct pollfd *fds, int max) {
-    int n = 0;
-    for (watch *w = g_watches; w && n < max; w = w->next) {
-        fds[n++] = (struct pollfd){w->fd, POLLIN, 0};
+    if (g_ifd < 0 || max < 1) {
+        return 0;
     }
-    return n;
+    fds[0] = (struct pollfd){g_ifd, POLLIN, 0};
+    return 1;
 }
 
-static void handle_event(watch *w, const struct inotify_event *ev, int64_t now) {
-    if (ev->mask & IN_Q_OVERFLOW) {
-        /* events were lost: rescan everything, reporting every file */
-        add_tree(w, w->req.dir, 1, now);
-        return;
-    }
-    if (ev->mask & IN_IGNORED) {
-        forget_wd(w, ev->wd);
-        return;
-    }
-    const char *dir = dir_of(w, ev->wd);
-    if (!dir || ev->len == 0) {
-        return;
-    }
+static void handle_for(watch *w, const char *dir, const struct inotify_event *ev, int64_t now) {
     char path[PATH_MAX];
     if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, ev->name) >= sizeof path) {
         return;
@@ -261,11 +262,38 @@ static void handle_event(watch *w, const struct inotify_event *ev, int64_t now) 
     }
 }
 
-static void read_events(watch *w) {
+static void handle_event(const struct inotify_event *ev, int64_t now) {
+    if (ev->mask & IN_Q_OVERFLOW) {
+        /* events were lost: rescan every watch, reporting every file */
+        for (watch *w = g_watches; w; w = w->next) {
+            add_tree(w, w->req.dir, 1, now);
+        }
+        return;
+    }
+    if (ev->mask & IN_IGNORED) {
+        drop_entries(NULL, ev->wd, 0);
+        return;
+    }
+    if (ev->len == 0) {
+        return;
+    }
+    /* add_tree may append entries while we go: walk by index, only the
+     * entries that were there when the event came */
+    size_t n = g_ndirs;
+    for (size_t i = 0; i < n && i < g_ndirs; i++) {
+        if (g_dirs[i].wd == ev->wd) {
+            char dir[PATH_MAX];
+            snprintf(dir, sizeof dir, "%s", g_dirs[i].path);
+            handle_for(g_dirs[i].w, dir, ev, now);
+        }
+    }
+}
+
+static void read_events(void) {
     char buf[65536] __attribute__((aligned(__alignof__(struct inotify_event))));
     int64_t now = cn_now_ms();
     for (;;) {
-        ssize_t n = read(w->fd, buf, sizeof buf);
+        ssize_t n = read(g_ifd, buf, sizeof buf);
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -274,23 +302,15 @@ static void read_events(watch *w) {
         }
         for (char *p = buf; p < buf + n;) {
             const struct inotify_event *ev = (const struct inotify_event *)p;
-            handle_event(w, ev, now);
+            handle_event(ev, now);
             p += sizeof *ev + ev->len;
         }
     }
 }
 
 void cn_watch_handle_poll(struct pollfd *fds, int n) {
-    for (int i = 0; i < n; i++) {
-        if (!fds[i].revents) {
-            continue;
-        }
-        for (watch *w = g_watches; w; w = w->next) {
-            if (w->fd == fds[i].fd) {
-                read_events(w);
-                break;
-            }
-        }
+    if (n > 0 && fds[0].revents && g_ifd >= 0) {
+        read_events();
     }
 }
 
@@ -338,5 +358,12 @@ void cn_watch_stop(void) {
         watch *w = g_watches;
         g_watches = w->next;
         free_watch(w);
+    }
+    free(g_dirs);
+    g_dirs = NULL;
+    g_ndirs = g_capdirs = 0;
+    if (g_ifd >= 0) {
+        close(g_ifd);
+        g_ifd = -1;
     }
 }

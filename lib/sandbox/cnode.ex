@@ -28,9 +28,10 @@ defmodule Sandbox.CNode do
       died; its children died with it).
 
   When a spawned process exits, whatever it left behind in its process group or among its
-  descendants (descendants are tracked while the spawn has a timeout or a memory or process
-  limit) is killed with SIGKILL, and the exit event is sent once those are gone. On a timeout or a memory/process limit the group and
-  every descendant get SIGTERM, then SIGKILL after the grace period (option `:grace`).
+  descendants (descendants are tracked while the spawn has a timeout or a memory or
+  process limit) is killed with SIGKILL, and the exit event is sent once those are gone.
+  On a timeout or a memory/process limit the group and every descendant get SIGTERM, then
+  SIGKILL after the grace period (option `:grace`).
 
   Sent to the subscriber of a watch:
 
@@ -78,8 +79,7 @@ defmodule Sandbox.CNode do
   500 ms and on `node_name/1`), the program registers with epmd as the hidden node
   `sandbox_cnode_<host alive name>@<host>` (a server not registered as `Sandbox.CNode`
   appends `_<program os pid>`; option `:cnode_name` sets it), receiving the cookie over
-  the port, and
-  connects to the host. Any node of the cluster with the cookie can then send the same
+  the port, and connects to the host. Any node of the cluster with the cookie can then send the same
   requests to `{:sandbox_cnode, cnode_node}`; replies and events go to the pids in the
   request (pids of the host travel through the port).
 
@@ -91,6 +91,10 @@ defmodule Sandbox.CNode do
       :audit_log)` or `sandbox_audit.log` in the system's temporary directory
     * `:audit_max_bytes` — rotation size, default 64 MiB; `:audit_keep` — rotated files
       kept, default 5
+    * `:cnode_name` — the alive part of the C-node's node name (see "Distribution")
+
+  The program is restarted at most 5 times within 5 s; beyond that the server stops
+  with `{:cnode_exited, status}` and its supervisor decides.
   """
   use GenServer
   require Logger

@@ -51,6 +51,27 @@ defmodule Sandbox.CNode.WatchAuditTest do
       assert {:error, :not_found} = CNode.unwatch(wid)
     end
 
+    test "overlapping watches each get their events; unwatching one keeps the other" do
+      dir = tmp_dir("watch_overlap")
+      sub = Path.join(dir, "sub")
+      File.mkdir_p!(sub)
+      {:ok, outer} = CNode.watch(dir, debounce: 20)
+      {:ok, inner} = CNode.watch(sub, debounce: 20)
+      file = Path.join(sub, "x.ex")
+      File.write!(file, "1")
+      assert_receive {:sandbox_cnode, ^outer, {:changed, [^file]}}, 20_000
+      assert_receive {:sandbox_cnode, ^inner, {:changed, [^file]}}, 20_000
+
+      assert :ok = CNode.unwatch(outer)
+      File.write!(file, "2")
+      assert_receive {:sandbox_cnode, ^inner, {:changed, [^file]}}, 20_000
+      # Both watches would flush in the same round, before the program reads the
+      # next request: after this reply, an event of the outer one would be here.
+      assert {:pong, _} = CNode.request(CNode, :ping, %{})
+      refute_received {:sandbox_cnode, ^outer, _}
+      CNode.unwatch(inner)
+    end
+
     test "a deleted file is a change; include [] takes every file" do
       dir = tmp_dir("watch_del")
       File.write!(Path.join(dir, "x.txt"), "x")

@@ -1,0 +1,1 @@
+defmodule Broken do def f( end
