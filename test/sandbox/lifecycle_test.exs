@@ -104,6 +104,69 @@ defmodule Sandbox.LifecycleTest do
     end
   end
 
+  describe "path dependencies" do
+    @tag :tmp_dir
+    test "are relocated and started first, inside the sandbox, with their own config", ctx do
+      dir =
+        project(ctx.tmp_dir, %{
+          "mix.exs" => """
+          defmodule PdMain.MixProject do
+            use Mix.Project
+            def project, do: [app: :pd_main, version: "0.1.0", deps: [{:pd_dep, path: "libs/pd_dep"}]]
+            def application, do: [mod: {PdMain.App, []}]
+          end
+          """,
+          "config/config.exs" => """
+          import Config
+          config :pd_dep, label: "configured by main"
+          """,
+          "lib/pd_main.ex" => """
+          defmodule PdMain.App do
+            use Application
+            def start(_, _) do
+              # The dependency's server is already up: its application started first.
+              seen = PdDep.Store.get()
+              Agent.start_link(fn -> seen end, name: PdMain.Seen)
+            end
+          end
+
+          defmodule PdMain do
+            def seen, do: Agent.get(PdMain.Seen, & &1)
+          end
+          """,
+          "libs/pd_dep/mix.exs" => """
+          defmodule PdDep.MixProject do
+            use Mix.Project
+            def project, do: [app: :pd_dep, version: "0.1.0"]
+            def application, do: [mod: {PdDep.App, []}, env: [label: "default"]]
+          end
+          """,
+          "libs/pd_dep/lib/pd_dep.ex" => """
+          defmodule PdDep.App do
+            use Application
+            def start(_, _), do: PdDep.Store.start_link()
+          end
+
+          defmodule PdDep.Store do
+            def start_link, do: Agent.start_link(fn -> Application.get_env(:pd_dep, :label) end, name: __MODULE__)
+            def get, do: Agent.get(__MODULE__, & &1)
+          end
+          """
+        })
+
+      a = "#{ctx.prefix}pd"
+      create!(a, dir, :pd_main)
+      assert Sandbox.call(a, PdMain, :seen, []) == {:ok, "configured by main"}
+      store = Sandbox.module_name(a, PdDep.Store)
+      assert is_pid(Process.whereis(store))
+      {:ok, %{resource_usage: usage}} = Sandbox.get_sandbox_info(a)
+      assert usage.current_processes == 2
+      assert :ok = Sandbox.destroy_sandbox(a)
+      assert Process.whereis(store) == nil
+      assert loaded_modules(a) == []
+    end
+  end
+
   describe "processes" do
     test "processes spawned inside belong to the sandbox and die with it", ctx do
       a = "#{ctx.prefix}a"

@@ -1,0 +1,2 @@
+import Config
+config :pd_dep, label: "configured by main"
