@@ -2,36 +2,13 @@
  * installed OTP (stdlib's lists.beam, found through $ERL_ROOT) and on
  * corruptions of it. */
 #include <criterion/criterion.h>
-#include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "beam.h"
 #include "bytes.h"
-
-static uint8_t *load_file(const char *pattern, size_t *size) {
-    const char *root = getenv("ERL_ROOT");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", root ? root : "/usr/lib/erlang", pattern);
-    glob_t g;
-    cr_assert_eq(glob(path, 0, NULL, &g), 0, "no file matches %s (set ERL_ROOT)", path);
-    FILE *f = fopen(g.gl_pathv[0], "rb");
-    globfree(&g);
-    cr_assert_not_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)n);
-    cr_assert_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
-}
-
-static uint8_t *lists_beam(size_t *size) {
-    return load_file("lib/stdlib-*/ebin/lists.beam", size);
-}
+#include "test_helpers.h"
 
 /* Validates a copy of exactly n bytes, so that ASan sees any read past the end. */
 static beam_errcode validate(const uint8_t *d, size_t n, beam_error *e) {
@@ -44,7 +21,7 @@ static beam_errcode validate(const uint8_t *d, size_t n, beam_error *e) {
 
 Test(beam, parses_a_real_module) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_module m;
     beam_error e;
     cr_assert_eq(beam_parse(d, n, &m, &e), BEAM_OK, "%s", beam_errcode_name(e.code));
@@ -87,7 +64,7 @@ Test(beam, header_errors) {
  * truncated, inside a chunk that chunk is. */
 Test(beam, truncation_everywhere) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_module m;
     beam_error e;
     cr_assert_eq(beam_parse(d, n, &m, &e), BEAM_OK);
@@ -122,7 +99,7 @@ static beam_chunk find(const uint8_t *d, size_t n, const char *id) {
 
 Test(beam, bad_import_index) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_chunk c = find(d, n, "ImpT");
     wr_u32(d + c.offset + 4 + 4, 0x7fffffff); /* function atom of import 0 */
     beam_error e;
@@ -134,14 +111,14 @@ Test(beam, bad_import_index) {
 
 Test(beam, bad_export_and_local_index) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_chunk c = find(d, n, "ExpT");
     wr_u32(d + c.offset + 4, 0);
     beam_error e;
     cr_assert_eq(validate(d, n, &e), BEAM_E_BAD_ATOM_INDEX);
     cr_assert_eq(e.table, BEAM_TABLE_EXPORTS);
     free(d);
-    d = lists_beam(&n);
+    d = test_lists_beam(&n);
     c = find(d, n, "LocT");
     wr_u32(d + c.offset + 4, 99999);
     cr_assert_eq(validate(d, n, &e), BEAM_E_BAD_ATOM_INDEX);
@@ -152,7 +129,7 @@ Test(beam, bad_export_and_local_index) {
 
 Test(beam, table_count_too_large) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_chunk c = find(d, n, "ImpT");
     wr_u32(d + c.offset, rd_u32(d + c.offset) + 1);
     beam_error e;
@@ -163,7 +140,7 @@ Test(beam, table_count_too_large) {
 
 Test(beam, bad_zlib_in_literals) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_chunk c = find(d, n, "LitT");
     memset(d + c.offset + 4, 0xAB, c.size - 4 > 16 ? 16 : c.size - 4);
     beam_error e;
@@ -178,7 +155,7 @@ Test(beam, bad_zlib_in_literals) {
 
 Test(beam, wrong_literal_size_declared) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_chunk c = find(d, n, "LitT");
     wr_u32(d + c.offset, rd_u32(d + c.offset) + 1);
     beam_error e;
@@ -188,7 +165,7 @@ Test(beam, wrong_literal_size_declared) {
 
 Test(beam, bad_code_header) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_chunk c = find(d, n, "Code");
     uint32_t opmax = rd_u32(d + c.offset + 8);
     beam_error e;
@@ -202,7 +179,7 @@ Test(beam, bad_code_header) {
 
 Test(beam, bad_attr_term) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_chunk c = find(d, n, "Attr");
     d[c.offset] = 130; /* not the ETF version byte */
     beam_error e;
@@ -213,7 +190,7 @@ Test(beam, bad_attr_term) {
 
 Test(beam, bad_atom_utf8) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_chunk c = find(d, n, "AtU8");
     d[c.offset + 5] = 0xFF; /* first byte of the module name */
     beam_error e;
@@ -224,7 +201,7 @@ Test(beam, bad_atom_utf8) {
 
 Test(beam, duplicate_chunk_and_padding) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_module m;
     beam_error e;
     cr_assert_eq(beam_parse(d, n, &m, &e), BEAM_OK);
@@ -247,7 +224,7 @@ Test(beam, duplicate_chunk_and_padding) {
 
 Test(beam, trailing_bytes) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     uint8_t *big = calloc(n + 8, 1);
     memcpy(big, d, n);
     beam_error e;
@@ -265,7 +242,7 @@ Test(beam, trailing_bytes) {
  * (run under ASan by `make sanitize`). */
 Test(beam, single_byte_flips) {
     size_t n;
-    uint8_t *d = lists_beam(&n);
+    uint8_t *d = test_lists_beam(&n);
     beam_error e;
     for (size_t i = 0; i < n; i += 3) {
         uint8_t old = d[i];

@@ -1,31 +1,12 @@
 /* Criterion tests of relocation on a real module (stdlib's lists.beam). */
 #include <criterion/criterion.h>
-#include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "beam.h"
 #include "relocate.h"
-
-static uint8_t *read_lists(size_t *size) {
-    const char *root = getenv("ERL_ROOT");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/lib/stdlib-*/ebin/lists.beam", root ? root : "/usr/lib/erlang");
-    glob_t g;
-    cr_assert_eq(glob(path, 0, NULL, &g), 0);
-    FILE *f = fopen(g.gl_pathv[0], "rb");
-    globfree(&g);
-    cr_assert_not_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)n);
-    cr_assert_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
-}
+#include "test_helpers.h"
 
 #define PAIR(a, b)                                                                                 \
     { (const uint8_t *)(a), strlen(a), (const uint8_t *)(b), strlen(b) }
@@ -43,7 +24,7 @@ static int chunk_equal(const beam_module *a, const beam_module *b, const char *i
 
 Test(relocate, renames_the_module_and_keeps_code) {
     size_t n, out_n;
-    uint8_t *in = read_lists(&n), *out;
+    uint8_t *in = test_lists_beam(&n), *out;
     reloc_pair renames[] = {PAIR("lists", "sandbox@t@lists")};
     reloc_spec spec = {renames, 1, NULL, 0, 0};
     reloc_error err;
@@ -72,7 +53,7 @@ Test(relocate, renames_the_module_and_keeps_code) {
 
 Test(relocate, nothing_to_do_is_identity) {
     size_t n, out_n;
-    uint8_t *in = read_lists(&n), *out;
+    uint8_t *in = test_lists_beam(&n), *out;
     reloc_spec spec = {NULL, 0, NULL, 0, 0};
     reloc_error err;
     cr_assert_eq(beam_relocate(in, n, &spec, &out, &out_n, &err), 0);
@@ -84,7 +65,7 @@ Test(relocate, nothing_to_do_is_identity) {
 
 Test(relocate, redirect_appends_the_shim_and_repoints_imports) {
     size_t n, out_n;
-    uint8_t *in = read_lists(&n), *out;
+    uint8_t *in = test_lists_beam(&n), *out;
     reloc_pair redirects[] = {PAIR("erlang", "my_shim")};
     reloc_spec spec = {NULL, 0, redirects, 1, 0};
     reloc_error err;
@@ -126,7 +107,7 @@ Test(relocate, redirect_appends_the_shim_and_repoints_imports) {
 
 Test(relocate, strip_drops_debug_info) {
     size_t n, out_n;
-    uint8_t *in = read_lists(&n), *out;
+    uint8_t *in = test_lists_beam(&n), *out;
     reloc_spec spec = {NULL, 0, NULL, 0, 1};
     reloc_error err;
     cr_assert_eq(beam_relocate(in, n, &spec, &out, &out_n, &err), 0);
@@ -142,7 +123,7 @@ Test(relocate, strip_drops_debug_info) {
 
 Test(relocate, errors) {
     size_t n, out_n;
-    uint8_t *in = read_lists(&n), *out;
+    uint8_t *in = test_lists_beam(&n), *out;
     char long_name[300];
     memset(long_name, 'x', sizeof long_name - 1);
     long_name[sizeof long_name - 1] = 0;
@@ -173,7 +154,7 @@ Test(relocate, errors) {
 /* Every single-byte flip is either relocated or refused (ASan checks the rest). */
 Test(relocate, byte_flips) {
     size_t n, out_n;
-    uint8_t *in = read_lists(&n), *out;
+    uint8_t *in = test_lists_beam(&n), *out;
     reloc_pair renames[] = {PAIR("lists", "sandbox@t@lists"), PAIR("erlang", "sandbox@t@erlang")};
     reloc_spec spec = {renames, 2, NULL, 0, 0};
     reloc_error err;
