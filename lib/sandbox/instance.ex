@@ -172,11 +172,14 @@ defmodule Sandbox.Instance do
     publish(%{state | status: :compiling})
     config = state.config
 
-    opts = [compile_timeout: config.compile_timeout, compile_limits: config.compile_limits]
+    opts = [
+      compile_timeout: config.compile_timeout,
+      compile_limits: config.compile_limits,
+      write_artifacts: false
+    ]
 
     case IsolatedCompiler.compile_sandbox(config.sandbox_path, opts) do
       {:ok, info} ->
-        IsolatedCompiler.cleanup_artifacts(info.temp_dir)
         resolve_target(%{state | app: info.app, originals: info.modules}, info)
 
       {:error, reason} ->

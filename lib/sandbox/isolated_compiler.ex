@@ -41,6 +41,10 @@ defmodule Sandbox.IsolatedCompiler do
       (default `:prod`)
     * `:env` — map of OS environment variables for the job
       (`name => value`, `nil` unsets), over the host's environment
+    * `:write_artifacts` — keep the compiled `.beam` and `.app` files in
+      `temp_dir` (default `true`); with `false` nothing stays on disk and
+      `temp_dir`, `app_file` and `beam_files` are `nil`, `nil` and `[]`
+      (callers that only need `modules`, such as `Sandbox.create_sandbox/3`)
     * `:validate_beams` — validate every compiled BEAM with
       `Sandbox.Beam.validate/1` (default `true`)
     * `:cache` — use the compile cache (default `true`)
@@ -122,7 +126,7 @@ defmodule Sandbox.IsolatedCompiler do
           compilation_time: non_neg_integer,
           warnings: [diagnostic],
           errors: [diagnostic],
-          temp_dir: String.t(),
+          temp_dir: String.t() | nil,
           modules: [{module, binary}],
           app: map | nil,
           app_env: keyword,
@@ -353,6 +357,7 @@ defmodule Sandbox.IsolatedCompiler do
       env: env,
       mix_env: mix_env,
       validate: Keyword.get(opts, :validate_beams, true),
+      write_artifacts: Keyword.get(opts, :write_artifacts, true),
       cache: Keyword.get(opts, :cache, true),
       artifacts: Keyword.get_lazy(opts, :artifacts_dir, &artifacts_root/0),
       pool: Keyword.get(opts, :pool, Pool),
@@ -412,7 +417,8 @@ defmodule Sandbox.IsolatedCompiler do
        cached: false,
        incremental: false,
        recompiled: result.sources,
-       os_pid: result.os_pid
+       os_pid: result.os_pid,
+       write_artifacts: opts.write_artifacts
      )}
   end
 
@@ -444,6 +450,14 @@ defmodule Sandbox.IsolatedCompiler do
   defp build_key(kind, root, opts), do: {kind, root, opts.mix_env}
 
   defp from_cache(kind, root, payload, started, opts) do
+    dir = if opts.write_artifacts, do: write_cached_artifacts(payload, opts)
+
+    Cache.put_build(opts.cache_server, build_key(kind, root, opts), build(payload, []))
+    info = %{temp_dir: dir, output: ""}
+    {:ok, compile_info(payload, info, started, cached: true, incremental: false, os_pid: nil)}
+  end
+
+  defp write_cached_artifacts(payload, opts) do
     dir = new_artifact_dir(opts.artifacts)
     ebin = Path.join(dir, "ebin")
     :ok = :prim_file.make_dir(ebin)
@@ -452,14 +466,22 @@ defmodule Sandbox.IsolatedCompiler do
       Enum.map(payload.modules, fn {m, beam} -> {"#{m}.beam", beam} end) ++ payload.app_files
 
     write_all!(ebin, files)
-
-    Cache.put_build(opts.cache_server, build_key(kind, root, opts), build(payload, []))
-    info = %{temp_dir: dir, output: ""}
-    {:ok, compile_info(payload, info, started, cached: true, incremental: false, os_pid: nil)}
+    dir
   end
 
+  # With write_artifacts: false nothing stays on disk: a worker's output
+  # directory is removed here, and temp_dir, app_file and beam_files are
+  # nil, nil and [].
   defp compile_info(payload, info, started, extra) do
-    ebin = Path.join(info.temp_dir, "ebin")
+    dir =
+      if info.temp_dir && not Keyword.get(extra, :write_artifacts, true) do
+        cleanup_artifacts(info.temp_dir)
+        nil
+      else
+        info.temp_dir
+      end
+
+    ebin = dir && Path.join(dir, "ebin")
     app = payload.app && Map.drop(payload.app, [:sources, :path_dep_names])
 
     app =
@@ -475,13 +497,17 @@ defmodule Sandbox.IsolatedCompiler do
 
     %{
       output: info.output,
-      beam_files: Enum.map(payload.modules, fn {m, _} -> Path.join(ebin, "#{m}.beam") end),
-      app_file: app && Path.join(ebin, "#{app.name}.app"),
+      beam_files:
+        if(ebin,
+          do: Enum.map(payload.modules, fn {m, _} -> Path.join(ebin, "#{m}.beam") end),
+          else: []
+        ),
+      app_file: ebin && app && Path.join(ebin, "#{app.name}.app"),
       compilation_time:
         System.convert_time_unit(System.monotonic_time() - started, :native, :millisecond),
       warnings: payload.warnings,
       errors: [],
-      temp_dir: info.temp_dir,
+      temp_dir: dir,
       modules: payload.modules,
       app: app,
       app_env: app_env,

@@ -228,6 +228,25 @@ defmodule Sandbox.IsolatedCompilerTest do
       assert jobs(opts[:pool]) == jobs + 3
     end
 
+    test "write_artifacts: false leaves nothing on disk, on a miss and on a hit", %{opts: opts} do
+      dir = copy_fixture!("basic")
+      root = Path.join(System.tmp_dir!(), "artifacts-#{System.unique_integer([:positive])}")
+      File.mkdir_p!(root)
+      on_exit(fn -> File.rm_rf!(root) end)
+      opts = [write_artifacts: false, artifacts_dir: root] ++ opts
+
+      assert {:ok, %{cached: false} = miss} = IsolatedCompiler.compile_sandbox(dir, opts)
+      assert {:ok, %{cached: true} = hit} = IsolatedCompiler.compile_sandbox(dir, opts)
+
+      for info <- [miss, hit] do
+        assert %{temp_dir: nil, app_file: nil, beam_files: []} = info
+        assert [_ | _] = info.modules
+      end
+
+      assert hit.modules == miss.modules
+      assert File.ls!(root) == []
+    end
+
     test "changing an @external_resource template, a config file or a source is a miss",
          %{opts: opts} do
       dir = copy_fixture!("basic")
