@@ -189,6 +189,22 @@ static int args_ok(const cn_term *args) {
     return args && (args->type == CN_T_MAP || args->type == CN_T_LIST);
 }
 
+/* The options of every request that creates something long-lived (a spawn,
+ * a watch): its id (0 or absent: allocate one) and the pid its events go to. */
+static int owner_opts(const cn_term *args, int64_t *id, const cn_term **subscriber, cn_error *err) {
+    const cn_term *t;
+    if ((t = cn_term_get(args, "id")) && cn_int_opt(t, 1, 0, id) != 0) {
+        return fail(err, "bad_option", "id");
+    }
+    if ((t = cn_term_get(args, "subscriber"))) {
+        if (t->type != CN_T_PID) {
+            return fail(err, "bad_option", "subscriber");
+        }
+        *subscriber = t;
+    }
+    return 0;
+}
+
 int cn_spawn_parse(const cn_term *args, cn_spawn_req *r, cn_error *err) {
     memset(r, 0, sizeof *r);
     cn_limits_init(&r->limits);
@@ -228,16 +244,8 @@ int cn_spawn_parse(const cn_term *args, cn_spawn_req *r, cn_error *err) {
         fail(err, "bad_option", "grace");
         goto error;
     }
-    if ((t = cn_term_get(args, "id")) && cn_int_opt(t, 1, 0, &r->id) != 0) {
-        fail(err, "bad_option", "id");
+    if (owner_opts(args, &r->id, &r->subscriber, err) != 0) {
         goto error;
-    }
-    if ((t = cn_term_get(args, "subscriber"))) {
-        if (t->type != CN_T_PID) {
-            fail(err, "bad_option", "subscriber");
-            goto error;
-        }
-        r->subscriber = t;
     }
     return 0;
 bad_argv:
@@ -279,16 +287,8 @@ int cn_watch_parse(const cn_term *args, cn_watch_req *r, cn_error *err) {
         fail(err, "bad_option", "debounce");
         goto error;
     }
-    if ((t = cn_term_get(args, "id")) && cn_int_opt(t, 1, 0, &r->id) != 0) {
-        fail(err, "bad_option", "id");
+    if (owner_opts(args, &r->id, &r->subscriber, err) != 0) {
         goto error;
-    }
-    if ((t = cn_term_get(args, "subscriber"))) {
-        if (t->type != CN_T_PID) {
-            fail(err, "bad_option", "subscriber");
-            goto error;
-        }
-        r->subscriber = t;
     }
     return 0;
 error:

@@ -1,3 +1,0 @@
-import Config
-
-config :counter, step: 1, greeting: "hello from counter"

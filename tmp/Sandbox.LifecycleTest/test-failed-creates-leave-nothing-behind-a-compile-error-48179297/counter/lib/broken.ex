@@ -1,1 +1,0 @@
-defmodule Broken do def f( end

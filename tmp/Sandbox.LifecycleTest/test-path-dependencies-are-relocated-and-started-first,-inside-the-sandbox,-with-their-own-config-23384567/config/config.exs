@@ -1,2 +1,0 @@
-import Config
-config :pd_dep, label: "configured by main"
