@@ -36,6 +36,7 @@ defmodule Sandbox.LifecycleGlobalTest do
     assert :ok = Sandbox.destroy_sandbox("consolidated")
   end
 
+  @tag :slow
   test "100 sandboxes at once, then 50 concurrent creates, destroys, lists and calls" do
     ids = for i <- 1..100, do: "many#{i}"
 
