@@ -50,7 +50,7 @@ CFLAGS ?= $(CFLAGS_OPT)
 ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS)
 
 CORE_LIBS = -lxxhash -lz -ljansson -lbsd
-NIF_LIBS = -lxxhash -lz
+NIF_LIBS = -lxxhash -lz -ljansson
 CNODE_LIBS = -L$(ERL_EI_LIBDIR) -lei -ljansson -lbsd -lpthread
 
 CORE_SRC := $(wildcard c_src/core/*.c)

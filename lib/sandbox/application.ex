@@ -2,12 +2,25 @@ defmodule Sandbox.Application do
   @moduledoc """
   The library's supervision tree. Started automatically as the `:sandbox`
   application's callback module.
+
+  Children, in start order: the supervising C-node (`Sandbox.CNode`), the
+  compile cache (`Sandbox.IsolatedCompiler.Cache`) and the pool of warm
+  compile workers (`Sandbox.IsolatedCompiler.Pool`, whose workers the C-node
+  starts). Application environment read at start: `:compiler_pool_size`
+  (default: the number of schedulers), `:compiler_cache_dir`,
+  `:compiler_cache_max_bytes`.
   """
   use Application
 
   @impl true
   def start(_type, _args) do
+    env = Application.get_all_env(:sandbox)
+
     children = [
+      Sandbox.CNode,
+      Sandbox.IsolatedCompiler.Cache,
+      {Sandbox.IsolatedCompiler.Pool,
+       size: Keyword.get(env, :compiler_pool_size, System.schedulers_online())},
       {Registry, keys: :duplicate, name: Sandbox.Telemetry.registry()},
       Sandbox.Manager,
       {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one}

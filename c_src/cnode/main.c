@@ -1,0 +1,477 @@
+/* The supervising C-node: one poll() loop serving requests in the external
+ * term format from the port (stdin/stdout, {packet, 4}) and, once the host VM
+ * is distributed, from Erlang nodes over the distribution protocol.
+ *
+ * Usage: sandbox_cnode [--max-frame BYTES] [--audit-log PATH]
+ *                      [--audit-max-bytes BYTES] [--audit-keep N]
+ * The cookie for distribution only ever arrives in a request on the port. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cn_frame.h"
+#include "cnode.h"
+
+int cn_stopping = 0;
+size_t cn_max_frame = CN_FRAME_DEFAULT_MAX;
+pid_t cn_self;
+
+static cn_framebuf g_in;
+static int g_sigfd = -1;
+
+int64_t cn_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int cn_dest_copy(cn_dest *d, const cn_term *pid) {
+    d->raw = malloc(pid->raw_len);
+    if (!d->raw) {
+        d->len = 0;
+        return -1;
+    }
+    memcpy(d->raw, pid->raw, pid->raw_len);
+    d->len = pid->raw_len;
+    return 0;
+}
+
+void cn_dest_free(cn_dest *d) {
+    free(d->raw);
+    d->raw = NULL;
+    d->len = 0;
+}
+
+/* Writes all of iov to stdout; a broken pipe means the VM is gone. */
+static void port_write(struct iovec *iov, int n) {
+    while (n > 0 && !cn_stopping) {
+        ssize_t w = writev(STDOUT_FILENO, iov, n);
+        if (w < 0) {
+            if (errno == EINTR || errno == EAGAIN) {
+                continue;
+            }
+            cn_stopping = 1;
+            return;
+        }
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+}
+
+/* A frame {Dest, Msg} to the port owner, which forwards Msg to Dest. */
+static void port_send(const uint8_t *raw, size_t len, const ei_x_buff *msg) {
+    uint8_t hdr[4 + 3];
+    size_t total = 3 + len + (size_t)msg->index;
+    if (total > UINT32_MAX) {
+        return;
+    }
+    cn_frame_header(hdr, (uint32_t)total);
+    hdr[4] = 131;
+    hdr[5] = 104;
+    hdr[6] = 2;
+    struct iovec iov[3] = {{hdr, sizeof hdr}, {(void *)raw, len}, {msg->buff, (size_t)msg->index}};
+    port_write(iov, 3);
+}
+
+/* A frame with no destination: {cnode, Info}, for the port owner itself. */
+static void port_notice(const ei_x_buff *info) {
+    uint8_t hdr[4 + 3 + 7];
+    size_t total = 3 + 7 + (size_t)info->index;
+    cn_frame_header(hdr, (uint32_t)total);
+    memcpy(hdr + 4, (const uint8_t[]){131, 104, 2, 119, 5, 'c', 'n', 'o', 'd', 'e'}, 10);
+    struct iovec iov[2] = {{hdr, sizeof hdr}, {info->buff, (size_t)info->index}};
+    port_write(iov, 2);
+}
+
+void cn_send_raw(const uint8_t *raw, size_t len, const ei_x_buff *msg) {
+    cn_arena a;
+    cn_arena_init(&a);
+    cn_term pid;
+    size_t pos = 0;
+    if (cn_term_decode_one(raw, len, &pos, &a, &pid) != CN_TERM_OK || pid.type != CN_T_PID) {
+        cn_arena_free(&a);
+        return;
+    }
+    const uint8_t *node = pid.u.s.p;
+    size_t nlen = pid.u.s.n;
+    int fd = -1;
+    if (!cn_dist_is_host(node, nlen)) {
+        fd = cn_dist_conn_for(node, nlen);
+    }
+    cn_arena_free(&a);
+    if (fd >= 0) {
+        cn_dist_send(fd, raw, len, msg);
+    } else if (cn_dist_is_host(node, nlen)) {
+        port_send(raw, len, msg);
+    }
+}
+
+void cn_reply_begin(const cn_request *r, ei_x_buff *x) {
+    ei_x_new(x);
+    ei_x_encode_tuple_header(x, 2);
+    ei_x_append_buf(x, (const char *)r->ref->raw, (int)r->ref->raw_len);
+}
+
+void cn_reply_end(const cn_request *r, ei_x_buff *x) {
+    cn_send_raw(r->from->raw, r->from->raw_len, x);
+    ei_x_free(x);
+}
+
+void cn_reply_ok(const cn_request *r) {
+    ei_x_buff x;
+    cn_reply_begin(r, &x);
+    ei_x_encode_atom(&x, "ok");
+    cn_reply_end(r, &x);
+}
+
+void cn_encode_error(ei_x_buff *x, const cn_error *e) {
+    ei_x_encode_tuple_header(x, 2);
+    ei_x_encode_atom(x, "error");
+    if (e->detail) {
+        ei_x_encode_tuple_header(x, 2);
+        ei_x_encode_atom(x, e->reason);
+        ei_x_encode_atom(x, e->detail);
+    } else {
+        ei_x_encode_atom(x, e->reason);
+    }
+}
+
+void cn_reply_error(const cn_request *r, const cn_error *e) {
+    ei_x_buff x;
+    cn_reply_begin(r, &x);
+    cn_encode_error(&x, e);
+    cn_reply_end(r, &x);
+}
+
+void cn_reply_error_atom(const cn_request *r, const char *reason) {
+    cn_error e = {reason, NULL};
+    cn_reply_error(r, &e);
+}
+
+const char *cn_errno_atom(int err, char buf[32]) {
+    const char *name = strerrorname_np(err);
+    if (!name) {
+        snprintf(buf, 32, "errno_%d", err);
+        return buf;
+    }
+    size_t i = 0;
+    for (; name[i] && i < 31; i++) {
+        buf[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] - 'A' + 'a' : name[i]);
+    }
+    buf[i] = 0;
+    return buf;
+}
+
+void cn_reply_errno(const cn_request *r, const char *reason, int err) {
+    char buf[32];
+    cn_error e = {reason, cn_errno_atom(err, buf)};
+    cn_reply_error(r, &e);
+}
+
+void cn_event_begin(ei_x_buff *x, int64_t id) {
+    ei_x_new(x);
+    ei_x_encode_tuple_header(x, 3);
+    ei_x_encode_atom(x, "sandbox_cnode");
+    ei_x_encode_longlong(x, id);
+}
+
+static void reply_ping(const cn_request *r) {
+    ei_x_buff x;
+    cn_reply_begin(r, &x);
+    ei_x_encode_tuple_header(&x, 2);
+    ei_x_encode_atom(&x, "pong");
+    ei_x_encode_long(&x, (long)cn_self);
+    cn_reply_end(r, &x);
+}
+
+typedef void (*cn_handler)(const cn_request *r);
+
+static const struct {
+    const char *name;
+    cn_handler fn;
+    int port_only; /* configuration only the port owner may send */
+} handlers[] = {
+    {"spawn", cn_child_spawn, 0},
+    {"write_stdin", cn_child_write_stdin, 0},
+    {"close_stdin", cn_child_close_stdin, 0},
+    {"set_limits", cn_child_set_limits, 0},
+    {"kill", cn_child_kill, 0},
+    {"sample", cn_child_sample, 0},
+    {"watch", cn_watch_add, 0},
+    {"unwatch", cn_watch_remove, 0},
+    {"audit", cn_audit_request, 0},
+    {"ping", reply_ping, 0},
+    {"distribute", cn_dist_start, 1},
+};
+
+static void notice_error(const char *reason, const char *detail) {
+    ei_x_buff x;
+    ei_x_new(&x);
+    cn_error e = {reason, detail};
+    cn_encode_error(&x, &e);
+    port_notice(&x);
+    ei_x_free(&x);
+}
+
+void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
+    cn_arena a;
+    cn_arena_init(&a);
+    cn_term *t = NULL;
+    cn_request r;
+    cn_term_status s = cn_term_decode(frame, len, &a, &t);
+    if (s != CN_TERM_OK || cn_request_parse(t, &r) != 0) {
+        /* Without a sender and a reference there is no one to reply to but
+         * the port owner; a malformed message from another node is dropped. */
+        cn_term from, ref;
+        cn_arena b;
+        cn_arena_init(&b);
+        if (cn_request_peek(frame, len, &b, &from, &ref) == 0) {
+            cn_request pr = {&from, &ref, NULL, NULL};
+            cn_error e = {"malformed_request", s != CN_TERM_OK ? cn_term_status_name(s) : NULL};
+            cn_reply_error(&pr, &e);
+        } else if (from_dist_fd < 0) {
+            notice_error("malformed_request", s != CN_TERM_OK ? cn_term_status_name(s) : NULL);
+        }
+        cn_arena_free(&b);
+        cn_arena_free(&a);
+        return;
+    }
+    for (size_t i = 0; i < sizeof handlers / sizeof *handlers; i++) {
+        if (cn_term_is_atom(r.cmd, handlers[i].name)) {
+            if (handlers[i].port_only && from_dist_fd >= 0) {
+                break;
+            }
+            handlers[i].fn(&r);
+            cn_arena_free(&a);
+            return;
+        }
+    }
+    ei_x_buff x;
+    cn_reply_begin(&r, &x);
+    ei_x_encode_tuple_header(&x, 2);
+    ei_x_encode_atom(&x, "error");
+    ei_x_encode_tuple_header(&x, 2);
+    ei_x_encode_atom(&x, "unknown_command");
+    ei_x_append_buf(&x, (const char *)r.cmd->raw, (int)r.cmd->raw_len);
+    cn_reply_end(&r, &x);
+    cn_arena_free(&a);
+}
+
+void cn_refuse_too_big(const uint8_t *prefix, size_t len, uint64_t declared) {
+    cn_arena a;
+    cn_arena_init(&a);
+    cn_term from, ref;
+    if (cn_request_peek(prefix, len, &a, &from, &ref) == 0) {
+        cn_request r = {&from, &ref, NULL, NULL};
+        ei_x_buff x;
+        cn_reply_begin(&r, &x);
+        ei_x_encode_tuple_header(&x, 2);
+        ei_x_encode_atom(&x, "error");
+        ei_x_encode_tuple_header(&x, 3);
+        ei_x_encode_atom(&x, "frame_too_large");
+        ei_x_encode_ulonglong(&x, declared);
+        ei_x_encode_ulonglong(&x, cn_max_frame);
+        cn_reply_end(&r, &x);
+    } else {
+        notice_error("frame_too_large", NULL);
+    }
+    cn_arena_free(&a);
+}
+
+static void read_port(void) {
+    static uint8_t buf[65536];
+    ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
+    if (n < 0) {
+        if (errno != EINTR && errno != EAGAIN) {
+            cn_stopping = 1;
+        }
+        return;
+    }
+    if (n == 0) {
+        cn_stopping = 1; /* the VM went away */
+        return;
+    }
+    if (cn_frame_append(&g_in, buf, (size_t)n) != 0) {
+        notice_error("enomem", NULL);
+        cn_stopping = 1;
+        return;
+    }
+    const uint8_t *frame;
+    size_t len;
+    uint64_t declared;
+    cn_frame_status st;
+    while (!cn_stopping && (st = cn_frame_next(&g_in, &frame, &len, &declared)) != CN_FRAME_NONE) {
+        if (st == CN_FRAME_TOO_BIG) {
+            cn_refuse_too_big(frame, len, declared);
+        } else {
+            cn_dispatch(frame, len, -1);
+        }
+    }
+}
+
+static void read_signals(void) {
+    struct signalfd_siginfo si;
+    for (;;) {
+        ssize_t n = read(g_sigfd, &si, sizeof si);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            break; /* EAGAIN: drained */
+        }
+        if (n != sizeof si) {
+            break;
+        }
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT || si.ssi_signo == SIGHUP) {
+            cn_stopping = 1;
+        }
+    }
+    cn_child_reap();
+}
+
+static int64_t min_deadline(int64_t a, int64_t b) {
+    if (a < 0) {
+        return b;
+    }
+    if (b < 0) {
+        return a;
+    }
+    return a < b ? a : b;
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: sandbox_cnode [--max-frame BYTES] [--audit-log PATH] "
+                    "[--audit-max-bytes BYTES] [--audit-keep N]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    size_t max_frame = CN_FRAME_DEFAULT_MAX;
+    const char *audit_log = NULL;
+    int64_t audit_max = 64ll * 1024 * 1024;
+    int audit_keep = 5;
+    for (int i = 1; i < argc; i++) {
+        if (i + 1 >= argc) {
+            usage();
+        }
+        char *end;
+        if (strcmp(argv[i], "--max-frame") == 0) {
+            max_frame = strtoull(argv[++i], &end, 10);
+            if (*end || max_frame < 64) {
+                usage();
+            }
+        } else if (strcmp(argv[i], "--audit-log") == 0) {
+            audit_log = argv[++i];
+        } else if (strcmp(argv[i], "--audit-max-bytes") == 0) {
+            audit_max = strtoll(argv[++i], &end, 10);
+            if (*end || audit_max < 1) {
+                usage();
+            }
+        } else if (strcmp(argv[i], "--audit-keep") == 0) {
+            audit_keep = (int)strtol(argv[++i], &end, 10);
+            if (*end || audit_keep < 0) {
+                usage();
+            }
+        } else {
+            usage();
+        }
+    }
+
+    cn_self = getpid();
+    /* Descendants that lose their parent (even after setsid) become ours. */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    g_sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (g_sigfd < 0) {
+        perror("signalfd");
+        return 1;
+    }
+    fcntl(STDIN_FILENO, F_SETFD, FD_CLOEXEC);
+    fcntl(STDOUT_FILENO, F_SETFD, FD_CLOEXEC);
+    if (ei_init() != 0) {
+        fprintf(stderr, "sandbox_cnode: ei_init failed\n");
+        return 1;
+    }
+    cn_frame_init(&g_in, max_frame);
+    cn_max_frame = max_frame;
+    if (audit_log && cn_audit_setup(audit_log, audit_max, audit_keep) != 0) {
+        fprintf(stderr, "sandbox_cnode: cannot open audit log %s: %s\n", audit_log,
+                strerror(errno));
+        return 1;
+    }
+
+    enum { MAXFDS = 1024 };
+    static struct pollfd fds[MAXFDS];
+    while (!cn_stopping) {
+        int n = 0;
+        fds[n++] = (struct pollfd){STDIN_FILENO, POLLIN, 0};
+        fds[n++] = (struct pollfd){g_sigfd, POLLIN, 0};
+        int c0 = n;
+        n += cn_child_pollfds(fds + n, MAXFDS - n);
+        int w0 = n;
+        n += cn_watch_pollfds(fds + n, MAXFDS - n);
+        int d0 = n;
+        n += cn_dist_pollfds(fds + n, MAXFDS - n);
+
+        int64_t deadline = min_deadline(cn_child_next_deadline(), cn_watch_next_deadline());
+        int timeout = -1;
+        if (deadline >= 0) {
+            int64_t d = deadline - cn_now_ms();
+            timeout = d < 0 ? 0 : d > 60000 ? 60000 : (int)d;
+        }
+        int rc = poll(fds, (nfds_t)n, timeout);
+        if (rc < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            perror("poll");
+            break;
+        }
+        if (fds[1].revents) {
+            read_signals();
+        }
+        if (fds[0].revents) {
+            read_port();
+        }
+        if (!cn_stopping) {
+            cn_child_handle_poll(fds + c0, w0 - c0);
+            cn_watch_handle_poll(fds + w0, d0 - w0);
+            cn_dist_handle_poll(fds + d0, n - d0);
+            cn_child_timers();
+            cn_watch_timers();
+        }
+        /* One fsync for every audit line appended in this round. */
+        cn_audit_round();
+    }
+    cn_audit_round();
+    cn_child_kill_all();
+    cn_watch_stop();
+    cn_dist_stop();
+    cn_audit_stop();
+    cn_frame_free(&g_in);
+    close(g_sigfd);
+    return 0;
+}

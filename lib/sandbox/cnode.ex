@@ -1,0 +1,767 @@
+defmodule Sandbox.CNode do
+  @moduledoc """
+  Owns the supervising C-node `priv/sandbox_cnode`: the one program through
+  which the library does everything at the operating-system level.
+
+  The program runs as a port (`spawn_executable`, `{packet, 4}`, binary,
+  `exit_status`) and speaks the external term format. When the VM is
+  distributed it is also a hidden C-node that other nodes can reach (see
+  "Distribution"). If the program dies, this server restarts it: requests in
+  flight get `{:error, :cnode_down}`, every running spawn's subscriber gets
+  `{:sandbox_cnode, id, {:exit, :cnode_down}}` (its processes were killed), and
+  watches are re-established under the same ids.
+
+      iex> {:ok, %{id: id}} = Sandbox.CNode.spawn(["/bin/echo", "hi"], [])
+      iex> receive do {:sandbox_cnode, ^id, {:stdout, out}} -> out end
+      "hi\\n"
+      iex> receive do {:sandbox_cnode, ^id, {:exit, reason}} -> reason end
+      {:status, 0}
+
+  ## Events
+
+  Sent to the subscriber of a spawn (default: the caller):
+
+    * `{:sandbox_cnode, id, {:stdout, binary}}` and `{:sandbox_cnode, id, {:stderr, binary}}`
+    * `{:sandbox_cnode, id, {:exit, reason}}` — the last event of a spawn, sent after all of
+      its output. `reason` is `{:status, n}`, `{:signal, n}`, `:timeout`,
+      `{:limit, :memory | :processes | :cpu | :file_size}`, or `:cnode_down` (the C-node
+      died; its children died with it).
+
+  When a spawned process exits, whatever it left behind in its process group or among its
+  descendants (descendants are tracked while the spawn has a timeout or a memory or process
+  limit) is killed with SIGKILL, and the exit event is sent once those are gone. On a timeout or a memory/process limit the group and
+  every descendant get SIGTERM, then SIGKILL after the grace period (option `:grace`).
+
+  Sent to the subscriber of a watch:
+
+    * `{:sandbox_cnode, watch_id, {:changed, [path]}}` — the absolute paths changed in one
+      debounce window, sorted, each once.
+
+  ## Error reasons
+
+  Besides the reasons listed with each function, every request can fail with
+  `:cnode_down` (the program died while the request was in flight),
+  `{:frame_too_large, size, max}` (the encoded request exceeds `:max_frame`),
+  `{:bad_option, key}` (the C side refused an argument), `:not_found` (no such id),
+  `{:malformed_request, detail}` and `{:unknown_command, command}`.
+
+  ## Wire protocol
+
+  A request is `{from_pid, ref, command, args}` in the external term format, one per
+  `{packet, 4}` frame (or one distribution message); the reply `{ref, result}` goes to
+  `from_pid`, events to the request's `:subscriber` (default `from_pid`). Over the port
+  every outgoing message is framed as `{dest_pid, message}` and this server forwards it;
+  notices for the port owner itself are `{:cnode, info}`. Commands and their `args` maps:
+
+  | command | args | result |
+  |---|---|---|
+  | `:spawn` | `%{argv: [binary], env: [{binary, binary \\| nil}], cd: binary, limits: map, timeout: ms \\| :infinity, sample_interval: ms, grace: ms, id: pos_integer, subscriber: pid}` | `{:ok, %{id: id, os_pid: n}}` |
+  | `:write_stdin` | `%{id: id, data: binary}` | `:ok` \\| `{:error, :closed}` |
+  | `:close_stdin` | `%{id: id}` | `:ok` |
+  | `:set_limits` | `%{id: id, limits: map}` | `:ok` \\| `{:error, {:prlimit, errno}}` |
+  | `:kill` | `%{id: id, signal: atom \\| integer}` | `:ok` |
+  | `:sample` | `%{pids: [os_pid], descendants: boolean}` | `{:ok, %{os_pid => stats}}` |
+  | `:watch` | `%{dir: binary, include: [binary], ignore: [binary], debounce: ms, id: pos_integer, subscriber: pid}` | `{:ok, id}` |
+  | `:unwatch` | `%{id: id}` | `:ok` |
+  | `:audit` | `%{event: map}` | `:ok` (after fsync) |
+  | `:ping` | `%{}` | `{:pong, os_pid}` |
+  | `:distribute` | `%{node: binary, cookie: binary, name: binary}` (port only) | `{:ok, cnode_node}` |
+
+  Limits maps take `:memory` (resident bytes of the whole tree, sampled from `/proc`),
+  `:processes` (processes in the tree, sampled), `:cpu_seconds` (`RLIMIT_CPU`; relative to
+  the CPU already used when set with `set_limits/2`) and `:file_size` (`RLIMIT_FSIZE`,
+  bytes); `:infinity` removes a limit.
+
+  ## Distribution
+
+  When the host VM is distributed (now or later: this server checks every
+  500 ms and on `node_name/1`), the program registers with epmd as the hidden node
+  `sandbox_cnode_<host alive name>@<host>` (a server not registered as `Sandbox.CNode`
+  appends `_<program os pid>`; option `:cnode_name` sets it), receiving the cookie over
+  the port, and
+  connects to the host. Any node of the cluster with the cookie can then send the same
+  requests to `{:sandbox_cnode, cnode_node}`; replies and events go to the pids in the
+  request (pids of the host travel through the port).
+
+  ## Options of `start_link/1`
+
+    * `:name` — registered name, default `Sandbox.CNode`
+    * `:max_frame` — the largest request frame in bytes, default 64 MiB
+    * `:audit_log` — the audit log's path, default `Application.get_env(:sandbox,
+      :audit_log)` or `sandbox_audit.log` in the system's temporary directory
+    * `:audit_max_bytes` — rotation size, default 64 MiB; `:audit_keep` — rotated files
+      kept, default 5
+  """
+  use GenServer
+  require Logger
+
+  @default_max_frame 64 * 1024 * 1024
+  @dist_check_ms 500
+  @call_timeout 60_000
+  @max_restarts 5
+  @restart_period_ms 5_000
+
+  @type id :: pos_integer
+  @type server :: GenServer.server()
+  @type limits :: %{
+          optional(:memory) => non_neg_integer | :infinity,
+          optional(:processes) => pos_integer | :infinity,
+          optional(:cpu_seconds) => non_neg_integer | :infinity,
+          optional(:file_size) => non_neg_integer | :infinity
+        }
+  @type exit_reason ::
+          {:status, non_neg_integer}
+          | {:signal, pos_integer}
+          | :timeout
+          | {:limit, :memory | :processes | :cpu | :file_size}
+          | :cnode_down
+  @type reason :: term
+
+  ## Client API
+
+  @doc "Starts the server and its program. See the moduledoc for options."
+  @spec start_link(keyword) :: GenServer.on_start()
+  def start_link(opts \\ []) do
+    {name, opts} = Keyword.pop(opts, :name, __MODULE__)
+    gen_opts = if name, do: [name: name], else: []
+    GenServer.start_link(__MODULE__, [{:registered, name} | opts], gen_opts)
+  end
+
+  @doc "A child specification; `opts` as for `start_link/1`."
+  @spec child_spec(keyword) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    %{
+      id: Keyword.get(opts, :name, __MODULE__),
+      start: {__MODULE__, :start_link, [opts]},
+      type: :worker,
+      shutdown: 10_000
+    }
+  end
+
+  @doc """
+  Spawns an OS process under supervision. It gets its own process group, no inherited
+  file descriptors beyond stdin/stdout/stderr (pipes to the C-node), `PR_SET_PDEATHSIG`,
+  and its limits.
+
+  ## Options
+
+    * `:env` — `[{name, value}]` added to (or, with `nil` as value, removed from) the
+      C-node's environment
+    * `:cd` — working directory
+    * `:limits` — `%{memory: bytes, processes: n, cpu_seconds: s, file_size: bytes}`
+    * `:timeout` — wall-clock ms, or `:infinity` (default)
+    * `:subscriber` — pid receiving the events, default `self()`
+    * `:sample_interval` — ms between `/proc` samples for the memory and process
+      limits, default 50
+    * `:grace` — ms between SIGTERM and SIGKILL on a timeout or limit, default 500
+    * `:server` — the `Sandbox.CNode` server, default `Sandbox.CNode`
+
+  Errors: `{:spawn_failed, errno}` (for example `{:spawn_failed, :enoent}`),
+  `{:bad_option, key}`, `{:bad_limit, key}`, `:unknown_limit`.
+  """
+  @spec spawn([String.t()], keyword) ::
+          {:ok, %{id: id, os_pid: pos_integer}} | {:error, reason}
+  def spawn(argv, opts \\ []) do
+    unless is_list(argv) and argv != [] and Enum.all?(argv, &is_binary/1) do
+      raise ArgumentError, "argv must be a non-empty list of strings, got: #{inspect(argv)}"
+    end
+
+    opts = check_keyword!(opts)
+    {server, opts} = Keyword.pop(opts, :server, __MODULE__)
+
+    args =
+      opts
+      |> Enum.reduce(%{argv: argv, subscriber: self()}, fn
+        {:env, env}, acc ->
+          Map.put(acc, :env, check_env!(env))
+
+        {:cd, cd}, acc ->
+          Map.put(acc, :cd, check_path!(cd, :cd))
+
+        {:limits, l}, acc ->
+          Map.put(acc, :limits, check_limits!(l))
+
+        {:timeout, t}, acc ->
+          Map.put(acc, :timeout, check_timeout!(t))
+
+        {:subscriber, pid}, acc ->
+          Map.put(acc, :subscriber, check_pid!(pid))
+
+        {:sample_interval, ms}, acc ->
+          Map.put(acc, :sample_interval, check_pos!(ms, :sample_interval))
+
+        {:grace, ms}, acc ->
+          Map.put(acc, :grace, check_nonneg!(ms, :grace))
+
+        {key, _}, _ ->
+          raise ArgumentError, "unknown option #{inspect(key)}"
+      end)
+
+    GenServer.call(server, {:spawn, args}, @call_timeout)
+  end
+
+  @doc "Queues `data` for the process's stdin. Errors: `:closed`, `:not_found`."
+  @spec write_stdin(id, iodata, server) :: :ok | {:error, reason}
+  def write_stdin(id, data, server \\ __MODULE__) do
+    request(server, :write_stdin, %{id: check_id!(id), data: IO.iodata_to_binary(data)})
+  end
+
+  @doc "Closes the process's stdin once what was written has gone. Errors: `:not_found`."
+  @spec close_stdin(id, server) :: :ok | {:error, reason}
+  def close_stdin(id, server \\ __MODULE__) do
+    request(server, :close_stdin, %{id: check_id!(id)})
+  end
+
+  @doc """
+  Changes the limits of a running process (merged into its current ones; `:infinity`
+  removes one). `:cpu_seconds` counts from the CPU time the process has already used.
+  Errors: `{:prlimit, errno}`, `{:bad_limit, key}`, `:not_found`.
+  """
+  @spec set_limits(id, limits, server) :: :ok | {:error, reason}
+  def set_limits(id, limits, server \\ __MODULE__) do
+    request(server, :set_limits, %{id: check_id!(id), limits: check_limits!(limits)})
+  end
+
+  @doc """
+  Sends a signal to the process's group: an atom (`:sigterm`, `:sigkill`, `:sigint`, ...)
+  or a signal number. Errors: `:not_found`, `{:bad_option, :signal}`.
+  """
+  @spec kill(id, atom | pos_integer, server) :: :ok | {:error, reason}
+  def kill(id, signal \\ :sigkill, server \\ __MODULE__) do
+    unless is_atom(signal) or (is_integer(signal) and signal > 0) do
+      raise ArgumentError, "signal must be an atom or a positive integer"
+    end
+
+    request(server, :kill, %{id: check_id!(id), signal: signal})
+  end
+
+  @doc """
+  Samples OS processes from `/proc`. Each existing pid maps to `%{cpu_user: s,
+  cpu_system: s, rss: bytes, vsize: bytes, threads: n, state: atom, ppid: n, pgrp: n}`
+  plus `:read_bytes` and `:write_bytes` where `/proc/<pid>/io` is readable. Pids that do
+  not exist are left out.
+
+  ## Options
+
+    * `:descendants` — when `true`, each pid maps instead to
+      `%{self: stats, descendants: %{os_pid => stats}, total: %{cpu_user:, cpu_system:,
+      rss:, threads:, processes:}}`
+    * `:host` — when `true`, the result also has the key `:host` with the VM's own
+      figures (shaped by `:descendants` in the same way)
+    * `:server`
+  """
+  @spec sample([pos_integer], keyword) :: {:ok, %{optional(term) => map}} | {:error, reason}
+  def sample(pids, opts \\ []) do
+    unless is_list(pids) and Enum.all?(pids, &(is_integer(&1) and &1 > 0)) do
+      raise ArgumentError, "pids must be a list of positive integers"
+    end
+
+    opts = check_keyword!(opts)
+    desc = Keyword.get(opts, :descendants, false) == true
+    host? = Keyword.get(opts, :host, false) == true
+    host_pid = String.to_integer(System.pid())
+    all = if host?, do: Enum.uniq([host_pid | pids]), else: pids
+    server = Keyword.get(opts, :server, __MODULE__)
+
+    case request(server, :sample, %{pids: all, descendants: desc}) do
+      {:ok, map} when host? ->
+        host = Map.get(map, host_pid)
+        map = if host_pid in pids, do: map, else: Map.delete(map, host_pid)
+        {:ok, Map.put(map, :host, host)}
+
+      other ->
+        other
+    end
+  end
+
+  @doc """
+  Watches a directory tree with inotify, following directories created later. Changes
+  arrive as `{:sandbox_cnode, watch_id, {:changed, paths}}`, coalesced per debounce
+  window; a write to a temporary file renamed over a watched file counts as one change
+  of that file.
+
+  ## Options
+
+    * `:include` — file-name patterns (`fnmatch`), default `["*.ex", "*.exs", "*.erl",
+      "*.hrl"]`; `[]` means every file
+    * `:ignore` — directory names never entered, default `["_build", "deps", ".git"]`
+    * `:debounce` — ms, default 50
+    * `:subscriber` — default `self()`
+    * `:server`
+
+  Errors: `{:watch_failed, errno}`, `{:bad_option, key}`.
+  """
+  @spec watch(Path.t(), keyword) :: {:ok, id} | {:error, reason}
+  def watch(dir, opts \\ []) do
+    dir = check_path!(dir, :dir) |> Path.expand()
+    opts = check_keyword!(opts)
+    {server, opts} = Keyword.pop(opts, :server, __MODULE__)
+
+    args =
+      Enum.reduce(
+        opts,
+        %{
+          dir: dir,
+          include: ["*.ex", "*.exs", "*.erl", "*.hrl"],
+          ignore: ["_build", "deps", ".git"],
+          debounce: 50,
+          subscriber: self()
+        },
+        fn
+          {:include, l}, acc -> Map.put(acc, :include, check_strings!(l, :include))
+          {:ignore, l}, acc -> Map.put(acc, :ignore, check_strings!(l, :ignore))
+          {:debounce, ms}, acc -> Map.put(acc, :debounce, check_nonneg!(ms, :debounce))
+          {:subscriber, pid}, acc -> Map.put(acc, :subscriber, check_pid!(pid))
+          {key, _}, _ -> raise ArgumentError, "unknown option #{inspect(key)}"
+        end
+      )
+
+    GenServer.call(server, {:watch, args}, @call_timeout)
+  end
+
+  @doc "Stops a watch. Errors: `:not_found`."
+  @spec unwatch(id, server) :: :ok | {:error, reason}
+  def unwatch(watch_id, server \\ __MODULE__) do
+    GenServer.call(server, {:unwatch, check_id!(watch_id)}, @call_timeout)
+  end
+
+  @doc """
+  Appends `event` as one JSON line to the audit log and returns once the line is on
+  disk (after `fsync`). Keys become strings; atoms other than `true`, `false` and `nil`
+  become strings; tuples become arrays; terms JSON cannot hold (pids, references,
+  functions, binaries that are not UTF-8) are written as their `inspect/1` text. A
+  `"ts"` key with the current UTC time (ISO 8601) is added unless present.
+  Errors: `:no_audit_log`, `{:audit_failed, errno}`.
+  """
+  @spec audit(map, server) :: :ok | {:error, reason}
+  def audit(event, server \\ __MODULE__) when is_map(event) do
+    event = json_safe(event)
+    event = Map.put_new(event, "ts", DateTime.utc_now() |> DateTime.to_iso8601())
+    request(server, :audit, %{event: event})
+  end
+
+  @doc """
+  The node name of the C-node once the VM is distributed (registering it first if
+  distribution started after the program), else `{:error, :not_distributed}`.
+  """
+  @spec node_name(server) :: {:ok, node} | {:error, :not_distributed | reason}
+  def node_name(server \\ __MODULE__) do
+    GenServer.call(server, :node_name, @call_timeout)
+  end
+
+  @doc "The OS pid of the running program."
+  @spec os_pid(server) :: pos_integer
+  def os_pid(server \\ __MODULE__), do: GenServer.call(server, :os_pid)
+
+  @doc "Sends a raw request `{self(), ref, command, args}` and waits for its result."
+  @spec request(server, atom, term) :: term
+  def request(server, command, args) when is_atom(command) do
+    GenServer.call(server, {:request, command, args}, @call_timeout)
+  end
+
+  ## Argument checks
+
+  defp check_keyword!(opts) do
+    unless Keyword.keyword?(opts), do: raise(ArgumentError, "options must be a keyword list")
+    opts
+  end
+
+  defp check_id!(id) when is_integer(id) and id > 0, do: id
+
+  defp check_id!(id),
+    do: raise(ArgumentError, "id must be a positive integer, got: #{inspect(id)}")
+
+  defp check_pid!(pid) when is_pid(pid), do: pid
+  defp check_pid!(x), do: raise(ArgumentError, "expected a pid, got: #{inspect(x)}")
+
+  defp check_pos!(n, _) when is_integer(n) and n > 0, do: n
+
+  defp check_pos!(n, key),
+    do: raise(ArgumentError, "#{key} must be a positive integer, got: #{inspect(n)}")
+
+  defp check_nonneg!(n, _) when is_integer(n) and n >= 0, do: n
+
+  defp check_nonneg!(n, key),
+    do: raise(ArgumentError, "#{key} must be a non-negative integer, got: #{inspect(n)}")
+
+  defp check_timeout!(:infinity), do: :infinity
+  defp check_timeout!(n), do: check_nonneg!(n, :timeout)
+
+  defp check_path!(p, key) do
+    cond do
+      is_binary(p) -> p
+      is_list(p) -> List.to_string(p)
+      true -> raise ArgumentError, "#{key} must be a path, got: #{inspect(p)}"
+    end
+  end
+
+  defp check_strings!(l, key) do
+    unless is_list(l) and Enum.all?(l, &is_binary/1),
+      do: raise(ArgumentError, "#{key} must be a list of strings")
+
+    l
+  end
+
+  defp check_env!(env) do
+    unless is_list(env) and
+             Enum.all?(env, fn
+               {k, v} -> is_binary(k) and (is_binary(v) or is_nil(v))
+               _ -> false
+             end) do
+      raise ArgumentError, "env must be a list of {String.t, String.t | nil}"
+    end
+
+    env
+  end
+
+  @limit_keys [:memory, :processes, :cpu_seconds, :file_size]
+  defp check_limits!(l) when is_map(l) do
+    Enum.each(l, fn
+      {k, :infinity} when k in @limit_keys -> :ok
+      {k, v} when k in @limit_keys and is_integer(v) and v >= 0 -> :ok
+      kv -> raise ArgumentError, "bad limit #{inspect(kv)}"
+    end)
+
+    l
+  end
+
+  defp check_limits!(l), do: raise(ArgumentError, "limits must be a map, got: #{inspect(l)}")
+
+  defp json_safe(m) when is_map(m) and not is_struct(m) do
+    Map.new(m, fn {k, v} -> {json_key(k), json_safe(v)} end)
+  end
+
+  defp json_safe(%DateTime{} = d), do: DateTime.to_iso8601(d)
+  defp json_safe(x) when is_boolean(x) or is_nil(x) or is_number(x), do: x
+  defp json_safe(x) when is_atom(x), do: Atom.to_string(x)
+
+  defp json_safe(l) when is_list(l),
+    do: if(proper_list?(l), do: Enum.map(l, &json_safe/1), else: inspect(l))
+
+  defp json_safe(t) when is_tuple(t), do: t |> Tuple.to_list() |> Enum.map(&json_safe/1)
+  defp json_safe(b) when is_binary(b), do: if(String.valid?(b), do: b, else: inspect(b))
+  defp json_safe(x), do: inspect(x)
+
+  defp proper_list?([]), do: true
+  defp proper_list?([_ | t]), do: proper_list?(t)
+  defp proper_list?(_), do: false
+
+  defp json_key(k) when is_binary(k), do: if(String.valid?(k), do: k, else: inspect(k))
+  defp json_key(k) when is_atom(k), do: Atom.to_string(k)
+  defp json_key(k), do: inspect(k)
+
+  ## Server
+
+  @impl true
+  def init(opts) do
+    Process.flag(:trap_exit, true)
+
+    state = %{
+      opts: opts,
+      max_frame: Keyword.get(opts, :max_frame, @default_max_frame),
+      port: nil,
+      os_pid: nil,
+      pending: %{},
+      spawns: %{},
+      watches: %{},
+      dist: nil,
+      dist_host: nil,
+      dist_waiters: [],
+      dist_pending: false,
+      restarts: []
+    }
+
+    with :ok <- check_max_frame(state.max_frame),
+         {:ok, state} <- open_port(state) do
+      Process.send_after(self(), :check_dist, @dist_check_ms)
+      {:ok, state}
+    else
+      {:error, reason} -> {:stop, reason}
+    end
+  end
+
+  defp check_max_frame(n) when is_integer(n) and n >= 64 and n < 4_294_967_296, do: :ok
+  defp check_max_frame(_), do: {:error, {:bad_option, :max_frame}}
+
+  defp executable do
+    Path.join(:code.priv_dir(:sandbox), "sandbox_cnode")
+  end
+
+  defp audit_log(opts) do
+    Keyword.get_lazy(opts, :audit_log, fn ->
+      Application.get_env(:sandbox, :audit_log) ||
+        Path.join(System.tmp_dir!(), "sandbox_audit.log")
+    end)
+  end
+
+  defp open_port(state) do
+    opts = state.opts
+
+    args =
+      ["--max-frame", Integer.to_string(state.max_frame)] ++
+        ["--audit-log", audit_log(opts)] ++
+        [
+          "--audit-max-bytes",
+          Integer.to_string(Keyword.get(opts, :audit_max_bytes, 64 * 1024 * 1024))
+        ] ++
+        ["--audit-keep", Integer.to_string(Keyword.get(opts, :audit_keep, 5))]
+
+    exe = executable()
+
+    if File.exists?(exe) do
+      port =
+        Port.open({:spawn_executable, exe}, [
+          :binary,
+          {:packet, 4},
+          :exit_status,
+          :use_stdio,
+          args: args
+        ])
+
+      {:os_pid, os_pid} = Port.info(port, :os_pid)
+      state = %{state | port: port, os_pid: os_pid, dist: nil, dist_pending: false}
+      {:ok, maybe_distribute(state)}
+    else
+      {:error, {:no_executable, exe}}
+    end
+  end
+
+  defp send_request(state, cmd, args, on_reply) do
+    ref = make_ref()
+    frame = :erlang.term_to_binary({self(), ref, cmd, args})
+
+    if byte_size(frame) > state.max_frame do
+      {:error, {:frame_too_large, byte_size(frame), state.max_frame}}
+    else
+      try do
+        Port.command(state.port, frame)
+        {:ok, %{state | pending: Map.put(state.pending, ref, on_reply)}}
+      rescue
+        # the port closed before its exit status arrived
+        ArgumentError -> {:error, :cnode_down}
+      end
+    end
+  end
+
+  defp call_request(state, cmd, args, from, post \\ fn result, st -> {result, st} end) do
+    case send_request(state, cmd, args, {:call, from, post}) do
+      {:ok, state} -> {:noreply, state}
+      {:error, _} = err -> {:reply, err, state}
+    end
+  end
+
+  @impl true
+  def handle_call({:request, cmd, args}, from, state), do: call_request(state, cmd, args, from)
+
+  def handle_call({:spawn, args}, from, state) do
+    id = System.unique_integer([:positive, :monotonic])
+    sub = args.subscriber
+
+    call_request(state, :spawn, Map.put(args, :id, id), from, fn
+      {:ok, %{id: ^id}} = ok, st -> {ok, %{st | spawns: Map.put(st.spawns, id, sub)}}
+      other, st -> {other, st}
+    end)
+  end
+
+  def handle_call({:watch, args}, from, state) do
+    id = System.unique_integer([:positive, :monotonic])
+    args = Map.put(args, :id, id)
+
+    call_request(state, :watch, args, from, fn
+      {:ok, ^id} = ok, st -> {ok, %{st | watches: Map.put(st.watches, id, args)}}
+      other, st -> {other, st}
+    end)
+  end
+
+  def handle_call({:unwatch, id}, from, state) do
+    call_request(state, :unwatch, %{id: id}, from, fn result, st ->
+      {result, %{st | watches: Map.delete(st.watches, id)}}
+    end)
+  end
+
+  def handle_call(:os_pid, _from, state), do: {:reply, state.os_pid, state}
+
+  def handle_call(:node_name, from, state) do
+    cond do
+      state.dist != nil -> {:reply, {:ok, state.dist}, state}
+      not Node.alive?() -> {:reply, {:error, :not_distributed}, state}
+      true -> {:noreply, state |> add_dist_waiter(from) |> maybe_distribute()}
+    end
+  end
+
+  defp add_dist_waiter(state, from), do: %{state | dist_waiters: [from | state.dist_waiters]}
+
+  defp maybe_distribute(%{dist: nil, dist_pending: false} = state) do
+    if Node.alive?() do
+      [alive, _host] = node() |> Atom.to_string() |> String.split("@", parts: 2)
+
+      name =
+        Keyword.get_lazy(state.opts, :cnode_name, fn ->
+          if state.opts[:registered] == __MODULE__,
+            do: "sandbox_cnode_" <> alive,
+            else: "sandbox_cnode_#{alive}_#{state.os_pid}"
+        end)
+
+      args = %{
+        node: Atom.to_string(node()),
+        cookie: Atom.to_string(Node.get_cookie()),
+        name: name
+      }
+
+      case send_request(state, :distribute, args, :distribute) do
+        {:ok, state} -> %{state | dist_pending: true}
+        {:error, _} -> state
+      end
+    else
+      state
+    end
+  end
+
+  defp maybe_distribute(state), do: state
+
+  @impl true
+  def handle_info({port, {:data, data}}, %{port: port} = state) do
+    {:noreply, handle_frame(:erlang.binary_to_term(data), state)}
+  end
+
+  def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
+    program_down(state, status)
+  end
+
+  # A write to a program that just died closes the port with `epipe` and no
+  # exit status: the same as its exit.
+  def handle_info({:EXIT, port, reason}, %{port: port} = state) do
+    program_down(state, reason)
+  end
+
+  def handle_info({:EXIT, port, _}, state) when is_port(port), do: {:noreply, state}
+  def handle_info({:EXIT, _, reason}, state), do: {:stop, reason, state}
+
+  def handle_info(:check_dist, state) do
+    Process.send_after(self(), :check_dist, @dist_check_ms)
+
+    state =
+      cond do
+        # distribution stopped, or restarted under another name: register again later
+        state.dist != nil and not Node.alive?() -> %{state | dist: nil}
+        state.dist != nil and state.dist_host != node() -> %{state | dist: nil}
+        true -> state
+      end
+
+    {:noreply, maybe_distribute(state)}
+  end
+
+  def handle_info(_msg, state), do: {:noreply, state}
+
+  defp program_down(state, status) do
+    now = System.monotonic_time(:millisecond)
+    restarts = [now | Enum.take_while(state.restarts, &(now - &1 < @restart_period_ms))]
+
+    if length(restarts) > @max_restarts do
+      Logger.error("sandbox_cnode exited (#{inspect(status)}) too often; giving up")
+      {:stop, {:cnode_exited, status}, %{fail_in_flight(state) | port: nil}}
+    else
+      Logger.error("sandbox_cnode exited (#{inspect(status)}); restarting it")
+      reopen(%{fail_in_flight(state) | restarts: restarts})
+    end
+  end
+
+  @impl true
+  def terminate(_reason, %{port: port}) do
+    if port && Port.info(port), do: Port.close(port)
+    :ok
+  catch
+    _, _ -> :ok
+  end
+
+  defp handle_frame({dest, msg}, state) when dest == self() do
+    case msg do
+      {ref, result} when is_reference(ref) ->
+        {entry, pending} = Map.pop(state.pending, ref)
+        state = %{state | pending: pending}
+
+        case entry do
+          {:call, from, post} ->
+            {result, state} = post.(result, state)
+            GenServer.reply(from, result)
+            state
+
+          :distribute ->
+            dist_done(result, state)
+
+          :ignore ->
+            state
+
+          nil ->
+            state
+        end
+
+      _ ->
+        state
+    end
+  end
+
+  defp handle_frame({dest, msg}, state) when is_pid(dest) do
+    send(dest, msg)
+
+    case msg do
+      {:sandbox_cnode, id, {:exit, _}} -> %{state | spawns: Map.delete(state.spawns, id)}
+      _ -> state
+    end
+  end
+
+  defp handle_frame({:cnode, info}, state) do
+    Logger.warning("sandbox_cnode: #{inspect(info)}")
+    state
+  end
+
+  defp handle_frame(other, state) do
+    Logger.warning("sandbox_cnode: unexpected frame #{inspect(other)}")
+    state
+  end
+
+  defp dist_done(result, state) do
+    state = %{state | dist_pending: false}
+
+    case result do
+      {:ok, node} ->
+        Enum.each(state.dist_waiters, &GenServer.reply(&1, {:ok, node}))
+        %{state | dist: node, dist_host: node(), dist_waiters: []}
+
+      {:error, _} = err ->
+        Logger.warning("sandbox_cnode could not join the distribution: #{inspect(err)}")
+        Enum.each(state.dist_waiters, &GenServer.reply(&1, err))
+        %{state | dist_waiters: []}
+    end
+  end
+
+  defp reopen(state) do
+    case open_port(state) do
+      {:ok, state} -> {:noreply, rewatch(state)}
+      {:error, reason} -> {:stop, reason, state}
+    end
+  end
+
+  defp fail_in_flight(state) do
+    Enum.each(state.pending, fn
+      {_ref, {:call, from, _}} -> GenServer.reply(from, {:error, :cnode_down})
+      _ -> :ok
+    end)
+
+    Enum.each(state.spawns, fn {id, sub} ->
+      send(sub, {:sandbox_cnode, id, {:exit, :cnode_down}})
+    end)
+
+    Enum.each(state.dist_waiters, &GenServer.reply(&1, {:error, :cnode_down}))
+    %{state | pending: %{}, spawns: %{}, dist_waiters: [], dist_pending: false}
+  end
+
+  defp rewatch(state) do
+    Enum.reduce(state.watches, state, fn {_id, args}, st ->
+      case send_request(st, :watch, args, :ignore) do
+        {:ok, st} -> st
+        _ -> st
+      end
+    end)
+  end
+end
