@@ -1,0 +1,3 @@
+import Config
+
+config :counter, step: 1, greeting: "hello from counter"
