@@ -5,6 +5,8 @@ defmodule Counter.Application do
   @impl true
   def start(_type, _args) do
     children = [Counter.Server]
-    Supervisor.start_link(children, strategy: :one_for_one, name: Counter.Supervisor)
+    # Registered names are shared unless they are module names (which each
+    # sandbox renames), so the supervisor registers under its own module.
+    Supervisor.start_link(children, strategy: :one_for_one, name: __MODULE__)
   end
 end
