@@ -17,6 +17,13 @@ defmodule Sandbox.LifecycleTest do
     %{prefix: prefix}
   end
 
+  # Blocks forever (until killed).
+  defp park do
+    receive do
+      :never -> :ok
+    end
+  end
+
   defp create!(id, dir_or_opts, target \\ :counter) do
     opts = if is_binary(dir_or_opts), do: [sandbox_path: dir_or_opts], else: dir_or_opts
     {:ok, info} = Sandbox.create_sandbox(id, target, opts)
@@ -104,7 +111,7 @@ defmodule Sandbox.LifecycleTest do
       {:ok, %{resource_usage: before}} = Sandbox.get_sandbox_info(a)
       assert before.current_processes >= 2
 
-      {:ok, spawned} = Sandbox.run(a, fn -> spawn(fn -> Process.sleep(:infinity) end) end)
+      {:ok, spawned} = Sandbox.run(a, fn -> spawn(fn -> park() end) end)
       ref = Process.monitor(spawned)
       {:ok, %{resource_usage: usage}} = Sandbox.get_sandbox_info(a)
       assert usage.current_processes == before.current_processes + 1
@@ -125,7 +132,7 @@ defmodule Sandbox.LifecycleTest do
           spawn(fn ->
             Process.group_leader(self(), host_gl)
             send(test_pid, :escaped)
-            Process.sleep(:infinity)
+            park()
           end)
         end)
 
@@ -151,7 +158,7 @@ defmodule Sandbox.LifecycleTest do
         spawn(fn ->
           Process.link(Process.whereis(server))
           send(test_pid, :linked)
-          Process.sleep(:infinity)
+          park()
         end)
 
       assert_receive :linked
@@ -175,9 +182,9 @@ defmodule Sandbox.LifecycleTest do
                Sandbox.run(
                  a,
                  fn ->
-                   child = spawn(fn -> Process.sleep(:infinity) end)
+                   child = spawn(fn -> park() end)
                    send(test_pid, {:child, self(), child})
-                   Process.sleep(:infinity)
+                   park()
                  end,
                  timeout: 200
                )
@@ -265,7 +272,7 @@ defmodule Sandbox.LifecycleTest do
     test "a start failure: a registered name taken in the host", ctx do
       a = "#{ctx.prefix}a"
       name = Sandbox.module_name(a, Counter.Server)
-      squatter = spawn(fn -> Process.sleep(:infinity) end)
+      squatter = spawn(fn -> park() end)
       Process.register(squatter, name)
 
       assert {:error, {:start_failed, :counter, _}} =

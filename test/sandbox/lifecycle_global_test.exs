@@ -1,0 +1,133 @@
+defmodule Sandbox.LifecycleGlobalTest do
+  # These tests look at VM-wide counts or change a host protocol: not async.
+  use ExUnit.Case, async: false
+
+  import Sandbox.Test.Fixtures
+
+  @moduletag timeout: 300_000
+
+  test "a sandbox implementing a consolidated host protocol is refused, naming it" do
+    # Consolidate String.Chars with its current implementations (so the host
+    # behaves the same), and restore the unconsolidated protocol afterwards.
+    {String.Chars, original, file} = :code.get_object_code(String.Chars)
+    impls = Protocol.extract_impls(String.Chars, :code.get_path())
+    {:ok, consolidated} = Protocol.consolidate(String.Chars, impls)
+
+    restore = fn binary ->
+      :code.purge(String.Chars)
+      {:module, String.Chars} = :code.load_binary(String.Chars, file, binary)
+    end
+
+    restore.(consolidated)
+    on_exit(fn -> restore.(original) end)
+    assert String.Chars.__protocol__(:consolidated?)
+
+    assert Sandbox.create_sandbox("consolidated", :counter, sandbox_path: counter_path()) ==
+             {:error, {:consolidated_protocol, String.Chars}}
+
+    assert loaded_modules("consolidated") == []
+
+    restore.(original)
+    refute String.Chars.__protocol__(:consolidated?)
+
+    assert {:ok, _} =
+             Sandbox.create_sandbox("consolidated", :counter, sandbox_path: counter_path())
+
+    assert :ok = Sandbox.destroy_sandbox("consolidated")
+  end
+
+  test "100 sandboxes at once, then 50 concurrent creates, destroys, lists and calls" do
+    ids = for i <- 1..100, do: "many#{i}"
+
+    ids
+    |> Task.async_stream(&Sandbox.create_sandbox(&1, :counter, sandbox_path: counter_path()),
+      max_concurrency: 8,
+      timeout: 60_000
+    )
+    |> Enum.each(fn {:ok, result} -> assert {:ok, %{status: :running}} = result end)
+
+    assert MapSet.subset?(MapSet.new(ids), listed())
+
+    for id <- Enum.take(ids, 10), do: assert({:ok, 1} = Sandbox.call(id, Counter, :increment, []))
+
+    # Half are destroyed while 50 new ones are created; lists and calls run
+    # throughout. No cross-talk: each sandbox's counter counts only its calls.
+    {doomed, kept} = Enum.split(ids, 50)
+    fresh = for i <- 1..50, do: "fresh#{i}"
+
+    ops =
+      Enum.map(doomed, &{:destroy, &1}) ++
+        Enum.map(fresh, &{:create, &1}) ++
+        Enum.map(kept, &{:call, &1}) ++ for(_ <- 1..50, do: {:list, nil})
+
+    ops
+    |> Enum.shuffle()
+    |> Task.async_stream(
+      fn
+        {:destroy, id} ->
+          assert Sandbox.destroy_sandbox(id) == :ok
+          refute MapSet.member?(listed(), id)
+
+        {:create, id} ->
+          assert {:ok, _} = Sandbox.create_sandbox(id, :counter, sandbox_path: counter_path())
+          assert MapSet.member?(listed(), id)
+
+        {:call, id} ->
+          {:ok, n} = Sandbox.call(id, Counter, :increment, [])
+          {:ok, ^n} = Sandbox.call(id, Counter, :value, [])
+
+        {:list, _} ->
+          # Every listed sandbox is one that exists at some point of this test.
+          assert MapSet.subset?(listed(), MapSet.new(ids ++ fresh) |> MapSet.union(others()))
+      end,
+      max_concurrency: 50,
+      timeout: 60_000
+    )
+    |> Enum.each(fn result -> assert {:ok, _} = result end)
+
+    assert MapSet.disjoint?(listed(), MapSet.new(doomed))
+    assert MapSet.subset?(MapSet.new(kept ++ fresh), listed())
+
+    for id <- kept ++ fresh, do: assert(:ok = Sandbox.destroy_sandbox(id))
+    assert MapSet.disjoint?(listed(), MapSet.new(ids ++ fresh))
+  end
+
+  defp listed, do: MapSet.new(Sandbox.list_sandboxes(), & &1.id)
+  # Sandboxes of other (async) test modules running at the same time.
+  defp others,
+    do: MapSet.new(for id <- listed(), not String.match?(id, ~r/^(many|fresh)\d+$/), do: id)
+
+  @tag :slow
+  test "1,000 create/destroy cycles leak no processes, ports, ETS tables, modules or atoms" do
+    path = counter_path()
+
+    cycle = fn ->
+      {:ok, _} = Sandbox.create_sandbox("leak", :counter, sandbox_path: path)
+      {:ok, 1} = Sandbox.call("leak", Counter, :increment, [])
+      :ok = Sandbox.destroy_sandbox("leak")
+    end
+
+    cycle.()
+    before = counts()
+
+    for _ <- 1..1000, do: cycle.()
+
+    after_ = counts()
+    assert after_.atoms == before.atoms
+    assert after_.modules == before.modules
+    assert after_.ets == before.ets
+    assert after_.ports == before.ports
+    assert after_.processes == before.processes
+    assert loaded_modules("leak") == []
+  end
+
+  defp counts do
+    %{
+      processes: length(Process.list()),
+      ports: length(Port.list()),
+      ets: length(:ets.all()),
+      modules: length(:code.all_loaded()),
+      atoms: :erlang.system_info(:atom_count)
+    }
+  end
+end
