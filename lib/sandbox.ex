@@ -443,22 +443,24 @@ defmodule Sandbox do
   @doc """
   The kept versions of `module` (original name) in sandbox `id`, oldest
   first: at most the sandbox's `max_versions` (the current version is
-  always kept). `[]` for an unknown sandbox or module; an invalid id is
-  `{:error, {:invalid_id, id}}`.
+  always kept). `[]` for an unknown sandbox or module. As it returns a bare
+  list, an invalid id raises `ArgumentError` (like `module_name/2`).
   """
-  @spec list_module_versions(id, module) :: [module_version] | {:error, {:invalid_id, term}}
+  @spec list_module_versions(id, module) :: [module_version]
   def list_module_versions(id, module) when is_atom(module) do
-    with :ok <- check_id(id) do
-      case Manager.lookup(id) do
-        {:ok, pid, _info} ->
-          case instance_call(fn -> Instance.versions(pid, {:versions, module}) end) do
-            {:error, :not_found} -> []
-            list -> list
-          end
+    with {:error, {:invalid_id, _}} <- check_id(id) do
+      raise ArgumentError, "list_module_versions/2: invalid sandbox id #{inspect(id)}"
+    end
 
-        {:error, :not_found} ->
-          []
-      end
+    case Manager.lookup(id) do
+      {:ok, pid, _info} ->
+        case instance_call(fn -> Instance.versions(pid, {:versions, module}) end) do
+          {:error, :not_found} -> []
+          list -> list
+        end
+
+      {:error, :not_found} ->
+        []
     end
   end
 

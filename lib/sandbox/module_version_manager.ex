@@ -399,14 +399,13 @@ defmodule Sandbox.ModuleVersionManager do
     if excess <= 0 do
       history
     else
-      {dropped, kept} =
+      {_dropped, kept} =
         Enum.reduce(history, {0, []}, fn entry, {n, kept} ->
           if n < excess and entry.version != current,
             do: {n + 1, kept},
             else: {n, [entry | kept]}
         end)
 
-      _ = dropped
       Enum.reverse(kept)
     end
   end

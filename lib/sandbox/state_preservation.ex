@@ -29,7 +29,10 @@ defmodule Sandbox.StatePreservation do
     * otherwise through `:sys.change_code/5`, which calls the new code's
       `code_change(old_vsn, state, extra)` (`old_vsn` is the version being
       left, an integer, or `{:down, version}` for a downgrade; `extra` is
-      `%{from: from_version, to: to_version}`).
+      `%{from: from_version, to: to_version}`). `code_change/3` is always
+      the one of the code just loaded: on a downgrade that is the restored
+      (older) version, which must therefore know how to convert the newer
+      state back, as in OTP release handling.
 
   A suspension that times out leaves the suspend request queued in the
   process: `resume_later/2` answers it with an asynchronous resume from a

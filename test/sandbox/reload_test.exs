@@ -117,7 +117,7 @@ defmodule Sandbox.ReloadTest do
         assert Sandbox.hot_reload_source(bad, {:code, ""}) == {:error, {:invalid_id, bad}}
         assert Sandbox.rollback_module(bad, X, 1) == {:error, {:invalid_id, bad}}
         assert Sandbox.get_current_version(bad, X) == {:error, {:invalid_id, bad}}
-        assert Sandbox.list_module_versions(bad, X) == {:error, {:invalid_id, bad}}
+        assert_raise ArgumentError, fn -> Sandbox.list_module_versions(bad, X) end
         assert Sandbox.get_dependency_graph(bad) == {:error, {:invalid_id, bad}}
         assert Sandbox.calculate_reload_order(bad, [X]) == {:error, {:invalid_id, bad}}
       end
@@ -297,6 +297,22 @@ defmodule Sandbox.ReloadTest do
       other_mod = Module.concat(ctx.ns, Other)
 
       assert Sandbox.hot_reload_sandbox(id, other) == {:error, {:unknown_module, other_mod}}
+
+      # Relocation renames the Calc key to the second key: two equal keys.
+      relocated_calc = inspect(Sandbox.module_name(id, ctx.calc))
+
+      clash =
+        store_beam(ctx, 2,
+          code_change: """
+          def code_change(_old, state, _extra), do: {:ok, state}
+          def clash, do: %{#{ctx.ns}.Calc => 1, #{relocated_calc} => 2}
+          """
+        )
+
+      assert {:error, {:relocation_failed, store, {:duplicate_map_key, _}}} =
+               Sandbox.hot_reload_sandbox(id, clash)
+
+      assert store == ctx.store
 
       assert Sandbox.hot_reload_sandbox(id, [good, good]) ==
                {:error, {:duplicate_module, ctx.store}}
