@@ -322,17 +322,24 @@ defmodule Sandbox do
       for this reload (`nil`: `code_change/3`)
     * `:suspend_timeout` — ms to wait for each process to suspend, and for
       each migration (5,000)
-    * `:rollback_window` — ms after the reload during which a crash of any
-      process of the sandbox rolls the change back (0: off); live processes
-      are migrated down with `code_change({:down, old_version}, state,
-      extra)` (or an arity-3 create `:state_migration`), crashed ones are
-      restarted by their supervisors and migrated down with the rest
+    * `:rollback_window` — ms after the reload during which a crash (an
+      exit other than `:normal`, `:shutdown` or `{:shutdown, _}`) of any
+      process the sandbox had when the reload finished rolls the change
+      back (0: off); live processes are migrated down with
+      `code_change({:down, old_version}, state, extra)` (or an arity-3
+      create `:state_migration`), crashed ones are restarted by their
+      supervisors and migrated down with the rest. A later reload,
+      rollback, restart or destroy closes the window.
+
+  Modules with an `@on_load` function cannot be loaded atomically
+  (`{:load_failed, [{module, :on_load_not_allowed}]}`).
 
   ## Results
 
   `{:ok, :hot_reloaded}`; `{:ok, :unchanged}` when every BEAM is
   byte-identical to its module's current version as it was given (no
-  version is created); or `{:error, reason}`:
+  version is created; in a list, such BEAMs are left out of the change); or
+  `{:error, reason}`:
 
     * `{:invalid_id, id}`, `:not_found`, `:no_beams`
     * `{:unknown_option, key}`, `{:invalid_option, {key, value}}`

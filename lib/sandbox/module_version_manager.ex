@@ -20,8 +20,10 @@ defmodule Sandbox.ModuleVersionManager do
        with `{:old_code_in_use, module, pids}`; nothing is killed.
     3. The sandbox's `:sys` processes whose callback module is one of the
        changed modules, or one that (transitively) calls them, are
-       suspended (see `Sandbox.StatePreservation`); the states of those to
-       migrate are captured.
+       suspended (see `Sandbox.StatePreservation`), callers first (the
+       reverse of the reload order), so that a server busy calling another
+       affected server finishes that call before it is suspended; the
+       states of those to migrate are captured.
     4. The modules are loaded together (`:code.finish_loading/1`: all or
        none), and the processes whose callback module changed are migrated
        in dependency order.
@@ -542,13 +544,17 @@ defmodule Sandbox.ModuleVersionManager do
     with {:ok, prepared} <- prepare(targets, :bin),
          :ok <- soft_purge(targets) do
       suspend_names = suspend_set(ctx, targets)
-      originals = Map.new(targets, &{&1.name, &1.module})
+      originals = Map.new(ctx.renames, fn {original, name} -> {name, original} end)
       members = if is_pid(gl) and Process.alive?(gl), do: GroupLeader.members(gl), else: []
 
       sys =
         for t <- StatePreservation.sys_processes(members),
-            MapSet.member?(suspend_names, t.module),
+            Map.has_key?(suspend_names, t.module),
             do: Map.put(t, :original, Map.get(originals, t.module, t.module))
+
+      # Callers first: a server busy calling another one finishes its call
+      # before it suspends, instead of waiting on a suspended server.
+      sys = Enum.sort_by(sys, &Map.fetch!(suspend_names, &1.module))
 
       to_migrate = for t <- targets, p <- sys, p.module == t.name, do: {p, t}
 
@@ -725,9 +731,13 @@ defmodule Sandbox.ModuleVersionManager do
   end
 
   # The relocated names of the changed modules and of every module that
-  # (transitively) calls one of them: their processes are suspended.
+  # (transitively) calls one of them, whose processes are suspended, each
+  # with its rank in the reverse reload order (callers first).
   defp suspend_set(ctx, targets) do
     graph = dependency_graph(ctx.versions)
+    {:ok, groups} = Beam.reload_order(graph)
+
+    rank = groups |> Enum.concat() |> Enum.reverse() |> Enum.with_index() |> Map.new()
 
     callers =
       Enum.reduce(graph, %{}, fn {m, deps}, acc ->
@@ -735,7 +745,7 @@ defmodule Sandbox.ModuleVersionManager do
       end)
 
     closure = reach(Enum.map(targets, & &1.module), callers, MapSet.new())
-    MapSet.new(closure, &Map.fetch!(ctx.renames, &1))
+    Map.new(closure, &{Map.fetch!(ctx.renames, &1), Map.get(rank, &1, 0)})
   end
 
   defp reach([], _callers, seen), do: seen
