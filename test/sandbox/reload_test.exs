@@ -32,7 +32,8 @@ defmodule Sandbox.ReloadTest do
       second: Module.concat(ns, Second),
       calc: Module.concat(ns, Calc),
       ping: Module.concat(ns, Ping),
-      pong: Module.concat(ns, Pong)
+      pong: Module.concat(ns, Pong),
+      relay: Module.concat(ns, Relay)
     }
   end
 
@@ -83,7 +84,7 @@ defmodule Sandbox.ReloadTest do
     test "every module starts at version 1 with its BEAM as compiled", ctx do
       id = start!(ctx)
 
-      for m <- [ctx.sup, ctx.store, ctx.calc, ctx.ping, ctx.pong, ctx.second] do
+      for m <- [ctx.sup, ctx.store, ctx.calc, ctx.ping, ctx.pong, ctx.second, ctx.relay] do
         assert Sandbox.get_current_version(id, m) == {:ok, 1}
       end
 
@@ -591,7 +592,8 @@ defmodule Sandbox.ReloadTest do
       assert graph[ctx.ping] == [ctx.pong]
       assert graph[ctx.pong] == [ctx.ping]
       assert graph[ctx.calc] == []
-      assert map_size(graph) == 6
+      assert graph[ctx.relay] == [ctx.store]
+      assert map_size(graph) == 7
 
       assert Sandbox.calculate_reload_order(id, [ctx.store, ctx.calc]) ==
                {:ok, [ctx.calc, ctx.store]}
@@ -604,6 +606,35 @@ defmodule Sandbox.ReloadTest do
 
       assert Sandbox.calculate_reload_order(id, [ctx.store, Nope]) ==
                {:error, {:unknown_module, Nope}}
+    end
+  end
+
+  describe "suspension order" do
+    test "callers are suspended first: a server busy calling an affected one finishes its call",
+         ctx do
+      id = start!(ctx)
+      relay = Process.whereis(Sandbox.module_name(id, ctx.relay))
+      test_pid = self()
+      beam = store_beam(ctx, 2)
+
+      spawn(fn ->
+        send(test_pid, {:relayed, GenServer.call(relay, {:relay, test_pid}, :infinity)})
+      end)
+
+      assert_receive {:relaying, ^relay}
+      # The relay calls the Store only once its suspend request is queued:
+      # had the Store been suspended first, that call would wait for it.
+      :erlang.trace(relay, true, [:receive])
+      task = Task.async(fn -> Sandbox.hot_reload_sandbox(id, beam, suspend_timeout: 2_000) end)
+      assert_receive {:trace, ^relay, :receive, {:system, _, :suspend}}, 5_000
+      :erlang.trace(relay, false, [:receive])
+      send(relay, :go)
+
+      assert_receive {:relayed, 1}
+      assert Task.await(task) == {:ok, :hot_reloaded}
+
+      assert Sandbox.call(id, ctx.store, :version_of, [Sandbox.module_name(id, ctx.store)]) ==
+               {:ok, 2}
     end
   end
 

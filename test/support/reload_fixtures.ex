@@ -11,6 +11,7 @@ defmodule Sandbox.Test.ReloadFixtures do
   #   NS.Calc   — a plain module the Store calls (`version/0`), and `park/1`
   #               to keep a process inside its code
   #   NS.Ping, NS.Pong — a dependency cycle
+  #   NS.Relay  — a GenServer that calls the Store server when told
 
   alias Sandbox.Test.BeamHelpers
 
@@ -20,7 +21,8 @@ defmodule Sandbox.Test.ReloadFixtures do
       "sup.ex" => sup_source(ns),
       "store.ex" => store_source(ns, 1),
       "calc.ex" => calc_source(ns, 1),
-      "ping.ex" => ping_source(ns)
+      "ping.ex" => ping_source(ns),
+      "relay.ex" => relay_source(ns)
     }
   end
 
@@ -40,7 +42,8 @@ defmodule Sandbox.Test.ReloadFixtures do
         Supervisor.init(
           [
             Supervisor.child_spec({#{ns}.Store, #{ns}.Store}, id: :first),
-            Supervisor.child_spec({#{ns}.Store, #{ns}.Second}, id: :second)
+            Supervisor.child_spec({#{ns}.Store, #{ns}.Second}, id: :second),
+            #{ns}.Relay
           ],
           strategy: :one_for_one,
           max_restarts: 100,
@@ -107,6 +110,7 @@ defmodule Sandbox.Test.ReloadFixtures do
       #{bump}
 
       def version, do: #{version}
+      def version_of(server), do: GenServer.call(server, :version)
       def pad, do: "#{String.duplicate("x", 97 * version)}"
 
       @impl true
@@ -125,6 +129,29 @@ defmodule Sandbox.Test.ReloadFixtures do
 
         receive do
           :never -> :ok
+        end
+      end
+    end
+    """
+  end
+
+  # A server that calls the Store (through `Store.version_of/1`) when told.
+  def relay_source(ns) do
+    """
+    defmodule #{ns}.Relay do
+      use GenServer
+
+      def start_link(_arg), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
+
+      @impl true
+      def init(:ok), do: {:ok, nil}
+
+      @impl true
+      def handle_call({:relay, pid}, _from, s) do
+        send(pid, {:relaying, self()})
+
+        receive do
+          :go -> {:reply, #{ns}.Store.version_of(#{ns}.Store), s}
         end
       end
     end
