@@ -8,6 +8,10 @@ defmodule Sandbox.ReloadTest do
 
   @moduletag :tmp_dir
 
+  # How long to wait for a message that is on its way (a bound, not a
+  # measurement: the machine may be busy).
+  @wait 10_000
+
   # Every test writes the fixture project under a namespace and ids of its
   # own, and destroys its sandboxes on exit.
   setup ctx do
@@ -243,7 +247,7 @@ defmodule Sandbox.ReloadTest do
       calc = Sandbox.module_name(id, ctx.calc)
       test_pid = self()
       {:ok, parked} = Sandbox.run(id, fn -> spawn(fn -> calc.park(test_pid) end) end)
-      assert_receive {:parked, ^parked}
+      assert_receive {:parked, ^parked}, @wait
 
       assert Sandbox.hot_reload_sandbox(id, calc_beam(ctx, 2)) == {:ok, :hot_reloaded}
       # `parked` now runs the old version 1; a third version would purge it.
@@ -387,7 +391,7 @@ defmodule Sandbox.ReloadTest do
           Sandbox.hot_reload_sandbox(id, store_beam(ctx, 2), state_migration: migration)
         end)
 
-      assert_receive {:migrating, migrating}, 5_000
+      assert_receive {:migrating, migrating}, @wait
       victim = if migrating == first, do: second, else: first
       Process.exit(victim, :kill)
       await_down(victim)
@@ -420,7 +424,7 @@ defmodule Sandbox.ReloadTest do
         )
 
       assert {:error, {:migration_timeout, store, killed, :killed}} =
-               Sandbox.hot_reload_sandbox(id, stuck, suspend_timeout: 200)
+               Sandbox.hot_reload_sandbox(id, stuck, suspend_timeout: 500)
 
       assert store == ctx.store
       refute Process.alive?(killed)
@@ -446,9 +450,9 @@ defmodule Sandbox.ReloadTest do
         send(test_pid, {:reply, GenServer.call(first, {:block, test_pid}, :infinity)})
       end)
 
-      assert_receive {:blocked, ^first}
+      assert_receive {:blocked, ^first}, @wait
 
-      assert Sandbox.hot_reload_sandbox(id, store_beam(ctx, 2), suspend_timeout: 100) ==
+      assert Sandbox.hot_reload_sandbox(id, store_beam(ctx, 2), suspend_timeout: 500) ==
                {:error, {:suspend_timeout, ctx.store, first}}
 
       assert Sandbox.get_current_version(id, ctx.store) == {:ok, 1}
@@ -456,7 +460,7 @@ defmodule Sandbox.ReloadTest do
       # The late suspend request is still queued behind the long call; the
       # asynchronous resume follows it.
       send(first, :release)
-      assert_receive {:reply, :released}
+      assert_receive {:reply, :released}, @wait
       assert GenServer.call(first, :version) == 1
       assert GenServer.call(first, :state) == 0
       assert running?(first)
@@ -576,10 +580,10 @@ defmodule Sandbox.ReloadTest do
           send(test_pid, {:answers, answers})
         end)
 
-      assert_receive :client_running
+      assert_receive :client_running, @wait
       assert Sandbox.hot_reload_sandbox(id, beams) == {:ok, :hot_reloaded}
       send(client, :stop)
-      assert_receive {:answers, answers}, 10_000
+      assert_receive {:answers, answers}, @wait
       assert MapSet.member?(answers, {1, 1})
       assert MapSet.member?(answers, {2, 2})
       assert MapSet.subset?(answers, MapSet.new([{1, 1}, {2, 2}]))
@@ -621,16 +625,16 @@ defmodule Sandbox.ReloadTest do
         send(test_pid, {:relayed, GenServer.call(relay, {:relay, test_pid}, :infinity)})
       end)
 
-      assert_receive {:relaying, ^relay}
+      assert_receive {:relaying, ^relay}, @wait
       # The relay calls the Store only once its suspend request is queued:
       # had the Store been suspended first, that call would wait for it.
       :erlang.trace(relay, true, [:receive])
       task = Task.async(fn -> Sandbox.hot_reload_sandbox(id, beam, suspend_timeout: 2_000) end)
-      assert_receive {:trace, ^relay, :receive, {:system, _, :suspend}}, 5_000
+      assert_receive {:trace, ^relay, :receive, {:system, _, :suspend}}, @wait
       :erlang.trace(relay, false, [:receive])
       send(relay, :go)
 
-      assert_receive {:relayed, 1}
+      assert_receive {:relayed, 1}, @wait
       assert Task.await(task) == {:ok, :hot_reloaded}
 
       assert Sandbox.call(id, ctx.store, :version_of, [Sandbox.module_name(id, ctx.store)]) ==
