@@ -589,6 +589,37 @@ defmodule Sandbox.ReloadTest do
       assert MapSet.subset?(answers, MapSet.new([{1, 1}, {2, 2}]))
     end
 
+    test "migrations run in dependency order", ctx do
+      id = start!(ctx)
+      {first, second} = servers(ctx)
+      relay = Process.whereis(Sandbox.module_name(id, ctx.relay))
+      test_pid = self()
+
+      migration = fn state ->
+        send(test_pid, {:migrated, self()})
+        state
+      end
+
+      # Relay calls Store: the Store servers migrate first, whatever the list order.
+      beams = [ReloadFixtures.beam!(relay_source(ctx.ns, 2)), store_beam(ctx, 2)]
+
+      assert Sandbox.hot_reload_sandbox(id, beams, state_migration: migration) ==
+               {:ok, :hot_reloaded}
+
+      order =
+        for _ <- 1..3 do
+          receive do
+            {:migrated, pid} -> pid
+          after
+            @wait -> :missing
+          end
+        end
+
+      assert Enum.sort(Enum.take(order, 2)) == Enum.sort([first, second])
+      assert List.last(order) == relay
+      assert Sandbox.call(id, ctx.relay, :version, []) == {:ok, 2}
+    end
+
     test "dependency graph and reload order", ctx do
       id = start!(ctx)
       {:ok, graph} = Sandbox.get_dependency_graph(id)

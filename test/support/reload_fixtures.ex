@@ -136,10 +136,12 @@ defmodule Sandbox.Test.ReloadFixtures do
   end
 
   # A server that calls the Store (through `Store.version_of/1`) when told.
-  def relay_source(ns) do
+  def relay_source(ns, version \\ 1) do
     """
     defmodule #{ns}.Relay do
       use GenServer
+
+      def version, do: #{version}
 
       def start_link(_arg), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
 
