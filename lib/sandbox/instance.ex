@@ -14,6 +14,10 @@ defmodule Sandbox.Instance do
   sandbox. They are linked to it: when one exits, the instance kills the
   rest and starts them again, up to `max_restarts` times within
   `max_seconds`; after that the sandbox's status is `:error`.
+
+  It also holds the sandbox's module versions and serialises hot reloads
+  and rollbacks (`Sandbox.ModuleVersionManager`, run in this process), with
+  status `:reloading` while one runs.
   """
 
   use GenServer, restart: :temporary

@@ -587,6 +587,10 @@ defmodule Sandbox.ModuleVersionManager do
     alive = Enum.filter(to_migrate, fn {p, _} -> Enum.any?(suspended, &(&1.pid == p.pid)) end)
 
     case StatePreservation.capture(Enum.map(alive, &elem(&1, 0)), timeout) do
+      {:error, {:process_died, pid, _}} ->
+        StatePreservation.resume_all(suspended, timeout, gl)
+        {:error, {:process_died, pid, down_reason(mons, pid)}}
+
       {:error, reason} ->
         StatePreservation.resume_all(suspended, timeout, gl)
         {:error, reason}
