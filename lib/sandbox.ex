@@ -42,6 +42,14 @@ defmodule Sandbox do
   that implements a consolidated host protocol is refused with
   `{:error, {:consolidated_protocol, protocol}}`.
 
+  ## Hot reload
+
+  `hot_reload_sandbox/3` and `hot_reload_source/3` replace modules of a
+  running sandbox, keeping its processes and their states
+  (`code_change/3` or a migration function), with version history,
+  `rollback_module/3` and an optional automatic rollback window. See
+  `Sandbox.ModuleVersionManager`.
+
   ## Events
 
   See `Sandbox.Telemetry` and `subscribe/1`.
@@ -275,6 +283,221 @@ defmodule Sandbox do
 
   def subscribe(id) do
     with :ok <- check_id(id), do: Sandbox.Telemetry.subscribe(id)
+  end
+
+  ## Hot reload
+
+  @typedoc """
+  One version of a module of a sandbox (original names): `sandbox_id`,
+  `module`, `version`, `beam_data` (the BEAM as given), `checksum` (hex
+  XXH3-128 of `beam_data`), `loaded_at`, `dependencies` (the sandbox's
+  modules it calls) and `rolled_back_at` (`nil`, or when a rollback left
+  this version).
+  """
+  @type module_version :: Sandbox.ModuleVersionManager.module_version()
+
+  @doc """
+  Hot reloads one module, or several as one change, in sandbox `id`.
+
+  `beams` is a BEAM binary, or a list of them, compiled under the modules'
+  original names as a user's own compile produces them; they are validated
+  and relocated into the sandbox. A list is loaded atomically, under one
+  suspension. The sandbox's `:sys` processes whose callback module is a
+  changed module, or calls one (see `Sandbox.StatePreservation`), are
+  suspended; those whose callback module changed are migrated
+  (`code_change(old_version, state, %{from: old, to: new})` through
+  `:sys.change_code/5`, or the `:state_migration` function through
+  `:sys.replace_state/3`), keeping their pids; then all are resumed. Each
+  changed module gets the next version number.
+
+  Two-version safe: the old code of each module is soft-purged first; a
+  process still running it fails the reload, naming it, and nothing is
+  killed. Any failure leaves the previous code running, the captured
+  states in place and every process resumed.
+
+  ## Options
+
+    * `:state_migration` — `fun/1` (old state -> new state) or `fun/3`
+      (old state, old version, new version); overrides the create option
+      for this reload (`nil`: `code_change/3`)
+    * `:suspend_timeout` — ms to wait for each process to suspend, and for
+      each migration (5,000)
+    * `:rollback_window` — ms after the reload during which a crash (an
+      exit other than `:normal`, `:shutdown` or `{:shutdown, _}`) of any
+      process the sandbox had when the reload finished rolls the change
+      back (0: off); live processes are migrated down with
+      `code_change({:down, old_version}, state, extra)` (or an arity-3
+      create `:state_migration`), crashed ones are restarted by their
+      supervisors and migrated down with the rest. A later reload,
+      rollback, restart or destroy closes the window.
+
+  Modules with an `@on_load` function cannot be loaded atomically
+  (`{:load_failed, [{module, :on_load_not_allowed}]}`).
+
+  ## Results
+
+  `{:ok, :hot_reloaded}`; `{:ok, :unchanged}` when every BEAM is
+  byte-identical to its module's current version as it was given (no
+  version is created; in a list, such BEAMs are left out of the change); or
+  `{:error, reason}`:
+
+    * `{:invalid_id, id}`, `:not_found`, `:no_beams`
+    * `{:unknown_option, key}`, `{:invalid_option, {key, value}}`
+    * `{:invalid_beam, module | nil, reason}` — see `Sandbox.Beam`
+    * `{:unknown_module, module}` — not a module of the sandbox
+    * `{:duplicate_module, module}` — twice in the list
+    * `{:relocation_failed, module, reason}`, `{:load_failed, failures}`
+    * `{:old_code_in_use, module, pids}` — processes still in the oldest code
+    * `{:suspend_timeout, module, pid}`, `{:suspend_failed, module, pid, reason}`
+      — the suspension was abandoned; `pid` is resumed as soon as it gets
+      to the queued request
+    * `{:migration_failed, module, pid, reason}` — `code_change/3` returned
+      an error or raised, or the migration function raised
+    * `{:migration_timeout, module, pid, :killed}` — the migration did not
+      finish in time: the process was killed after the previous code was
+      restored, and its supervisor restarts it under that code
+    * `{:process_died, pid, reason}` — a process died while suspended
+
+  Emits `[:sandbox, :reload, :reloaded]` or `[:sandbox, :reload, :failed]`
+  (see `Sandbox.Telemetry`).
+  """
+  @spec hot_reload_sandbox(id, binary | [binary], keyword) ::
+          {:ok, :hot_reloaded | :unchanged} | {:error, term}
+  def hot_reload_sandbox(id, beams, opts \\ []) do
+    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
+      try do
+        Instance.hot_reload(pid, beams, opts)
+      catch
+        :exit, _ -> {:error, :not_found}
+      end
+    end
+  end
+
+  @doc """
+  Compiles `{:file, path}` (an `.ex` or `.erl` file) or `{:code, string}`
+  (Elixir source) in a compile worker (`Sandbox.IsolatedCompiler`, with the
+  sandbox's `compile_timeout` and `compile_limits`), then hot reloads every
+  module it defines as one change (`hot_reload_sandbox/3`: same options and
+  results, plus the compiler's errors such as `{:compilation_failed,
+  diagnostics}`).
+  """
+  @spec hot_reload_source(id, {:file, Path.t()} | {:code, String.t()}, keyword) ::
+          {:ok, :hot_reloaded | :unchanged} | {:error, term}
+  def hot_reload_source(id, source, opts \\ []) do
+    with :ok <- check_id(id),
+         {:ok, pid, _info} <- Manager.lookup(id),
+         {:ok, compile_opts} <- instance_call(fn -> Instance.versions(pid, :compile_opts) end),
+         {:ok, modules} <- compile_source(source, compile_opts) do
+      instance_call(fn -> Instance.hot_reload(pid, Enum.map(modules, &elem(&1, 1)), opts) end)
+    end
+  end
+
+  defp compile_source({:file, path}, opts) when is_binary(path) do
+    with {:ok, info} <- Sandbox.IsolatedCompiler.compile_file(path, opts), do: {:ok, info.modules}
+  end
+
+  defp compile_source({:code, code}, opts) when is_binary(code) do
+    dir = Path.join(System.tmp_dir!(), "sandbox-source-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+
+    try do
+      file = Path.join(dir, "source.ex")
+      File.write!(file, code)
+      compile_source({:file, file}, opts)
+    after
+      File.rm_rf(dir)
+    end
+  end
+
+  defp compile_source(other, _opts),
+    do: raise(ArgumentError, "expected {:file, path} or {:code, string}, got: #{inspect(other)}")
+
+  @doc """
+  Rolls `module` (original name) of sandbox `id` back to a kept `version`:
+  its BEAM is loaded again as a change (two-version safe, as a reload),
+  live processes are migrated with `code_change({:down, version}, state,
+  extra)` (or the create option's arity-3 `:state_migration`), and the
+  current version becomes `version`. Later reloads get new version numbers.
+
+  Errors: `{:invalid_id, id}`, `:not_found`, `{:unknown_module, module}`,
+  `{:unknown_version, module, version}` (never existed, or dropped from the
+  history), `{:already_current, module, version}`, and the change errors of
+  `hot_reload_sandbox/3`. Emits `[:sandbox, :reload, :rolled_back]`.
+  """
+  @spec rollback_module(id, module, pos_integer) :: {:ok, :rolled_back} | {:error, term}
+  def rollback_module(id, module, version) when is_atom(module) and is_integer(version) do
+    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
+      instance_call(fn -> Instance.rollback(pid, module, version) end)
+    end
+  end
+
+  @doc """
+  The current version of `module` (original name) in sandbox `id`:
+  `{:ok, version}`, or `{:error, :not_found}` for an unknown sandbox or
+  module.
+  """
+  @spec get_current_version(id, module) ::
+          {:ok, pos_integer} | {:error, :not_found | {:invalid_id, term}}
+  def get_current_version(id, module) when is_atom(module) do
+    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
+      instance_call(fn -> Instance.versions(pid, {:current_version, module}) end)
+    end
+  end
+
+  @doc """
+  The kept versions of `module` (original name) in sandbox `id`, oldest
+  first: at most the sandbox's `max_versions` (the current version is
+  always kept). `[]` for an unknown sandbox or module. As it returns a bare
+  list, an invalid id raises `ArgumentError` (like `module_name/2`).
+  """
+  @spec list_module_versions(id, module) :: [module_version]
+  def list_module_versions(id, module) when is_atom(module) do
+    with {:error, {:invalid_id, _}} <- check_id(id) do
+      raise ArgumentError, "list_module_versions/2: invalid sandbox id #{inspect(id)}"
+    end
+
+    case Manager.lookup(id) do
+      {:ok, pid, _info} ->
+        case instance_call(fn -> Instance.versions(pid, {:versions, module}) end) do
+          {:error, :not_found} -> []
+          list -> list
+        end
+
+      {:error, :not_found} ->
+        []
+    end
+  end
+
+  @doc """
+  The dependency graph of sandbox `id`'s current module versions:
+  `%{module => [module]}` (original names), each module's calls into the
+  sandbox's other modules.
+  """
+  @spec get_dependency_graph(id) ::
+          {:ok, %{module => [module]}} | {:error, :not_found | {:invalid_id, term}}
+  def get_dependency_graph(id) do
+    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
+      instance_call(fn -> Instance.versions(pid, :dependency_graph) end)
+    end
+  end
+
+  @doc """
+  `modules` (original names) of sandbox `id` in reload order: dependencies
+  first, the members of a dependency cycle adjacent. Errors:
+  `{:invalid_id, id}`, `:not_found`, `{:unknown_module, module}`.
+  """
+  @spec calculate_reload_order(id, [module]) :: {:ok, [module]} | {:error, term}
+  def calculate_reload_order(id, modules) when is_list(modules) do
+    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
+      instance_call(fn -> Instance.versions(pid, {:reload_order, modules}) end)
+    end
+  end
+
+  # The instance may go away between the lookup and the call (destroy).
+  defp instance_call(fun) do
+    fun.()
+  catch
+    :exit, _ -> {:error, :not_found}
   end
 
   ## Helpers

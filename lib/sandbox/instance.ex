@@ -14,11 +14,16 @@ defmodule Sandbox.Instance do
   sandbox. They are linked to it: when one exits, the instance kills the
   rest and starts them again, up to `max_restarts` times within
   `max_seconds`; after that the sandbox's status is `:error`.
+
+  It also holds the sandbox's module versions and serialises hot reloads
+  and rollbacks (`Sandbox.ModuleVersionManager`, run in this process), with
+  status `:reloading` while one runs.
   """
 
   use GenServer, restart: :temporary
 
   alias Sandbox.{Beam, Env, GroupLeader, IsolatedCompiler, Manager, Telemetry}
+  alias Sandbox.ModuleVersionManager, as: Versions
 
   @shims [
     {Application, Sandbox.Shim.Application},
@@ -46,6 +51,27 @@ defmodule Sandbox.Instance do
   @spec destroy(pid) :: :ok
   def destroy(pid), do: GenServer.call(pid, :destroy, :infinity)
 
+  @doc """
+  Hot reloads `beams` (see `Sandbox.hot_reload_sandbox/3` and
+  `Sandbox.ModuleVersionManager`).
+  """
+  @spec hot_reload(pid, binary | [binary], keyword) ::
+          {:ok, :hot_reloaded | :unchanged} | {:error, term}
+  def hot_reload(pid, beams, opts), do: GenServer.call(pid, {:reload, beams, opts}, :infinity)
+
+  @doc "Rolls `module` back to a kept `version` (see `Sandbox.rollback_module/3`)."
+  @spec rollback(pid, module, pos_integer) :: {:ok, :rolled_back} | {:error, term}
+  def rollback(pid, module, version),
+    do: GenServer.call(pid, {:rollback, module, version}, :infinity)
+
+  @doc """
+  Reads the version store: `{:current_version, module}`, `{:versions,
+  module}`, `:dependency_graph`, `{:reload_order, modules}` or
+  `:compile_opts` (the compile options of the sandbox's config).
+  """
+  @spec versions(pid, term) :: term
+  def versions(pid, request), do: GenServer.call(pid, {:versions, request}, :infinity)
+
   ## Server
 
   @impl true
@@ -66,6 +92,9 @@ defmodule Sandbox.Instance do
       mode: nil,
       originals: [],
       renames: %{},
+      redirects: %{},
+      versions: nil,
+      rollback: nil,
       loaded: [],
       group_leader: nil,
       roots: [],
@@ -117,7 +146,7 @@ defmodule Sandbox.Instance do
   end
 
   def handle_call(:restart, _from, state) do
-    state = stop_roots(state)
+    state = state |> cancel_rollback() |> stop_roots()
 
     case start_roots(%{state | status: :starting}) do
       {:ok, state} ->
@@ -136,7 +165,7 @@ defmodule Sandbox.Instance do
   def handle_call(:destroy, _from, state) do
     t0 = System.monotonic_time()
     publish(%{state | status: :stopping}, listed: false)
-    state = teardown(state)
+    state = state |> cancel_rollback() |> teardown()
     Manager.release(state.id, self())
 
     Telemetry.emit(:manager, :destroyed, %{duration: System.monotonic_time() - t0}, %{
@@ -148,6 +177,55 @@ defmodule Sandbox.Instance do
 
   def handle_call(:group_leader, _from, state), do: {:reply, state.group_leader, state}
 
+  def handle_call({:reload, beams, opts}, _from, state) do
+    state = cancel_rollback(state)
+    status = state.status
+    publish(%{state | status: :reloading}, listed: true)
+
+    {reply, state} =
+      case Versions.reload(context(state), beams, opts) do
+        {:ok, :hot_reloaded, store, change} ->
+          {{:ok, :hot_reloaded}, state |> put_versions(store) |> watch_rollback(change)}
+
+        {:ok, :unchanged, _store} ->
+          {{:ok, :unchanged}, state}
+
+        {:error, reason, _store} ->
+          {{:error, reason}, state}
+      end
+
+    publish(%{state | status: status}, listed: true)
+    {:reply, reply, state}
+  end
+
+  def handle_call({:rollback, module, version}, _from, state) do
+    state = cancel_rollback(state)
+    status = state.status
+    publish(%{state | status: :reloading}, listed: true)
+
+    {reply, state} =
+      case Versions.rollback(context(state), module, version) do
+        {:ok, store} -> {{:ok, :rolled_back}, put_versions(state, store)}
+        {:error, reason, _store} -> {{:error, reason}, state}
+      end
+
+    publish(%{state | status: status}, listed: true)
+    {:reply, reply, state}
+  end
+
+  def handle_call({:versions, request}, _from, state) do
+    reply =
+      case request do
+        {:current_version, module} -> Versions.current_version(state.versions, module)
+        {:versions, module} -> Versions.versions(state.versions, module)
+        :dependency_graph -> {:ok, Versions.dependency_graph(state.versions)}
+        {:reload_order, modules} -> Versions.reload_order(state.versions, modules)
+        :compile_opts -> {:ok, compile_opts(state.config)}
+      end
+
+    {:reply, reply, state}
+  end
+
   @impl true
   def handle_info({:EXIT, pid, reason}, state) do
     if pid in state.roots do
@@ -156,6 +234,24 @@ defmodule Sandbox.Instance do
       {:noreply, state}
     end
   end
+
+  def handle_info({:DOWN, ref, :process, pid, reason}, %{rollback: %{refs: refs}} = state)
+      when is_map_key(refs, ref) do
+    if crash?(reason) do
+      change = state.rollback.change
+      state = cancel_rollback(state)
+
+      case Versions.auto_rollback(context(state), change, {:crash, pid, reason}) do
+        {:ok, store} -> {:noreply, put_versions(state, store)}
+        {:error, _reason, _store} -> {:noreply, state}
+      end
+    else
+      {:noreply, %{state | rollback: %{state.rollback | refs: Map.delete(refs, ref)}}}
+    end
+  end
+
+  def handle_info({:rollback_window_closed, tref}, %{rollback: %{timer: tref}} = state),
+    do: {:noreply, cancel_rollback(state)}
 
   def handle_info(_other, state), do: {:noreply, state}
 
@@ -172,13 +268,7 @@ defmodule Sandbox.Instance do
     publish(%{state | status: :compiling})
     config = state.config
 
-    opts = [
-      compile_timeout: config.compile_timeout,
-      compile_limits: config.compile_limits,
-      write_artifacts: false
-    ]
-
-    case IsolatedCompiler.compile_sandbox(config.sandbox_path, opts) do
+    case IsolatedCompiler.compile_sandbox(config.sandbox_path, compile_opts(config)) do
       {:ok, info} ->
         resolve_target(%{state | app: info.app, originals: info.modules}, info)
 
@@ -235,7 +325,17 @@ defmodule Sandbox.Instance do
          {:ok, relocated} <- relocate_all(state.originals, renames, redirects),
          :ok <- ensure_host_apps(state),
          {:ok, loaded} <- load_all(shims ++ relocated) do
-      {:ok, %{state | renames: renames, loaded: loaded}}
+      versions =
+        Versions.new(
+          state.id,
+          state.originals,
+          parsed,
+          renames,
+          Map.new(relocated),
+          state.config.max_versions
+        )
+
+      {:ok, %{state | renames: renames, redirects: redirects, loaded: loaded, versions: versions}}
     else
       {:error, reason} -> {:error, reason, state}
     end
@@ -325,6 +425,60 @@ defmodule Sandbox.Instance do
       {:error, failures} -> {:error, {:load_failed, failures}}
     end
   end
+
+  # The sandbox needs only the compiled modules: nothing stays on disk.
+  defp compile_opts(config) do
+    [
+      compile_timeout: config.compile_timeout,
+      compile_limits: config.compile_limits,
+      write_artifacts: false
+    ]
+  end
+
+  ## Versions
+
+  defp context(state) do
+    %{
+      id: state.id,
+      renames: state.renames,
+      redirects: state.redirects,
+      group_leader: state.group_leader,
+      config: state.config,
+      versions: state.versions
+    }
+  end
+
+  # The current versions are what a restart runs (it restarts the
+  # processes; the loaded code is already the current versions').
+  defp put_versions(state, store) do
+    current = Map.new(Versions.current_beams(store))
+    originals = for {m, _} <- state.originals, do: {m, Map.fetch!(current, m)}
+    %{state | versions: store, originals: originals}
+  end
+
+  # With a rollback window, every process of the sandbox is monitored until
+  # the window closes: the first crash rolls the change back.
+  defp watch_rollback(state, %{window: window} = change) when window > 0 do
+    members = if state.group_leader, do: GroupLeader.members(state.group_leader), else: []
+    refs = Map.new(members, &{Process.monitor(&1), &1})
+    tref = make_ref()
+    Process.send_after(self(), {:rollback_window_closed, tref}, window)
+    %{state | rollback: %{change: change, refs: refs, timer: tref}}
+  end
+
+  defp watch_rollback(state, _change), do: state
+
+  defp cancel_rollback(%{rollback: nil} = state), do: state
+
+  defp cancel_rollback(%{rollback: %{refs: refs}} = state) do
+    for {ref, _} <- refs, do: Process.demonitor(ref, [:flush])
+    %{state | rollback: nil}
+  end
+
+  defp crash?(reason), do: reason not in [:normal, :shutdown, :noproc] and not shutdown?(reason)
+
+  defp shutdown?({:shutdown, _}), do: true
+  defp shutdown?(_), do: false
 
   ## Roots
 

@@ -21,6 +21,9 @@ defmodule Sandbox.Telemetry do
   | `[:sandbox, :manager, :destroyed]` | `duration` | `sandbox_id` |
   | `[:sandbox, :manager, :restarted]` | `restart_count` | `sandbox_id`, `reason` (`:requested` or the root supervisor's exit reason) |
   | `[:sandbox, :manager, :failed]` | `restart_count` | `sandbox_id`, `reason` (restart intensity exceeded) |
+  | `[:sandbox, :reload, :reloaded]` | `duration`, `processes` (migrated) | `sandbox_id`, `modules` (original names), `versions` (`%{module => new version}`) |
+  | `[:sandbox, :reload, :rolled_back]` | `duration`, `processes` (migrated) | `sandbox_id`, `modules`, `versions` (`%{module => restored version}`), `reason` (`:requested`, or `{:crash, pid, exit_reason}` within a rollback window) |
+  | `[:sandbox, :reload, :failed]` | `duration` | `sandbox_id`, `reason` (as returned; `{:rollback_failed, reason}` for an automatic rollback) |
   """
 
   @registry Sandbox.EventRegistry
