@@ -497,7 +497,7 @@ static int fail_beam(reloc_ctx *c, beam_errcode code, const char *chunk, uint64_
  * hash sizes follow the input (a 2 KiB literal table needs a 2 KiB window,
  * not 32 KiB and 320 KiB of state to allocate and clear); measured with
  * callgrind on 40 stdlib modules, this cut :keep relocation by a third. */
-static int deflate_into(buf_t *out, const uint8_t *src, size_t len) {
+static int deflate_into(buf_t *out, const uint8_t *src, size_t len, int level) {
     if (len > UINT32_MAX) {
         return -1;
     }
@@ -507,7 +507,7 @@ static int deflate_into(buf_t *out, const uint8_t *src, size_t len) {
     }
     int mem_level = wbits - 6 < 1 ? 1 : (wbits - 6 > 8 ? 8 : wbits - 6);
     z_stream zs = {0};
-    if (deflateInit2(&zs, Z_BEST_SPEED, Z_DEFLATED, wbits, mem_level, Z_DEFAULT_STRATEGY) != Z_OK) {
+    if (deflateInit2(&zs, level, Z_DEFLATED, wbits, mem_level, Z_DEFAULT_STRATEGY) != Z_OK) {
         return -1;
     }
     uLong bound = deflateBound(&zs, (uLong)len);
@@ -571,7 +571,7 @@ static int rw_term_chunk(reloc_ctx *c, const char *id, const uint8_t *d, size_t 
         } else if (compressed) {
             uint8_t hdr[6] = {ETF_VERSION, TAG_COMPRESSED};
             wr_u32(hdr + 2, (uint32_t)t.len);
-            if (buf_put(out, hdr, 6) || deflate_into(out, t.data, t.len)) {
+            if (buf_put(out, hdr, 6) || deflate_into(out, t.data, t.len, Z_BEST_SPEED)) {
                 rc = nomem(c);
             }
         } else if (buf_put_u8(out, ETF_VERSION) || buf_put(out, t.data, t.len)) {
@@ -630,8 +630,8 @@ static int rw_literals(reloc_ctx *c, const beam_module *m, buf_t *out, int *chan
         }
         wr_u32(table.data + size_at, (uint32_t)(table.len - size_at - 4));
     }
-    if (*changed &&
-        (buf_put_u32(out, (uint32_t)table.len) || deflate_into(out, table.data, table.len))) {
+    if (*changed && (buf_put_u32(out, (uint32_t)table.len) ||
+                     deflate_into(out, table.data, table.len, Z_NO_COMPRESSION))) {
         rc = nomem(c);
     }
 out:
@@ -728,8 +728,9 @@ static int build_maps(reloc_ctx *c) {
         strmap *map = pass ? &c->redirects : &c->renames;
         for (size_t i = 0; i < n; i++) {
             const reloc_pair *p = &pairs[i];
-            if (utf8_count(p->from, p->from_len) < 0 || utf8_count(p->to, p->to_len) < 0 ||
-                strmap_put(map, p->from, p->from_len, i) != 0) {
+            int valid = sp->names_valid || (utf8_count(p->from, p->from_len) >= 0 &&
+                                            utf8_count(p->to, p->to_len) >= 0);
+            if (!valid || strmap_put(map, p->from, p->from_len, i) != 0) {
                 c->err->code = RELOC_E_BAD_SPEC;
                 c->err->name = p->from;
                 c->err->name_len = p->from_len;

@@ -28,6 +28,7 @@ typedef struct {
     const reloc_pair *redirects;
     size_t nredirects;
     int strip_debug; /* drop Dbgi and Docs instead of rewriting them */
+    int names_valid; /* the caller guarantees every name is valid UTF-8 */
 } reloc_spec;
 
 typedef struct {

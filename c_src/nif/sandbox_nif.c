@@ -461,7 +461,7 @@ static ERL_NIF_TERM checksum_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
  * Atoms outside latin-1 cannot be read by OTP 25's enif_get_atom; for those
  * the caller passes binaries (see sandbox_nif:relocate/4). */
 static int term_name(ErlNifEnv *env, ERL_NIF_TERM t, uint8_t **arena, const uint8_t **name,
-                     size_t *len) {
+                     size_t *len, int *from_binary) {
     ErlNifBinary bin;
     if (enif_is_atom(env, t)) {
         char latin1[256];
@@ -488,6 +488,7 @@ static int term_name(ErlNifEnv *env, ERL_NIF_TERM t, uint8_t **arena, const uint
     if (get_binary(env, t, &bin)) {
         *name = bin.data;
         *len = bin.size;
+        *from_binary = 1;
         return 1;
     }
     return 0;
@@ -495,7 +496,8 @@ static int term_name(ErlNifEnv *env, ERL_NIF_TERM t, uint8_t **arena, const uint
 
 /* Decodes a map of names to names into pairs. Pairs and the arena holding
  * converted atom names are one allocation, released with enif_free. */
-static int get_pairs(ErlNifEnv *env, ERL_NIF_TERM map, reloc_pair **out, size_t *n) {
+static int get_pairs(ErlNifEnv *env, ERL_NIF_TERM map, reloc_pair **out, size_t *n,
+                     int *from_binary) {
     size_t size;
     *out = NULL;
     *n = 0;
@@ -518,8 +520,8 @@ static int get_pairs(ErlNifEnv *env, ERL_NIF_TERM map, reloc_pair **out, size_t 
     int ok = 1;
     while (ok && enif_map_iterator_get_pair(env, &it, &k, &v)) {
         reloc_pair *p = &pairs[i++];
-        ok = term_name(env, k, &arena, &p->from, &p->from_len) &&
-             term_name(env, v, &arena, &p->to, &p->to_len);
+        ok = term_name(env, k, &arena, &p->from, &p->from_len, from_binary) &&
+             term_name(env, v, &arena, &p->to, &p->to_len, from_binary);
         enif_map_iterator_next(env, &it);
     }
     enif_map_iterator_destroy(env, &it);
@@ -538,8 +540,10 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     reloc_spec spec = {0};
     reloc_pair *renames = NULL, *redirects = NULL;
     ERL_NIF_TERM ret;
-    if (!get_binary(env, argv[0], &bin) || !get_pairs(env, argv[1], &renames, &spec.nrenames) ||
-        !get_pairs(env, argv[2], &redirects, &spec.nredirects) ||
+    int from_binary = 0;
+    if (!get_binary(env, argv[0], &bin) ||
+        !get_pairs(env, argv[1], &renames, &spec.nrenames, &from_binary) ||
+        !get_pairs(env, argv[2], &redirects, &spec.nredirects, &from_binary) ||
         (argv[3] != am_true && argv[3] != am_false)) {
         ret = enif_make_badarg(env);
         goto out;
@@ -547,6 +551,8 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     spec.renames = renames;
     spec.redirects = redirects;
     spec.strip_debug = argv[3] == am_true;
+    /* Names read from atoms are valid UTF-8; binaries are checked by the core. */
+    spec.names_valid = !from_binary;
     uint8_t *data;
     size_t len;
     reloc_error err;

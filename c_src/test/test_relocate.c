@@ -26,7 +26,7 @@ Test(relocate, renames_the_module_and_keeps_code) {
     size_t n, out_n;
     uint8_t *in = test_lists_beam(&n), *out;
     reloc_pair renames[] = {PAIR("lists", "sandbox@t@lists")};
-    reloc_spec spec = {renames, 1, NULL, 0, 0};
+    reloc_spec spec = {renames, 1, NULL, 0, 0, 0};
     reloc_error err;
     cr_assert_eq(beam_relocate(in, n, &spec, &out, &out_n, &err), 0);
     cr_assert_eq(beam_validate(out, out_n, BEAM_DEFAULT_MAX_OPCODE, &err.beam), BEAM_OK);
@@ -54,7 +54,7 @@ Test(relocate, renames_the_module_and_keeps_code) {
 Test(relocate, nothing_to_do_is_identity) {
     size_t n, out_n;
     uint8_t *in = test_lists_beam(&n), *out;
-    reloc_spec spec = {NULL, 0, NULL, 0, 0};
+    reloc_spec spec = {NULL, 0, NULL, 0, 0, 0};
     reloc_error err;
     cr_assert_eq(beam_relocate(in, n, &spec, &out, &out_n, &err), 0);
     cr_assert_eq(out_n, n);
@@ -67,7 +67,7 @@ Test(relocate, redirect_appends_the_shim_and_repoints_imports) {
     size_t n, out_n;
     uint8_t *in = test_lists_beam(&n), *out;
     reloc_pair redirects[] = {PAIR("erlang", "my_shim")};
-    reloc_spec spec = {NULL, 0, redirects, 1, 0};
+    reloc_spec spec = {NULL, 0, redirects, 1, 0, 0};
     reloc_error err;
     cr_assert_eq(beam_relocate(in, n, &spec, &out, &out_n, &err), 0);
     beam_module a, b;
@@ -108,7 +108,7 @@ Test(relocate, redirect_appends_the_shim_and_repoints_imports) {
 Test(relocate, strip_drops_debug_info) {
     size_t n, out_n;
     uint8_t *in = test_lists_beam(&n), *out;
-    reloc_spec spec = {NULL, 0, NULL, 0, 1};
+    reloc_spec spec = {NULL, 0, NULL, 0, 1, 0};
     reloc_error err;
     cr_assert_eq(beam_relocate(in, n, &spec, &out, &out_n, &err), 0);
     beam_module b;
@@ -128,7 +128,7 @@ Test(relocate, errors) {
     memset(long_name, 'x', sizeof long_name - 1);
     long_name[sizeof long_name - 1] = 0;
     reloc_pair too_long[] = {PAIR("lists", long_name)};
-    reloc_spec spec = {too_long, 1, NULL, 0, 0};
+    reloc_spec spec = {too_long, 1, NULL, 0, 0, 0};
     reloc_error err;
     cr_assert_eq(beam_relocate(in, n, &spec, &out, &out_n, &err), -1);
     cr_assert_eq(err.code, RELOC_E_ATOM_TOO_LONG);
@@ -156,7 +156,7 @@ Test(relocate, byte_flips) {
     size_t n, out_n;
     uint8_t *in = test_lists_beam(&n), *out;
     reloc_pair renames[] = {PAIR("lists", "sandbox@t@lists"), PAIR("erlang", "sandbox@t@erlang")};
-    reloc_spec spec = {renames, 2, NULL, 0, 0};
+    reloc_spec spec = {renames, 2, NULL, 0, 0, 0};
     reloc_error err;
     for (size_t i = 0; i < n; i += 13) {
         in[i] ^= 0xA5;

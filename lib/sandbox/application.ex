@@ -16,6 +16,8 @@ defmodule Sandbox.Application do
 
   @impl true
   def start(_type, _args) do
+    # Owned by this (the application's) process, so they outlive any server.
+    :ok = Sandbox.Manager.create_tables()
     env = Application.get_all_env(:sandbox)
 
     children = [

@@ -1,6 +1,6 @@
 defmodule Sandbox.Manager do
   @moduledoc """
-  Owns the sandboxes' lookup table and their id reservations.
+  Keeps the sandboxes' lookup table and their id reservations.
 
   Each live sandbox is one `Sandbox.Instance` process under
   `Sandbox.InstanceSupervisor`; the manager does none of their work, so
@@ -72,8 +72,14 @@ defmodule Sandbox.Manager do
     for {_id, _pid, %{listed: true} = info} <- :ets.tab2list(@table), do: info
   end
 
-  @impl true
-  def init(:ok) do
+  @doc """
+  Creates the tables sandboxes live in: this one, `Sandbox.Env`'s and
+  `Sandbox.GroupLeader`'s. Called once by `Sandbox.Application.start/2`, so
+  that the application's own process owns them and they outlive a crash of
+  the manager (or of any other server).
+  """
+  @spec create_tables() :: :ok
+  def create_tables do
     :ets.new(@table, [
       :set,
       :public,
@@ -84,7 +90,18 @@ defmodule Sandbox.Manager do
 
     Sandbox.Env.create_table()
     Sandbox.GroupLeader.create_table()
-    {:ok, %{}}
+    :ok
+  end
+
+  @impl true
+  def init(:ok) do
+    # After a restart, watch the instances that are already there.
+    monitors =
+      for {id, pid, _info} <- :ets.tab2list(@table), into: %{} do
+        {Process.monitor(pid), id}
+      end
+
+    {:ok, monitors}
   end
 
   @impl true

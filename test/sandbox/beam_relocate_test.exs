@@ -254,6 +254,11 @@ defmodule Sandbox.BeamRelocateTest do
     assert_raise ArgumentError, fn -> Beam.relocate(beam, %{}, %{}, debug_info: :maybe) end
     assert_raise ArgumentError, fn -> Beam.relocate(beam, %{}, %{}, bogus: 1) end
     assert_raise ArgumentError, fn -> Beam.rename_map("a", [:not_parsed]) end
+    # The Erlang entry point takes names as binaries too; they must be UTF-8.
+    assert :sandbox_nif.relocate(beam, %{<<255>> => "x"}, %{}, false) == {:error, :badarg}
+
+    assert {:ok, _} =
+             :sandbox_nif.relocate(beam, %{"Elixir.ArgFix" => "Elixir.ArgFix2"}, %{}, false)
   end
 
   test "malformed BEAMs are errors, never crashes" do

@@ -36,6 +36,23 @@ defmodule Sandbox.LifecycleGlobalTest do
     assert :ok = Sandbox.destroy_sandbox("consolidated")
   end
 
+  test "a crash of the manager loses no sandbox" do
+    a = "manager-crash"
+    {:ok, _} = Sandbox.create_sandbox(a, :counter, sandbox_path: counter_path())
+    {:ok, 1} = Sandbox.call(a, Counter, :increment, [])
+    manager = Process.whereis(Sandbox.Manager)
+    ref = Process.monitor(manager)
+    Process.exit(manager, :kill)
+    assert_receive {:DOWN, ^ref, :process, ^manager, :killed}
+
+    # The sandbox, its environment and its lookup row are still there.
+    assert {:ok, 2} = Sandbox.call(a, Counter, :increment, [])
+    assert {:ok, "hello from counter"} = Sandbox.call(a, Counter, :greeting, [])
+    assert {:ok, %{status: :running}} = Sandbox.get_sandbox_info(a)
+    assert :ok = Sandbox.destroy_sandbox(a)
+    assert Sandbox.get_sandbox_info(a) == {:error, :not_found}
+  end
+
   @tag :slow
   test "100 sandboxes at once, then 50 concurrent creates, destroys, lists and calls" do
     ids = for i <- 1..100, do: "many#{i}"
