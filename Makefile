@@ -151,7 +151,8 @@ sanitize: setup
 FUZZ_BIN = $(FUZZ_SRC:c_src/fuzz/%.c=$(BUILD_DIR)/fuzz/%)
 $(BUILD_DIR)/fuzz/%: c_src/fuzz/%.c $(CORE_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=gnu11 -O1 -g -Ic_src/core -fsanitize=fuzzer,address,undefined -o $@ $< $(CORE_SRC) $(CORE_LIBS)
+	clang -std=gnu11 -O1 -g -Ic_src/core -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=undefined -o $@ $< $(CORE_SRC) $(CORE_LIBS)
 
 # Each target runs FUZZ_SECONDS seconds with the installed .beam files as seed corpus.
 fuzz: setup $(FUZZ_BIN)

@@ -295,7 +295,8 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
             s.nframes--;
             if (done.kind == FR_FUN) {
                 wr_u32(out->data + done.size_field, (uint32_t)(out->len - done.size_field));
-            } else if (done.kind == FR_MAP) {
+            } else if (done.kind == FR_MAP && s.nkeys > done.keys_start) {
+                /* (An empty map has no keys, and s.keys may still be NULL.) */
                 long dup =
                     find_duplicate_key(out, s.keys + done.keys_start, s.nkeys - done.keys_start);
                 if (dup >= 0) {

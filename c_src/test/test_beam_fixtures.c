@@ -9,6 +9,7 @@
 
 #include "beam.h"
 #include "bytes.h"
+#include "relocate.h"
 
 typedef struct {
     const char *id;
@@ -332,4 +333,43 @@ Test(fixtures, utf8_count) {
     cr_assert_eq(utf8_count(overlong, sizeof overlong - 1), -1);
     const uint8_t surrogate[] = "\xED\xA0\x80";
     cr_assert_eq(utf8_count(surrogate, 3), -1);
+}
+
+/* A rewritten literal holding an empty map: {m, #{}} with m renamed. The key
+ * list of an empty map is never allocated (UBSan once caught arithmetic on
+ * that NULL pointer, under make sanitize it would abort). */
+Test(fixtures, relocate_literal_with_empty_map) {
+    const uint8_t table[] = {0, 0, 0, 1, 0, 0, 0, 11, 131, 104, 2, 119, 1, 'm', 116, 0, 0, 0, 0};
+    uLongf zlen = compressBound(sizeof table);
+    uint8_t chunk[4 + 64];
+    cr_assert_eq(compress(chunk + 4, &zlen, table, sizeof table), Z_OK);
+    wr_u32(chunk, sizeof table);
+    spec cs[] = {CHUNK("AtU8", 0, 0, 0, 2, 1, 'm', 1, 'f'), MODULE_REST, {"LitT", chunk, 4 + zlen}};
+    size_t size;
+    uint8_t *in = build(cs, 6, &size), *out;
+    reloc_pair renames[] = {{(const uint8_t *)"m", 1, (const uint8_t *)"renamed_m", 9}};
+    reloc_spec rs = {renames, 1, NULL, 0, 0, 0};
+    reloc_error err;
+    size_t out_len;
+    cr_assert_eq(beam_relocate(in, size, &rs, &out, &out_len, &err), 0);
+
+    beam_module m;
+    beam_error e;
+    cr_assert_eq(beam_parse(out, out_len, &m, &e), BEAM_OK);
+    cr_assert(atom_is(&m, 1, "renamed_m"));
+    beam_literals lits;
+    cr_assert_eq(beam_literals_load(&m, &lits, &e), BEAM_OK);
+    size_t pos = 0;
+    const uint8_t *term;
+    uint32_t len;
+    cr_assert(beam_literals_next(&lits, &pos, &term, &len));
+    /* {renamed_m, #{}} in canonical form. */
+    const uint8_t expect[] = {131, 104, 2,   119, 9,   'r', 'e', 'n', 'a', 'm',
+                              'e', 'd', '_', 'm', 116, 0,   0,   0,   0};
+    cr_assert_eq(len, sizeof expect);
+    cr_assert(memcmp(term, expect, len) == 0);
+    beam_literals_free(&lits);
+    beam_module_free(&m);
+    free(out);
+    free(in);
 }
