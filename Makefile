@@ -3,7 +3,7 @@
 #   make setup     install missing Debian packages (idempotent)
 #   make           build the native code and the Elixir application
 #   make test      setup + build + every test suite (C, EUnit, ExUnit incl. :slow)
-#   make bench     benchmarks, printing BENCH lines
+#   make bench     benchmarks, printing BENCH lines (BENCHES="a b" for some)
 #   make fuzz      libFuzzer targets, FUZZ_SECONDS each (default 60)
 #   make sanitize  the C core's Criterion tests under ASan + UBSan
 #   make demo      the demo: sandboxes from examples/counter side by side
@@ -165,8 +165,12 @@ fuzz: setup $(FUZZ_BIN)
 	    $(BUILD_DIR)/fuzz-corpus/$$name $(BUILD_DIR)/fuzz-seed; \
 	done
 
+# Each benchmark file runs in a VM of its own, so that none measures the
+# state another left behind (thousands of loaded and purged modules make
+# code loading itself several times slower).
+BENCHES ?= $(patsubst bench/%_bench.exs,%,$(wildcard bench/*_bench.exs))
 bench: setup native
-	MIX_ENV=bench $(MIX) run bench/run.exs
+	@set -e; for b in $(BENCHES); do BENCH_ONLY=$$b MIX_ENV=bench $(MIX) run bench/run.exs; done
 
 # The main job for a new user: two sandboxes from examples/counter and a
 # third from a changed copy, side by side, with timings.

@@ -1,6 +1,7 @@
-# `make bench` entry point: runs every bench/*_bench.exs in name order. Each
+# Runs bench/<BENCH_ONLY>_bench.exs, or every bench/*_bench.exs in name order
+# when BENCH_ONLY is unset (`make bench` runs each in a VM of its own). Each
 # prints BENCH lines in the format of API.md ("Benchmarks") and nothing else
-# on those lines. BENCH_ONLY=name runs only bench/<name>_bench.exs.
+# on those lines.
 only = System.get_env("BENCH_ONLY")
 
 files =
