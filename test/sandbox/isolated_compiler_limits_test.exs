@@ -105,7 +105,10 @@ defmodule Sandbox.IsolatedCompilerLimitsTest do
     File.write!(Path.join(dir, "fork.ex"), """
     defmodule ForkFixture do
       for _ <- 1..40, do: Port.open({:spawn_executable, "/bin/sleep"}, args: ["30"])
-      Process.sleep(:infinity)
+      # Hold the compile (in the worker) until the limit ends it.
+      receive do
+        :never -> :ok
+      end
     end
     """)
 
