@@ -185,15 +185,7 @@ defmodule Sandbox do
   modules and shims, and forgets its environment.
   """
   @spec destroy_sandbox(id) :: :ok | {:error, :not_found | {:invalid_id, term}}
-  def destroy_sandbox(id) do
-    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
-      try do
-        Instance.destroy(pid)
-      catch
-        :exit, _ -> {:error, :not_found}
-      end
-    end
-  end
+  def destroy_sandbox(id), do: with_instance(id, &Instance.destroy/1)
 
   @doc """
   Stops sandbox `id`'s processes and starts them again, with the same code
@@ -201,13 +193,7 @@ defmodule Sandbox do
   """
   @spec restart_sandbox(id) :: {:ok, info} | {:error, term}
   def restart_sandbox(id) do
-    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
-      try do
-        with {:ok, _} <- Instance.restart(pid), do: get_sandbox_info(id)
-      catch
-        :exit, _ -> {:error, :not_found}
-      end
-    end
+    with {:ok, _} <- with_instance(id, &Instance.restart/1), do: get_sandbox_info(id)
   end
 
   @doc "The info of sandbox `id`, with its current resource usage."
@@ -363,15 +349,8 @@ defmodule Sandbox do
   """
   @spec hot_reload_sandbox(id, binary | [binary], keyword) ::
           {:ok, :hot_reloaded | :unchanged} | {:error, term}
-  def hot_reload_sandbox(id, beams, opts \\ []) do
-    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
-      try do
-        Instance.hot_reload(pid, beams, opts)
-      catch
-        :exit, _ -> {:error, :not_found}
-      end
-    end
-  end
+  def hot_reload_sandbox(id, beams, opts \\ []),
+    do: with_instance(id, &Instance.hot_reload(&1, beams, opts))
 
   @doc """
   Compiles `{:file, path}` (an `.ex` or `.erl` file) or `{:code, string}`
@@ -384,11 +363,12 @@ defmodule Sandbox do
   @spec hot_reload_source(id, {:file, Path.t()} | {:code, String.t()}, keyword) ::
           {:ok, :hot_reloaded | :unchanged} | {:error, term}
   def hot_reload_source(id, source, opts \\ []) do
-    with :ok <- check_id(id),
-         {:ok, pid, _info} <- Manager.lookup(id),
-         {:ok, compile_opts} <- instance_call(fn -> Instance.versions(pid, :compile_opts) end),
+    # The compile runs outside the instance (it can take long), then the
+    # modules are reloaded as one change.
+    with {:ok, compile_opts} <- with_instance(id, &Instance.versions(&1, :compile_opts)),
          {:ok, modules} <- compile_source(source, compile_opts) do
-      instance_call(fn -> Instance.hot_reload(pid, Enum.map(modules, &elem(&1, 1)), opts) end)
+      beams = Enum.map(modules, &elem(&1, 1))
+      with_instance(id, &Instance.hot_reload(&1, beams, opts))
     end
   end
 
@@ -426,9 +406,7 @@ defmodule Sandbox do
   """
   @spec rollback_module(id, module, pos_integer) :: {:ok, :rolled_back} | {:error, term}
   def rollback_module(id, module, version) when is_atom(module) and is_integer(version) do
-    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
-      instance_call(fn -> Instance.rollback(pid, module, version) end)
-    end
+    with_instance(id, &Instance.rollback(&1, module, version))
   end
 
   @doc """
@@ -439,9 +417,7 @@ defmodule Sandbox do
   @spec get_current_version(id, module) ::
           {:ok, pos_integer} | {:error, :not_found | {:invalid_id, term}}
   def get_current_version(id, module) when is_atom(module) do
-    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
-      instance_call(fn -> Instance.versions(pid, {:current_version, module}) end)
-    end
+    with_instance(id, &Instance.versions(&1, {:current_version, module}))
   end
 
   @doc """
@@ -456,15 +432,9 @@ defmodule Sandbox do
       raise ArgumentError, "list_module_versions/2: invalid sandbox id #{inspect(id)}"
     end
 
-    case Manager.lookup(id) do
-      {:ok, pid, _info} ->
-        case instance_call(fn -> Instance.versions(pid, {:versions, module}) end) do
-          {:error, :not_found} -> []
-          list -> list
-        end
-
-      {:error, :not_found} ->
-        []
+    case with_instance(id, &Instance.versions(&1, {:versions, module})) do
+      {:error, :not_found} -> []
+      list -> list
     end
   end
 
@@ -476,9 +446,7 @@ defmodule Sandbox do
   @spec get_dependency_graph(id) ::
           {:ok, %{module => [module]}} | {:error, :not_found | {:invalid_id, term}}
   def get_dependency_graph(id) do
-    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
-      instance_call(fn -> Instance.versions(pid, :dependency_graph) end)
-    end
+    with_instance(id, &Instance.versions(&1, :dependency_graph))
   end
 
   @doc """
@@ -488,16 +456,20 @@ defmodule Sandbox do
   """
   @spec calculate_reload_order(id, [module]) :: {:ok, [module]} | {:error, term}
   def calculate_reload_order(id, modules) when is_list(modules) do
-    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
-      instance_call(fn -> Instance.versions(pid, {:reload_order, modules}) end)
-    end
+    with_instance(id, &Instance.versions(&1, {:reload_order, modules}))
   end
 
-  # The instance may go away between the lookup and the call (destroy).
-  defp instance_call(fun) do
-    fun.()
-  catch
-    :exit, _ -> {:error, :not_found}
+  # Checks the id, finds the sandbox's instance and calls `fun` with it. The
+  # instance may go away between the lookup and the call (a concurrent
+  # destroy): that is :not_found too.
+  defp with_instance(id, fun) do
+    with :ok <- check_id(id), {:ok, pid, _info} <- Manager.lookup(id) do
+      try do
+        fun.(pid)
+      catch
+        :exit, _ -> {:error, :not_found}
+      end
+    end
   end
 
   ## Helpers
