@@ -215,7 +215,9 @@ defmodule Sandbox do
       :"Elixir.Sandbox@a.Demo.Counter"
   """
   @spec module_name(id, module) :: module
-  def module_name(id, module) when is_atom(module) do
+  def module_name(id, module) do
+    check_module!(module)
+
     case Beam.relocated_name(id, module) do
       {:ok, name} -> name
       {:error, reason} -> raise ArgumentError, "module_name/2: #{inspect(reason)}"
@@ -236,11 +238,17 @@ defmodule Sandbox do
   `{:error, {:exit, {:nocatch, value}}}`.
   """
   @spec call(id, module, atom, [term], keyword) :: result
-  def call(id, module, function, args, opts \\ [])
-      when is_atom(module) and is_atom(function) and is_list(args) do
-    with :ok <- check_id(id), {:ok, _pid, info} <- live(id) do
-      target = module_name(id, module)
-      run_in(info, fn -> apply(target, function, args) end, timeout(opts))
+  def call(id, module, function, args, opts \\ []) do
+    with :ok <- check_id(id) do
+      check_module!(module)
+      check!(is_atom(function), "a function name (atom)", function)
+      check!(is_list(args), "a list of arguments", args)
+      timeout = timeout(opts)
+
+      with {:ok, _pid, info} <- live(id) do
+        target = module_name(id, module)
+        run_in(info, fn -> apply(target, function, args) end, timeout)
+      end
     end
   end
 
@@ -253,9 +261,11 @@ defmodule Sandbox do
   names, see `module_name/2`) see the sandbox's own.
   """
   @spec run(id, (() -> term), keyword) :: result
-  def run(id, fun, opts \\ []) when is_function(fun, 0) do
-    with :ok <- check_id(id), {:ok, _pid, info} <- live(id) do
-      run_in(info, fun, timeout(opts))
+  def run(id, fun, opts \\ []) do
+    with :ok <- check_id(id) do
+      check!(is_function(fun, 0), "a function of arity 0", fun)
+      timeout = timeout(opts)
+      with {:ok, _pid, info} <- live(id), do: run_in(info, fun, timeout)
     end
   end
 
@@ -405,8 +415,12 @@ defmodule Sandbox do
   `hot_reload_sandbox/3`. Emits `[:sandbox, :reload, :rolled_back]`.
   """
   @spec rollback_module(id, module, pos_integer) :: {:ok, :rolled_back} | {:error, term}
-  def rollback_module(id, module, version) when is_atom(module) and is_integer(version) do
-    with_instance(id, &Instance.rollback(&1, module, version))
+  def rollback_module(id, module, version) do
+    with :ok <- check_id(id) do
+      check_module!(module)
+      check!(is_integer(version) and version > 0, "a version (positive integer)", version)
+      with_instance(id, &Instance.rollback(&1, module, version))
+    end
   end
 
   @doc """
@@ -416,8 +430,11 @@ defmodule Sandbox do
   """
   @spec get_current_version(id, module) ::
           {:ok, pos_integer} | {:error, :not_found | {:invalid_id, term}}
-  def get_current_version(id, module) when is_atom(module) do
-    with_instance(id, &Instance.versions(&1, {:current_version, module}))
+  def get_current_version(id, module) do
+    with :ok <- check_id(id) do
+      check_module!(module)
+      with_instance(id, &Instance.versions(&1, {:current_version, module}))
+    end
   end
 
   @doc """
@@ -427,10 +444,12 @@ defmodule Sandbox do
   list, an invalid id raises `ArgumentError` (like `module_name/2`).
   """
   @spec list_module_versions(id, module) :: [module_version]
-  def list_module_versions(id, module) when is_atom(module) do
+  def list_module_versions(id, module) do
     with {:error, {:invalid_id, _}} <- check_id(id) do
       raise ArgumentError, "list_module_versions/2: invalid sandbox id #{inspect(id)}"
     end
+
+    check_module!(module)
 
     case with_instance(id, &Instance.versions(&1, {:versions, module})) do
       {:error, :not_found} -> []
@@ -455,8 +474,11 @@ defmodule Sandbox do
   `{:invalid_id, id}`, `:not_found`, `{:unknown_module, module}`.
   """
   @spec calculate_reload_order(id, [module]) :: {:ok, [module]} | {:error, term}
-  def calculate_reload_order(id, modules) when is_list(modules) do
-    with_instance(id, &Instance.versions(&1, {:reload_order, modules}))
+  def calculate_reload_order(id, modules) do
+    with :ok <- check_id(id) do
+      check!(is_list(modules) and Enum.all?(modules, &module?/1), "a list of modules", modules)
+      with_instance(id, &Instance.versions(&1, {:reload_order, modules}))
+    end
   end
 
   # Checks the id, finds the sandbox's instance and calls `fun` with it. The
@@ -480,6 +502,17 @@ defmodule Sandbox do
     if is_binary(id) and Regex.match?(@id_pattern, id), do: :ok, else: {:error, {:invalid_id, id}}
   end
 
+  # Wrong argument types raise (after the id check, which answers
+  # {:error, {:invalid_id, id}} as every tagged function does).
+  defp check!(true, _expected, _value), do: :ok
+
+  defp check!(false, expected, value),
+    do: raise(ArgumentError, "expected #{expected}, got: #{inspect(value)}")
+
+  defp module?(module), do: is_atom(module) and module not in [nil, true, false]
+
+  defp check_module!(module), do: check!(module?(module), "a module name (atom)", module)
+
   defp check_target(target) when is_atom(target) and target not in [nil, true, false], do: :ok
   defp check_target(target), do: {:error, {:unknown_module_or_app, target}}
 
@@ -491,6 +524,8 @@ defmodule Sandbox do
   end
 
   defp timeout(opts) do
+    check!(Keyword.keyword?(opts), "a keyword list of options", opts)
+
     case Keyword.get(opts, :timeout, 5_000) do
       t when (is_integer(t) and t > 0) or t == :infinity ->
         t

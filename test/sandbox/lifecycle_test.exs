@@ -382,6 +382,36 @@ defmodule Sandbox.LifecycleTest do
       assert Sandbox.call("#{prefix}none", Counter, :value, []) == {:error, :not_found}
     end
 
+    test "wrong argument types raise ArgumentError; the id is checked first", %{prefix: prefix} do
+      # Types are checked before the sandbox is looked up: no sandbox needed.
+      id = "#{prefix}none"
+
+      for fun <- [
+            fn -> Sandbox.call(id, "Counter", :value, []) end,
+            fn -> Sandbox.call(id, Counter, "value", []) end,
+            fn -> Sandbox.call(id, Counter, :value, :not_a_list) end,
+            fn -> Sandbox.call(id, Counter, :value, [], :not_a_list) end,
+            fn -> Sandbox.call(id, Counter, :value, [], timeout: -1) end,
+            fn -> Sandbox.run(id, fn _ -> :ok end) end,
+            fn -> Sandbox.run(id, :not_a_fun) end,
+            fn -> Sandbox.rollback_module(id, Counter, "1") end,
+            fn -> Sandbox.rollback_module(id, Counter, 0) end,
+            fn -> Sandbox.rollback_module(id, "Counter", 1) end,
+            fn -> Sandbox.get_current_version(id, "Counter") end,
+            fn -> Sandbox.list_module_versions(id, 42) end,
+            fn -> Sandbox.calculate_reload_order(id, Counter) end,
+            fn -> Sandbox.calculate_reload_order(id, [Counter, "Other"]) end,
+            fn -> Sandbox.module_name(id, "Counter") end
+          ] do
+        assert_raise ArgumentError, fun
+      end
+
+      # An invalid id answers {:error, {:invalid_id, id}} even with wrong types.
+      assert Sandbox.call("a.b", "Counter", :value, []) == {:error, {:invalid_id, "a.b"}}
+      assert Sandbox.rollback_module(:x, Counter, "1") == {:error, {:invalid_id, :x}}
+      assert Sandbox.calculate_reload_order(nil, :x) == {:error, {:invalid_id, nil}}
+    end
+
     test "options", %{prefix: prefix} do
       id = "#{prefix}o"
       path = counter_path()
