@@ -40,7 +40,18 @@ defmodule Sandbox.IsolatedCompiler do
     * `:mix_env` — the Mix environment `mix.exs` and the config see
       (default `:prod`)
     * `:env` — map of OS environment variables for the job
-      (`name => value`, `nil` unsets), over the host's environment
+      (`name => value`, `nil` unsets), over the worker's minimal environment
+      (`Sandbox.IsolatedCompiler.Pool.base_env/0`: the host's `PATH`,
+      `HOME` and locale, nothing else)
+    * `:memory_limit` — the seed's name for `compile_limits.max_memory`
+    * `:incremental` — with `true`, `compile_sandbox/2` recompiles only what
+      changed since the last build of the same directory (found by the
+      checksums of its sources), as `incremental_compile/3` does, and
+      returns only the modules whose BEAM changed (default `false`)
+    * `:max_new_atoms` — how many atoms that do not exist yet the worker's
+      result may bring into this VM (default 50,000, or the application
+      environment's `:max_new_atoms`): the result is written by a VM that
+      ran the project's code, and is decoded with `Sandbox.SafeTerm`
     * `:write_artifacts` — keep the compiled `.beam` and `.app` files in
       `temp_dir` (default `true`); with `false` nothing stays on disk and
       `temp_dir`, `app_file` and `beam_files` are `nil`, `nil` and `[]`
@@ -95,11 +106,17 @@ defmodule Sandbox.IsolatedCompiler do
     * `{:compile_timeout, ms}`
     * `{:compile_resource_limit, :memory | :processes | :cpu | :file_size}`
     * `{:worker_crashed, reason}` — the worker died without a result
-      (`reason` is how it exited, such as `{:status, 0}` or `{:signal, 9}`)
+      (`reason` is how it exited, such as `{:status, 0}` or `{:signal, 9}`),
+      or its result was refused: `{:bad_result, why}` with `why` one of
+      `Sandbox.SafeTerm`'s reasons (such as `{:too_many_atoms, max}`)
+
+  Options are validated: an unknown option or a value of the wrong type
+  raises `ArgumentError`.
     * `{:invalid_beam, module, reason}` — with `:validate_beams`
   """
 
   alias Sandbox.IsolatedCompiler.{Cache, Pool, Worker}
+  alias Sandbox.SafeTerm
 
   @default_timeout 30_000
   @default_limits %{
@@ -108,6 +125,7 @@ defmodule Sandbox.IsolatedCompiler do
     max_processes: 64,
     max_cpu_seconds: nil
   }
+  @default_max_new_atoms 50_000
   @source_exts ~w(.ex .exs .erl .hrl)
   @skip_dirs ~w(_build .git .elixir_ls node_modules cover)
 
@@ -171,16 +189,49 @@ defmodule Sandbox.IsolatedCompiler do
     path = expand_path!(sandbox_path)
     opts = normalize_opts!(opts)
 
+    kind = if File.regular?(Path.join(path, "mix.exs")), do: :project, else: :dir
+
     cond do
-      not File.dir?(path) ->
-        {:error, {:no_such_directory, sandbox_path}}
-
-      File.regular?(Path.join(path, "mix.exs")) ->
-        compile(:project, path, nil, opts)
-
-      true ->
-        compile(:dir, path, nil, opts)
+      not File.dir?(path) -> {:error, {:no_such_directory, sandbox_path}}
+      opts.incremental -> since_last_build(kind, path, opts)
+      true -> compile(kind, path, nil, opts)
     end
+  end
+
+  # `incremental: true`: the files changed since the last build of `path`
+  # are found by their checksums, then compiled as `incremental_compile/3`
+  # does.
+  defp since_last_build(kind, path, opts) do
+    full_opts = %{opts | incremental: false, raw: Keyword.delete(opts.raw, :incremental)}
+
+    with_build_lock(kind, path, opts, fn build ->
+      with true <- is_map(build) || :no_build,
+           {:ok, inputs} <- scan_inputs(kind, path, nil, opts.limits.max_file_size) do
+        now = Map.new(inputs, fn {abs, _rel, sum} -> {abs, sum} end)
+
+        changed = for {file, sum} <- now, Map.get(build.inputs, file) != sum, do: file
+
+        deleted = for {file, _} <- build.inputs, not Map.has_key?(now, file), do: file
+        incremental(kind, path, build, changed ++ deleted, full_opts)
+      else
+        :no_build -> compile(kind, path, nil, full_opts)
+        {:error, _} = error -> error
+      end
+    end)
+  end
+
+  # Incremental compiles of one directory run one at a time: each reads the
+  # last build and writes the next, and two at once would lose one's
+  # changes.
+  defp with_build_lock(kind, path, opts, fun) do
+    key = build_key(kind, path, opts)
+
+    :global.trans(
+      {{__MODULE__, key}, self()},
+      fn -> fun.(Cache.get_build(opts.cache_server, key)) end,
+      [node()],
+      :infinity
+    )
   end
 
   @doc """
@@ -225,14 +276,15 @@ defmodule Sandbox.IsolatedCompiler do
 
     changed = Enum.map(changed_files, &Path.expand(&1, path))
 
-    with true <- File.dir?(path) || {:error, {:no_such_directory, sandbox_path}},
-         kind = if(File.regular?(Path.join(path, "mix.exs")), do: :project, else: :dir),
-         build when is_map(build) <-
-           Cache.get_build(opts.cache_server, build_key(kind, path, opts)) do
-      incremental(kind, path, build, changed, opts)
+    if File.dir?(path) do
+      kind = if File.regular?(Path.join(path, "mix.exs")), do: :project, else: :dir
+
+      with_build_lock(kind, path, opts, fn
+        nil -> compile(kind, path, nil, opts)
+        build -> incremental(kind, path, build, changed, opts)
+      end)
     else
-      nil -> compile_sandbox(path, opts.raw)
-      {:error, _} = error -> error
+      {:error, {:no_such_directory, sandbox_path}}
     end
   end
 
@@ -326,7 +378,32 @@ defmodule Sandbox.IsolatedCompiler do
 
   defp normalize_opts!(%{raw: _} = opts), do: opts
 
+  @known_opts [
+    :compile_timeout,
+    :timeout,
+    :compile_limits,
+    :memory_limit,
+    :mix_env,
+    :env,
+    :write_artifacts,
+    :validate_beams,
+    :incremental,
+    :cache,
+    :max_new_atoms,
+    :artifacts_dir,
+    :pool,
+    :cache_server
+  ]
+
   defp normalize_opts!(opts) when is_list(opts) do
+    unless Keyword.keyword?(opts),
+      do: raise(ArgumentError, "expected a keyword list of options, got: #{inspect(opts)}")
+
+    case Enum.find(Keyword.keys(opts), &(&1 not in @known_opts)) do
+      nil -> :ok
+      key -> raise ArgumentError, "unknown option #{inspect(key)}; known: #{inspect(@known_opts)}"
+    end
+
     timeout = Keyword.get(opts, :compile_timeout, Keyword.get(opts, :timeout, @default_timeout))
 
     unless timeout == :infinity or (is_integer(timeout) and timeout > 0),
@@ -336,6 +413,13 @@ defmodule Sandbox.IsolatedCompiler do
 
     unless is_map(limits) and Enum.all?(Map.keys(limits), &Map.has_key?(@default_limits, &1)),
       do: raise(ArgumentError, "invalid :compile_limits: #{inspect(limits)}")
+
+    # The seed's name for the worker's memory limit.
+    limits =
+      case Keyword.fetch(opts, :memory_limit) do
+        {:ok, bytes} -> Map.put(limits, :max_memory, bytes)
+        :error -> limits
+      end
 
     for {k, v} <- limits,
         not (is_nil(v) or (is_integer(v) and v > 0)),
@@ -350,6 +434,21 @@ defmodule Sandbox.IsolatedCompiler do
     mix_env = Keyword.get(opts, :mix_env, :prod)
     unless is_atom(mix_env), do: raise(ArgumentError, "expected :mix_env as an atom")
 
+    for key <- [:write_artifacts, :validate_beams, :incremental, :cache],
+        value = Keyword.get(opts, key, true),
+        not is_boolean(value),
+        do: raise(ArgumentError, "expected #{inspect(key)} as a boolean, got: #{inspect(value)}")
+
+    max_atoms = Keyword.get(opts, :max_new_atoms, Application.get_env(:sandbox, :max_new_atoms))
+
+    unless is_nil(max_atoms) or max_atoms == :infinity or
+             (is_integer(max_atoms) and max_atoms >= 0),
+           do:
+             raise(
+               ArgumentError,
+               "expected :max_new_atoms as a count, got: #{inspect(max_atoms)}"
+             )
+
     %{
       raw: opts,
       timeout: timeout,
@@ -358,7 +457,9 @@ defmodule Sandbox.IsolatedCompiler do
       mix_env: mix_env,
       validate: Keyword.get(opts, :validate_beams, true),
       write_artifacts: Keyword.get(opts, :write_artifacts, true),
+      incremental: Keyword.get(opts, :incremental, false),
       cache: Keyword.get(opts, :cache, true),
+      max_new_atoms: max_atoms || @default_max_new_atoms,
       artifacts: Keyword.get_lazy(opts, :artifacts_dir, &artifacts_root/0),
       pool: Keyword.get(opts, :pool, Pool),
       cache_server: Keyword.get(opts, :cache_server, Cache)
@@ -378,7 +479,7 @@ defmodule Sandbox.IsolatedCompiler do
          env = effective_env(opts.env) do
       case opts.cache && Cache.fetch(opts.cache_server, base, &manifest_valid?(&1, env)) do
         {:ok, payload} ->
-          from_cache(kind, root, payload, started, opts)
+          from_cache(kind, root, payload, inputs, started, opts)
 
         _miss_or_disabled ->
           job = %{
@@ -449,10 +550,10 @@ defmodule Sandbox.IsolatedCompiler do
 
   defp build_key(kind, root, opts), do: {kind, root, opts.mix_env}
 
-  defp from_cache(kind, root, payload, started, opts) do
+  defp from_cache(kind, root, payload, inputs, started, opts) do
     dir = if opts.write_artifacts, do: write_cached_artifacts(payload, opts)
 
-    Cache.put_build(opts.cache_server, build_key(kind, root, opts), build(payload, []))
+    Cache.put_build(opts.cache_server, build_key(kind, root, opts), build(payload, inputs))
     info = %{temp_dir: dir, output: ""}
     {:ok, compile_info(payload, info, started, cached: true, incremental: false, os_pid: nil)}
   end
@@ -525,6 +626,7 @@ defmodule Sandbox.IsolatedCompiler do
   defp incremental(kind, root, build, changed, opts) do
     started = System.monotonic_time()
     read_set = MapSet.new(build.files_read)
+    build = %{build | inputs: refresh_inputs(build.inputs, changed)}
 
     full? =
       Enum.any?(changed, fn file ->
@@ -535,7 +637,7 @@ defmodule Sandbox.IsolatedCompiler do
       end)
 
     if full? do
-      with {:ok, info} <- compile_sandbox(root, opts.raw) do
+      with {:ok, info} <- compile(kind, root, nil, opts) do
         {:ok, diff_info(info, build, started)}
       end
     else
@@ -584,6 +686,24 @@ defmodule Sandbox.IsolatedCompiler do
       end
     end
   end
+
+  # The build's input checksums after `changed` (so that `incremental: true`
+  # finds what changed since this build).
+  defp refresh_inputs(inputs, changed) do
+    Enum.reduce(changed, inputs, fn file, inputs ->
+      case file_checksum(file) do
+        :missing ->
+          Map.delete(inputs, file)
+
+        sum ->
+          if Map.has_key?(inputs, file) or source?(file),
+            do: Map.put(inputs, file, sum),
+            else: inputs
+      end
+    end)
+  end
+
+  defp source?(file), do: Path.extname(file) in @source_exts
 
   # The changed files and every file depending on them at compile time.
   defp stale_files(build, changed) do
@@ -766,20 +886,21 @@ defmodule Sandbox.IsolatedCompiler do
   defp interpret({:exited, {:signal, 25}, _, _}, _, _),
     do: {:error, {:compile_resource_limit, :file_size}}
 
-  defp interpret({:exited, {:status, 0} = reason, output, _os_pid}, result_path, _opts) do
+  # The worker ran the project's code: its result file is hostile input,
+  # decoded without letting it exhaust the atom table (Sandbox.SafeTerm).
+  defp interpret({:exited, {:status, 0} = reason, output, _os_pid}, result_path, opts) do
     case :prim_file.read_file(result_path) do
       {:ok, bin} ->
-        case :erlang.binary_to_term(bin) do
-          {:ok, result} when is_map(result) -> {:ok, result, output}
-          {:error, reason} -> {:error, reason}
-          _ -> {:error, {:worker_crashed, :bad_result}}
+        case SafeTerm.decode(bin, max_new_atoms: opts.max_new_atoms) do
+          {:ok, {:ok, result}} when is_map(result) -> {:ok, result, output}
+          {:ok, {:error, reason}} -> {:error, reason}
+          {:ok, _other} -> {:error, {:worker_crashed, :bad_result}}
+          {:error, why} -> {:error, {:worker_crashed, {:bad_result, why}}}
         end
 
       {:error, _} ->
         {:error, {:worker_crashed, reason}}
     end
-  rescue
-    ArgumentError -> {:error, {:worker_crashed, :bad_result}}
   end
 
   defp interpret({:exited, reason, _output, _os_pid}, _result_path, _opts),
@@ -931,8 +1052,10 @@ defmodule Sandbox.IsolatedCompiler do
     )
   end
 
+  # The job's environment: the worker's minimal one with the `:env` option
+  # applied. Nothing else of the host's environment reaches the project.
   defp effective_env(overrides) do
-    Enum.reduce(overrides, System.get_env(), fn
+    Enum.reduce(overrides, Pool.base_env(), fn
       {name, nil}, env -> Map.delete(env, name)
       {name, value}, env -> Map.put(env, name, value)
     end)

@@ -77,6 +77,28 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   @spec stats(GenServer.server()) :: map
   def stats(pool \\ __MODULE__), do: GenServer.call(pool, :stats)
 
+  # Host variables a worker keeps; everything else of the host's
+  # environment (credentials, tokens, the host's own settings) is removed.
+  @kept_env ~w(PATH HOME LANG LC_ALL LC_CTYPE TZ)
+  @default_env %{"PATH" => "/usr/local/bin:/usr/bin:/bin", "LANG" => "C.UTF-8"}
+
+  @doc """
+  The minimal OS environment of a compile worker: `PATH`, `HOME`, `LANG`,
+  `LC_ALL`, `LC_CTYPE` and `TZ` as the host has them (`PATH` and `LANG`
+  defaulting to `/usr/local/bin:/usr/bin:/bin` and `C.UTF-8`), nothing else.
+  (`erl` itself adds `BINDIR`, `ROOTDIR`, `EMU` and `PROGNAME`.)
+  """
+  @spec base_env() :: %{String.t() => String.t()}
+  def base_env, do: Map.merge(@default_env, Map.take(System.get_env(), @kept_env))
+
+  # The launcher's `env:` changes that turn the host's environment (which
+  # the C-node inherited) into base_env/0.
+  defp worker_env do
+    base = base_env()
+    unset = for {name, _} <- System.get_env(), not Map.has_key?(base, name), do: {name, nil}
+    unset ++ Enum.to_list(base)
+  end
+
   @doc "The argument vector of a compile worker (`erl` and its flags)."
   @spec worker_argv() :: [String.t()]
   def worker_argv do
@@ -269,7 +291,9 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   end
 
   defp start_worker(state) do
-    case state.launcher.spawn(worker_argv(), subscriber: self(), timeout: :infinity, grace: 0) do
+    opts = [subscriber: self(), timeout: :infinity, grace: 0, env: worker_env()]
+
+    case state.launcher.spawn(worker_argv(), opts) do
       {:ok, %{id: id, os_pid: os_pid}} ->
         worker = %{
           status: :starting,
