@@ -56,45 +56,21 @@ defmodule Sandbox do
   """
 
   alias Sandbox.{Beam, Config, GroupLeader, Instance, Manager}
+  alias Sandbox.Models.SandboxState
 
   @typedoc "A sandbox id: `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`."
   @type id :: String.t()
 
   @typedoc """
-  A sandbox's info: `id`, `status`, `app_name`, `supervisor_module` (the
-  original name), `app_pid`, `supervisor_pid`, `created_at`,
-  `restart_count`, `resource_usage` (`current_memory` bytes,
-  `current_processes`, `cpu_usage`, `uptime` ms), `security_profile`,
-  `resource_limits` and `error` (`nil`, or the reason of the `:error`
-  status).
+  A sandbox's info: a `Sandbox.Models.SandboxState` (`id`, `status`,
+  `app_name`, `supervisor_module` (the original name), `app_pid`,
+  `supervisor_pid`, `created_at`, `updated_at`, `restart_count`,
+  `resource_usage` (`current_memory` bytes, `current_processes`,
+  `cpu_usage`, `uptime` ms), `security_profile`, `resource_limits`,
+  `sandbox_path`, `auto_reload_enabled` and `error` (`nil`, or the reason of
+  the `:error` status)).
   """
-  @type info :: %{
-          id: id,
-          status:
-            :initializing
-            | :compiling
-            | :starting
-            | :running
-            | :reloading
-            | :stopping
-            | :stopped
-            | :error,
-          app_name: atom | nil,
-          supervisor_module: module | nil,
-          app_pid: pid | nil,
-          supervisor_pid: pid | nil,
-          created_at: DateTime.t(),
-          restart_count: non_neg_integer,
-          resource_usage: %{
-            current_memory: non_neg_integer,
-            current_processes: non_neg_integer,
-            cpu_usage: float,
-            uptime: non_neg_integer
-          },
-          security_profile: map,
-          resource_limits: map,
-          error: term
-        }
+  @type info :: SandboxState.t()
 
   @typedoc "The result of `call/5` and `run/3`."
   @type result ::
@@ -104,21 +80,6 @@ defmodule Sandbox do
           | {:error, :timeout}
           | {:error, :not_found}
           | {:error, {:invalid_id, term}}
-
-  @info_keys [
-    :id,
-    :status,
-    :app_name,
-    :supervisor_module,
-    :app_pid,
-    :supervisor_pid,
-    :created_at,
-    :restart_count,
-    :resource_usage,
-    :security_profile,
-    :resource_limits,
-    :error
-  ]
 
   @doc """
   Creates sandbox `id` from the project at `opts[:sandbox_path]` and starts
@@ -140,7 +101,8 @@ defmodule Sandbox do
     * `:resource_limits` — the runtime budget; only the `:medium` profile's
       defaults are accepted for now
     * `:security_profile` — `:medium` (others: not yet supported)
-    * `:auto_reload` — `false` (`true`: not yet supported)
+    * `:auto_reload` — reload automatically when the project's sources
+      change (`false`; see `Sandbox.FileWatcher`)
     * `:state_migration` — `fun/1` or `fun/3`, kept for hot reload
     * `:max_restarts`, `:max_seconds` — restarts of the whole sandbox after
       its root supervisor dies (3 within 5 s); beyond that its status is
@@ -363,44 +325,93 @@ defmodule Sandbox do
     do: with_instance(id, &Instance.hot_reload(&1, beams, opts))
 
   @doc """
-  Compiles `{:file, path}` (an `.ex` or `.erl` file) or `{:code, string}`
-  (Elixir source) in a compile worker (`Sandbox.IsolatedCompiler`, with the
-  sandbox's `compile_timeout` and `compile_limits`), then hot reloads every
-  module it defines as one change (`hot_reload_sandbox/3`: same options and
-  results, plus the compiler's errors such as `{:compilation_failed,
-  diagnostics}`).
+  Compiles source in the context of the sandbox's project (in a compile
+  worker, `Sandbox.IsolatedCompiler`, with the sandbox's `compile_timeout`
+  and `compile_limits`) and reloads what changed as one change (as
+  `hot_reload_sandbox/3`: same options and results, plus the compiler's
+  errors such as `{:compilation_failed, diagnostics}`).
+
+    * `{:file, path}` of a source of the project: an incremental compile
+      of the project. The file, and every file that depends on it at
+      compile time (macro and struct users), are recompiled; modules whose
+      bytes differ from the sandbox's are reloaded, new ones added
+      (version 1), modules the file no longer defines removed (a process
+      still running one fails the change with `{:module_in_use, module,
+      pids}`). A file whose modules compile to the same bytes is
+      `{:ok, :unchanged}`.
+    * `{:file, path}` elsewhere, or `{:code, string}` (Elixir source):
+      compiled against the project (its modules loaded and its config
+      applied, so that it can use their structs and macros); the modules
+      it defines are reloaded or added.
+
+  Emits `[:sandbox, :reload, :reloaded]` or `[:sandbox, :reload, :failed]`
+  with `trigger: :api`.
   """
   @spec hot_reload_source(id, {:file, Path.t()} | {:code, String.t()}, keyword) ::
           {:ok, :hot_reloaded | :unchanged} | {:error, term}
   def hot_reload_source(id, source, opts \\ []) do
-    # The compile runs outside the instance (it can take long), then the
-    # modules are reloaded as one change.
-    with {:ok, compile_opts} <- with_instance(id, &Instance.versions(&1, :compile_opts)),
-         {:ok, modules} <- compile_source(source, compile_opts) do
-      beams = Enum.map(modules, &elem(&1, 1))
-      with_instance(id, &Instance.hot_reload(&1, beams, opts))
+    # The compile runs outside the instance (it can take long), then what
+    # changed is applied as one change.
+    with {:ok, {root, compile_opts}} <- with_instance(id, &Instance.versions(&1, :project)) do
+      t0 = System.monotonic_time()
+
+      case compile_source(source, root, compile_opts) do
+        {:ok, info} ->
+          files = with {:file, path} <- source, do: [path], else: (_ -> [])
+          with_instance(id, &Instance.apply_compile(&1, info, [files: files] ++ opts))
+
+        {:error, reason} = error ->
+          Sandbox.Telemetry.emit(:reload, :failed, %{duration: System.monotonic_time() - t0}, %{
+            sandbox_id: id,
+            reason: reason,
+            trigger: :api,
+            modules: []
+          })
+
+          error
+      end
     end
   end
 
-  defp compile_source({:file, path}, opts) when is_binary(path) do
-    with {:ok, info} <- Sandbox.IsolatedCompiler.compile_file(path, opts), do: {:ok, info.modules}
+  defp compile_source({:file, path}, root, opts) when is_binary(path) do
+    file = Path.expand(path)
+
+    if String.starts_with?(file, root <> "/") do
+      Sandbox.IsolatedCompiler.incremental_compile(root, [file], opts)
+    else
+      Sandbox.IsolatedCompiler.compile_file(file, [context: root] ++ opts)
+    end
   end
 
-  defp compile_source({:code, code}, opts) when is_binary(code) do
+  defp compile_source({:code, code}, root, opts) when is_binary(code) do
     dir = Path.join(System.tmp_dir!(), "sandbox-source-#{System.unique_integer([:positive])}")
     File.mkdir_p!(dir)
 
     try do
       file = Path.join(dir, "source.ex")
       File.write!(file, code)
-      compile_source({:file, file}, opts)
+      Sandbox.IsolatedCompiler.compile_file(file, [context: root] ++ opts)
     after
       File.rm_rf(dir)
     end
   end
 
-  defp compile_source(other, _opts),
+  defp compile_source(other, _root, _opts),
     do: raise(ArgumentError, "expected {:file, path} or {:code, string}, got: #{inspect(other)}")
+
+  @doc """
+  Turns automatic reload on for sandbox `id` (see `Sandbox.FileWatcher`):
+  its project's source folders are watched, and every change is compiled
+  and reloaded (`[:sandbox, :reload, :reloaded]` with `trigger:
+  :file_watcher`). Edits made while automatic reload was off are caught up
+  at once. `:ok` when it is on already.
+  """
+  @spec enable_auto_reload(id) :: :ok | {:error, :not_found | {:invalid_id, term} | term}
+  def enable_auto_reload(id), do: with_instance(id, &Instance.auto_reload(&1, true))
+
+  @doc "Turns automatic reload off for sandbox `id` (`:ok` when it is off already)."
+  @spec disable_auto_reload(id) :: :ok | {:error, :not_found | {:invalid_id, term}}
+  def disable_auto_reload(id), do: with_instance(id, &Instance.auto_reload(&1, false))
 
   @doc """
   Rolls `module` (original name) of sandbox `id` back to a kept `version`:
@@ -575,7 +586,7 @@ defmodule Sandbox do
           {:error, {:exit, reason}}
       after
         timeout ->
-          kill_all([pid | GroupLeader.members(sub)])
+          GroupLeader.kill_and_wait([pid | GroupLeader.members(sub)])
           Process.demonitor(mon, [:flush])
 
           receive do
@@ -592,20 +603,9 @@ defmodule Sandbox do
     result
   end
 
-  defp kill_all(pids) do
-    refs = for p <- pids, do: Process.monitor(p)
-    for p <- pids, do: Process.exit(p, :kill)
-
-    for ref <- refs do
-      receive do
-        {:DOWN, ^ref, :process, _, _} -> :ok
-      end
-    end
-  end
-
   defp public_info(info) do
-    info
-    |> Map.take(@info_keys)
+    SandboxState
+    |> struct(info)
     |> Map.put(:resource_usage, usage(info))
   end
 

@@ -6,11 +6,12 @@ defmodule Sandbox.Application do
   Children, in start order: the supervising C-node (`Sandbox.CNode`), the
   compile cache (`Sandbox.IsolatedCompiler.Cache`), the pool of warm
   compile workers (`Sandbox.IsolatedCompiler.Pool`, whose workers the C-node
-  starts), the event registry (`Sandbox.Telemetry`), the sandboxes' manager
+  starts), the event registry (`Sandbox.Telemetry`), the file watcher of
+  automatic reload (`Sandbox.FileWatcher`), the sandboxes' manager
   (`Sandbox.Manager`) and the supervisor of their instances
   (`Sandbox.InstanceSupervisor`, one `Sandbox.Instance` per sandbox). Application environment read at start: `:compiler_pool_size`
   (default: the number of schedulers), `:compiler_cache_dir`,
-  `:compiler_cache_max_bytes`.
+  `:compiler_cache_max_bytes`, `:watch_debounce`.
   """
   use Application
 
@@ -26,6 +27,7 @@ defmodule Sandbox.Application do
       {Sandbox.IsolatedCompiler.Pool,
        size: Keyword.get(env, :compiler_pool_size, System.schedulers_online())},
       {Registry, keys: :duplicate, name: Sandbox.Telemetry.registry()},
+      Sandbox.FileWatcher,
       Sandbox.Manager,
       {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one}
     ]

@@ -5,8 +5,8 @@ defmodule Sandbox.Config do
 
   Options whose behaviour is not built yet are refused with
   `{:error, {:not_yet_supported, option}}` when given a non-default value:
-  `:resource_limits` (the runtime budget), a `:security_profile` other than
-  `:medium`, and `auto_reload: true`.
+  `:resource_limits` (the runtime budget) and a `:security_profile` other
+  than `:medium`.
   """
 
   @mib 1024 * 1024
@@ -138,6 +138,33 @@ defmodule Sandbox.Config do
     end
   end
 
+  @reload_defaults [state_migration: :config, suspend_timeout: 5_000, rollback_window: 0]
+
+  @doc """
+  Validates hot reload options (see `Sandbox.hot_reload_sandbox/3`):
+  `{:ok, opts}` with the defaults filled in (`state_migration: :config`
+  means the create option's), or `{:error, {:unknown_option, key}}` /
+  `{:error, {:invalid_option, {key, value}}}`. Raises `ArgumentError` when
+  `opts` is not a keyword list.
+  """
+  @spec reload_options(keyword) :: {:ok, keyword} | {:error, term}
+  def reload_options(opts) do
+    unless Keyword.keyword?(opts),
+      do: raise(ArgumentError, "expected a keyword list of options, got: #{inspect(opts)}")
+
+    with :ok <- unknown(opts, Keyword.keys(@reload_defaults)) do
+      opts = Keyword.merge(@reload_defaults, opts)
+
+      Enum.find_value(opts, {:ok, opts}, fn
+        {:state_migration, f} when f == :config or is_nil(f) -> nil
+        {:state_migration, f} when is_function(f, 1) or is_function(f, 3) -> nil
+        {:suspend_timeout, t} when is_integer(t) and t > 0 -> nil
+        {:rollback_window, t} when is_integer(t) and t >= 0 -> nil
+        {key, value} -> invalid(key, value)
+      end)
+    end
+  end
+
   defp unknown(opts, known) do
     case Enum.find(Keyword.keys(opts), &(&1 not in known)) do
       nil -> :ok
@@ -196,8 +223,7 @@ defmodule Sandbox.Config do
     end
   end
 
-  defp check_auto_reload(%{auto_reload: false} = config), do: {:ok, config}
-  defp check_auto_reload(%{auto_reload: true}), do: {:error, {:not_yet_supported, :auto_reload}}
+  defp check_auto_reload(%{auto_reload: a} = config) when is_boolean(a), do: {:ok, config}
   defp check_auto_reload(%{auto_reload: other}), do: invalid(:auto_reload, other)
 
   defp check_migration(%{state_migration: f} = config)

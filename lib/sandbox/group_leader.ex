@@ -74,6 +74,39 @@ defmodule Sandbox.GroupLeader do
   end
 
   @doc """
+  Kills `pids` (`:kill`) and returns once every one of them is dead.
+  """
+  @spec kill_and_wait([pid]) :: :ok
+  def kill_and_wait(pids) do
+    refs = for pid <- pids, do: Process.monitor(pid)
+    for pid <- pids, do: Process.exit(pid, :kill)
+
+    for ref <- refs do
+      receive do
+        {:DOWN, ^ref, :process, _, _} -> :ok
+      end
+    end
+
+    :ok
+  end
+
+  @doc """
+  Kills every member of `gl` (`members/1`) and waits until they are dead,
+  including processes they spawn meanwhile.
+  """
+  @spec kill_members(pid) :: :ok
+  def kill_members(gl) do
+    case members(gl) do
+      [] ->
+        :ok
+
+      pids ->
+        kill_and_wait(pids)
+        kill_members(gl)
+    end
+  end
+
+  @doc """
   Runs `fun` in a new process whose group leader is `gl`; returns its pid.
   The process is not linked to the caller.
   """

@@ -1,12 +1,19 @@
 defmodule Sandbox.Instance do
   @moduledoc """
-  One live sandbox: the process that compiles, relocates, loads and starts
-  it, watches its root supervisor, restarts it, and tears it down.
+  One live sandbox: the process that owns its lifecycle — setup, restart,
+  teardown — and serialises every change to its code.
 
   Started by `Sandbox.create_sandbox/3` under `Sandbox.InstanceSupervisor`
   (temporary children), one per sandbox, so sandboxes never wait for each
-  other. Its state is mirrored into the `Sandbox.Manager` table at every
+  other. Its info is mirrored into the `Sandbox.Manager` table at every
   status change, so reading a sandbox's info never calls this process.
+
+  Every change of code is one path: a `Sandbox.ChangeSet` built from the
+  sandbox's version store (`Sandbox.ModuleVersionManager`), applied by
+  `Sandbox.StatePreservation.apply/2`, recorded in the store. Create is a
+  change from nothing, destroy a change to nothing, and reloads,
+  rollbacks and automatic rollbacks are changes in between (status
+  `:reloading` while one runs).
 
   The sandbox's root processes (its supervisor, or its applications' `mod`
   callbacks, path dependencies first) are started from this process with
@@ -14,16 +21,14 @@ defmodule Sandbox.Instance do
   sandbox. They are linked to it: when one exits, the instance kills the
   rest and starts them again, up to `max_restarts` times within
   `max_seconds`; after that the sandbox's status is `:error`.
-
-  It also holds the sandbox's module versions and serialises hot reloads
-  and rollbacks (`Sandbox.ModuleVersionManager`, run in this process), with
-  status `:reloading` while one runs.
   """
 
   use GenServer, restart: :temporary
 
-  alias Sandbox.{Beam, Env, GroupLeader, IsolatedCompiler, Manager, Telemetry}
-  alias Sandbox.ModuleVersionManager, as: Versions
+  alias Sandbox.{ChangeSet, Env, GroupLeader, IsolatedCompiler, Manager, Telemetry}
+  alias Sandbox.{StatePreservation, FileWatcher}
+  alias Sandbox.Models.SandboxState
+  alias Sandbox.ModuleVersionManager, as: Store
 
   @shims [
     {Application, Sandbox.Shim.Application},
@@ -40,11 +45,11 @@ defmodule Sandbox.Instance do
   def start_link({id, target, config}), do: GenServer.start_link(__MODULE__, {id, target, config})
 
   @doc "Compiles, loads and starts the sandbox. On failure the instance cleans up and stops."
-  @spec setup(pid) :: {:ok, map} | {:error, term}
+  @spec setup(pid) :: {:ok, SandboxState.t()} | {:error, term}
   def setup(pid), do: GenServer.call(pid, :setup, :infinity)
 
   @doc "Stops and starts the sandbox's processes again, with the same code."
-  @spec restart(pid) :: {:ok, map} | {:error, term}
+  @spec restart(pid) :: {:ok, SandboxState.t()} | {:error, term}
   def restart(pid), do: GenServer.call(pid, :restart, :infinity)
 
   @doc "Destroys the sandbox: processes, modules, environment; then the instance stops."
@@ -52,22 +57,54 @@ defmodule Sandbox.Instance do
   def destroy(pid), do: GenServer.call(pid, :destroy, :infinity)
 
   @doc """
-  Hot reloads `beams` (see `Sandbox.hot_reload_sandbox/3` and
-  `Sandbox.ModuleVersionManager`).
+  Hot reloads `beams` (see `Sandbox.hot_reload_sandbox/3`); `opts` are the
+  reload options plus `:trigger` (`:api` or `:file_watcher`) and
+  `:remove` (modules to remove in the same change).
   """
   @spec hot_reload(pid, binary | [binary], keyword) ::
           {:ok, :hot_reloaded | :unchanged} | {:error, term}
   def hot_reload(pid, beams, opts), do: GenServer.call(pid, {:reload, beams, opts}, :infinity)
+
+  @doc """
+  Applies a compile of the sandbox's project (`Sandbox.IsolatedCompiler`)
+  as one change: its recompiled modules replace or add the modules whose
+  bytes differ, its removed modules go, and so do the sandbox's modules
+  whose source is one of `opts[:files]` (the changed files) that the
+  compile did not produce. With `sync: true` (a full compile of the
+  project) every module of the sandbox the compile did not produce goes.
+  Other options: the reload options, and `:trigger`.
+  """
+  @spec apply_compile(pid, Sandbox.Models.CompilationResult.t(), keyword) ::
+          {:ok, :hot_reloaded | :unchanged} | {:error, term}
+  def apply_compile(pid, info, opts) do
+    {sync, opts} = Keyword.pop(opts, :sync, false)
+    beams = Enum.map(info.recompiled_modules, &elem(&1, 1))
+
+    {files, opts} = Keyword.pop(opts, :files, [])
+    produced = Enum.map(info.recompiled_modules, &elem(&1, 0))
+
+    remove =
+      if sync,
+        do: {:keep_only, produced},
+        else: {:remove, info.removed_modules, Enum.map(files, &Path.expand/1), produced}
+
+    GenServer.call(pid, {:reload, beams, [{:removing, remove} | opts]}, :infinity)
+  end
 
   @doc "Rolls `module` back to a kept `version` (see `Sandbox.rollback_module/3`)."
   @spec rollback(pid, module, pos_integer) :: {:ok, :rolled_back} | {:error, term}
   def rollback(pid, module, version),
     do: GenServer.call(pid, {:rollback, module, version}, :infinity)
 
+  @doc "Turns automatic reload on or off (see `Sandbox.enable_auto_reload/1`)."
+  @spec auto_reload(pid, boolean) :: :ok | {:error, term}
+  def auto_reload(pid, on?), do: GenServer.call(pid, {:auto_reload, on?}, :infinity)
+
   @doc """
   Reads the version store: `{:current_version, module}`, `{:versions,
-  module}`, `:dependency_graph`, `{:reload_order, modules}` or
-  `:compile_opts` (the compile options of the sandbox's config).
+  module}`, `:dependency_graph`, `{:reload_order, modules}`, or `:project`
+  (`{:ok, {sandbox_path, compile_opts}}`: where and how its code is
+  compiled).
   """
   @spec versions(pid, term) :: term
   def versions(pid, request), do: GenServer.call(pid, {:versions, request}, :infinity)
@@ -84,24 +121,21 @@ defmodule Sandbox.Instance do
       env_id: String.to_atom(id),
       target: target,
       config: config,
-      status: :initializing,
-      error: nil,
+      info: %SandboxState{
+        id: id,
+        created_at: DateTime.utc_now(),
+        resource_limits: config.resource_limits,
+        security_profile: config.security_profile,
+        sandbox_path: config.sandbox_path
+      },
       app: nil,
-      app_name: nil,
-      supervisor_module: nil,
       mode: nil,
-      originals: [],
-      renames: %{},
-      redirects: %{},
-      versions: nil,
-      rollback: nil,
-      loaded: [],
+      store: Store.new(id, config.max_versions),
       group_leader: nil,
       roots: [],
       restarts: [],
-      restart_count: 0,
-      created_at: DateTime.utc_now(),
-      started_at: nil
+      started_at: nil,
+      rollback: nil
     }
 
     publish(state)
@@ -112,31 +146,26 @@ defmodule Sandbox.Instance do
   def handle_call(:setup, _from, state) do
     t0 = System.monotonic_time()
 
-    with {:ok, state} <- compile(state),
-         {:ok, state} <- load(state),
-         {:ok, state} <- start_roots(state) do
-      state = %{state | status: :running}
+    with {:ok, state, modules} <- compile(state),
+         {:ok, state} <- load(state, modules),
+         {:ok, state} <- start_roots(state),
+         {:ok, state} <- start_watch(state, state.config.auto_reload) do
+      state = status(state, :running)
       publish(state, listed: true)
 
-      Telemetry.emit(
-        :manager,
-        :created,
-        %{duration: System.monotonic_time() - t0},
-        %{
-          sandbox_id: state.id,
-          app_name: state.app_name,
-          supervisor_module: state.supervisor_module
-        }
-      )
+      Telemetry.emit(:manager, :created, %{duration: System.monotonic_time() - t0}, %{
+        sandbox_id: state.id,
+        app_name: state.info.app_name,
+        supervisor_module: state.info.supervisor_module
+      })
 
       {:reply, {:ok, public_info(state)}, state}
     else
       {:error, reason, state} ->
         state = teardown(state)
         Manager.release(state.id, self())
-        measurements = %{duration: System.monotonic_time() - t0}
 
-        Telemetry.emit(:manager, :create_failed, measurements, %{
+        Telemetry.emit(:manager, :create_failed, %{duration: System.monotonic_time() - t0}, %{
           sandbox_id: state.id,
           reason: reason
         })
@@ -148,23 +177,21 @@ defmodule Sandbox.Instance do
   def handle_call(:restart, _from, state) do
     state = state |> cancel_rollback() |> stop_roots()
 
-    case start_roots(%{state | status: :starting}) do
+    case start_roots(status(state, :starting)) do
       {:ok, state} ->
-        state = %{state | status: :running, error: nil, restart_count: state.restart_count + 1}
-        publish(state, listed: true)
+        state = restarted(state)
         emit_restarted(state, :requested)
         {:reply, {:ok, public_info(state)}, state}
 
       {:error, reason, state} ->
-        state = %{state | status: :error, error: reason}
-        publish(state, listed: true)
+        state = failed(state, reason)
         {:reply, {:error, reason}, state}
     end
   end
 
   def handle_call(:destroy, _from, state) do
     t0 = System.monotonic_time()
-    publish(%{state | status: :stopping}, listed: false)
+    publish(status(state, :stopping), listed: false)
     state = state |> cancel_rollback() |> teardown()
     Manager.release(state.id, self())
 
@@ -178,49 +205,72 @@ defmodule Sandbox.Instance do
   def handle_call(:group_leader, _from, state), do: {:reply, state.group_leader, state}
 
   def handle_call({:reload, beams, opts}, _from, state) do
-    state = cancel_rollback(state)
-    status = state.status
-    publish(%{state | status: :reloading}, listed: true)
+    {trigger, opts} = Keyword.pop(opts, :trigger, :api)
+    {removing, opts} = Keyword.pop(opts, :removing)
+    t0 = System.monotonic_time()
+    remove = removing(state.store, removing)
 
-    {reply, state} =
-      case Versions.reload(context(state), beams, opts) do
-        {:ok, :hot_reloaded, store, change} ->
-          {{:ok, :hot_reloaded}, state |> put_versions(store) |> watch_rollback(change)}
-
-        {:ok, :unchanged, _store} ->
-          {{:ok, :unchanged}, state}
-
-        {:error, reason, _store} ->
-          {{:error, reason}, state}
+    result =
+      with {:ok, opts} <- Sandbox.Config.reload_options(opts) do
+        case {List.wrap(beams), remove, removing} do
+          # A compile that changed nothing of this sandbox.
+          {[], [], {_, _}} -> {:ok, :unchanged}
+          {beams, remove, _} -> ChangeSet.reload(state.store, beams, remove: remove)
+        end
+        |> case do
+          {:ok, %ChangeSet{} = change} -> {:change, change, opts}
+          other -> other
+        end
       end
 
-    publish(%{state | status: status}, listed: true)
-    {:reply, reply, state}
+    case result do
+      {:change, change, opts} ->
+        {reply, state} = change(state, change, opts, %{trigger: trigger, t0: t0})
+        {:reply, reply, state}
+
+      {:ok, :unchanged} ->
+        {:reply, {:ok, :unchanged}, state}
+
+      {:error, reason} ->
+        emit_failed(state.id, reason, t0, trigger, [])
+        {:reply, {:error, reason}, state}
+    end
   end
 
   def handle_call({:rollback, module, version}, _from, state) do
-    state = cancel_rollback(state)
-    status = state.status
-    publish(%{state | status: :reloading}, listed: true)
+    t0 = System.monotonic_time()
 
-    {reply, state} =
-      case Versions.rollback(context(state), module, version) do
-        {:ok, store} -> {{:ok, :rolled_back}, put_versions(state, store)}
-        {:error, reason, _store} -> {{:error, reason}, state}
-      end
+    case ChangeSet.rollback(state.store, module, version) do
+      {:ok, change} ->
+        {reply, state} = change(state, change, [], %{reason: :requested, t0: t0})
+        {:reply, reply, state}
 
-    publish(%{state | status: status}, listed: true)
-    {:reply, reply, state}
+      {:error, reason} ->
+        {:reply, {:error, reason}, state}
+    end
+  end
+
+  def handle_call({:auto_reload, on?}, _from, state) do
+    case start_watch(state, on?, true) do
+      {:ok, state} ->
+        publish(state, listed: true)
+        {:reply, :ok, state}
+
+      {:error, reason, state} ->
+        {:reply, {:error, reason}, state}
+    end
   end
 
   def handle_call({:versions, request}, _from, state) do
+    store = state.store
+
     reply =
       case request do
-        {:current_version, module} -> Versions.current_version(state.versions, module)
-        {:versions, module} -> Versions.versions(state.versions, module)
-        :dependency_graph -> {:ok, Versions.dependency_graph(state.versions)}
-        {:reload_order, modules} -> Versions.reload_order(state.versions, modules)
-        :compile_opts -> {:ok, compile_opts(state.config)}
+        {:current_version, module} -> Store.current_version(store, module)
+        {:versions, module} -> Store.versions(store, module)
+        :dependency_graph -> {:ok, Store.dependency_graph(store)}
+        {:reload_order, modules} -> Store.reload_order(store, modules)
+        :project -> {:ok, {state.config.sandbox_path, compile_opts(state.config)}}
       end
 
     {:reply, reply, state}
@@ -238,13 +288,7 @@ defmodule Sandbox.Instance do
   def handle_info({:DOWN, ref, :process, pid, reason}, %{rollback: %{refs: refs}} = state)
       when is_map_key(refs, ref) do
     if crash?(reason) do
-      change = state.rollback.change
-      state = cancel_rollback(state)
-
-      case Versions.auto_rollback(context(state), change, {:crash, pid, reason}) do
-        {:ok, store} -> {:noreply, put_versions(state, store)}
-        {:error, _reason, _store} -> {:noreply, state}
-      end
+      {:noreply, auto_rollback(state, {:crash, pid, reason})}
     else
       {:noreply, %{state | rollback: %{state.rollback | refs: Map.delete(refs, ref)}}}
     end
@@ -258,44 +302,44 @@ defmodule Sandbox.Instance do
   @impl true
   def terminate(_reason, state) do
     # A crash of the instance itself must not leave the sandbox behind.
-    if state.loaded != [] or state.roots != [], do: teardown(state)
+    if Store.loaded(state.store) != [] or state.roots != [], do: teardown(state)
     :ok
   end
 
   ## Compile and load
 
   defp compile(state) do
-    publish(%{state | status: :compiling})
+    publish(status(state, :compiling))
     config = state.config
 
     case IsolatedCompiler.compile_sandbox(config.sandbox_path, compile_opts(config)) do
-      {:ok, info} ->
-        resolve_target(%{state | app: info.app, originals: info.modules}, info)
-
-      {:error, reason} ->
-        {:error, reason, state}
+      {:ok, info} -> resolve_target(state, info)
+      {:error, reason} -> {:error, reason, state}
     end
   end
 
   defp resolve_target(state, info) do
-    modules = Enum.map(state.originals, &elem(&1, 0))
+    modules = Enum.map(info.modules, &elem(&1, 0))
     app = info.app
+    state = %{state | app: app}
 
     cond do
       app && app.name == state.target ->
         Env.load(state.env_id, app.name, envs(app, info))
-        state = %{state | mode: :application, app_name: app.name}
-        {:ok, %{state | supervisor_module: app.mod && elem(app.mod, 0)}}
+        sup = app.mod && elem(app.mod, 0)
+        {:ok, set_target(state, :application, app.name, sup), info.modules}
 
       state.target in modules ->
         Env.load(state.env_id, app && app.name, if(app, do: envs(app, info), else: info.config))
-
-        {:ok,
-         %{state | mode: :supervisor, app_name: app && app.name, supervisor_module: state.target}}
+        {:ok, set_target(state, :supervisor, app && app.name, state.target), info.modules}
 
       true ->
         {:error, {:unknown_module_or_app, state.target}, state}
     end
+  end
+
+  defp set_target(state, mode, app_name, sup) do
+    %{state | mode: mode, info: %{state.info | app_name: app_name, supervisor_module: sup}}
   end
 
   # The sandbox owns its application's environment, its path dependencies'
@@ -315,85 +359,18 @@ defmodule Sandbox.Instance do
     own ++ deps ++ configured
   end
 
-  defp load(state) do
-    publish(%{state | status: :starting})
+  # Create: a change from nothing, with the shims.
+  defp load(state, modules) do
+    publish(status(state, :starting))
+    shim_renames = %{__sandbox_shim_id__: state.env_id}
 
-    with {:ok, parsed} <- parse_all(state.originals),
-         :ok <- check_protocols(parsed),
-         {:ok, renames} <- Beam.rename_map(state.id, parsed),
-         {:ok, shims, redirects} <- shims(state),
-         {:ok, relocated} <- relocate_all(state.originals, renames, redirects),
+    with {:ok, change} <- ChangeSet.create(state.store, modules, @shims, shim_renames),
          :ok <- ensure_host_apps(state),
-         {:ok, loaded} <- load_all(shims ++ relocated) do
-      versions =
-        Versions.new(
-          state.id,
-          state.originals,
-          parsed,
-          renames,
-          Map.new(relocated),
-          state.config.max_versions
-        )
-
-      {:ok, %{state | renames: renames, redirects: redirects, loaded: loaded, versions: versions}}
+         {:ok, _} <- StatePreservation.apply(change, %{group_leader: nil}) do
+      {:ok, %{state | store: Store.record(state.store, change)}}
     else
       {:error, reason} -> {:error, reason, state}
     end
-  end
-
-  defp parse_all(modules) do
-    Enum.reduce_while(modules, {:ok, []}, fn {module, beam}, {:ok, acc} ->
-      case Beam.parse(beam) do
-        {:ok, parsed} -> {:cont, {:ok, [parsed | acc]}}
-        {:error, reason} -> {:halt, {:error, {:invalid_beam, module, reason}}}
-      end
-    end)
-    |> then(fn
-      {:ok, list} -> {:ok, Enum.reverse(list)}
-      error -> error
-    end)
-  end
-
-  # A consolidated host protocol dispatches only to the implementations it
-  # was consolidated with: an implementation the sandbox brings for it would
-  # silently never be called, so the create is refused instead.
-  defp check_protocols(parsed) do
-    own = MapSet.new(parsed, & &1.module)
-
-    Enum.find_value(parsed, :ok, fn %{attributes: attrs} ->
-      with impl when is_list(impl) <- Keyword.get(List.wrap(attrs), :__impl__),
-           protocol when is_atom(protocol) <- Keyword.get(impl, :protocol),
-           false <- MapSet.member?(own, protocol),
-           true <- Code.ensure_loaded?(protocol),
-           true <- function_exported?(protocol, :__protocol__, 1),
-           true <- protocol.__protocol__(:consolidated?) do
-        {:error, {:consolidated_protocol, protocol}}
-      else
-        _ -> nil
-      end
-    end)
-  end
-
-  defp shims(state) do
-    Enum.reduce_while(@shims, {:ok, [], %{}}, fn {host, template}, {:ok, acc, redirects} ->
-      {^template, beam, _} = :code.get_object_code(template)
-      {:ok, name} = Beam.relocated_name(state.id, template)
-      renames = %{template => name, :__sandbox_shim_id__ => state.env_id}
-
-      case Beam.relocate(beam, renames, %{}, debug_info: :strip) do
-        {:ok, bin} -> {:cont, {:ok, [{name, bin} | acc], Map.put(redirects, host, name)}}
-        {:error, reason} -> {:halt, {:error, {:shim_failed, template, reason}}}
-      end
-    end)
-  end
-
-  defp relocate_all(modules, renames, redirects) do
-    Enum.reduce_while(modules, {:ok, []}, fn {module, beam}, {:ok, acc} ->
-      case Beam.relocate(beam, renames, redirects, debug_info: :strip) do
-        {:ok, bin} -> {:cont, {:ok, [{Map.fetch!(renames, module), bin} | acc]}}
-        {:error, reason} -> {:halt, {:error, {:relocation_failed, module, reason}}}
-      end
-    end)
   end
 
   # OTP and host applications the sandbox needs are shared: started in the host.
@@ -417,15 +394,6 @@ defmodule Sandbox.Instance do
     end)
   end
 
-  defp load_all(binaries) do
-    entries = for {name, bin} <- binaries, do: {name, ~c"sandbox:#{name}", bin}
-
-    case :code.atomic_load(entries) do
-      :ok -> {:ok, Enum.map(binaries, &elem(&1, 0))}
-      {:error, failures} -> {:error, {:load_failed, failures}}
-    end
-  end
-
   # The sandbox needs only the compiled modules: nothing stays on disk.
   defp compile_opts(config) do
     [
@@ -435,38 +403,155 @@ defmodule Sandbox.Instance do
     ]
   end
 
-  ## Versions
+  ## Changes
 
-  defp context(state) do
-    %{
-      id: state.id,
-      renames: state.renames,
-      redirects: state.redirects,
-      group_leader: state.group_leader,
-      config: state.config,
-      versions: state.versions
-    }
+  # The modules a compile's change removes (only the sandbox's own).
+  defp removing(_store, nil), do: []
+
+  # Besides what the compile reports removed, a module of the sandbox whose
+  # source is one of the changed files and that the compile did not produce
+  # is gone from its file (the compile's report is relative to the
+  # project's last build, which another sandbox may have moved on).
+  defp removing(store, {:remove, modules, files, produced}) do
+    files = MapSet.new(files)
+    produced = MapSet.new(produced)
+
+    from_files =
+      for {m, slot} <- store.modules,
+          not MapSet.member?(produced, m),
+          MapSet.member?(files, source(slot.parsed)),
+          do: m
+
+    Enum.uniq(Enum.filter(modules, &Map.has_key?(store.modules, &1)) ++ from_files)
   end
 
-  # The current versions are what a restart runs (it restarts the
-  # processes; the loaded code is already the current versions').
-  defp put_versions(state, store) do
-    current = Map.new(Versions.current_beams(store))
-    originals = for {m, _} <- state.originals, do: {m, Map.fetch!(current, m)}
-    %{state | versions: store, originals: originals}
+  defp removing(store, {:keep_only, modules}) do
+    keep = MapSet.new(modules)
+    for {m, _} <- store.modules, not MapSet.member?(keep, m), do: m
+  end
+
+  defp source(parsed) do
+    case Keyword.get(List.wrap(parsed.compile_info), :source) do
+      source when is_list(source) -> List.to_string(source)
+      _ -> nil
+    end
+  end
+
+  # Applies `change` with the reload options `opts` and records it. `meta`
+  # holds `t0`, and `trigger` (a reload) or `reason` (a rollback).
+  defp change(state, change, opts, meta) do
+    state = cancel_rollback(state)
+    previous = state.info.status
+    publish(status(state, :reloading), listed: true)
+
+    env = %{
+      group_leader: state.group_leader,
+      migration: migration(opts, state.config),
+      timeout: Keyword.get(opts, :suspend_timeout, 5_000)
+    }
+
+    {reply, state} =
+      case StatePreservation.apply(change, env) do
+        {:ok, %{migrated: n}} ->
+          state = %{state | store: Store.record(state.store, change)}
+          emit_applied(state.id, change, n, meta)
+          reply = if change.kind == :rollback, do: {:ok, :rolled_back}, else: {:ok, :hot_reloaded}
+          {reply, watch_rollback(state, change, opts, env)}
+
+        {:error, reason} ->
+          modules = ChangeSet.modules(change)
+
+          case meta do
+            %{trigger: trigger} ->
+              emit_failed(state.id, reason, meta.t0, trigger, modules)
+
+            %{reason: _} ->
+              emit_failed(state.id, {:rollback_failed, reason}, meta.t0, :api, modules)
+          end
+
+          {{:error, reason}, state}
+      end
+
+    state = status(state, previous)
+    publish(state, listed: true)
+    {reply, state}
+  end
+
+  defp migration(opts, config) do
+    case Keyword.get(opts, :state_migration, :config) do
+      :config -> config.state_migration
+      other -> other
+    end
+  end
+
+  defp emit_applied(id, change, migrated, meta) do
+    measurements = %{duration: System.monotonic_time() - meta.t0, processes: migrated}
+    base = %{sandbox_id: id, modules: ChangeSet.modules(change)}
+
+    case meta do
+      %{trigger: trigger} ->
+        Telemetry.emit(
+          :reload,
+          :reloaded,
+          measurements,
+          Map.merge(base, %{
+            versions: ChangeSet.versions(change),
+            added: Enum.map(change.added, & &1.module),
+            removed: Enum.map(change.removed, & &1.module),
+            trigger: trigger
+          })
+        )
+
+      %{reason: reason} ->
+        versions = Map.new(change.changed, &{&1.module, &1.to})
+
+        Telemetry.emit(
+          :reload,
+          :rolled_back,
+          measurements,
+          Map.merge(base, %{versions: versions, reason: reason})
+        )
+    end
+  end
+
+  defp emit_failed(id, reason, t0, trigger, modules) do
+    Telemetry.emit(:reload, :failed, %{duration: System.monotonic_time() - t0}, %{
+      sandbox_id: id,
+      reason: reason,
+      trigger: trigger,
+      modules: modules
+    })
   end
 
   # With a rollback window, every process of the sandbox is monitored until
-  # the window closes: the first crash rolls the change back.
-  defp watch_rollback(state, %{window: window} = change) when window > 0 do
-    members = if state.group_leader, do: GroupLeader.members(state.group_leader), else: []
-    refs = Map.new(members, &{Process.monitor(&1), &1})
-    tref = make_ref()
-    Process.send_after(self(), {:rollback_window_closed, tref}, window)
-    %{state | rollback: %{change: change, refs: refs, timer: tref}}
+  # the window closes: the first crash reverts the change.
+  defp watch_rollback(state, change, opts, env) do
+    window = Keyword.get(opts, :rollback_window, 0)
+
+    if window > 0 and change.kind == :reload do
+      members = if state.group_leader, do: GroupLeader.members(state.group_leader), else: []
+      refs = Map.new(members, &{Process.monitor(&1), &1})
+      tref = make_ref()
+      Process.send_after(self(), {:rollback_window_closed, tref}, window)
+      %{state | rollback: %{change: change, refs: refs, timer: tref, timeout: env.timeout}}
+    else
+      state
+    end
   end
 
-  defp watch_rollback(state, _change), do: state
+  defp auto_rollback(state, reason) do
+    %{change: applied, timeout: timeout} = state.rollback
+    state = cancel_rollback(state)
+    {:ok, change} = ChangeSet.revert(state.store, applied)
+    # The create option's migration (an arity-3 one migrates down).
+    {_reply, state} =
+      change(state, change, [suspend_timeout: timeout], %{
+        reason: reason,
+        t0: System.monotonic_time()
+      })
+
+    state
+  end
 
   defp cancel_rollback(%{rollback: nil} = state), do: state
 
@@ -479,6 +564,24 @@ defmodule Sandbox.Instance do
 
   defp shutdown?({:shutdown, _}), do: true
   defp shutdown?(_), do: false
+
+  ## Automatic reload
+
+  defp start_watch(state, on?, catch_up \\ false) do
+    if on? == state.info.auto_reload_enabled do
+      {:ok, state}
+    else
+      result =
+        if on?,
+          do: FileWatcher.watch(state.id, self(), state.config.sandbox_path, catch_up: catch_up),
+          else: FileWatcher.unwatch(state.id)
+
+      case result do
+        :ok -> {:ok, %{state | info: %{state.info | auto_reload_enabled: on?}}}
+        {:error, reason} -> {:error, reason, state}
+      end
+    end
+  end
 
   ## Roots
 
@@ -507,14 +610,14 @@ defmodule Sandbox.Instance do
   end
 
   defp root_starts(%{mode: :supervisor} = state) do
-    sup = Map.fetch!(state.renames, state.target)
+    sup = Map.fetch!(state.store.renames, state.target)
     [{state.target, fn -> sup.start_link(state.config.supervisor_args) end}]
   end
 
   defp root_starts(%{mode: :application, app: app} = state) do
     for spec <- app.path_deps ++ [app], spec.mod != nil do
       {mod, args} = spec.mod
-      relocated = Map.fetch!(state.renames, mod)
+      relocated = Map.fetch!(state.store.renames, mod)
       {spec.name, fn -> relocated.start(:normal, args) end}
     end
   end
@@ -538,10 +641,9 @@ defmodule Sandbox.Instance do
     state = stop_roots(%{state | roots: List.delete(state.roots, pid)})
 
     if length(recent) > state.config.max_restarts do
-      state = %{state | status: :error, error: {:max_restarts_exceeded, reason}, restarts: recent}
-      publish(state, listed: true)
+      state = failed(%{state | restarts: recent}, {:max_restarts_exceeded, reason})
 
-      Telemetry.emit(:manager, :failed, %{restart_count: state.restart_count}, %{
+      Telemetry.emit(:manager, :failed, %{restart_count: state.info.restart_count}, %{
         sandbox_id: state.id,
         reason: reason
       })
@@ -550,21 +652,31 @@ defmodule Sandbox.Instance do
     else
       case start_roots(%{state | restarts: recent}) do
         {:ok, state} ->
-          state = %{state | status: :running, restart_count: state.restart_count + 1}
-          publish(state, listed: true)
+          state = restarted(state)
           emit_restarted(state, reason)
           state
 
         {:error, start_reason, state} ->
-          state = %{state | status: :error, error: start_reason}
-          publish(state, listed: true)
-          state
+          failed(state, start_reason)
       end
     end
   end
 
+  defp restarted(state) do
+    info = %{state.info | restart_count: state.info.restart_count + 1, error: nil}
+    state = status(%{state | info: info}, :running)
+    publish(state, listed: true)
+    state
+  end
+
+  defp failed(state, reason) do
+    state = status(%{state | info: %{state.info | error: reason}}, :error)
+    publish(state, listed: true)
+    state
+  end
+
   defp emit_restarted(state, reason) do
-    Telemetry.emit(:manager, :restarted, %{restart_count: state.restart_count}, %{
+    Telemetry.emit(:manager, :restarted, %{restart_count: state.info.restart_count}, %{
       sandbox_id: state.id,
       reason: reason
     })
@@ -574,8 +686,12 @@ defmodule Sandbox.Instance do
   # sandbox's group leader, then the group leader itself.
   defp stop_roots(state) do
     for pid <- state.roots, do: shutdown(pid)
-    if state.group_leader, do: kill_members(state.group_leader)
-    if state.group_leader, do: stop_group_leader(state.group_leader)
+
+    if gl = state.group_leader do
+      GroupLeader.kill_members(gl)
+      stop_group_leader(gl)
+    end
+
     %{state | roots: [], group_leader: nil}
   end
 
@@ -594,21 +710,6 @@ defmodule Sandbox.Instance do
     end
   end
 
-  defp kill_members(gl) do
-    members = GroupLeader.members(gl)
-    refs = for pid <- members, do: Process.monitor(pid)
-    for pid <- members, do: Process.exit(pid, :kill)
-
-    for ref <- refs do
-      receive do
-        {:DOWN, ^ref, :process, _, _} -> :ok
-      end
-    end
-
-    # Processes spawned while the sweep ran.
-    if GroupLeader.members(gl) != [], do: kill_members(gl)
-  end
-
   defp stop_group_leader(gl) do
     GroupLeader.stop(gl)
 
@@ -619,30 +720,32 @@ defmodule Sandbox.Instance do
     end
   end
 
-  # Everything of the sandbox goes: processes, modules, environment. Returns
-  # the state with nothing left to tear down.
+  # Everything of the sandbox goes: its watch, processes, modules (a change
+  # to nothing), environment. Returns the state with nothing left to tear
+  # down.
   defp teardown(state) do
+    if state.info.auto_reload_enabled, do: FileWatcher.unwatch(state.id)
     state = stop_roots(state)
-
-    for module <- state.loaded do
-      :code.purge(module)
-      :code.delete(module)
-      :code.purge(module)
-    end
-
+    {:ok, _} = StatePreservation.apply(ChangeSet.destroy(state.store), %{})
     Env.delete(state.env_id)
-    %{state | loaded: []}
+    %{state | store: Store.new(state.id, state.config.max_versions)}
   end
 
   ## Info
+
+  defp status(state, status),
+    do: %{state | info: %{state.info | status: status, updated_at: DateTime.utc_now()}}
 
   defp publish(state, opts \\ []) do
     info =
       state
       |> public_info()
-      |> Map.put(:group_leader, state.group_leader)
-      |> Map.put(:started_at, state.started_at)
-      |> Map.put(:listed, Keyword.get(opts, :listed, false))
+      |> Map.from_struct()
+      |> Map.merge(%{
+        group_leader: state.group_leader,
+        started_at: state.started_at,
+        listed: Keyword.get(opts, :listed, false)
+      })
 
     Manager.put_info(state.id, info)
   end
@@ -651,18 +754,9 @@ defmodule Sandbox.Instance do
     root = List.last(state.roots)
 
     %{
-      id: state.id,
-      status: state.status,
-      app_name: state.app_name,
-      supervisor_module: state.supervisor_module,
-      app_pid: if(state.mode == :application, do: root),
-      supervisor_pid: root,
-      created_at: state.created_at,
-      restart_count: state.restart_count,
-      resource_usage: %{current_memory: 0, current_processes: 0, cpu_usage: 0.0, uptime: 0},
-      security_profile: state.config.security_profile,
-      resource_limits: state.config.resource_limits,
-      error: state.error
+      state.info
+      | app_pid: if(state.mode == :application, do: root),
+        supervisor_pid: root
     }
   end
 end

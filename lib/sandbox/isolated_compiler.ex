@@ -44,6 +44,11 @@ defmodule Sandbox.IsolatedCompiler do
       (`Sandbox.IsolatedCompiler.Pool.base_env/0`: the host's `PATH`,
       `HOME` and locale, nothing else)
     * `:memory_limit` — the seed's name for `compile_limits.max_memory`
+    * `:context` — (`compile_file/2`) a project directory: the file is
+      compiled against that project's last build (compiled first if there
+      is none), with its modules loaded and its config applied, so that it
+      can use the project's structs, macros and behaviours; `modules` holds
+      the modules the file defines
     * `:incremental` — with `true`, `compile_sandbox/2` recompiles only what
       changed since the last build of the same directory (found by the
       checksums of its sources), as `incremental_compile/3` does, and
@@ -66,7 +71,7 @@ defmodule Sandbox.IsolatedCompiler do
 
   ## Result
 
-  `compile_info` is the seed's map (`output`, `beam_files`, `app_file`,
+  `compile_info` is a `Sandbox.Models.CompilationResult` (the seed's `output`, `beam_files`, `app_file`,
   `compilation_time` in ms, `warnings`, `temp_dir`) plus:
 
     * `modules` — `[{module, beam_binary}]`
@@ -82,6 +87,10 @@ defmodule Sandbox.IsolatedCompiler do
     * `incremental` — whether only part of the project was recompiled
     * `removed_modules` — modules gone since the previous build
       (`incremental_compile/3`)
+    * `recompiled_modules` — `[{module, beam}]`: every module the worker
+      compiled (all of them for a full compile, those of the recompiled
+      files for an incremental one, whether their bytes changed or not;
+      `modules` on a cache hit)
     * `recompiled_files` — the absolute paths of the sources the worker
       compiled (`[]` on a cache hit)
     * `os_pid` — the worker's OS pid (`nil` on a cache hit)
@@ -137,24 +146,7 @@ defmodule Sandbox.IsolatedCompiler do
           type: :warning | :syntax | :compile | :dependency
         }
 
-  @type compile_info :: %{
-          output: String.t(),
-          beam_files: [String.t()],
-          app_file: String.t() | nil,
-          compilation_time: non_neg_integer,
-          warnings: [diagnostic],
-          errors: [diagnostic],
-          temp_dir: String.t() | nil,
-          modules: [{module, binary}],
-          app: map | nil,
-          app_env: keyword,
-          config: keyword,
-          cached: boolean,
-          incremental: boolean,
-          removed_modules: [module],
-          recompiled_files: [String.t()],
-          os_pid: pos_integer | nil
-        }
+  @type compile_info :: Sandbox.Models.CompilationResult.t()
 
   @type compile_opts :: keyword
 
@@ -246,7 +238,62 @@ defmodule Sandbox.IsolatedCompiler do
     cond do
       not File.regular?(path) -> {:error, {:no_such_file, file_path}}
       Path.extname(path) not in [".ex", ".erl"] -> {:error, {:unsupported_file, file_path}}
+      opts.context -> in_context(path, opts.context, opts)
       true -> compile(:file, Path.dirname(path), [path], opts)
+    end
+  end
+
+  # One file compiled against a project's last build (compiled first when
+  # there is none): the project's modules are loaded in the worker and its
+  # config applied, so the file can use its structs, macros and behaviours.
+  defp in_context(path, root, opts) do
+    kind = if File.regular?(Path.join(root, "mix.exs")), do: :project, else: :dir
+    opts = %{opts | context: nil, raw: Keyword.delete(opts.raw, :context)}
+
+    with {:ok, build} <- last_build(kind, root, opts),
+         :ok <- check_sizes([{path, file_size(path)}], opts.limits.max_file_size) do
+      started = System.monotonic_time()
+
+      job = %{
+        kind: :files,
+        root: root,
+        files: [path],
+        preload: Enum.to_list(build.modules),
+        config: build.config,
+        mix_env: opts.mix_env,
+        env: effective_env(opts.env),
+        erl_include: [Path.join(root, "include"), Path.dirname(path)]
+      }
+
+      with {:ok, result, info} <- run_job(job, opts) do
+        payload = %{
+          build
+          | modules: result.modules,
+            warnings: result.warnings,
+            app: nil,
+            app_files: []
+        }
+
+        {:ok,
+         compile_info(payload, info, started,
+           cached: false,
+           incremental: true,
+           recompiled: result.sources,
+           os_pid: result.os_pid,
+           write_artifacts: opts.write_artifacts
+         )}
+      end
+    end
+  end
+
+  defp last_build(kind, root, opts) do
+    case Cache.get_build(opts.cache_server, build_key(kind, root, opts)) do
+      nil ->
+        with {:ok, _} <- compile(kind, root, nil, %{opts | write_artifacts: false}),
+             do: last_build(kind, root, opts)
+
+      build ->
+        {:ok, build}
     end
   end
 
@@ -390,6 +437,7 @@ defmodule Sandbox.IsolatedCompiler do
     :incremental,
     :cache,
     :max_new_atoms,
+    :context,
     :artifacts_dir,
     :pool,
     :cache_server
@@ -460,6 +508,7 @@ defmodule Sandbox.IsolatedCompiler do
       incremental: Keyword.get(opts, :incremental, false),
       cache: Keyword.get(opts, :cache, true),
       max_new_atoms: max_atoms || @default_max_new_atoms,
+      context: context!(Keyword.get(opts, :context)),
       artifacts: Keyword.get_lazy(opts, :artifacts_dir, &artifacts_root/0),
       pool: Keyword.get(opts, :pool, Pool),
       cache_server: Keyword.get(opts, :cache_server, Cache)
@@ -468,6 +517,12 @@ defmodule Sandbox.IsolatedCompiler do
 
   defp normalize_opts!(other),
     do: raise(ArgumentError, "expected a keyword list of options, got: #{inspect(other)}")
+
+  defp context!(nil), do: nil
+  defp context!(dir) when is_binary(dir), do: Path.expand(dir)
+
+  defp context!(other),
+    do: raise(ArgumentError, "expected :context as a path, got: #{inspect(other)}")
 
   ## Full compiles
 
@@ -596,7 +651,7 @@ defmodule Sandbox.IsolatedCompiler do
         do: Keyword.merge(app.env, Keyword.get(payload.config, app.name, [])),
         else: []
 
-    %{
+    %Sandbox.Models.CompilationResult{
       output: info.output,
       beam_files:
         if(ebin,
@@ -617,6 +672,7 @@ defmodule Sandbox.IsolatedCompiler do
       incremental: extra[:incremental],
       removed_modules: Keyword.get(extra, :removed_modules, []),
       recompiled_files: Keyword.get(extra, :recompiled, []),
+      recompiled_modules: Keyword.get(extra, :recompiled_modules, payload.modules),
       os_pid: extra[:os_pid]
     }
   end
@@ -776,6 +832,7 @@ defmodule Sandbox.IsolatedCompiler do
         incremental: true,
         removed_modules: Enum.sort(removed),
         recompiled: result.sources,
+        recompiled_modules: result.modules,
         os_pid: result.os_pid
       )
 
@@ -790,6 +847,7 @@ defmodule Sandbox.IsolatedCompiler do
     %{
       info
       | modules: changed,
+        recompiled_modules: info.modules,
         beam_files:
           Enum.map(changed, fn {m, _} -> Path.join([info.temp_dir, "ebin", "#{m}.beam"]) end),
         removed_modules: Enum.sort(removed),

@@ -1,7 +1,35 @@
 defmodule Sandbox.StatePreservation do
   @moduledoc """
-  Suspends, migrates, restores and resumes a sandbox's `:sys` processes
-  around a hot reload (`Sandbox.hot_reload_sandbox/3`).
+  Applies a change (`Sandbox.ChangeSet`) to a running sandbox: loads it
+  two-version safe, suspending, migrating, restoring and resuming the
+  sandbox's `:sys` processes around it (`apply/2`).
+
+  ## Applying a change
+
+    1. The added, changed and relinked modules are prepared for loading
+       (`:code.prepare_loading/1`: all or none).
+    2. Soft purge: the old code of each module the change replaces or
+       removes is purged with `:code.soft_purge/1`. A process still running
+       it fails the change with `{:old_code_in_use, module, pids}`; nothing
+       is killed. A process running a module the change removes (in its
+       stack, or as its callback module) fails it with
+       `{:module_in_use, module, pids}`.
+    3. The sandbox's `:sys` processes whose callback module is one of the
+       changed modules, or one that (transitively) calls them, are
+       suspended, callers first (the reverse of the reload order), so that a
+       server busy calling another affected server finishes that call
+       before it is suspended; the states of those to migrate are captured.
+    4. The modules are loaded together (`:code.finish_loading/1`), and the
+       processes whose callback module changed are migrated in dependency
+       order.
+    5. Everything is resumed; removed modules are deleted and purged.
+
+  Any failure after step 3 restores the previous binaries and the captured
+  states, then resumes. A process whose migration timed out is still inside
+  the new code: it is killed once the previous code is back, so its
+  supervisor restarts it under that code, and the reason says `:killed`.
+  A create is a change from nothing (no process to suspend); a destroy is a
+  change to nothing, applied after the sandbox's processes are gone.
 
   ## Which processes
 
@@ -39,7 +67,7 @@ defmodule Sandbox.StatePreservation do
   process of the sandbox, so that nothing stays suspended.
   """
 
-  alias Sandbox.GroupLeader
+  alias Sandbox.{ChangeSet, GroupLeader}
 
   @typedoc "A `:sys` process of a sandbox and its (relocated) callback module."
   @type target :: %{pid: pid, module: module, kind: :gen | :supervisor}
@@ -235,4 +263,309 @@ defmodule Sandbox.StatePreservation do
 
   defp exit_reason({reason, {_m, _f, _a}}), do: reason
   defp exit_reason(reason), do: reason
+
+  ## Applying a change
+
+  @typedoc """
+  How to apply a change: the sandbox's group leader (`nil` when it has no
+  processes), the migration function (`nil`: `code_change/3`) and the
+  timeout (ms) for each suspension and migration.
+  """
+  @type env :: %{group_leader: pid | nil, migration: fun | nil, timeout: timeout}
+
+  @doc """
+  Applies `change` (see the module documentation). Returns
+  `{:ok, %{migrated: n}}` or `{:error, reason}` with everything as it was:
+  `{:load_failed, failures}`, `{:old_code_in_use, module, pids}`,
+  `{:module_in_use, module, pids}`, or a suspension or migration error (see
+  `Sandbox.hot_reload_sandbox/3`).
+  """
+  @spec apply(ChangeSet.t(), env) :: {:ok, %{migrated: non_neg_integer}} | {:error, term}
+  def apply(%ChangeSet{kind: :destroy} = change, _env) do
+    for e <- change.removed do
+      :code.purge(e.name)
+      :code.delete(e.name)
+      :code.purge(e.name)
+    end
+
+    {:ok, %{migrated: 0}}
+  end
+
+  def apply(%ChangeSet{} = change, env) do
+    load = change.shims ++ change.order
+    replaced = change.changed ++ change.relinked
+    gl = env.group_leader
+    members = if is_pid(gl) and Process.alive?(gl), do: GroupLeader.members(gl), else: []
+
+    with {:ok, prepared} <- prepare(load, :binary),
+         :ok <- soft_purge(replaced ++ change.removed),
+         :ok <- not_in_use(change.removed, members) do
+      result =
+        if members == [] or change.changed == [] do
+          finish(prepared, change)
+        else
+          under_suspension(change, prepared, members, env)
+        end
+
+      with {:ok, _} <- result, do: remove(change.removed)
+      result
+    end
+  end
+
+  defp finish(prepared, change) do
+    case :code.finish_loading(prepared) do
+      :ok ->
+        {:ok, %{migrated: 0}}
+
+      {:error, failures} ->
+        {:error, {:load_failed, originals(failures, change)}}
+    end
+  end
+
+  defp under_suspension(change, prepared, members, env) do
+    %{group_leader: gl, timeout: timeout} = env
+    suspend_names = suspend_set(change)
+    originals = Map.new(change.renames, fn {original, name} -> {name, original} end)
+
+    sys =
+      for t <- sys_processes(members),
+          Map.has_key?(suspend_names, t.module),
+          do: Map.put(t, :original, Map.get(originals, t.module, t.module))
+
+    # Callers first: a server busy calling another one finishes its call
+    # before it suspends, instead of waiting on a suspended server.
+    sys = Enum.sort_by(sys, &Map.fetch!(suspend_names, &1.module))
+
+    to_migrate =
+      for e <- change.order, e.kind == :changed, p <- sys, p.module == e.name, do: {p, e}
+
+    monitors = Map.new(sys, &{Process.monitor(&1.pid), &1.pid})
+
+    result =
+      case suspend_all(sys, timeout, gl) do
+        {:ok, suspended} ->
+          alive =
+            Enum.filter(to_migrate, fn {p, _} -> Enum.any?(suspended, &(&1.pid == p.pid)) end)
+
+          migrate_suspended(change, prepared, suspended, alive, monitors, env)
+
+        {:error, _} = error ->
+          error
+      end
+
+    for {ref, _} <- monitors, do: Process.demonitor(ref, [:flush])
+    result
+  end
+
+  defp migrate_suspended(change, prepared, suspended, alive, mons, env) do
+    %{group_leader: gl, timeout: timeout, migration: migration} = env
+    undo = fn captured, kill -> restore(change, captured, suspended, kill, timeout, gl) end
+
+    case capture(Enum.map(alive, &elem(&1, 0)), timeout) do
+      {:error, {:process_died, pid, _}} ->
+        resume_all(suspended, timeout, gl)
+        {:error, {:process_died, pid, down_reason(mons, pid)}}
+
+      {:error, reason} ->
+        resume_all(suspended, timeout, gl)
+        {:error, reason}
+
+      {:ok, captured} ->
+        case :code.finish_loading(prepared) do
+          :ok ->
+            case migrate_all(alive, migration, timeout) do
+              :ok ->
+                case died(mons) do
+                  nil ->
+                    resume_all(suspended, timeout, gl)
+                    {:ok, %{migrated: length(alive)}}
+
+                  {pid, reason} ->
+                    undo.(captured, [])
+                    {:error, {:process_died, pid, reason}}
+                end
+
+              {:error, {:migration_timeout, module, pid}} ->
+                undo.(captured, [pid])
+                {:error, {:migration_timeout, module, pid, :killed}}
+
+              {:error, {:process_died, pid, _}} ->
+                undo.(captured, [])
+                {:error, {:process_died, pid, down_reason(mons, pid)}}
+
+              {:error, reason} ->
+                undo.(captured, [])
+                {:error, reason}
+            end
+
+          {:error, failures} ->
+            resume_all(suspended, timeout, gl)
+            {:error, {:load_failed, originals(failures, change)}}
+        end
+    end
+  end
+
+  defp migrate_all(pairs, migration, timeout) do
+    Enum.find_value(pairs, :ok, fn {proc, e} ->
+      direction = if e.to < e.from, do: :down, else: :up
+
+      case migrate(proc, migration, e.from, e.to, direction, timeout) do
+        :ok -> nil
+        error -> error
+      end
+    end)
+  end
+
+  # The exit reason of a monitored process that is gone (its `:DOWN`).
+  defp down_reason(monitors, pid) do
+    Enum.find_value(monitors, :noproc, fn
+      {ref, ^pid} ->
+        receive do
+          {:DOWN, ^ref, :process, ^pid, reason} -> reason
+        end
+
+      _ ->
+        nil
+    end)
+  end
+
+  defp died(monitors) do
+    Enum.find_value(monitors, fn {ref, pid} ->
+      receive do
+        {:DOWN, ^ref, :process, ^pid, reason} -> {pid, reason}
+      after
+        0 -> nil
+      end
+    end)
+  end
+
+  # Puts the previous binaries back (added modules go), then kills the
+  # processes left inside the new code (their supervisors restart them
+  # under the previous code), puts the captured states back and resumes
+  # everything.
+  defp restore(change, captured, suspended, kill, timeout, gl) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    back = change.changed ++ change.relinked
+
+    for e <- change.order, do: wait_soft_purge(e.name, deadline)
+    {:ok, prepared} = prepare(back, :old_binary)
+    :ok = :code.finish_loading(prepared)
+
+    for e <- change.added do
+      :code.delete(e.name)
+      wait_soft_purge(e.name, deadline)
+    end
+
+    GroupLeader.kill_and_wait(kill)
+    restore_states(captured, kill, timeout)
+    resume_all(Enum.reject(suspended, &(&1.pid in kill)), timeout, gl)
+  end
+
+  # Old code that clients of the sandbox may still be inside (waiting for a
+  # suspended server) is purged softly, retrying until `deadline`, and only
+  # then hard.
+  defp wait_soft_purge(name, deadline) do
+    cond do
+      :code.soft_purge(name) ->
+        :ok
+
+      System.monotonic_time(:millisecond) >= deadline ->
+        :code.purge(name)
+
+      true ->
+        receive do
+        after
+          5 -> wait_soft_purge(name, deadline)
+        end
+    end
+  end
+
+  defp prepare(entries, key) do
+    loads = for e <- entries, do: {e.name, ~c"sandbox:#{e.name}", Map.fetch!(e, key)}
+
+    case :code.prepare_loading(loads) do
+      {:ok, prepared} -> {:ok, prepared}
+      {:error, failures} -> {:error, {:load_failed, failures}}
+    end
+  end
+
+  defp originals(failures, change) do
+    by_name = Map.new(change.order ++ change.shims, &{&1.name, &1.module})
+    for {name, why} <- failures, do: {Map.get(by_name, name, name), why}
+  end
+
+  defp soft_purge(entries) do
+    Enum.find_value(entries, :ok, fn e ->
+      if :code.soft_purge(e.name) do
+        nil
+      else
+        holders = for pid <- Process.list(), :erlang.check_process_code(pid, e.name), do: pid
+        {:error, {:old_code_in_use, e.module, holders}}
+      end
+    end)
+  end
+
+  # A module about to be removed must not be running: in a process's stack,
+  # or as the callback module of one of the sandbox's :sys processes.
+  defp not_in_use([], _members), do: :ok
+
+  defp not_in_use(removed, members) do
+    callbacks = Map.new(sys_processes(members), &{&1.pid, &1.module})
+
+    Enum.find_value(removed, :ok, fn e ->
+      marker = "(" <> inspect_atom(e.name) <> ":"
+
+      users =
+        for pid <- members,
+            Map.get(callbacks, pid) == e.name or in_stack?(pid, marker),
+            do: pid
+
+      if users != [], do: {:error, {:module_in_use, e.module, users}}
+    end)
+  end
+
+  defp inspect_atom(name), do: name |> :io_lib.write_atom() |> IO.iodata_to_binary()
+
+  defp in_stack?(pid, marker) do
+    case Process.info(pid, :backtrace) do
+      {:backtrace, text} -> String.contains?(text, marker)
+      nil -> false
+    end
+  end
+
+  # Removed modules go once the change is in. One that a process entered
+  # meanwhile stays as old code until the next change or the destroy.
+  defp remove(removed) do
+    for e <- removed do
+      :code.delete(e.name)
+      :code.soft_purge(e.name)
+    end
+
+    :ok
+  end
+
+  # The relocated names of the changed modules and of every module that
+  # (transitively) calls one of them, whose processes are suspended, each
+  # with its rank in the reverse reload order (callers first).
+  defp suspend_set(change) do
+    graph = change.graph
+    {:ok, groups} = Sandbox.Beam.reload_order(graph)
+    rank = groups |> Enum.concat() |> Enum.reverse() |> Enum.with_index() |> Map.new()
+
+    callers =
+      Enum.reduce(graph, %{}, fn {m, deps}, acc ->
+        Enum.reduce(deps, acc, fn d, acc -> Map.update(acc, d, [m], &[m | &1]) end)
+      end)
+
+    closure = reach(Enum.map(change.changed, & &1.module), callers, MapSet.new())
+    Map.new(closure, &{Map.fetch!(change.renames, &1), Map.get(rank, &1, 0)})
+  end
+
+  defp reach([], _callers, seen), do: seen
+
+  defp reach([m | rest], callers, seen) do
+    if MapSet.member?(seen, m),
+      do: reach(rest, callers, seen),
+      else: reach(Map.get(callers, m, []) ++ rest, callers, MapSet.put(seen, m))
+  end
 end

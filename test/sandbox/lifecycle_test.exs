@@ -430,8 +430,8 @@ defmodule Sandbox.LifecycleTest do
       assert create.(sandbox_path: path, security_profile: :high) ==
                {:error, {:not_yet_supported, :security_profile}}
 
-      assert create.(sandbox_path: path, auto_reload: true) ==
-               {:error, {:not_yet_supported, :auto_reload}}
+      assert create.(sandbox_path: path, auto_reload: :yes) ==
+               {:error, {:invalid_option, {:auto_reload, :yes}}}
 
       assert create.(sandbox_path: path, state_migration: fn -> :ok end) |> elem(1) |> elem(0) ==
                :invalid_option

@@ -301,7 +301,11 @@ defmodule Sandbox.ReloadTest do
       other = ReloadFixtures.beam!("defmodule #{ctx.ns}.Other, do: def(x, do: 1)")
       other_mod = Module.concat(ctx.ns, Other)
 
-      assert Sandbox.hot_reload_sandbox(id, other) == {:error, {:unknown_module, other_mod}}
+      # A module new to the sandbox is added to it, at version 1.
+      assert Sandbox.hot_reload_sandbox(id, other) == {:ok, :hot_reloaded}
+      assert Sandbox.get_current_version(id, other_mod) == {:ok, 1}
+      assert Sandbox.call(id, other_mod, :x, []) == {:ok, 1}
+      refute Code.ensure_loaded?(other_mod)
 
       # Relocation renames the Calc key to the second key: two equal keys.
       relocated_calc = inspect(Sandbox.module_name(id, ctx.calc))

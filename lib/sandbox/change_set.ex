@@ -1,0 +1,456 @@
+defmodule Sandbox.ChangeSet do
+  @moduledoc """
+  One change to a sandbox's code, built once and applied as a whole.
+
+  Create, reload, automatic reload, rollback and destroy are all the same
+  operation: a change set is built here from the sandbox's version store
+  (`Sandbox.ModuleVersionManager`) and what is to change, applied by
+  `Sandbox.StatePreservation.apply/2`, and recorded by
+  `Sandbox.ModuleVersionManager.record/2`. Building it does all of the
+  per-BEAM work exactly once: parse, validate, checksum, one dependency
+  graph of the result (in C), the renames of the result, and relocation.
+
+  A change holds entries for modules that are:
+
+    * `added` — new to the sandbox (version 1);
+    * `changed` — a BEAM whose bytes differ from the current version's (the
+      next version; for a rollback, the kept version gone back to);
+    * `removed` — gone from the sandbox;
+    * `relinked` — unchanged, but relocated again because the renames
+      changed under it (a module it names was added): loaded with the
+      change, no new version;
+    * `shims` — the sandbox's copies of the library's shim modules (create).
+
+  Each entry is a map: `kind`, `module` (original name), `name` (relocated),
+  `beam` (as given), `binary` (relocated, what is loaded), `old_binary`
+  (what was loaded before, to restore), `checksum` (hex), `parsed`
+  (`Sandbox.Beam.t()`), `deps` (its dependencies in the result's graph),
+  `from` and `to` (versions; `nil` for none), `old_parsed` (a changed
+  module's parse before the change) and `slot` (a removed module's store
+  slot, so that reverting the change restores its history).
+
+  `graph` is the dependency graph of the sandbox after the change, `order`
+  the entries to load in reload order (dependencies first), `renames` the
+  sandbox's renames after it.
+  """
+
+  alias Sandbox.Beam
+  alias Sandbox.ModuleVersionManager, as: Store
+
+  @type kind :: :create | :reload | :rollback | :revert | :destroy
+  @type entry :: %{
+          kind: :added | :changed | :removed | :relinked | :shim,
+          module: module,
+          name: module,
+          beam: binary | nil,
+          binary: binary | nil,
+          old_binary: binary | nil,
+          checksum: String.t() | nil,
+          parsed: Beam.t() | nil,
+          deps: [module],
+          from: pos_integer | nil,
+          to: pos_integer | nil
+        }
+
+  @type t :: %__MODULE__{
+          sandbox_id: String.t(),
+          kind: kind,
+          added: [entry],
+          changed: [entry],
+          removed: [entry],
+          relinked: [entry],
+          shims: [entry],
+          unchanged: [module],
+          renames: %{module => module},
+          redirects: %{module => module},
+          graph: %{module => [module]},
+          order: [entry]
+        }
+
+  defstruct sandbox_id: nil,
+            kind: :reload,
+            added: [],
+            changed: [],
+            removed: [],
+            relinked: [],
+            shims: [],
+            unchanged: [],
+            renames: %{},
+            redirects: %{},
+            graph: %{},
+            order: []
+
+  @relocate_opts [debug_info: :strip]
+
+  @doc """
+  The change that creates a sandbox: every module of `modules`
+  (`[{module, beam}]` or BEAMs) added to the empty `store`, and a copy of
+  each shim template in `shims` (`[{host_module, template}]`) relocated for
+  the sandbox, with calls to each host module redirected to its copy.
+  `shim_renames` are extra renames of the shim templates (such as the atom
+  through which a shim knows its sandbox).
+  """
+  @spec create(Store.t(), [{module, binary} | binary], [{module, module}], map) ::
+          {:ok, t} | {:error, term}
+  def create(%Store{} = store, modules, shims, shim_renames \\ %{}) do
+    with {:ok, shim_entries, redirects} <- build_shims(store.id, shims, shim_renames),
+         store = %{store | redirects: redirects},
+         {:ok, given} <- parse_given(Enum.map(modules, &beam_of/1), store, allow_unchanged: false) do
+      assemble(store, :create, given, [], shim_entries)
+    end
+  end
+
+  defp beam_of({_module, beam}), do: beam
+  defp beam_of(beam), do: beam
+
+  @doc """
+  A reload: `beams` (BEAM binaries under their original names) replace or
+  add modules, and the modules in `opts[:remove]` go. `{:ok, :unchanged}`
+  when every BEAM is byte-identical to its module's current version and
+  nothing is removed.
+
+  Errors: `:no_beams`, `{:invalid_beam, module | nil, reason}`,
+  `{:duplicate_module, module}`, `{:unknown_module, module}` (in
+  `:remove`), `{:consolidated_protocol, protocol}`,
+  `{:atom_too_long, name}`, `{:relocation_failed, module, reason}`.
+  """
+  @spec reload(Store.t(), [binary], keyword) :: {:ok, t} | {:ok, :unchanged} | {:error, term}
+  def reload(%Store{} = store, beams, opts \\ []) do
+    remove = Keyword.get(opts, :remove, [])
+
+    with :ok <- if(beams == [] and remove == [], do: {:error, :no_beams}, else: :ok),
+         {:ok, given} <- parse_given(beams, store, allow_unchanged: true),
+         {:ok, removed} <- removed_entries(store, remove, given) do
+      case Enum.reject(given, &(&1.kind == :unchanged)) do
+        [] when removed == [] -> {:ok, :unchanged}
+        _ -> assemble(store, :reload, given, removed, [])
+      end
+    end
+  end
+
+  @doc """
+  A rollback of `module` to its kept `version`. Errors:
+  `{:unknown_module, module}`, `{:unknown_version, module, version}`,
+  `{:already_current, module, version}` and the relocation errors of
+  `reload/3`.
+  """
+  @spec rollback(Store.t(), module, pos_integer) :: {:ok, t} | {:error, term}
+  def rollback(%Store{} = store, module, version) do
+    with {:ok, entry} <- Store.fetch_version(store, module, version),
+         true <-
+           version != store.modules[module].current ||
+             {:error, {:already_current, module, version}},
+         {:ok, [given]} <- parse_given([entry.beam_data], store, allow_unchanged: false) do
+      assemble(store, :rollback, [%{given | to: version}], [], [])
+    end
+  end
+
+  @doc """
+  The inverse of an applied change `change` (for an automatic rollback):
+  changed modules go back to the versions they had, added ones go, removed
+  ones come back. `store` is the store after `change` was recorded.
+  """
+  @spec revert(Store.t(), t) :: {:ok, t}
+  def revert(%Store{} = _store, %__MODULE__{} = change) do
+    back = fn e -> %{e | binary: e.old_binary, old_binary: e.binary, from: e.to, to: e.from} end
+
+    changed =
+      for e <- change.changed do
+        %{back.(e) | beam: nil, checksum: nil, parsed: e.old_parsed, old_parsed: e.parsed}
+      end
+
+    removed = for e <- change.added, do: %{back.(e) | kind: :removed, to: nil}
+    added = for e <- change.removed, do: %{back.(e) | kind: :added}
+    relinked = for e <- change.relinked, do: back.(e)
+
+    renames =
+      Enum.reduce(
+        change.removed,
+        Map.drop(change.renames, Enum.map(change.added, & &1.module)),
+        fn e, acc -> Map.put(acc, e.module, e.name) end
+      )
+
+    {:ok,
+     %__MODULE__{
+       change
+       | kind: :revert,
+         added: added,
+         changed: changed,
+         removed: removed,
+         relinked: relinked,
+         shims: [],
+         renames: renames,
+         graph: Map.drop(change.graph, Enum.map(change.added, & &1.module)),
+         order: Enum.reverse(added ++ changed ++ relinked)
+     }}
+  end
+
+  @doc "The change that removes everything of a sandbox (destroy)."
+  @spec destroy(Store.t()) :: t
+  def destroy(%Store{} = store) do
+    removed =
+      for {module, slot} <- store.modules do
+        entry(:removed, module, store.renames[module], %{old_binary: slot.binary})
+      end
+
+    shims = for name <- store.shims, do: entry(:shim, name, name, %{})
+
+    %__MODULE__{
+      sandbox_id: store.id,
+      kind: :destroy,
+      removed: removed ++ shims,
+      renames: store.renames,
+      redirects: store.redirects
+    }
+  end
+
+  @doc "Every module the change touches (original names), for events."
+  @spec modules(t) :: [module]
+  def modules(%__MODULE__{} = change),
+    do: Enum.map(change.added ++ change.changed ++ change.removed, & &1.module)
+
+  @doc "The version each added or changed module gets: `%{module => version}`."
+  @spec versions(t) :: %{module => pos_integer}
+  def versions(%__MODULE__{} = change),
+    do: Map.new(change.added ++ change.changed, &{&1.module, &1.to})
+
+  ## Building
+
+  defp entry(kind, module, name, fields) do
+    Map.merge(
+      %{
+        kind: kind,
+        module: module,
+        name: name,
+        beam: nil,
+        binary: nil,
+        old_binary: nil,
+        checksum: nil,
+        parsed: nil,
+        deps: [],
+        from: nil,
+        to: nil,
+        old_parsed: nil,
+        slot: nil
+      },
+      fields
+    )
+  end
+
+  # Parses, validates and checksums every BEAM once, and classifies it
+  # against the store: added, changed or unchanged.
+  defp parse_given(beams, store, opts) do
+    Enum.reduce_while(beams, {:ok, []}, fn beam, {:ok, acc} ->
+      with true <- is_binary(beam) || {:error, {:invalid_beam, nil, :not_a_binary}},
+           {:ok, parsed} <- tag_invalid(Beam.parse(beam), nil),
+           :ok <- tag_invalid(Beam.validate(beam), parsed.module),
+           :ok <- unique(acc, parsed.module) do
+        {:cont, {:ok, [classify(store, parsed, beam, opts) | acc]}}
+      else
+        {:error, _} = error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, list} -> {:ok, Enum.reverse(list)}
+      error -> error
+    end
+  end
+
+  defp tag_invalid({:error, reason}, module), do: {:error, {:invalid_beam, module, reason}}
+  defp tag_invalid(ok, _module), do: ok
+
+  defp unique(acc, module) do
+    if Enum.any?(acc, &(&1.module == module)),
+      do: {:error, {:duplicate_module, module}},
+      else: :ok
+  end
+
+  defp classify(store, parsed, beam, opts) do
+    module = parsed.module
+    checksum = Beam.checksum_hex(beam)
+    fields = %{beam: beam, parsed: parsed, checksum: checksum}
+
+    case store.modules do
+      %{^module => slot} ->
+        current = Store.current(store, module)
+
+        kind =
+          if opts[:allow_unchanged] && current.checksum == checksum && current.beam_data == beam,
+            do: :unchanged,
+            else: :changed
+
+        entry(
+          kind,
+          module,
+          nil,
+          Map.merge(fields, %{
+            old_binary: slot.binary,
+            old_parsed: slot.parsed,
+            from: slot.current,
+            to: slot.next
+          })
+        )
+
+      _ ->
+        entry(:added, module, nil, Map.put(fields, :to, 1))
+    end
+  end
+
+  defp removed_entries(store, remove, given) do
+    Enum.reduce_while(remove, {:ok, []}, fn module, {:ok, acc} ->
+      cond do
+        Enum.any?(given, &(&1.module == module)) ->
+          {:cont, {:ok, acc}}
+
+        slot = store.modules[module] ->
+          fields = %{old_binary: slot.binary, from: slot.current, parsed: slot.parsed, slot: slot}
+          {:cont, {:ok, [entry(:removed, module, store.renames[module], fields) | acc]}}
+
+        true ->
+          {:halt, {:error, {:unknown_module, module}}}
+      end
+    end)
+  end
+
+  # The result: renames and the dependency graph of every module after the
+  # change, the modules relocated again because a name they hold is now
+  # renamed, and every binary relocated.
+  defp assemble(store, kind, given, removed, shims) do
+    touched = Enum.reject(given, &(&1.kind == :unchanged))
+    gone = MapSet.new(removed, & &1.module)
+
+    parsed =
+      store.modules
+      |> Map.drop(MapSet.to_list(gone))
+      |> Map.new(fn {m, slot} -> {m, slot.parsed} end)
+      |> Map.merge(Map.new(touched, &{&1.module, &1.parsed}))
+
+    with :ok <- check_protocols(touched, parsed),
+         {:ok, renames} <- Beam.rename_map(store.id, Map.values(parsed)),
+         {:ok, graph} <- graph(Map.values(parsed)) do
+      relinked = relinked(store, renames, touched, gone)
+      to_relocate = touched ++ relinked
+
+      with {:ok, relocated} <- relocate_all(to_relocate, renames, store.redirects) do
+        relocated = Enum.map(relocated, &%{&1 | deps: Map.get(graph, &1.module, [])})
+        by_kind = Enum.group_by(relocated, & &1.kind)
+
+        {:ok,
+         %__MODULE__{
+           sandbox_id: store.id,
+           kind: kind,
+           added: Map.get(by_kind, :added, []),
+           changed: Map.get(by_kind, :changed, []),
+           relinked: Map.get(by_kind, :relinked, []),
+           removed: removed,
+           shims: shims,
+           unchanged: for(%{kind: :unchanged, module: m} <- given, do: m),
+           renames: renames,
+           redirects: store.redirects,
+           graph: graph,
+           order: in_order(relocated, graph)
+         }}
+      end
+    end
+  end
+
+  defp graph(parsed) do
+    case Beam.dependency_graph(parsed) do
+      {:ok, graph} -> {:ok, graph}
+      {:error, reason} -> {:error, {:dependency_graph_failed, reason}}
+    end
+  end
+
+  # Modules left as they are whose atom table holds a name that the change
+  # renames anew (a module added, or a protocol implementation renamed):
+  # their binaries were relocated without that rename.
+  defp relinked(store, renames, touched, gone) do
+    fresh =
+      for {from, to} <- renames, Map.get(store.renames, from) != to, into: MapSet.new(), do: from
+
+    skip = MapSet.union(gone, MapSet.new(touched, & &1.module))
+
+    if MapSet.size(fresh) == 0 do
+      []
+    else
+      for {module, slot} <- store.modules,
+          not MapSet.member?(skip, module),
+          Enum.any?(slot.parsed.atoms, &MapSet.member?(fresh, &1)) do
+        current = Store.current(store, module)
+
+        entry(:relinked, module, nil, %{
+          beam: current.beam_data,
+          parsed: slot.parsed,
+          checksum: current.checksum,
+          old_binary: slot.binary,
+          from: slot.current,
+          to: slot.current
+        })
+      end
+    end
+  end
+
+  defp relocate_all(entries, renames, redirects) do
+    Enum.reduce_while(entries, {:ok, []}, fn e, {:ok, acc} ->
+      case Beam.relocate(e.beam, renames, redirects, @relocate_opts) do
+        {:ok, bin} ->
+          {:cont, {:ok, [%{e | binary: bin, name: Map.fetch!(renames, e.module)} | acc]}}
+
+        {:error, reason} ->
+          {:halt, {:error, {:relocation_failed, e.module, reason}}}
+      end
+    end)
+    |> case do
+      {:ok, list} -> {:ok, Enum.reverse(list)}
+      error -> error
+    end
+  end
+
+  defp in_order([_] = entries, _graph), do: entries
+
+  defp in_order(entries, graph) do
+    {:ok, groups} = Beam.reload_order(graph)
+    by_module = Map.new(entries, &{&1.module, &1})
+    for m <- Enum.concat(groups), e = by_module[m], e != nil, do: e
+  end
+
+  # A consolidated host protocol dispatches only to the implementations it
+  # was consolidated with: an implementation the sandbox brings for it would
+  # silently never be called, so the change is refused instead.
+  defp check_protocols(touched, parsed) do
+    Enum.find_value(touched, :ok, fn %{parsed: %{attributes: attrs}} ->
+      with impl when is_list(impl) <- Keyword.get(List.wrap(attrs), :__impl__),
+           protocol when is_atom(protocol) <- Keyword.get(impl, :protocol),
+           false <- Map.has_key?(parsed, protocol),
+           true <- Code.ensure_loaded?(protocol),
+           true <- function_exported?(protocol, :__protocol__, 1),
+           true <- protocol.__protocol__(:consolidated?) do
+        {:error, {:consolidated_protocol, protocol}}
+      else
+        _ -> nil
+      end
+    end)
+  end
+
+  defp build_shims(_id, [], _extra), do: {:ok, [], %{}}
+
+  defp build_shims(id, shims, extra) do
+    Enum.reduce_while(shims, {:ok, [], %{}}, fn {host, template}, {:ok, acc, redirects} ->
+      {^template, beam, _} = :code.get_object_code(template)
+      {:ok, name} = Beam.relocated_name(id, template)
+
+      case Beam.relocate(beam, Map.put(extra, template, name), %{}, @relocate_opts) do
+        {:ok, bin} ->
+          shim = entry(:shim, template, name, %{beam: beam, binary: bin})
+          {:cont, {:ok, [shim | acc], Map.put(redirects, host, name)}}
+
+        {:error, reason} ->
+          {:halt, {:error, {:shim_failed, template, reason}}}
+      end
+    end)
+    |> case do
+      {:ok, list, redirects} -> {:ok, Enum.reverse(list), redirects}
+      error -> error
+    end
+  end
+end
