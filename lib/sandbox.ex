@@ -361,6 +361,10 @@ defmodule Sandbox do
           with_instance(id, &Instance.apply_compile(&1, info, [files: files] ++ opts))
 
         {:error, reason} = error ->
+          # The running code stays (Sandbox.ErrorHandler's :rollback).
+          context = Sandbox.ErrorHandler.context(id, :reload, :compiler)
+          Sandbox.ErrorHandler.handle_error(reason, context)
+
           Sandbox.Telemetry.emit(:reload, :failed, %{duration: System.monotonic_time() - t0}, %{
             sandbox_id: id,
             reason: reason,

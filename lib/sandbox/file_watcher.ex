@@ -33,7 +33,7 @@ defmodule Sandbox.FileWatcher do
 
   use GenServer
 
-  alias Sandbox.{CNode, Instance, IsolatedCompiler, Telemetry}
+  alias Sandbox.{CNode, ErrorHandler, Instance, IsolatedCompiler, Telemetry}
 
   @source_exts ~w(.ex .erl .hrl)
   @skip_dirs ~w(_build deps)
@@ -313,6 +313,9 @@ defmodule Sandbox.FileWatcher do
 
   defp deliver({:error, reason}, targets, opts, t0) do
     for {id, _pid} <- targets do
+      # The running code stays (Sandbox.ErrorHandler's :rollback).
+      ErrorHandler.handle_error(reason, ErrorHandler.context(id, :reload, :file_watcher))
+
       Telemetry.emit(:reload, :failed, %{duration: System.monotonic_time() - t0}, %{
         sandbox_id: id,
         reason: reason,

@@ -25,7 +25,7 @@ defmodule Sandbox.Instance do
 
   use GenServer, restart: :temporary
 
-  alias Sandbox.{ChangeSet, Env, GroupLeader, IsolatedCompiler, Manager, Telemetry}
+  alias Sandbox.{ChangeSet, Env, ErrorHandler, GroupLeader, IsolatedCompiler, Manager, Telemetry}
   alias Sandbox.{StatePreservation, FileWatcher}
   alias Sandbox.Models.SandboxState
   alias Sandbox.ModuleVersionManager, as: Store
@@ -135,7 +135,8 @@ defmodule Sandbox.Instance do
       roots: [],
       restarts: [],
       started_at: nil,
-      rollback: nil
+      rollback: nil,
+      last_reload: nil
     }
 
     publish(state)
@@ -162,6 +163,8 @@ defmodule Sandbox.Instance do
       {:reply, {:ok, public_info(state)}, state}
     else
       {:error, reason, state} ->
+        # A failed create leaves nothing behind (:terminate).
+        {:ok, _strategy} = ErrorHandler.handle_error(reason, error_context(state, :create))
         state = teardown(state)
         Manager.release(state.id, self())
 
@@ -175,7 +178,7 @@ defmodule Sandbox.Instance do
   end
 
   def handle_call(:restart, _from, state) do
-    state = state |> cancel_rollback() |> stop_roots()
+    state = %{state | last_reload: nil} |> cancel_rollback() |> stop_roots()
 
     case start_roots(status(state, :starting)) do
       {:ok, state} ->
@@ -455,12 +458,21 @@ defmodule Sandbox.Instance do
     {reply, state} =
       case StatePreservation.apply(change, env) do
         {:ok, %{migrated: n}} ->
-          state = %{state | store: Store.record(state.store, change)}
+          state = %{state | store: Store.record(state.store, change), last_reload: nil}
           emit_applied(state.id, change, n, meta)
+
+          state =
+            if change.kind == :reload,
+              do: %{state | last_reload: %{change: change, at: now_ms()}},
+              else: state
+
           reply = if change.kind == :rollback, do: {:ok, :rolled_back}, else: {:ok, :hot_reloaded}
           {reply, watch_rollback(state, change, opts, env)}
 
         {:error, reason} ->
+          # Apply restored everything: the last good code runs (:rollback).
+          op = if change.kind == :reload, do: :reload, else: :rollback
+          ErrorHandler.handle_error(reason, error_context(state, op))
           modules = ChangeSet.modules(change)
 
           case meta do
@@ -636,33 +648,75 @@ defmodule Sandbox.Instance do
     kind, reason -> {:error, {kind, reason, __STACKTRACE__}}
   end
 
+  # What a crash of a root means is the ErrorHandler's decision: within the
+  # restart window after a reload, that reload is reverted (the last good
+  # code) and the sandbox restarted; otherwise a restart, within the
+  # restart intensity; beyond it, the sandbox stops with status :error.
   defp root_died(state, pid, reason) do
-    now = System.monotonic_time(:millisecond)
+    now = now_ms()
     window = state.config.max_seconds * 1000
     recent = [now | Enum.filter(state.restarts, &(now - &1 < window))]
-    state = stop_roots(%{state | roots: List.delete(state.roots, pid)})
+    state = stop_roots(%{state | roots: List.delete(state.roots, pid), restarts: recent})
 
-    if length(recent) > state.config.max_restarts do
-      state = failed(%{state | restarts: recent}, {:max_restarts_exceeded, reason})
+    meta = %{
+      since_reload: state.last_reload && now - state.last_reload.at,
+      window: window,
+      restarts: length(recent),
+      max_restarts: state.config.max_restarts
+    }
 
-      Telemetry.emit(:manager, :failed, %{restart_count: state.info.restart_count}, %{
-        sandbox_id: state.id,
-        reason: reason
-      })
-
-      state
-    else
-      case start_roots(%{state | restarts: recent}) do
-        {:ok, state} ->
-          state = restarted(state)
-          emit_restarted(state, reason)
-          state
-
-        {:error, start_reason, state} ->
-          failed(state, start_reason)
-      end
+    case ErrorHandler.handle_error({:root_crashed, reason}, error_context(state, :run, meta)) do
+      {:ok, :rollback} -> state |> revert_last_reload(reason) |> restart_roots(reason)
+      {:ok, :restart} -> restart_roots(state, reason)
+      _terminate -> give_up(state, reason)
     end
   end
+
+  defp revert_last_reload(%{last_reload: %{change: applied}} = state, reason) do
+    t0 = System.monotonic_time()
+    {:ok, change} = ChangeSet.revert(state.store, applied)
+    state = %{state | last_reload: nil}
+
+    # The roots are stopped: no process to suspend or migrate.
+    case StatePreservation.apply(change, %{group_leader: nil}) do
+      {:ok, _} ->
+        state = %{state | store: Store.record(state.store, change)}
+        emit_applied(state.id, change, 0, %{reason: {:root_crashed, reason}, t0: t0})
+        state
+
+      {:error, error} ->
+        emit_failed(state.id, {:rollback_failed, error}, t0, :api, ChangeSet.modules(change))
+        state
+    end
+  end
+
+  defp restart_roots(state, reason) do
+    case start_roots(state) do
+      {:ok, state} ->
+        state = restarted(state)
+        emit_restarted(state, reason)
+        state
+
+      {:error, start_reason, state} ->
+        failed(state, start_reason)
+    end
+  end
+
+  defp give_up(state, reason) do
+    state = failed(state, {:max_restarts_exceeded, reason})
+
+    Telemetry.emit(:manager, :failed, %{restart_count: state.info.restart_count}, %{
+      sandbox_id: state.id,
+      reason: reason
+    })
+
+    state
+  end
+
+  defp now_ms, do: System.monotonic_time(:millisecond)
+
+  defp error_context(state, operation, meta \\ %{}),
+    do: ErrorHandler.context(state.id, operation, :instance, meta)
 
   defp restarted(state) do
     info = %{state.info | restart_count: state.info.restart_count + 1, error: nil}

@@ -114,7 +114,9 @@ defmodule Sandbox.IsolatedCompiler do
     * `{:no_mix_exs, dir}` — a path dependency without `mix.exs`
     * `{:compile_timeout, ms}`
     * `{:compile_resource_limit, :memory | :processes | :cpu | :file_size}`
-    * `{:worker_crashed, reason}` — the worker died without a result
+    * `{:worker_crashed, reason}` — the worker died without a result (a
+      job whose C-node died under it, `:cnode_down`, is run once more on the
+      restarted C-node first: `Sandbox.ErrorHandler`'s `:retry`)
       (`reason` is how it exited, such as `{:status, 0}` or `{:signal, 9}`),
       or its result was refused: `{:bad_result, why}` with `why` one of
       `Sandbox.SafeTerm`'s reasons (such as `{:too_many_atoms, max}`)
@@ -125,7 +127,7 @@ defmodule Sandbox.IsolatedCompiler do
   """
 
   alias Sandbox.IsolatedCompiler.{Cache, Pool, Worker}
-  alias Sandbox.SafeTerm
+  alias Sandbox.{ErrorHandler, SafeTerm}
 
   @default_timeout 30_000
   @default_limits %{
@@ -858,7 +860,24 @@ defmodule Sandbox.IsolatedCompiler do
 
   ## Running a job on a worker
 
-  defp run_job(job, opts) do
+  # A job whose C-node died under it (taking the worker along) is run again
+  # once on the restarted C-node, as Sandbox.ErrorHandler decides.
+  defp run_job(job, opts, attempt \\ 0) do
+    case run_job_once(job, opts) do
+      {:error, {:worker_crashed, :cnode_down} = error} = failed ->
+        context = ErrorHandler.context(nil, :compile, :isolated_compiler, %{attempt: attempt})
+
+        case ErrorHandler.handle_error(error, context) do
+          {:ok, :retry} -> run_job(job, opts, attempt + 1)
+          _ -> failed
+        end
+
+      other ->
+        other
+    end
+  end
+
+  defp run_job_once(job, opts) do
     dir = new_artifact_dir(opts.artifacts)
     job_path = Path.join(dir, "job.etf")
     result_path = Path.join(dir, "result.etf")
