@@ -7,7 +7,8 @@ defmodule Sandbox.Application do
   compile cache (`Sandbox.IsolatedCompiler.Cache`), the pool of warm
   compile workers (`Sandbox.IsolatedCompiler.Pool`, whose workers the C-node
   starts), the event registry (`Sandbox.Telemetry`), the file watcher of
-  automatic reload (`Sandbox.FileWatcher`), the sandboxes' manager
+  automatic reload (`Sandbox.FileWatcher`), the security controller's audit
+  batcher (`Sandbox.SecurityController`), the sandboxes' manager
   (`Sandbox.Manager`) and the supervisor of their instances
   (`Sandbox.InstanceSupervisor`, one `Sandbox.Instance` per sandbox). Application environment read at start: `:compiler_pool_size`
   (default: the number of schedulers), `:compiler_cache_dir`,
@@ -28,6 +29,7 @@ defmodule Sandbox.Application do
        size: Keyword.get(env, :compiler_pool_size, System.schedulers_online())},
       {Registry, keys: :duplicate, name: Sandbox.Telemetry.registry()},
       Sandbox.FileWatcher,
+      Sandbox.SecurityController,
       Sandbox.Manager,
       {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one}
     ]

@@ -34,7 +34,7 @@ defmodule Sandbox.ChangeSet do
   sandbox's renames after it.
   """
 
-  alias Sandbox.Beam
+  alias Sandbox.{Beam, SecurityController}
   alias Sandbox.ModuleVersionManager, as: Store
 
   @type kind :: :create | :reload | :rollback | :revert | :destroy
@@ -81,6 +81,10 @@ defmodule Sandbox.ChangeSet do
             order: []
 
   @relocate_opts [debug_info: :strip]
+  # The relocator's capability-guard options (per-function redirects,
+  # dynamic call rewriting) are not built yet: until they are, guarded
+  # calls are not redirected (forbidden ones are refused all the same).
+  @guards_in_relocation false
 
   @doc """
   The change that creates a sandbox: every module of `modules`
@@ -326,12 +330,14 @@ defmodule Sandbox.ChangeSet do
       |> Map.merge(Map.new(touched, &{&1.module, &1.parsed}))
 
     with :ok <- check_protocols(touched, parsed),
+         {:ok, guard} <- classify(store, touched, parsed),
          {:ok, renames} <- Beam.rename_map(store.id, Map.values(parsed)),
          {:ok, graph} <- graph(Map.values(parsed)) do
       relinked = relinked(store, renames, touched, gone)
       to_relocate = touched ++ relinked
+      opts = relocate_opts(store, guard)
 
-      with {:ok, relocated} <- relocate_all(to_relocate, renames, store.redirects) do
+      with {:ok, relocated} <- relocate_all(to_relocate, renames, store.redirects, opts) do
         relocated = Enum.map(relocated, &%{&1 | deps: Map.get(graph, &1.module, [])})
         by_kind = Enum.group_by(relocated, & &1.kind)
 
@@ -390,9 +396,9 @@ defmodule Sandbox.ChangeSet do
     end
   end
 
-  defp relocate_all(entries, renames, redirects) do
+  defp relocate_all(entries, renames, redirects, opts) do
     Enum.reduce_while(entries, {:ok, []}, fn e, {:ok, acc} ->
-      case Beam.relocate(e.beam, renames, redirects, @relocate_opts) do
+      case Beam.relocate(e.beam, renames, redirects, opts) do
         {:ok, bin} ->
           {:cont, {:ok, [%{e | binary: bin, name: Map.fetch!(renames, e.module)} | acc]}}
 
@@ -412,6 +418,41 @@ defmodule Sandbox.ChangeSet do
     {:ok, groups} = Beam.reload_order(graph)
     by_module = Map.new(entries, &{&1.module, &1})
     for m <- Enum.concat(groups), e = by_module[m], e != nil, do: e
+  end
+
+  # Every call the touched modules make is classified under the sandbox's
+  # profile (Sandbox.SecurityController): a forbidden one refuses the
+  # change; guarded ones are redirected to the sandbox's guard.
+  defp classify(%{profile: nil}, _touched, _parsed), do: {:ok, %{redirects: %{}}}
+
+  defp classify(store, touched, parsed) do
+    own = MapSet.new(Map.keys(parsed))
+    modules = for e <- touched, do: {e.module, e.beam, e.parsed}
+
+    case SecurityController.classify(modules, own, store.profile) do
+      %{violations: []} = result -> {:ok, result}
+      %{violations: violations} -> {:error, {:security_violation, violations}}
+    end
+  end
+
+  # Guarded calls go to the sandbox's copy of Sandbox.Guard, and dynamic
+  # calls through it (own module names mapped in every profile; checked
+  # unless the profile allows everything). Needs the relocator's
+  # per-function redirects and instruction rewriting.
+  defp relocate_opts(store, guard) do
+    if @guards_in_relocation and store.profile != nil do
+      {:ok, name} = Beam.relocated_name(store.id, Sandbox.Guard)
+      redirects = Map.new(guard.redirects, fn {mfa, fun} -> {mfa, {name, fun}} end)
+
+      kinds =
+        if :all in store.profile.allowed_operations,
+          do: [:apply, :call_fun],
+          else: [:apply, :call_fun, :send]
+
+      @relocate_opts ++ [import_redirects: redirects, dynamic_guard: {name, kinds}]
+    else
+      @relocate_opts
+    end
   end
 
   # A consolidated host protocol dispatches only to the implementations it
@@ -442,7 +483,8 @@ defmodule Sandbox.ChangeSet do
       case Beam.relocate(beam, Map.put(extra, template, name), %{}, @relocate_opts) do
         {:ok, bin} ->
           shim = entry(:shim, template, name, %{beam: beam, binary: bin})
-          {:cont, {:ok, [shim | acc], Map.put(redirects, host, name)}}
+          redirects = if host, do: Map.put(redirects, host, name), else: redirects
+          {:cont, {:ok, [shim | acc], redirects}}
 
         {:error, reason} ->
           {:halt, {:error, {:shim_failed, template, reason}}}

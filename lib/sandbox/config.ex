@@ -5,32 +5,11 @@ defmodule Sandbox.Config do
 
   Options whose behaviour is not built yet are refused with
   `{:error, {:not_yet_supported, option}}` when given a non-default value:
-  `:resource_limits` (the runtime budget) and a `:security_profile` other
-  than `:medium`.
+  `:resource_limits` (the runtime budget). Security profiles are resolved by
+  `Sandbox.SecurityController.resolve/1`.
   """
 
   @mib 1024 * 1024
-
-  @profiles %{
-    high: %{
-      isolation_level: :high,
-      allowed_operations: [:basic_otp, :math, :string],
-      restricted_modules: [],
-      audit_level: :full
-    },
-    medium: %{
-      isolation_level: :medium,
-      allowed_operations: [:basic_otp, :file_read, :network_client],
-      restricted_modules: [],
-      audit_level: :basic
-    },
-    low: %{
-      isolation_level: :low,
-      allowed_operations: [:all],
-      restricted_modules: [],
-      audit_level: :basic
-    }
-  }
 
   @limits %{
     high: %{
@@ -85,9 +64,9 @@ defmodule Sandbox.Config do
           capture_output: boolean
         }
 
-  @doc "The security profile map of a profile name."
+  @doc "The security profile map of a profile name (see `Sandbox.SecurityController`)."
   @spec profile(:high | :medium | :low) :: map
-  def profile(name), do: Map.fetch!(@profiles, name)
+  def profile(name), do: Sandbox.SecurityController.profile(name)
 
   @doc "The default resource limits of a profile name."
   @spec limits(:high | :medium | :low) :: map
@@ -187,13 +166,10 @@ defmodule Sandbox.Config do
 
   defp check_compile_timeout(%{compile_timeout: t}), do: invalid(:compile_timeout, t)
 
-  defp check_profile(%{security_profile: :medium} = config),
-    do: {:ok, %{config | security_profile: profile(:medium)}}
-
-  defp check_profile(%{security_profile: p}) when p in [:high, :low] or is_map(p),
-    do: {:error, {:not_yet_supported, :security_profile}}
-
-  defp check_profile(%{security_profile: p}), do: invalid(:security_profile, p)
+  defp check_profile(%{security_profile: p} = config) do
+    with {:ok, profile} <- Sandbox.SecurityController.resolve(p),
+         do: {:ok, %{config | security_profile: profile}}
+  end
 
   defp check_resource_limits(config) do
     defaults = limits(:medium)

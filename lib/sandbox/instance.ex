@@ -26,13 +26,17 @@ defmodule Sandbox.Instance do
   use GenServer, restart: :temporary
 
   alias Sandbox.{ChangeSet, Env, ErrorHandler, GroupLeader, IsolatedCompiler, Manager, Telemetry}
-  alias Sandbox.{StatePreservation, FileWatcher}
+  alias Sandbox.{StatePreservation, FileWatcher, SecurityController}
   alias Sandbox.Models.SandboxState
   alias Sandbox.ModuleVersionManager, as: Store
 
+  # Module-level redirects: every call to the host module goes to the
+  # sandbox's copy of the shim. The guard (Sandbox.Guard) is loaded with
+  # them; calls reach it through the change set's per-function redirects.
   @shims [
     {Application, Sandbox.Shim.Application},
-    {:application, Sandbox.Shim.ErlApplication}
+    {:application, Sandbox.Shim.ErlApplication},
+    {nil, Sandbox.Guard}
   ]
 
   @doc false
@@ -130,7 +134,7 @@ defmodule Sandbox.Instance do
       },
       app: nil,
       mode: nil,
-      store: Store.new(id, config.max_versions),
+      store: Store.new(id, config.max_versions, config.security_profile),
       group_leader: nil,
       roots: [],
       restarts: [],
@@ -139,6 +143,7 @@ defmodule Sandbox.Instance do
       last_reload: nil
     }
 
+    SecurityController.register(id, config.security_profile, config.resource_limits)
     publish(state)
     {:ok, state}
   end
@@ -160,11 +165,18 @@ defmodule Sandbox.Instance do
         supervisor_module: state.info.supervisor_module
       })
 
+      audit(state, :created, %{
+        sandbox_path: state.config.sandbox_path,
+        profile: state.config.security_profile.isolation_level,
+        modules: map_size(state.store.modules)
+      })
+
       {:reply, {:ok, public_info(state)}, state}
     else
       {:error, reason, state} ->
         # A failed create leaves nothing behind (:terminate).
         {:ok, _strategy} = ErrorHandler.handle_error(reason, error_context(state, :create))
+        audit(state, :refused, %{operation: :create, reason: reason})
         state = teardown(state)
         Manager.release(state.id, self())
 
@@ -202,6 +214,8 @@ defmodule Sandbox.Instance do
       sandbox_id: state.id
     })
 
+    audit(state, :destroyed, %{})
+
     {:stop, :normal, :ok, state}
   end
 
@@ -236,6 +250,7 @@ defmodule Sandbox.Instance do
 
       {:error, reason} ->
         emit_failed(state.id, reason, t0, trigger, [])
+        audit(state, :refused, %{operation: :reload, reason: reason})
         {:reply, {:error, reason}, state}
     end
   end
@@ -277,6 +292,14 @@ defmodule Sandbox.Instance do
       end
 
     {:reply, reply, state}
+  end
+
+  # A violation under :high (Sandbox.ErrorHandler's :isolate): every
+  # process goes, the sandbox stays for inspection with status :error.
+  @impl true
+  def handle_cast({:security_stop, reason}, state) do
+    state = state |> cancel_rollback() |> stop_roots()
+    {:noreply, failed(%{state | last_reload: nil}, reason)}
   end
 
   @impl true
@@ -461,6 +484,11 @@ defmodule Sandbox.Instance do
           state = %{state | store: Store.record(state.store, change), last_reload: nil}
           emit_applied(state.id, change, n, meta)
 
+          audit(state, change.kind, %{
+            modules: ChangeSet.modules(change),
+            versions: ChangeSet.versions(change)
+          })
+
           state =
             if change.kind == :reload,
               do: %{state | last_reload: %{change: change, at: now_ms()}},
@@ -473,6 +501,7 @@ defmodule Sandbox.Instance do
           # Apply restored everything: the last good code runs (:rollback).
           op = if change.kind == :reload, do: :reload, else: :rollback
           ErrorHandler.handle_error(reason, error_context(state, op))
+          audit(state, :refused, %{operation: op, reason: reason})
           modules = ChangeSet.modules(change)
 
           case meta do
@@ -715,6 +744,14 @@ defmodule Sandbox.Instance do
 
   defp now_ms, do: System.monotonic_time(:millisecond)
 
+  # Refusals are on disk before the operation returns; the rest is written
+  # in the background.
+  defp audit(state, :refused, fields),
+    do: SecurityController.audit(state.id, :refused, fields, state.config.security_profile)
+
+  defp audit(state, event, fields),
+    do: SecurityController.audit_async(state.id, event, fields, state.config.security_profile)
+
   defp error_context(state, operation, meta \\ %{}),
     do: ErrorHandler.context(state.id, operation, :instance, meta)
 
@@ -784,7 +821,12 @@ defmodule Sandbox.Instance do
     state = stop_roots(state)
     {:ok, _} = StatePreservation.apply(ChangeSet.destroy(state.store), %{})
     Env.delete(state.env_id)
-    %{state | store: Store.new(state.id, state.config.max_versions)}
+    SecurityController.unregister(state.id)
+
+    %{
+      state
+      | store: Store.new(state.id, state.config.max_versions, state.config.security_profile)
+    }
   end
 
   ## Info

@@ -73,8 +73,8 @@ defmodule Sandbox.Manager do
   end
 
   @doc """
-  Creates the tables sandboxes live in: this one, `Sandbox.Env`'s and
-  `Sandbox.GroupLeader`'s. Called once by `Sandbox.Application.start/2`, so
+  Creates the tables sandboxes live in: this one, `Sandbox.Env`'s,
+  `Sandbox.GroupLeader`'s and `Sandbox.Guard.Runtime`'s. Called once by `Sandbox.Application.start/2`, so
   that the application's own process owns them and they outlive a crash of
   the manager (or of any other server).
   """
@@ -90,6 +90,7 @@ defmodule Sandbox.Manager do
 
     Sandbox.Env.create_table()
     Sandbox.GroupLeader.create_table()
+    Sandbox.Guard.Runtime.create_table()
     :ok
   end
 

@@ -35,6 +35,7 @@ defmodule Sandbox.ModuleVersionManager do
   @type t :: %__MODULE__{
           id: String.t(),
           max_versions: pos_integer,
+          profile: Sandbox.SecurityController.profile() | nil,
           renames: %{module => module},
           redirects: %{module => module},
           shims: [module],
@@ -44,16 +45,21 @@ defmodule Sandbox.ModuleVersionManager do
 
   defstruct id: nil,
             max_versions: 10,
+            profile: nil,
             renames: %{},
             redirects: %{},
             shims: [],
             modules: %{},
             graph: %{}
 
-  @doc "An empty store for sandbox `id` (a create is the first change recorded)."
-  @spec new(String.t(), pos_integer, %{module => module}) :: t
-  def new(id, max_versions, redirects \\ %{}),
-    do: %__MODULE__{id: id, max_versions: max_versions, redirects: redirects}
+  @doc """
+  An empty store for sandbox `id` (a create is the first change recorded);
+  `profile` is the sandbox's security profile, which every change is
+  classified under (`nil`: none).
+  """
+  @spec new(String.t(), pos_integer, Sandbox.SecurityController.profile() | nil) :: t
+  def new(id, max_versions, profile \\ nil),
+    do: %__MODULE__{id: id, max_versions: max_versions, profile: profile}
 
   @doc "The relocated names of everything loaded for the sandbox (modules and shims)."
   @spec loaded(t) :: [module]

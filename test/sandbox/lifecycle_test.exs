@@ -427,8 +427,11 @@ defmodule Sandbox.LifecycleTest do
       assert create.(sandbox_path: path, resource_limits: %{max_memory: 1}) ==
                {:error, {:not_yet_supported, :resource_limits}}
 
-      assert create.(sandbox_path: path, security_profile: :high) ==
-               {:error, {:not_yet_supported, :security_profile}}
+      assert create.(sandbox_path: path, security_profile: :extreme) ==
+               {:error, {:invalid_option, {:security_profile, :extreme}}}
+
+      assert create.(sandbox_path: path, security_profile: %{allowed_operations: [:nope]}) ==
+               {:error, {:invalid_option, {:security_profile, %{allowed_operations: [:nope]}}}}
 
       assert create.(sandbox_path: path, auto_reload: :yes) ==
                {:error, {:invalid_option, {:auto_reload, :yes}}}

@@ -1,0 +1,491 @@
+defmodule Sandbox.Guard.Runtime do
+  @moduledoc """
+  The run-time checks behind each sandbox's guard (`Sandbox.Guard`).
+
+  A sandbox's copy of the guard knows its sandbox (an atom, the sandbox's id)
+  and calls in here; the sandbox's profile and limits are looked up in this
+  module's table (written by `Sandbox.SecurityController.register/3`). The
+  checks are those of `Sandbox.SecurityController.Operations` (see
+  `t:Sandbox.SecurityController.Operations.check/0`); a failed one is a
+  violation (`violation!/4`): `Sandbox.SecurityError` in the caller, an
+  audit line, `[:sandbox, :security, :violation]`, and under `:high` the
+  sandbox stopped.
+
+  Dynamic calls (`apply/4`, `call_fun/3`) first map the sandbox's own
+  module names, as its source wrote them, to its copies: in every profile,
+  so that `Module.concat([Dyn, Square]).area(5)` reaches the sandbox's
+  `Dyn.Square`.
+  """
+
+  alias Sandbox.{GroupLeader, SecurityController, SecurityError, Telemetry}
+  alias Sandbox.SecurityController.Operations
+
+  @table __MODULE__
+
+  @doc false
+  def create_table do
+    :ets.new(@table, [
+      :set,
+      :public,
+      :named_table,
+      read_concurrency: true,
+      write_concurrency: true
+    ])
+  end
+
+  @doc false
+  def table, do: @table
+
+  ## Entry points (called by the guard copies)
+
+  @doc "A guarded static call `{m, f, a}` with `args`."
+  @spec guarded(atom, mfa, [term]) :: term
+  def guarded(id, {m, f, _a} = mfa, args) do
+    profile = profile(id)
+
+    args =
+      case SecurityController.verdict(profile, mfa) do
+        :allowed -> args
+        {:guarded, checks} -> run_checks(checks, id, profile, mfa, args)
+        {:forbidden, class} -> violation!(id, mfa, class, nil)
+      end
+
+    apply(m, f, args)
+  end
+
+  @doc """
+  A dynamic `apply(m, f, args)` (the `apply` instruction, `erlang:apply/3`):
+  `m` mapped to the sandbox's copy, then checked as a static call.
+  """
+  @spec apply(atom, module, atom, [term]) :: term
+  def apply(id, m, f, args) do
+    m = map_module(id, m)
+    {m, f, args} = check_target(id, profile(id), m, f, args)
+    Kernel.apply(m, f, args)
+  end
+
+  @doc "A dynamic call of `fun` with `args` (the `call_fun` instruction)."
+  @spec call_fun(atom, fun, [term]) :: term
+  def call_fun(id, fun, args) when is_function(fun) do
+    case Function.info(fun, :type) do
+      {:type, :external} ->
+        {:module, m} = Function.info(fun, :module)
+        {:name, f} = Function.info(fun, :name)
+        __MODULE__.apply(id, m, f, args)
+
+      _local ->
+        Kernel.apply(fun, args)
+    end
+  end
+
+  # Not a fun: let the VM raise its usual error.
+  def call_fun(_id, other, args), do: Kernel.apply(other, args)
+
+  @doc "The `send` instruction: `dest ! msg`; returns `msg`."
+  @spec send(atom, term, term) :: term
+  def send(id, dest, msg) do
+    profile = profile(id)
+    if guards?(profile), do: check_send(id, dest)
+    :erlang.send(dest, msg)
+  end
+
+  ## Profiles and names
+
+  @doc false
+  def profile(id) do
+    case :ets.lookup(@table, {:profile, id}) do
+      [{_, profile}] -> profile
+      # A copy whose sandbox is gone: nothing is allowed any more.
+      [] -> SecurityController.profile(:high)
+    end
+  end
+
+  defp guards?(profile), do: :all not in profile.allowed_operations
+
+  @doc """
+  The sandbox's copy of `module` when `module` is the original name of one
+  of its modules, else `module`. Cached in the calling process.
+  """
+  @spec map_module(atom, module) :: module
+  def map_module(id, module) when is_atom(module) do
+    key = {__MODULE__, :module, id, module}
+
+    case Process.get(key) do
+      nil ->
+        mapped = relocated_if_loaded(id, module)
+        Process.put(key, mapped)
+        mapped
+
+      mapped ->
+        mapped
+    end
+  end
+
+  def map_module(_id, other), do: other
+
+  defp relocated_if_loaded(id, module) do
+    {:ok, name} = Sandbox.Beam.relocated_name(Atom.to_string(id), module)
+    if :erlang.module_loaded(name), do: name, else: module
+  rescue
+    _ -> module
+  catch
+    _, _ -> module
+  end
+
+  @doc "Whether `module` is one of sandbox `id`'s own (relocated) modules."
+  @spec own_module?(atom, module) :: boolean
+  def own_module?(id, module) when is_atom(module) do
+    name = Atom.to_string(module)
+    sid = Atom.to_string(id)
+
+    String.starts_with?(name, "Elixir.Sandbox@" <> sid <> ".") or
+      String.starts_with?(name, "sandbox@" <> sid <> "@")
+  end
+
+  def own_module?(_id, _module), do: false
+
+  ## Checks
+
+  defp check_target(id, profile, m, f, args) when is_atom(m) and is_atom(f) and is_list(args) do
+    mfa = {m, f, length(args)}
+
+    cond do
+      not guards?(profile) or own_module?(id, m) ->
+        {m, f, args}
+
+      true ->
+        case SecurityController.verdict(profile, mfa) do
+          :allowed -> {m, f, args}
+          {:guarded, checks} -> {m, f, run_checks(checks, id, profile, mfa, args)}
+          {:forbidden, class} -> violation!(id, mfa, class, nil)
+        end
+    end
+  end
+
+  # Not a module, function and list: let the VM raise its usual error.
+  defp check_target(_id, _profile, m, f, args), do: {m, f, args}
+
+  defp run_checks(checks, id, profile, mfa, args) do
+    Enum.reduce(checks, args, fn check, args -> check(check, id, profile, mfa, args) end)
+  end
+
+  defp check({:member, n}, id, _profile, mfa, args) do
+    target = Enum.at(args, n - 1)
+    unless member?(id, target), do: violation!(id, mfa, :basic_otp, {:not_a_member, target})
+    args
+  end
+
+  defp check({:server, n}, id, _profile, mfa, args) do
+    server = Enum.at(args, n - 1)
+
+    case server_ok?(id, server) do
+      true -> args
+      false -> violation!(id, mfa, :basic_otp, {:not_a_member, server})
+    end
+  end
+
+  defp check(:send, id, _profile, _mfa, [dest | _] = args) do
+    check_send(id, dest)
+    args
+  end
+
+  defp check({:mfa, mi, fi, ai}, id, profile, _mfa, args) do
+    m = map_module(id, Enum.at(args, mi - 1))
+    f = Enum.at(args, fi - 1)
+    a = Enum.at(args, ai - 1)
+    {m, f, a} = check_target(id, profile, m, f, a)
+    args |> List.replace_at(mi - 1, m) |> List.replace_at(fi - 1, f) |> List.replace_at(ai - 1, a)
+  end
+
+  defp check({:fun, n}, id, profile, _mfa, args) do
+    fun = Enum.at(args, n - 1)
+
+    with true <- is_function(fun),
+         {:type, :external} <- Function.info(fun, :type) do
+      {:module, m} = Function.info(fun, :module)
+      {:name, f} = Function.info(fun, :name)
+      {:arity, a} = Function.info(fun, :arity)
+      mapped = map_module(id, m)
+
+      if guards?(profile) and not own_module?(id, mapped) do
+        case SecurityController.verdict(profile, {mapped, f, a}) do
+          :allowed -> :ok
+          # A guarded target's arguments are not known yet: refused.
+          {:guarded, _} -> violation!(id, {mapped, f, a}, :basic_otp, :guarded_fun)
+          {:forbidden, class} -> violation!(id, {mapped, f, a}, class, nil)
+        end
+      end
+
+      if mapped == m, do: args, else: List.replace_at(args, n - 1, Function.capture(mapped, f, a))
+    else
+      _ -> args
+    end
+  end
+
+  defp check({:module, n}, id, profile, mfa, args) do
+    module = map_module(id, Enum.at(args, n - 1))
+
+    cond do
+      not is_atom(module) or own_module?(id, module) or not guards?(profile) -> :ok
+      SecurityController.verdict(profile, {module, :init, 1}) == :allowed -> :ok
+      true -> violation!(id, mfa, :basic_otp, {:callback_module, module})
+    end
+
+    List.replace_at(args, n - 1, module)
+  end
+
+  defp check({:child_spec, n}, id, profile, mfa, args) do
+    specs = Enum.at(args, n - 1)
+    List.replace_at(args, n - 1, child_specs(specs, id, profile, mfa))
+  end
+
+  defp check({:ets, n}, id, _profile, mfa, args) do
+    table = Enum.at(args, n - 1)
+
+    case :ets.info(table, :owner) do
+      :undefined -> :ok
+      owner -> unless member?(id, owner), do: violation!(id, mfa, :basic_otp, {:table, table})
+    end
+
+    args
+  end
+
+  defp check(:ets_new, id, _profile, mfa, [_name, opts] = args) do
+    for {:heir, pid, _} <- List.wrap(opts), not member?(id, pid) do
+      violation!(id, mfa, :basic_otp, {:heir, pid})
+    end
+
+    args
+  end
+
+  defp check(:new_atom, id, _profile, mfa, [text | _] = args) do
+    unless existing_atom?(text), do: spend_atoms(id, mfa, 1)
+    args
+  end
+
+  defp check(:binary_to_term, id, _profile, mfa, [bin | _] = args) when is_binary(bin) do
+    case Sandbox.SafeTerm.new_atoms(bin, :infinity) do
+      {:ok, new} when new != [] -> spend_atoms(id, mfa, length(new))
+      _ -> :ok
+    end
+
+    if funs_inside?(bin), do: violation!(id, mfa, :basic_otp, :fun_in_term)
+    args
+  end
+
+  defp check({:write, n}, id, _profile, mfa, args) do
+    max = limit(id, :max_file_size)
+    size = args |> Enum.at(n - 1) |> data_size()
+
+    if is_integer(max) and size > max,
+      do: violation!(id, mfa, :file_write, {:file_size, size, max})
+
+    args
+  end
+
+  defp check({:open, n}, id, profile, mfa, args) do
+    modes = List.wrap(Enum.at(args, n - 1))
+
+    writes? =
+      Enum.any?(
+        modes,
+        &(&1 in [:write, :append, :exclusive, :read_write] or match?({:write, _}, &1))
+      )
+
+    if writes? and :file_write not in profile.allowed_operations and guards?(profile),
+      do: violation!(id, mfa, :file_write, {:open_modes, modes})
+
+    args
+  end
+
+  defp check(:group_leader, id, _profile, mfa, [gl, pid] = args) do
+    unless member?(id, pid) and sandbox_group_leader?(id, gl),
+      do: violation!(id, mfa, :basic_otp, {:group_leader, gl, pid})
+
+    args
+  end
+
+  defp check(:spawn, id, _profile, mfa, args) do
+    if function_exported?(Sandbox.ResourceMonitor, :admit_spawn, 1) do
+      case Kernel.apply(Sandbox.ResourceMonitor, :admit_spawn, [Atom.to_string(id)]) do
+        :ok -> :ok
+        {:error, reason} -> violation!(id, mfa, :basic_otp, reason)
+      end
+    end
+
+    args
+  end
+
+  defp check(_check, _id, _profile, _mfa, args), do: args
+
+  defp check_send(id, dest) do
+    case dest do
+      pid when is_pid(pid) ->
+        :ok
+
+      name when is_atom(name) ->
+        unless name_ok?(id, name),
+          do: violation!(id, {:send, name}, :basic_otp, {:not_a_member, name})
+
+      other ->
+        violation!(id, {:send, other}, :basic_otp, {:not_a_member, other})
+    end
+  end
+
+  # A server: any pid, or a name registered by one of the sandbox's
+  # processes (an unregistered name fails on its own).
+  defp server_ok?(_id, pid) when is_pid(pid), do: true
+  defp server_ok?(id, name) when is_atom(name), do: name_ok?(id, name)
+  defp server_ok?(_id, _other), do: false
+
+  defp name_ok?(id, name) do
+    case :erlang.whereis(name) do
+      :undefined -> true
+      pid when is_pid(pid) -> member?(id, pid)
+      _port -> false
+    end
+  end
+
+  @doc "Whether `target` (a pid, port or registered name) is a process of sandbox `id`."
+  @spec member?(atom, term) :: boolean
+  def member?(id, pid) when is_pid(pid) do
+    case Process.info(pid, :group_leader) do
+      {:group_leader, gl} -> sandbox_group_leader?(id, gl)
+      nil -> false
+    end
+  end
+
+  def member?(id, name) when is_atom(name) do
+    case :erlang.whereis(name) do
+      pid when is_pid(pid) -> member?(id, pid)
+      _undefined_or_port -> false
+    end
+  end
+
+  def member?(_id, _other), do: false
+
+  defp sandbox_group_leader?(id, gl) when is_pid(gl) do
+    sid = Atom.to_string(id)
+
+    case :ets.lookup(GroupLeader, gl) do
+      [{^gl, ^sid, _}] -> true
+      _ -> false
+    end
+  end
+
+  defp sandbox_group_leader?(_id, _gl), do: false
+
+  defp child_specs(specs, id, profile, mfa) when is_list(specs),
+    do: Enum.map(specs, &child_spec(&1, id, profile, mfa))
+
+  defp child_specs({flags, specs}, id, profile, mfa) when is_list(specs),
+    do: {flags, child_specs(specs, id, profile, mfa)}
+
+  defp child_specs(spec, id, profile, mfa), do: child_spec(spec, id, profile, mfa)
+
+  defp child_spec(%{start: {m, f, a}} = spec, id, profile, _mfa) do
+    {m, f, a} = check_target(id, profile, map_module(id, m), f, a)
+    %{spec | start: {m, f, a}}
+  end
+
+  defp child_spec({module, arg}, id, profile, mfa) when is_atom(module) do
+    [module] = check({:module, 1}, id, profile, mfa, [module])
+    {module, arg}
+  end
+
+  defp child_spec(module, id, profile, mfa) when is_atom(module) do
+    [module] = check({:module, 1}, id, profile, mfa, [module])
+    module
+  end
+
+  defp child_spec({child_id, {m, f, a}, restart, shutdown, type, mods}, id, profile, _mfa) do
+    {m, f, a} = check_target(id, profile, map_module(id, m), f, a)
+    {child_id, {m, f, a}, restart, shutdown, type, mods}
+  end
+
+  defp child_spec(other, _id, _profile, _mfa), do: other
+
+  defp existing_atom?(text) when is_binary(text) do
+    _ = String.to_existing_atom(text)
+    true
+  rescue
+    _ -> false
+  end
+
+  defp existing_atom?(text) when is_list(text) do
+    _ = List.to_existing_atom(text)
+    true
+  rescue
+    _ -> false
+  end
+
+  defp existing_atom?(_), do: true
+
+  defp spend_atoms(id, mfa, n) do
+    budget = limit(id, :max_atoms) || 10_000
+    used = :ets.update_counter(@table, {:atoms, id}, n, {{:atoms, id}, 0})
+    if used > budget, do: violation!(id, mfa, :basic_otp, {:atom_budget, budget})
+  end
+
+  # Any fun in the term (external or local), by a walk without decoding.
+  defp funs_inside?(bin) do
+    match?({:error, {:unsafe_term, :fun}}, Sandbox.SafeTerm.new_atoms(bin, :infinity))
+  end
+
+  defp data_size(data) when is_binary(data), do: byte_size(data)
+
+  defp data_size(data) do
+    IO.iodata_length(data)
+  rescue
+    _ -> 0
+  end
+
+  defp limit(id, key) do
+    case :ets.lookup(@table, {:limits, id}) do
+      [{_, limits}] -> Map.get(limits, key)
+      [] -> nil
+    end
+  end
+
+  ## Violations
+
+  @doc """
+  A violation in sandbox `id`: emits `[:sandbox, :security, :violation]`,
+  appends an audit line, stops the sandbox under `:high`, and raises
+  `Sandbox.SecurityError` in the caller.
+  """
+  @spec violation!(atom, term, atom, term) :: no_return
+  def violation!(id, target, class, reason) do
+    sid = Atom.to_string(id)
+    target = original_target(id, target)
+    detail = %{target: target, class: class, reason: reason, pid: self()}
+    Telemetry.emit(:security, :violation, %{count: 1}, Map.put(detail, :sandbox_id, sid))
+    SecurityController.violation(sid, detail)
+    raise SecurityError, sandbox_id: sid, target: target, class: class, reason: reason
+  end
+
+  # Targets are reported under the names the sandbox's source uses.
+  defp original_target(id, {m, f, a}), do: {original(id, m), f, a}
+  defp original_target(_id, other), do: other
+
+  defp original(id, m) do
+    prefix = "Elixir.Sandbox@" <> Atom.to_string(id) <> "."
+    name = Atom.to_string(m)
+
+    if String.starts_with?(name, prefix),
+      do: String.to_atom("Elixir." <> String.replace_prefix(name, prefix, "")),
+      else: m
+  end
+
+  @doc false
+  # The classification, for the guard template.
+  def guarded_mfas do
+    for {m, {_class, _default, exceptions}} <- Operations.table(),
+        {{f, a}, {_c, {:guarded, _}}} <- exceptions,
+        do: {m, f, a}
+  end
+
+  @doc "The name of the guard function that stands for `{m, f, a}`."
+  @spec guard_name(mfa) :: atom
+  def guard_name({m, f, _a}), do: String.to_atom(inspect(m) <> "." <> Atom.to_string(f))
+end
