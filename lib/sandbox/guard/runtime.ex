@@ -38,16 +38,23 @@ defmodule Sandbox.Guard.Runtime do
 
   ## Entry points (called by the guard copies)
 
-  @doc "A guarded static call `{m, f, a}` with `args`."
+  @doc """
+  A guarded static call `{m, f, a}` with `args`: its checks map the
+  sandbox's own module names in its arguments (in every profile) and, unless
+  the profile allows everything, enforce the profile.
+  """
   @spec guarded(atom, mfa, [term]) :: term
   def guarded(id, {m, f, _a} = mfa, args) do
     profile = profile(id)
 
     args =
       case SecurityController.verdict(profile, mfa) do
-        :allowed -> args
-        {:guarded, checks} -> run_checks(checks, id, profile, mfa, args)
-        {:forbidden, class} -> violation!(id, mfa, class, nil)
+        {:forbidden, class} ->
+          violation!(id, mfa, class, nil)
+
+        _allowed_or_guarded ->
+          {_class, {:guarded, checks}} = Operations.classify(mfa)
+          run_checks(checks, id, profile, mfa, args)
       end
 
     apply(m, f, args)
@@ -146,18 +153,26 @@ defmodule Sandbox.Guard.Runtime do
 
   ## Checks
 
+  # A call of `m.f(args)` about to be made (or handed to library code):
+  # allowed as it is, or routed through the sandbox's guard when guarded
+  # (its checks then run when the call is made), or a violation.
   defp check_target(id, profile, m, f, args) when is_atom(m) and is_atom(f) and is_list(args) do
     mfa = {m, f, length(args)}
 
     cond do
-      not guards?(profile) or own_module?(id, m) ->
+      own_module?(id, m) ->
         {m, f, args}
 
       true ->
         case SecurityController.verdict(profile, mfa) do
-          :allowed -> {m, f, args}
-          {:guarded, checks} -> {m, f, run_checks(checks, id, profile, mfa, args)}
-          {:forbidden, class} -> violation!(id, mfa, class, nil)
+          {:forbidden, class} ->
+            violation!(id, mfa, class, nil)
+
+          _ ->
+            case Operations.classify(mfa) do
+              {_class, {:guarded, _}} -> {guard_module(id), guard_name(mfa), args}
+              _ -> {m, f, args}
+            end
         end
     end
   end
@@ -165,8 +180,53 @@ defmodule Sandbox.Guard.Runtime do
   # Not a module, function and list: let the VM raise its usual error.
   defp check_target(_id, _profile, m, f, args), do: {m, f, args}
 
+  # Mapping checks (and process admission, a limit) run in every profile;
+  # the others only when the profile does not allow everything.
+  @always [:mfa, :fun, :module, :child_spec, :make_fun, :map_module, :spawn]
+
   defp run_checks(checks, id, profile, mfa, args) do
-    Enum.reduce(checks, args, fn check, args -> check(check, id, profile, mfa, args) end)
+    guarding = guards?(profile)
+
+    Enum.reduce(checks, args, fn check, args ->
+      if guarding or check_kind(check) in @always,
+        do: check(check, id, profile, mfa, args),
+        else: args
+    end)
+  end
+
+  defp check_kind(check) when is_tuple(check), do: elem(check, 0)
+  defp check_kind(check), do: check
+
+  # An external fun `&m.f/a` about to be handed over or called: the module
+  # mapped to the sandbox's copy; a guarded target becomes the guard's
+  # function (its checks run when the fun is called); a forbidden one is a
+  # violation.
+  defp external_fun(id, profile, fun) do
+    {:module, m} = Function.info(fun, :module)
+    {:name, f} = Function.info(fun, :name)
+    {:arity, a} = Function.info(fun, :arity)
+    mapped = map_module(id, m)
+
+    case check_target(id, profile, mapped, f, List.duplicate(nil, a)) do
+      {^m, ^f, _} -> fun
+      {m2, f2, _} -> Function.capture(m2, f2, a)
+    end
+  end
+
+  @doc "The sandbox's copy of `Sandbox.Guard`."
+  @spec guard_module(atom) :: module
+  def guard_module(id) do
+    key = {__MODULE__, :guard, id}
+
+    case Process.get(key) do
+      nil ->
+        {:ok, name} = Sandbox.Beam.relocated_name(Atom.to_string(id), Sandbox.Guard)
+        Process.put(key, name)
+        name
+
+      name ->
+        name
+    end
   end
 
   defp check({:member, n}, id, _profile, mfa, args) do
@@ -202,37 +262,34 @@ defmodule Sandbox.Guard.Runtime do
 
     with true <- is_function(fun),
          {:type, :external} <- Function.info(fun, :type) do
-      {:module, m} = Function.info(fun, :module)
-      {:name, f} = Function.info(fun, :name)
-      {:arity, a} = Function.info(fun, :arity)
-      mapped = map_module(id, m)
-
-      if guards?(profile) and not own_module?(id, mapped) do
-        case SecurityController.verdict(profile, {mapped, f, a}) do
-          :allowed -> :ok
-          # A guarded target's arguments are not known yet: refused.
-          {:guarded, _} -> violation!(id, {mapped, f, a}, :basic_otp, :guarded_fun)
-          {:forbidden, class} -> violation!(id, {mapped, f, a}, class, nil)
-        end
-      end
-
-      if mapped == m, do: args, else: List.replace_at(args, n - 1, Function.capture(mapped, f, a))
+      List.replace_at(args, n - 1, external_fun(id, profile, fun))
     else
       _ -> args
     end
+  end
+
+  defp check(:make_fun, id, profile, _mfa, [m, f, a])
+       when is_atom(m) and is_atom(f) and is_integer(a) and a >= 0 do
+    fun = external_fun(id, profile, Function.capture(map_module(id, m), f, a))
+    {:module, m} = Function.info(fun, :module)
+    {:name, f} = Function.info(fun, :name)
+    [m, f, a]
   end
 
   defp check({:module, n}, id, profile, mfa, args) do
     module = map_module(id, Enum.at(args, n - 1))
 
     cond do
-      not is_atom(module) or own_module?(id, module) or not guards?(profile) -> :ok
+      not guards?(profile) or not is_atom(module) or own_module?(id, module) -> :ok
       SecurityController.verdict(profile, {module, :init, 1}) == :allowed -> :ok
       true -> violation!(id, mfa, :basic_otp, {:callback_module, module})
     end
 
     List.replace_at(args, n - 1, module)
   end
+
+  defp check({:map_module, n}, id, _profile, _mfa, args),
+    do: List.update_at(args, n - 1, &map_module(id, &1))
 
   defp check({:child_spec, n}, id, profile, mfa, args) do
     specs = Enum.at(args, n - 1)

@@ -60,6 +60,7 @@ defmodule Sandbox.SecurityController.Operations.Tables do
       :queue => {:basic_otp, :allowed, %{}},
       :array => {:basic_otp, :allowed, %{}},
       :io_lib => {:basic_otp, :allowed, %{}},
+      :io => {:basic_otp, :allowed, %{}},
       :io_lib_format => {:basic_otp, :allowed, %{}},
       :calendar => {:basic_otp, :allowed, %{}},
       :erl_anno => {:basic_otp, :allowed, %{}},
@@ -122,7 +123,7 @@ defmodule Sandbox.SecurityController.Operations.Tables do
   demonitor/1 demonitor/2 div/2 element/2 erase/0 erase/1 error/1 error/2 error/3 exit/1
   external_size/1 external_size/2 float/1 float_to_binary/1 float_to_binary/2 float_to_list/1
   float_to_list/2 floor/1 fun_info/1 fun_info/2 fun_info_mfa/1 fun_to_list/1
-  function_exported/3 garbage_collect/0 get/0 get/1 get_keys/0 get_keys/1 get_module_info/1
+  garbage_collect/0 get/0 get/1 get_keys/0 get_keys/1 get_module_info/1
   get_module_info/2 group_leader/0 hd/1 hibernate/3 insert_element/3 integer_to_binary/1
   integer_to_binary/2 integer_to_list/1 integer_to_list/2 iolist_size/1 iolist_to_binary/1
   iolist_to_iovec/1 is_alive/0 is_atom/1 is_binary/1 is_bitstring/1 is_boolean/1 is_builtin/3
@@ -132,7 +133,7 @@ defmodule Sandbox.SecurityController.Operations.Tables do
   list_to_float/1 list_to_integer/1 list_to_integer/2 list_to_tuple/1 localtime/0
   localtime_to_universaltime/1 localtime_to_universaltime/2 make_ref/0 make_tuple/2
   make_tuple/3 map_get/2 map_size/1 max/2 md5/1 md5_final/1 md5_init/0 md5_update/2 min/2
-  module_info/0 module_info/1 module_loaded/1 monitor/2 monitor/3 monotonic_time/0
+  module_info/0 module_info/1 monitor/2 monitor/3 monotonic_time/0
   monotonic_time/1 nif_error/1 nif_error/2 node/0 node/1 not/1 now/0 or/2 phash/2 phash2/1
   phash2/2 pid_to_list/1 port_to_list/1 posixtime_to_universaltime/1 put/2 raise/3
   read_timer/1 read_timer/2 ref_to_list/1 rem/2 round/1 self/0 setelement/3 size/1
@@ -164,6 +165,8 @@ defmodule Sandbox.SecurityController.Operations.Tables do
        "spawn/3 spawn_link/3 spawn_monitor/3 spawn_opt/4"},
       {:basic_otp, {:guarded, [{:fun, 1}]}, "apply/2"},
       {:basic_otp, {:guarded, [{:mfa, 1, 2, 3}]}, "apply/3"},
+      {:basic_otp, {:guarded, [:make_fun]}, "make_fun/3"},
+      {:basic_otp, {:guarded, [{:map_module, 1}]}, "function_exported/3 module_loaded/1"},
       {:basic_otp, {:guarded, [:spawn, {:fun, 1}]}, "spawn_request/1 spawn_request/2"},
       {:basic_otp, {:guarded, [:spawn, {:mfa, 1, 2, 3}]}, "spawn_request/3 spawn_request/4"},
       {:basic_otp, :allowed, "spawn_request_abandon/1"},
@@ -182,7 +185,7 @@ defmodule Sandbox.SecurityController.Operations.Tables do
          "monitor_node/2 monitor_node/3 dmonitor_node/3 setnode/2 setnode/3 " <>
          "spawn/2 spawn/4 spawn_link/2 spawn_link/4 spawn_monitor/2 spawn_monitor/4 " <>
          "spawn_opt/3 spawn_opt/5 spawn_request/5 list_to_pid/1 list_to_port/1 " <>
-         "list_to_ref/1 make_fun/3 display/1 display_nl/0 display_string/1 " <>
+         "list_to_ref/1 display/1 display_nl/0 display_string/1 " <>
          "process_display/2 alloc_info/1 alloc_sizes/1 set_cpu_topology/1 " <>
          "format_cpu_topology/1 gather_gc_info_result/1 garbage_collect_message_area/0 " <>
          "delay_trap/2 dist_ctrl_get_data/1 dist_ctrl_get_data_notification/1 " <>
@@ -214,17 +217,19 @@ defmodule Sandbox.SecurityController.Operations.Tables do
     pure = """
     !=/2 !==/2 */2 **/2 +/1 +/2 ++/2 -/1 -/2 --/2 //2 </2 <=/2 ==/2 ===/2 =~/2 >/2 >=/2
     abs/1 binary_part/3 binary_slice/2 binary_slice/3 bit_size/1 byte_size/1 ceil/1 div/2
-    elem/2 exit/1 floor/1 function_exported?/3 get_and_update_in/3 get_in/2 hd/1 inspect/1
+    elem/2 exit/1 floor/1 get_and_update_in/3 get_in/2 hd/1 inspect/1
     inspect/2 is_atom/1 is_binary/1 is_bitstring/1 is_boolean/1 is_float/1 is_function/1
     is_function/2 is_integer/1 is_list/1 is_map/1 is_map_key/2 is_number/1 is_pid/1
-    is_port/1 is_reference/1 is_tuple/1 length/1 macro_exported?/3 make_ref/0 map_size/1
+    is_port/1 is_reference/1 is_tuple/1 length/1 make_ref/0 map_size/1
     max/2 min/2 node/0 node/1 not/1 pop_in/2 put_elem/3 put_in/3 rem/2 round/1 self/0
-    struct/1 struct/2 struct!/1 struct!/2 throw/1 tl/1 trunc/1 tuple_size/1 update_in/3
+    throw/1 tl/1 trunc/1 tuple_size/1 update_in/3
     """
 
     entries([
       {:basic_otp, :allowed, pure},
       {:basic_otp, {:guarded, [:send]}, "send/2"},
+      {:basic_otp, {:guarded, [{:map_module, 1}]},
+       "struct/1 struct/2 struct!/1 struct!/2 function_exported?/3 macro_exported?/3"},
       {:basic_otp, {:guarded, [{:fun, 1}]}, "apply/2"},
       {:basic_otp, {:guarded, [{:mfa, 1, 2, 3}]}, "apply/3"},
       {:basic_otp, {:guarded, [:spawn, {:fun, 1}]}, "spawn/1 spawn_link/1 spawn_monitor/1"},
@@ -433,9 +438,11 @@ defmodule Sandbox.SecurityController.Operations.Tables do
 
   defp code_ex do
     entries([
-      {:basic_otp, :allowed,
+      {:basic_otp, {:guarded, [{:map_module, 1}]},
        "ensure_loaded/1 ensure_loaded!/1 ensure_loaded?/1 ensure_compiled/1 ensure_compiled!/1 " <>
-         "ensure_compiled?/1 can_await_module_compilation?/0 fetch_docs/1 get_docs/2 " <>
+         "ensure_compiled?/1 fetch_docs/1 get_docs/2"},
+      {:basic_otp, :allowed,
+       "can_await_module_compilation?/0 " <>
          "string_to_quoted/1 string_to_quoted/2 string_to_quoted!/1 string_to_quoted!/2 " <>
          "string_to_quoted_with_comments/1 string_to_quoted_with_comments/2 " <>
          "string_to_quoted_with_comments!/1 string_to_quoted_with_comments!/2 " <>
@@ -447,8 +454,9 @@ defmodule Sandbox.SecurityController.Operations.Tables do
 
   defp code_erl do
     entries([
+      {:basic_otp, {:guarded, [{:map_module, 1}]}, "ensure_loaded/1 is_loaded/1 which/1"},
       {:basic_otp, :allowed,
-       "ensure_loaded/1 is_loaded/1 which/1 priv_dir/1 lib_dir/1 lib_dir/2 root_dir/0 " <>
+       "priv_dir/1 lib_dir/1 lib_dir/2 root_dir/0 " <>
          "is_sticky/1 get_object_code/1 module_status/1 modified_modules/0 all_loaded/0 " <>
          "all_available/0 get_mode/0 get_doc/1 objfile_extension/0 " <>
          "where_is_file/1 where_is_file/2 is_module_native/1 ensure_modules_loaded/1"}
@@ -504,6 +512,66 @@ defmodule Sandbox.SecurityController.Operations.Tables do
     }
   end
 
+  defp task_supervisor do
+    entries([
+      {:basic_otp, {:guarded, [{:server, 1}, :spawn, {:fun, 2}]},
+       "async/2 async/3 async_nolink/2 async_nolink/3 start_child/2 start_child/3"},
+      {:basic_otp, {:guarded, [{:server, 1}, :spawn, {:mfa, 2, 3, 4}]},
+       "async/4 async/5 async_nolink/4 async_nolink/5 start_child/4 start_child/5"},
+      {:basic_otp, {:guarded, [{:server, 1}, :spawn, {:fun, 3}]},
+       "async_stream/3 async_stream/4 async_stream_nolink/3 async_stream_nolink/4"},
+      {:basic_otp, {:guarded, [{:server, 1}, :spawn, {:mfa, 3, 4, 5}]},
+       "async_stream/5 async_stream/6 async_stream_nolink/5 async_stream_nolink/6"},
+      {:basic_otp, {:guarded, [{:server, 1}]}, "children/1 terminate_child/2"},
+      {:basic_otp, :allowed, "child_spec/1 init/1 start_link/0 start_link/1"}
+    ])
+  end
+
+  defp os do
+    entries([
+      {:basic_otp, :allowed,
+       "getpid/0 perf_counter/0 perf_counter/1 system_time/0 system_time/1 timestamp/0 " <>
+         "type/0 version/0"},
+      {:file_read, :allowed,
+       "getenv/0 getenv/1 getenv/2 env/0 find_executable/1 find_executable/2"},
+      {:all, :forbidden, "cmd/1 cmd/2 putenv/2 unsetenv/1 set_signal/2"}
+    ])
+  end
+
+  defp proc_lib do
+    entries([
+      {:basic_otp, {:guarded, [:spawn, {:fun, 1}]}, "spawn/1 spawn_link/1 spawn_opt/2"},
+      {:basic_otp, {:guarded, [:spawn, {:mfa, 1, 2, 3}]},
+       "spawn/3 spawn_link/3 spawn_opt/4 start/3 start/4 start/5 start_link/3 start_link/4 " <>
+         "start_link/5 start_monitor/3 start_monitor/4 start_monitor/5"},
+      {:basic_otp, :allowed,
+       "format/1 format/2 format/3 hibernate/3 init_ack/1 init_ack/2 initial_call/1 " <>
+         "translate_initial_call/1 report_cb/2"},
+      {:basic_otp, {:guarded, [{:member, 1}]}, "stop/1 stop/3"},
+      {:all, :forbidden,
+       "spawn/2 spawn/4 spawn_link/2 spawn_link/4 spawn_opt/3 spawn_opt/5 init_p/3 init_p/5 " <>
+         "wake_up/3"}
+    ])
+  end
+
+  defp gen_statem do
+    entries([
+      {:basic_otp, {:guarded, [{:module, 1}]}, "start/3 start_link/3 start_monitor/3"},
+      {:basic_otp, {:guarded, [{:module, 2}]}, "start/4 start_link/4 start_monitor/4"},
+      {:basic_otp, {:guarded, [{:server, 1}]},
+       "call/2 call/3 cast/2 stop/1 stop/3 send_request/2 send_request/4"},
+      {:basic_otp, :allowed,
+       "reply/1 reply/2 check_response/2 check_response/3 receive_response/1 " <>
+         "receive_response/2 receive_response/3 wait_response/1 wait_response/2 " <>
+         "wait_response/3 reqids_add/3 reqids_new/0 reqids_size/1 reqids_to_list/1 " <>
+         "enter_loop/4 enter_loop/5 enter_loop/6 format_log/1 format_log/2 format_status/2 " <>
+         "behaviour_info/1"},
+      {:all, :forbidden,
+       "init_it/6 system_code_change/4 system_continue/3 system_get_state/1 " <>
+         "system_replace_state/2 system_terminate/4 wakeup_from_hibernate/3"}
+    ])
+  end
+
   # The per-module tables: `module => {class, default_verdict, exceptions}`,
   # exceptions `%{{f, a} => {class, verdict}}`.
   def table do
@@ -527,12 +595,15 @@ defmodule Sandbox.SecurityController.Operations.Tables do
       Code => code_ex(),
       :code => code_erl(),
       Node => node_ex(),
-      :sys => sys()
+      :sys => sys(),
+      Task.Supervisor => task_supervisor(),
+      :os => os(),
+      :proc_lib => proc_lib(),
+      :gen_statem => gen_statem()
     }
 
     forbidden_modules =
       for m <- [
-            :os,
             :init,
             :persistent_term,
             Port,
@@ -625,6 +696,11 @@ defmodule Sandbox.SecurityController.Operations do
     * `:group_leader` — a group leader is set only for the sandbox's
       processes, to one of the sandbox's group leaders
     * `:spawn` — process admission (the sandbox's `max_processes`)
+    * `:make_fun` — `:erlang.make_fun(m, f, a)`: the module is mapped to the
+      sandbox's copy, and the fun checked like a static call
+    * `{:map_module, n}` — argument `n`, a module, is mapped to the sandbox's
+      copy (`struct/2`, `function_exported?/3`, `Code.ensure_loaded/1`): no
+      restriction, isolation fidelity
   """
   @type check ::
           {:member, pos_integer}
@@ -642,6 +718,8 @@ defmodule Sandbox.SecurityController.Operations do
           | {:open, pos_integer}
           | :group_leader
           | :spawn
+          | :make_fun
+          | {:map_module, pos_integer}
 
   @type verdict :: :allowed | {:guarded, [check]} | :forbidden
 

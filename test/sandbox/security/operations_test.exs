@@ -18,14 +18,24 @@ defmodule Sandbox.SecurityController.OperationsTest do
   defp valid_verdict?({:guarded, [_ | _] = checks}) do
     Enum.all?(checks, fn
       {kind, n}
-      when kind in [:member, :server, :fun, :module, :child_spec, :ets, :write, :open] ->
+      when kind in [
+             :member,
+             :server,
+             :fun,
+             :module,
+             :child_spec,
+             :ets,
+             :write,
+             :open,
+             :map_module
+           ] ->
         is_integer(n) and n > 0
 
       {:mfa, m, f, a} ->
         Enum.all?([m, f, a], &(is_integer(&1) and &1 > 0))
 
       kind ->
-        kind in [:send, :ets_new, :new_atom, :binary_to_term, :group_leader, :spawn]
+        kind in [:send, :ets_new, :new_atom, :binary_to_term, :group_leader, :spawn, :make_fun]
     end)
   end
 
