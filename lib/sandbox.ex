@@ -194,6 +194,9 @@ defmodule Sandbox do
 
     * `:timeout` — ms (5,000); on timeout the process and everything it
       spawned are killed and the result is `{:error, :timeout}`
+    * `:original_names` — map the sandbox's relocated module names in the
+      result (structs, exceptions, stack traces, nested terms) back to the
+      names its source uses (`false`; see `Sandbox.OriginalNames`)
 
   An exception is `{:error, {:exception, exception, stacktrace}}`, an exit
   `{:error, {:exit, reason}}`, and an uncaught throw
@@ -209,7 +212,10 @@ defmodule Sandbox do
 
       with {:ok, _pid, info} <- live(id) do
         target = module_name(id, module)
-        run_in(info, fn -> apply(target, function, args) end, timeout)
+
+        info
+        |> run_in(fn -> apply(target, function, args) end, timeout)
+        |> original_names(id, opts)
       end
     end
   end
@@ -227,7 +233,9 @@ defmodule Sandbox do
     with :ok <- check_id(id) do
       check!(is_function(fun, 0), "a function of arity 0", fun)
       timeout = timeout(opts)
-      with {:ok, _pid, info} <- live(id), do: run_in(info, fun, timeout)
+
+      with {:ok, _pid, info} <- live(id),
+           do: info |> run_in(fun, timeout) |> original_names(id, opts)
     end
   end
 
@@ -536,6 +544,12 @@ defmodule Sandbox do
       {:ok, pid, %{group_leader: gl} = info} when is_pid(gl) -> {:ok, pid, info}
       _ -> {:error, :not_found}
     end
+  end
+
+  defp original_names(result, id, opts) do
+    if Keyword.get(opts, :original_names, false),
+      do: Sandbox.OriginalNames.map(id, result),
+      else: result
   end
 
   defp timeout(opts) do

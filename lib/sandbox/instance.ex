@@ -822,12 +822,36 @@ defmodule Sandbox.Instance do
     {:ok, _} = StatePreservation.apply(ChangeSet.destroy(state.store), %{})
     Env.delete(state.env_id)
     SecurityController.unregister(state.id)
+    erase_persistent_terms(state.id)
 
     %{
       state
       | store: Store.new(state.id, state.config.max_versions, state.config.security_profile)
     }
   end
+
+  # OTP's logger caches `{logger_config, Module}` in persistent_term the
+  # first time a module logs (and libraries keep similar keys): every key
+  # that names one of the sandbox's modules goes with it. Each erase makes
+  # the VM scan the heaps of processes that may hold the old value, so only
+  # the sandbox's own keys are erased.
+  defp erase_persistent_terms(id) do
+    prefixes = ["Elixir.Sandbox@#{id}.", "sandbox@#{id}@"]
+
+    for {key, _} <- :persistent_term.get(),
+        names_sandbox?(key, prefixes),
+        do: :persistent_term.erase(key)
+
+    :ok
+  end
+
+  defp names_sandbox?(key, prefixes) when is_atom(key),
+    do: String.starts_with?(Atom.to_string(key), prefixes)
+
+  defp names_sandbox?(key, prefixes) when is_tuple(key),
+    do: key |> Tuple.to_list() |> Enum.any?(&(is_atom(&1) and names_sandbox?(&1, prefixes)))
+
+  defp names_sandbox?(_key, _prefixes), do: false
 
   ## Info
 
