@@ -35,12 +35,12 @@ defmodule Sandbox do
   ## Protocols
 
   A sandbox type's implementation of a host protocol is named so that
-  dispatch finds it (see `Sandbox.Beam.rename_map/2`), which works when the
-  protocol is not consolidated (Mix's test environment, or
-  `consolidate_protocols: false`). A consolidated protocol dispatches only
-  to the implementations it was consolidated with, so creating a sandbox
-  that implements a consolidated host protocol is refused with
-  `{:error, {:consolidated_protocol, protocol}}`.
+  dispatch finds it (see `Sandbox.Beam.rename_map/2`). A consolidated host
+  protocol (Mix consolidates them in `dev` and `prod`) is consolidated again
+  with the sandbox's types added while the sandbox lives, and without them
+  after (`Sandbox.Protocols`); where that is impossible (a protocol whose
+  BEAM has no debug info), the create is refused with
+  `{:error, {:consolidated_protocol, protocol, reason}}`.
 
   ## Hot reload
 
@@ -116,7 +116,8 @@ defmodule Sandbox do
   `{:invalid_id, id}`, `{:already_exists, id}`, the option errors of
   `Sandbox.Config.validate/1`, the compile errors of
   `Sandbox.IsolatedCompiler`, `{:unknown_module_or_app, term}`,
-  `{:consolidated_protocol, protocol}`, `{:invalid_beam, module, reason}`,
+  `{:consolidated_protocol, protocol, reason}`, `{:security_violation, violations}`,
+  `{:invalid_beam, module, reason}`,
   `{:relocation_failed, module, reason}`, `{:load_failed, failures}`,
   `{:host_application_failed, app, reason}`, `{:start_failed, who, reason}`.
   A failed create leaves nothing behind.

@@ -31,7 +31,9 @@ defmodule Sandbox.ChangeSet do
 
   `graph` is the dependency graph of the sandbox after the change, `order`
   the entries to load in reload order (dependencies first), `renames` the
-  sandbox's renames after it.
+  sandbox's renames after it, `protocols` the consolidated host protocols
+  its types implement after it (`Sandbox.Protocols`) and `from_protocols`
+  those before it.
   """
 
   alias Sandbox.{Beam, SecurityController}
@@ -64,6 +66,8 @@ defmodule Sandbox.ChangeSet do
           renames: %{module => module},
           redirects: %{module => module},
           graph: %{module => [module]},
+          protocols: Sandbox.Protocols.t(),
+          from_protocols: Sandbox.Protocols.t(),
           order: [entry]
         }
 
@@ -78,6 +82,8 @@ defmodule Sandbox.ChangeSet do
             renames: %{},
             redirects: %{},
             graph: %{},
+            protocols: %{},
+            from_protocols: %{},
             order: []
 
   @relocate_opts [debug_info: :strip]
@@ -115,7 +121,7 @@ defmodule Sandbox.ChangeSet do
 
   Errors: `:no_beams`, `{:invalid_beam, module | nil, reason}`,
   `{:duplicate_module, module}`, `{:unknown_module, module}` (in
-  `:remove`), `{:consolidated_protocol, protocol}`,
+  `:remove`), `{:security_violation, violations}`,
   `{:atom_too_long, name}`, `{:relocation_failed, module, reason}`.
   """
   @spec reload(Store.t(), [binary], keyword) :: {:ok, t} | {:ok, :unchanged} | {:error, term}
@@ -184,6 +190,8 @@ defmodule Sandbox.ChangeSet do
          relinked: relinked,
          shims: [],
          renames: renames,
+         protocols: change.from_protocols,
+         from_protocols: change.protocols,
          graph: Map.drop(change.graph, Enum.map(change.added, & &1.module)),
          order: Enum.reverse(added ++ changed ++ relinked)
      }}
@@ -203,6 +211,8 @@ defmodule Sandbox.ChangeSet do
       sandbox_id: store.id,
       kind: :destroy,
       removed: removed ++ shims,
+      protocols: %{},
+      from_protocols: store.protocols,
       renames: store.renames,
       redirects: store.redirects
     }
@@ -329,8 +339,7 @@ defmodule Sandbox.ChangeSet do
       |> Map.new(fn {m, slot} -> {m, slot.parsed} end)
       |> Map.merge(Map.new(touched, &{&1.module, &1.parsed}))
 
-    with :ok <- check_protocols(touched, parsed),
-         {:ok, guard} <- classify(store, touched, parsed),
+    with {:ok, guard} <- classify(store, touched, parsed),
          {:ok, renames} <- Beam.rename_map(store.id, Map.values(parsed)),
          {:ok, graph} <- graph(Map.values(parsed)) do
       relinked = relinked(store, renames, touched, gone)
@@ -354,6 +363,8 @@ defmodule Sandbox.ChangeSet do
            renames: renames,
            redirects: store.redirects,
            graph: graph,
+           protocols: Sandbox.Protocols.implementations(Map.values(parsed), renames),
+           from_protocols: store.protocols,
            order: in_order(relocated, graph)
          }}
       end
@@ -453,24 +464,6 @@ defmodule Sandbox.ChangeSet do
     else
       @relocate_opts
     end
-  end
-
-  # A consolidated host protocol dispatches only to the implementations it
-  # was consolidated with: an implementation the sandbox brings for it would
-  # silently never be called, so the change is refused instead.
-  defp check_protocols(touched, parsed) do
-    Enum.find_value(touched, :ok, fn %{parsed: %{attributes: attrs}} ->
-      with impl when is_list(impl) <- Keyword.get(List.wrap(attrs), :__impl__),
-           protocol when is_atom(protocol) <- Keyword.get(impl, :protocol),
-           false <- Map.has_key?(parsed, protocol),
-           true <- Code.ensure_loaded?(protocol),
-           true <- function_exported?(protocol, :__protocol__, 1),
-           true <- protocol.__protocol__(:consolidated?) do
-        {:error, {:consolidated_protocol, protocol}}
-      else
-        _ -> nil
-      end
-    end)
   end
 
   defp build_shims(_id, [], _extra), do: {:ok, [], %{}}

@@ -106,7 +106,7 @@ defmodule Sandbox.ErrorHandler do
   def classify_error({:invalid_beam, _, _}), do: :compilation_error
   def classify_error({:relocation_failed, _, _}), do: :compilation_error
   def classify_error({:duplicate_module, _, _}), do: :compilation_error
-  def classify_error({:consolidated_protocol, _}), do: :compilation_error
+  def classify_error({:consolidated_protocol, _, _}), do: :compilation_error
   def classify_error({:limit_exceeded, _}), do: :resource_error
   def classify_error({:security_violation, _}), do: :security_error
 

@@ -392,10 +392,34 @@ defmodule Sandbox.Instance do
 
     with {:ok, change} <- ChangeSet.create(state.store, modules, @shims, shim_renames),
          :ok <- ensure_host_apps(state),
-         {:ok, _} <- StatePreservation.apply(change, %{group_leader: nil}) do
-      {:ok, %{state | store: Store.record(state.store, change)}}
+         {:ok, state, _migrated} <- apply_and_record(state, change, %{group_leader: nil}) do
+      {:ok, state}
     else
       {:error, reason} -> {:error, reason, state}
+      {:error, _reason, _state} = error -> error
+    end
+  end
+
+  # Applies a change and records it; then brings the consolidated host
+  # protocols the sandbox's types implement up to date (Sandbox.Protocols),
+  # reverting the change if that fails.
+  defp apply_and_record(state, change, env) do
+    case StatePreservation.apply(change, env) do
+      {:ok, %{migrated: n}} ->
+        state = %{state | store: Store.record(state.store, change)}
+
+        case Sandbox.Protocols.sync(change.from_protocols, change.protocols) do
+          :ok ->
+            {:ok, state, n}
+
+          {:error, reason} ->
+            {:ok, revert} = ChangeSet.revert(state.store, change)
+            _ = StatePreservation.apply(revert, env)
+            {:error, reason, %{state | store: Store.record(state.store, revert)}}
+        end
+
+      {:error, reason} ->
+        {:error, reason, state}
     end
   end
 
@@ -479,9 +503,9 @@ defmodule Sandbox.Instance do
     }
 
     {reply, state} =
-      case StatePreservation.apply(change, env) do
-        {:ok, %{migrated: n}} ->
-          state = %{state | store: Store.record(state.store, change), last_reload: nil}
+      case apply_and_record(state, change, env) do
+        {:ok, state, n} ->
+          state = %{state | last_reload: nil}
           emit_applied(state.id, change, n, meta)
 
           audit(state, change.kind, %{
@@ -497,8 +521,8 @@ defmodule Sandbox.Instance do
           reply = if change.kind == :rollback, do: {:ok, :rolled_back}, else: {:ok, :hot_reloaded}
           {reply, watch_rollback(state, change, opts, env)}
 
-        {:error, reason} ->
-          # Apply restored everything: the last good code runs (:rollback).
+        {:error, reason, state} ->
+          # Everything was restored: the last good code runs (:rollback).
           op = if change.kind == :reload, do: :reload, else: :rollback
           ErrorHandler.handle_error(reason, error_context(state, op))
           audit(state, :refused, %{operation: op, reason: reason})
@@ -707,13 +731,12 @@ defmodule Sandbox.Instance do
     state = %{state | last_reload: nil}
 
     # The roots are stopped: no process to suspend or migrate.
-    case StatePreservation.apply(change, %{group_leader: nil}) do
-      {:ok, _} ->
-        state = %{state | store: Store.record(state.store, change)}
+    case apply_and_record(state, change, %{group_leader: nil}) do
+      {:ok, state, _} ->
         emit_applied(state.id, change, 0, %{reason: {:root_crashed, reason}, t0: t0})
         state
 
-      {:error, error} ->
+      {:error, error, state} ->
         emit_failed(state.id, {:rollback_failed, error}, t0, :api, ChangeSet.modules(change))
         state
     end
@@ -819,7 +842,10 @@ defmodule Sandbox.Instance do
   defp teardown(state) do
     if state.info.auto_reload_enabled, do: FileWatcher.unwatch(state.id)
     state = stop_roots(state)
-    {:ok, _} = StatePreservation.apply(ChangeSet.destroy(state.store), %{})
+    destroy = ChangeSet.destroy(state.store)
+    # The host protocols forget the sandbox's types before they go.
+    _ = Sandbox.Protocols.sync(destroy.from_protocols, destroy.protocols)
+    {:ok, _} = StatePreservation.apply(destroy, %{})
     Env.delete(state.env_id)
     SecurityController.unregister(state.id)
     erase_persistent_terms(state.id)

@@ -40,7 +40,8 @@ defmodule Sandbox.ModuleVersionManager do
           redirects: %{module => module},
           shims: [module],
           modules: %{module => slot},
-          graph: %{module => [module]}
+          graph: %{module => [module]},
+          protocols: Sandbox.Protocols.t()
         }
 
   defstruct id: nil,
@@ -50,7 +51,8 @@ defmodule Sandbox.ModuleVersionManager do
             redirects: %{},
             shims: [],
             modules: %{},
-            graph: %{}
+            graph: %{},
+            protocols: %{}
 
   @doc """
   An empty store for sandbox `id` (a create is the first change recorded);
@@ -155,6 +157,7 @@ defmodule Sandbox.ModuleVersionManager do
       store
       | modules: modules,
         graph: change.graph,
+        protocols: change.protocols,
         renames: change.renames,
         shims: store.shims ++ Enum.map(change.shims, & &1.name)
     }

@@ -6,7 +6,7 @@ defmodule Sandbox.LifecycleGlobalTest do
 
   @moduletag timeout: 300_000
 
-  test "a sandbox implementing a consolidated host protocol is refused, naming it" do
+  test "a consolidated host protocol is consolidated again with a sandbox's types, and without them after" do
     # Consolidate String.Chars with its current implementations (so the host
     # behaves the same), and restore the unconsolidated protocol afterwards.
     {String.Chars, original, file} = :code.get_object_code(String.Chars)
@@ -21,19 +21,51 @@ defmodule Sandbox.LifecycleGlobalTest do
     restore.(consolidated)
     on_exit(fn -> restore.(original) end)
     assert String.Chars.__protocol__(:consolidated?)
-
-    assert Sandbox.create_sandbox("consolidated", :counter, sandbox_path: counter_path()) ==
-             {:error, {:consolidated_protocol, String.Chars}}
-
-    assert loaded_modules("consolidated") == []
-
-    restore.(original)
-    refute String.Chars.__protocol__(:consolidated?)
+    {:consolidated, before} = String.Chars.__protocol__(:impls)
 
     assert {:ok, _} =
              Sandbox.create_sandbox("consolidated", :counter, sandbox_path: counter_path())
 
+    point = Sandbox.module_name("consolidated", Counter.Point)
+
+    # Still consolidated, with the sandbox's type added: dispatch finds it.
+    assert String.Chars.__protocol__(:consolidated?)
+    {:consolidated, during} = String.Chars.__protocol__(:impls)
+    assert Enum.sort(during) == Enum.sort([point | before])
+
+    assert {:ok, "1,2"} =
+             Sandbox.run("consolidated", fn ->
+               to_string(apply(Sandbox.module_name("consolidated", Counter), :point, [1, 2]))
+             end)
+
+    assert to_string(:an_atom) == "an_atom"
+
     assert :ok = Sandbox.destroy_sandbox("consolidated")
+    {:consolidated, after_destroy} = String.Chars.__protocol__(:impls)
+    assert Enum.sort(after_destroy) == Enum.sort(before)
+  end
+
+  test "a consolidated protocol that cannot be consolidated again refuses the create, with the reason" do
+    # String.Chars consolidated, and loaded from no file: nothing to
+    # consolidate it again from.
+    {String.Chars, original, file} = :code.get_object_code(String.Chars)
+    impls = Protocol.extract_impls(String.Chars, :code.get_path())
+    {:ok, consolidated} = Protocol.consolidate(String.Chars, impls)
+
+    load = fn binary, path ->
+      :code.purge(String.Chars)
+      {:module, String.Chars} = :code.load_binary(String.Chars, path, binary)
+    end
+
+    load.(consolidated, ~c"no/such/file.beam")
+    on_exit(fn -> load.(original, file) end)
+
+    assert Sandbox.create_sandbox("unconsolidatable", :counter, sandbox_path: counter_path()) ==
+             {:error, {:consolidated_protocol, String.Chars, :no_beam_info}}
+
+    assert loaded_modules("unconsolidatable") == []
+    assert {:consolidated, after_refusal} = String.Chars.__protocol__(:impls)
+    assert Enum.sort(after_refusal) == Enum.sort(impls)
   end
 
   test "a crash of the manager loses no sandbox" do
