@@ -41,6 +41,32 @@ defmodule Sandbox.Env do
     :ok
   end
 
+  @doc """
+  Records the specs of sandbox `id`'s own applications (its project and
+  path dependencies): `[{app, spec}]`, `spec` a keyword list as
+  `:application.get_all_key/1` gives it.
+  """
+  @spec put_specs(atom, [{atom, keyword}]) :: :ok
+  def put_specs(id, specs) when is_atom(id) do
+    :ets.insert(@table, for({app, spec} <- specs, do: {{id, :"$spec", app}, spec}))
+    :ok
+  end
+
+  @doc "The spec of `app` if it is one of sandbox `id`'s own applications."
+  @spec spec(atom, atom) :: {:ok, keyword} | :error
+  def spec(id, app) do
+    case :ets.lookup(@table, {id, :"$spec", app}) do
+      [{_, spec}] -> {:ok, spec}
+      [] -> :error
+    end
+  end
+
+  @doc "Every own application of sandbox `id` with its spec."
+  @spec specs(atom) :: [{atom, keyword}]
+  def specs(id) do
+    for [app, spec] <- :ets.match(@table, {{id, :"$spec", :"$1"}, :"$2"}), do: {app, spec}
+  end
+
   @doc "Removes every environment entry of sandbox `id`."
   @spec delete(atom) :: :ok
   def delete(id) when is_atom(id) do

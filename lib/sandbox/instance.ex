@@ -100,6 +100,15 @@ defmodule Sandbox.Instance do
   def rollback(pid, module, version),
     do: GenServer.call(pid, {:rollback, module, version}, :infinity)
 
+  @doc """
+  Starts (`:start`) or stops (`:stop`) the sandbox's own application `app`
+  (its `mod` callback): `:ok` or `{:error, reason}`. Called by the
+  sandbox's application shims (`Sandbox.Shim.Apps`).
+  """
+  @spec app(pid, :start | :stop, atom) :: :ok | {:error, term}
+  def app(pid, op, app) when op in [:start, :stop],
+    do: GenServer.call(pid, {:app, op, app}, :infinity)
+
   @doc "Turns automatic reload on or off (see `Sandbox.enable_auto_reload/1`)."
   @spec auto_reload(pid, boolean) :: :ok | {:error, term}
   def auto_reload(pid, on?), do: GenServer.call(pid, {:auto_reload, on?}, :infinity)
@@ -137,6 +146,7 @@ defmodule Sandbox.Instance do
       store: Store.new(id, config.max_versions, config.security_profile),
       group_leader: nil,
       roots: [],
+      started: [],
       restarts: [],
       started_at: nil,
       rollback: nil,
@@ -221,6 +231,18 @@ defmodule Sandbox.Instance do
 
   def handle_call(:group_leader, _from, state), do: {:reply, state.group_leader, state}
 
+  def handle_call({:app, :start, app}, _from, state) do
+    {reply, state} = start_app(state, app)
+    {:reply, reply, state}
+  end
+
+  def handle_call({:app, :stop, app}, _from, state) do
+    {reply, state} = stop_app(state, app)
+    {:reply, reply, state}
+  end
+
+  def handle_call({:app, :started}, _from, state), do: {:reply, state.started, state}
+
   def handle_call({:reload, beams, opts}, _from, state) do
     {trigger, opts} = Keyword.pop(opts, :trigger, :api)
     {removing, opts} = Keyword.pop(opts, :removing)
@@ -304,7 +326,7 @@ defmodule Sandbox.Instance do
 
   @impl true
   def handle_info({:EXIT, pid, reason}, state) do
-    if pid in state.roots do
+    if List.keymember?(state.roots, pid, 1) do
       {:noreply, root_died(state, pid, reason)}
     else
       {:noreply, state}
@@ -393,6 +415,7 @@ defmodule Sandbox.Instance do
     with {:ok, change} <- ChangeSet.create(state.store, modules, @shims, shim_renames),
          :ok <- ensure_host_apps(state),
          {:ok, state, _migrated} <- apply_and_record(state, change, %{group_leader: nil}) do
+      Env.put_specs(state.env_id, app_specs(state))
       {:ok, state}
     else
       {:error, reason} -> {:error, reason, state}
@@ -420,6 +443,36 @@ defmodule Sandbox.Instance do
 
       {:error, reason} ->
         {:error, reason, state}
+    end
+  end
+
+  # The sandbox's own applications as `:application.get_all_key/1` gives
+  # them (modules and `mod` under their relocated names, which is what
+  # callers go on to call), plus `dir`, the application's directory.
+  defp app_specs(%{app: nil}), do: []
+
+  defp app_specs(%{app: app, store: store}) do
+    dep_names = Enum.map(app.path_deps, & &1.name)
+
+    for spec <- [app | app.path_deps] do
+      deps = if spec == app, do: dep_names, else: []
+
+      {spec.name,
+       [
+         description: ~c"#{spec.name}",
+         vsn: ~c"#{spec.version}",
+         id: [],
+         modules: Enum.map(spec.modules, &Map.get(store.renames, &1, &1)),
+         registered: spec.registered,
+         applications:
+           Enum.uniq(
+             [:kernel, :stdlib, :elixir] ++ (spec.applications || spec.extra_applications ++ deps)
+           ),
+         included_applications: spec.included_applications,
+         env: spec.env,
+         mod: with({m, a} <- spec.mod, do: {Map.get(store.renames, m, m), a}) || [],
+         dir: spec.dir
+       ]}
     end
   end
 
@@ -665,14 +718,74 @@ defmodule Sandbox.Instance do
 
     try do
       Enum.reduce_while(root_starts(state), {:ok, state}, fn {label, fun}, {:ok, state} ->
-        case safe_start(fun) do
-          {:ok, pid} when is_pid(pid) -> {:cont, {:ok, %{state | roots: state.roots ++ [pid]}}}
-          :ignore -> {:cont, {:ok, state}}
-          {:error, reason} -> {:halt, {:error, {:start_failed, label, reason}, state}}
+        case start_root(state, label, fun) do
+          {:ok, state} -> {:cont, {:ok, state}}
+          {:error, reason} -> {:halt, {:error, reason, state}}
         end
       end)
     after
       Process.group_leader(self(), own_gl)
+    end
+  end
+
+  # One root (an application's `mod` callback, or the supervisor), started
+  # from this process (whose group leader is the sandbox's at that point);
+  # an application without a `mod` callback is started with no process.
+  defp start_root(state, label, nil), do: {:ok, %{state | started: [label | state.started]}}
+
+  defp start_root(state, label, fun) do
+    case safe_start(fun) do
+      {:ok, pid} when is_pid(pid) ->
+        {:ok, %{state | roots: state.roots ++ [{label, pid}], started: [label | state.started]}}
+
+      :ignore ->
+        {:ok, %{state | started: [label | state.started]}}
+
+      {:error, reason} ->
+        {:error, {:start_failed, label, reason}}
+    end
+  end
+
+  # An own application started or stopped from inside the sandbox
+  # (Application.start/stop through its shim).
+  defp start_app(state, app) do
+    case List.keyfind(root_starts(state), app, 0) do
+      nil ->
+        {{:error, {:not_loaded, app}}, state}
+
+      _ when state.group_leader == nil ->
+        {{:error, {:not_started, :sandbox}}, state}
+
+      {^app, fun} ->
+        if app in state.started do
+          {{:error, {:already_started, app}}, state}
+        else
+          own_gl = Process.group_leader()
+          Process.group_leader(self(), state.group_leader)
+
+          try do
+            case start_root(state, app, fun) do
+              {:ok, state} -> {:ok, state}
+              {:error, reason} -> {{:error, reason}, state}
+            end
+          after
+            Process.group_leader(self(), own_gl)
+          end
+        end
+    end
+  end
+
+  defp stop_app(state, app) do
+    if app in state.started do
+      case List.keyfind(state.roots, app, 0) do
+        {^app, pid} -> shutdown(pid)
+        nil -> :ok
+      end
+
+      {:ok,
+       %{state | roots: List.keydelete(state.roots, app, 0), started: state.started -- [app]}}
+    else
+      {{:error, {:not_started, app}}, state}
     end
   end
 
@@ -682,10 +795,15 @@ defmodule Sandbox.Instance do
   end
 
   defp root_starts(%{mode: :application, app: app} = state) do
-    for spec <- app.path_deps ++ [app], spec.mod != nil do
-      {mod, args} = spec.mod
-      relocated = Map.fetch!(state.store.renames, mod)
-      {spec.name, fn -> relocated.start(:normal, args) end}
+    for spec <- app.path_deps ++ [app] do
+      case spec.mod do
+        {mod, args} ->
+          relocated = Map.fetch!(state.store.renames, mod)
+          {spec.name, fn -> relocated.start(:normal, args) end}
+
+        _ ->
+          {spec.name, nil}
+      end
     end
   end
 
@@ -709,7 +827,7 @@ defmodule Sandbox.Instance do
     now = now_ms()
     window = state.config.max_seconds * 1000
     recent = [now | Enum.filter(state.restarts, &(now - &1 < window))]
-    state = stop_roots(%{state | roots: List.delete(state.roots, pid), restarts: recent})
+    state = stop_roots(%{state | roots: List.keydelete(state.roots, pid, 1), restarts: recent})
 
     meta = %{
       since_reload: state.last_reload && now - state.last_reload.at,
@@ -801,14 +919,14 @@ defmodule Sandbox.Instance do
   # Stops the roots (shutdown, then kill), then every process left with the
   # sandbox's group leader, then the group leader itself.
   defp stop_roots(state) do
-    for pid <- state.roots, do: shutdown(pid)
+    for {_label, pid} <- state.roots, do: shutdown(pid)
 
     if gl = state.group_leader do
       GroupLeader.kill_members(gl)
       stop_group_leader(gl)
     end
 
-    %{state | roots: [], group_leader: nil}
+    %{state | roots: [], started: [], group_leader: nil}
   end
 
   defp shutdown(pid) do
@@ -899,7 +1017,7 @@ defmodule Sandbox.Instance do
   end
 
   defp public_info(state) do
-    root = List.last(state.roots)
+    root = with {_label, pid} <- List.last(state.roots), do: pid
 
     %{
       state.info
