@@ -9,7 +9,7 @@ defmodule Sandbox.Security.AttacksTest do
   alias Sandbox.Test.Peer
 
   @moduletag :tmp_dir
-  @moduletag :needs_guards
+  @moduletag skip: "needs the relocator's capability-guard options (issue 12, native part)"
 
   setup ctx do
     hash = :erlang.phash2(ctx.test)

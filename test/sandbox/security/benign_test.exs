@@ -3,7 +3,7 @@ defmodule Sandbox.Security.BenignTest do
   use ExUnit.Case, async: true
 
   @moduletag :tmp_dir
-  @moduletag :needs_guards
+  @moduletag skip: "needs the relocator's capability-guard options (issue 12, native part)"
 
   test "GenServer, Supervisor, Task, Agent, ETS, spawn/send, dynamic dispatch: same answers under :high, :medium and :low",
        ctx do
