@@ -19,7 +19,7 @@ typedef struct {
     char **paths;
     unsigned char *created; /* created within this window */
     size_t n, cap;
-    size_t *slots; /* open addressing: index + 1, 0 empty, SIZE_MAX deleted */
+    size_t *slots;       /* open addressing: index + 1, 0 empty, SIZE_MAX deleted */
     size_t nslots, used; /* used: live and deleted slots */
     uint64_t cmps;       /* string comparisons made, for tests and benchmarks */
     int64_t debounce;
