@@ -9,6 +9,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <sys/resource.h>
+
+#include "cn_limits.h"
 #include "cn_request.h"
 #include "cn_term.h"
 
@@ -52,6 +55,60 @@ extern size_t cn_max_frame;
 void cn_refuse_too_big(const uint8_t *prefix, size_t len, uint64_t declared);
 extern pid_t cn_self;
 
+/* ---- contain.c: per-job cgroups where available ---- */
+enum { CN_CONTAIN_SUBREAPER = 0, CN_CONTAIN_CGROUP = 1 };
+/* Chooses the mechanism: a cgroup per job when allow_cgroup and the C-node
+ * can create and use cgroups, otherwise only the job leaders. */
+void cn_contain_init(int allow_cgroup);
+int cn_contain_mode(void);
+const char *cn_contain_name(void);   /* "cgroup" or "subreaper" */
+const char *cn_contain_reason(void); /* why: "cgroup2", "forced", "mkdir:eacces", ... */
+const char *cn_contain_base(void);   /* the run's cgroup directory, or NULL */
+int cn_contain_base_fd(void);
+void cn_contain_stop(void);
+
+typedef struct {
+    int dir_fd, procs_fd, kill_fd; /* -1: no cgroup */
+    char name[32];                 /* job-<id> below the run's directory */
+} cn_cgjob;
+void cn_cgjob_init(cn_cgjob *j);
+/* A cgroup for job id (nothing in subreaper mode): 0 or an errno value. */
+int cn_cgjob_create(cn_cgjob *j, int64_t id);
+int cn_cgjob_active(const cn_cgjob *j);
+void cn_cgjob_kill(const cn_cgjob *j);
+int cn_cgjob_populated(const cn_cgjob *j); /* 1, 0, -1 unknown */
+/* The member pids (malloc'd in *out): their number, or -1. */
+long cn_cgjob_procs(const cn_cgjob *j, int **out);
+/* Closes the job's descriptors and removes its directory: 0 or an errno. */
+int cn_cgjob_remove(cn_cgjob *j);
+
+/* ---- leader.c: the process between the C-node and a job's command ---- */
+/* Records on the exec pipe (command -> C-node) and the report pipe
+ * (leader -> C-node). */
+enum { CN_EXREC_PID = 1, CN_EXREC_ERRNO = 2, CN_EXREC_CGROUP_ERRNO = 3 };
+typedef struct {
+    int32_t kind, value;
+} cn_exrec;
+typedef struct {
+    int32_t status, pad;
+    int64_t utime_us, stime_us;
+} cn_exitrec;
+
+typedef struct {
+    int in_r, out_w, err_w; /* the command's stdin, stdout, stderr */
+    int ex_w;               /* the exec pipe's write end */
+    int rep_w;              /* the report pipe's write end */
+    int cg_procs, cg_kill;  /* the job cgroup's files, or -1 */
+    int cg_base;            /* the run's cgroup directory, or -1 */
+    const char *cg_name;    /* the job's directory in it */
+    pid_t cnode;
+    char **argv, **env;
+    const char *cd;
+    cn_limits_plan rl;    /* the rlimits of the command */
+    struct rlimit nofile; /* the descriptor limit the C-node was started with */
+} cn_leader_args;
+__attribute__((noreturn)) void cn_leader_run(const cn_leader_args *a);
+
 /* ---- child.c ---- */
 void cn_child_spawn(const cn_request *r);
 void cn_child_write_stdin(const cn_request *r);
@@ -60,6 +117,7 @@ void cn_child_set_limits(const cn_request *r);
 void cn_child_kill(const cn_request *r);
 void cn_child_sample(const cn_request *r);
 /* poll integration */
+int cn_child_pollfds_needed(void);
 int cn_child_pollfds(struct pollfd *fds, int max);
 void cn_child_handle_poll(struct pollfd *fds, int n);
 int64_t cn_child_next_deadline(void);
@@ -67,10 +125,17 @@ void cn_child_timers(void);
 void cn_child_reap(void);
 void cn_child_kill_all(void);
 int cn_child_count(void);
+/* Frees the jobs that finished in this round (after the poll handlers). */
+void cn_child_gc(void);
+/* The descriptor limit the C-node was started with (its children get it). */
+extern struct rlimit cn_nofile_orig;
 
 /* ---- dist.c ---- */
 void cn_dist_start(const cn_request *r);
+int cn_dist_pollfds_needed(void);
 int cn_dist_pollfds(struct pollfd *fds, int max);
+/* #{node, bind, port, connections, handshakes_dropped} */
+void cn_dist_info(ei_x_buff *x);
 void cn_dist_handle_poll(struct pollfd *fds, int n);
 /* The connection to a node, or -1. */
 int cn_dist_conn_for(const uint8_t *node, size_t len);
@@ -81,6 +146,7 @@ void cn_dist_stop(void);
 /* ---- watch.c ---- */
 void cn_watch_add(const cn_request *r);
 void cn_watch_remove(const cn_request *r);
+int cn_watch_count(void);
 int cn_watch_pollfds(struct pollfd *fds, int max);
 void cn_watch_handle_poll(struct pollfd *fds, int n);
 int64_t cn_watch_next_deadline(void);
@@ -88,7 +154,11 @@ void cn_watch_timers(void);
 void cn_watch_stop(void);
 
 /* ---- audit.c ---- */
-int cn_audit_setup(const char *path, int64_t max_bytes, int keep);
+/* private_dir: the log's directory must be ours alone (created 0700 when
+ * absent). A log that cannot be opened now is retried on each event. */
+int cn_audit_setup(const char *path, int64_t max_bytes, int keep, int private_dir);
+/* #{path, status} */
+void cn_audit_info(ei_x_buff *x);
 void cn_audit_request(const cn_request *r);
 /* Called once per loop iteration after the frames read were handled: one
  * fsync covers every line appended since the last, then the replies go. */

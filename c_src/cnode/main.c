@@ -2,9 +2,12 @@
  * term format from the port (stdin/stdout, {packet, 4}) and, once the host VM
  * is distributed, from Erlang nodes over the distribution protocol.
  *
- * Usage: sandbox_cnode [--max-frame BYTES] [--audit-log PATH]
+ * Usage: sandbox_cnode [--max-frame BYTES] [--audit-log PATH] [--audit-private-dir]
  *                      [--audit-max-bytes BYTES] [--audit-keep N]
- * The cookie for distribution only ever arrives in a request on the port. */
+ *                      [--containment auto|subreaper]
+ * The cookie for distribution only ever arrives in a request on the port.
+ * SANDBOX_CNODE_CONTAINMENT=subreaper in the environment forces the
+ * fallback as --containment subreaper does. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -13,12 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cn_frame.h"
+#include "cn_time.h"
 #include "cnode.h"
 
 int cn_stopping = 0;
@@ -191,6 +196,37 @@ void cn_event_begin(ei_x_buff *x, int64_t id) {
     ei_x_encode_longlong(x, id);
 }
 
+/* What the C-node is running with: how jobs are contained, distribution,
+ * the audit log, and how much it holds. */
+static void reply_info(const cn_request *r) {
+    ei_x_buff x;
+    cn_reply_begin(r, &x);
+    ei_x_encode_tuple_header(&x, 2);
+    ei_x_encode_atom(&x, "ok");
+    ei_x_encode_map_header(&x, 8);
+    ei_x_encode_atom(&x, "os_pid");
+    ei_x_encode_long(&x, (long)cn_self);
+    ei_x_encode_atom(&x, "containment");
+    ei_x_encode_atom(&x, cn_contain_name());
+    ei_x_encode_atom(&x, "containment_reason");
+    ei_x_encode_atom(&x, cn_contain_reason());
+    ei_x_encode_atom(&x, "cgroup");
+    if (cn_contain_base()) {
+        ei_x_encode_binary(&x, cn_contain_base(), (long)strlen(cn_contain_base()));
+    } else {
+        ei_x_encode_atom(&x, "nil");
+    }
+    ei_x_encode_atom(&x, "jobs");
+    ei_x_encode_long(&x, cn_child_count());
+    ei_x_encode_atom(&x, "watches");
+    ei_x_encode_long(&x, cn_watch_count());
+    ei_x_encode_atom(&x, "dist");
+    cn_dist_info(&x);
+    ei_x_encode_atom(&x, "audit");
+    cn_audit_info(&x);
+    cn_reply_end(r, &x);
+}
+
 static void reply_ping(const cn_request *r) {
     ei_x_buff x;
     cn_reply_begin(r, &x);
@@ -217,6 +253,7 @@ static const struct {
     {"unwatch", cn_watch_remove, 0},
     {"audit", cn_audit_request, 0},
     {"ping", reply_ping, 0},
+    {"info", reply_info, 0},
     {"distribute", cn_dist_start, 1},
 };
 
@@ -345,28 +382,61 @@ static void read_signals(void) {
     cn_child_reap();
 }
 
-static int64_t min_deadline(int64_t a, int64_t b) {
-    if (a < 0) {
-        return b;
-    }
-    if (b < 0) {
-        return a;
-    }
-    return a < b ? a : b;
-}
-
 static void usage(void) {
     fprintf(stderr, "usage: sandbox_cnode [--max-frame BYTES] [--audit-log PATH] "
-                    "[--audit-max-bytes BYTES] [--audit-keep N]\n");
+                    "[--audit-private-dir] [--audit-max-bytes BYTES] [--audit-keep N] "
+                    "[--containment auto|subreaper]\n");
     exit(2);
+}
+
+/* A poll array that grows with what there is to poll. */
+static struct pollfd *g_fds;
+static int g_fdcap;
+
+static int reserve_fds(int n) {
+    if (n <= g_fdcap) {
+        return 0;
+    }
+    int cap = g_fdcap ? g_fdcap : 64;
+    while (cap < n) {
+        cap *= 2;
+    }
+    struct pollfd *f = realloc(g_fds, (size_t)cap * sizeof *f);
+    if (!f) {
+        return -1;
+    }
+    g_fds = f;
+    g_fdcap = cap;
+    return 0;
+}
+
+/* More descriptors for many jobs (four each); the children get the limit we
+ * were started with back. */
+static void raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        return;
+    }
+    cn_nofile_orig = rl;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 }
 
 int main(int argc, char **argv) {
     size_t max_frame = CN_FRAME_DEFAULT_MAX;
     const char *audit_log = NULL;
+    int audit_private = 0;
     int64_t audit_max = 64ll * 1024 * 1024;
     int audit_keep = 5;
+    const char *env_contain = getenv("SANDBOX_CNODE_CONTAINMENT");
+    int allow_cgroup = !(env_contain && strcmp(env_contain, "subreaper") == 0);
     for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--audit-private-dir") == 0) {
+            audit_private = 1;
+            continue;
+        }
         if (i + 1 >= argc) {
             usage();
         }
@@ -388,15 +458,24 @@ int main(int argc, char **argv) {
             if (*end || audit_keep < 0) {
                 usage();
             }
+        } else if (strcmp(argv[i], "--containment") == 0) {
+            const char *m = argv[++i];
+            if (strcmp(m, "subreaper") == 0) {
+                allow_cgroup = 0;
+            } else if (strcmp(m, "auto") != 0) {
+                usage();
+            }
         } else {
             usage();
         }
     }
 
     cn_self = getpid();
-    /* Descendants that lose their parent (even after setsid) become ours. */
+    /* Descendants that lose their parent (even after setsid) become ours;
+     * with job leaders, that happens only when a leader itself was killed. */
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
@@ -417,31 +496,31 @@ int main(int argc, char **argv) {
     }
     cn_frame_init(&g_in, max_frame);
     cn_max_frame = max_frame;
-    if (audit_log && cn_audit_setup(audit_log, audit_max, audit_keep) != 0) {
-        fprintf(stderr, "sandbox_cnode: cannot open audit log %s: %s\n", audit_log,
-                strerror(errno));
+    cn_contain_init(allow_cgroup);
+    if (audit_log && cn_audit_setup(audit_log, audit_max, audit_keep, audit_private) != 0) {
+        fprintf(stderr, "sandbox_cnode: cannot set up the audit log %s\n", audit_log);
         return 1;
     }
 
-    enum { MAXFDS = 1024 };
-    static struct pollfd fds[MAXFDS];
     while (!cn_stopping) {
+        int need = 2 + cn_dist_pollfds_needed() + 1 + cn_child_pollfds_needed();
+        if (reserve_fds(need) != 0) {
+            perror("sandbox_cnode: poll array");
+            break;
+        }
+        struct pollfd *fds = g_fds;
         int n = 0;
         fds[n++] = (struct pollfd){STDIN_FILENO, POLLIN, 0};
         fds[n++] = (struct pollfd){g_sigfd, POLLIN, 0};
-        int c0 = n;
-        n += cn_child_pollfds(fds + n, MAXFDS - n);
-        int w0 = n;
-        n += cn_watch_pollfds(fds + n, MAXFDS - n);
         int d0 = n;
-        n += cn_dist_pollfds(fds + n, MAXFDS - n);
+        n += cn_dist_pollfds(fds + n, need - n);
+        int w0 = n;
+        n += cn_watch_pollfds(fds + n, need - n);
+        int c0 = n;
+        n += cn_child_pollfds(fds + n, need - n);
 
-        int64_t deadline = min_deadline(cn_child_next_deadline(), cn_watch_next_deadline());
-        int timeout = -1;
-        if (deadline >= 0) {
-            int64_t d = deadline - cn_now_ms();
-            timeout = d < 0 ? 0 : d > 60000 ? 60000 : (int)d;
-        }
+        int64_t deadline = cn_deadline_min(cn_child_next_deadline(), cn_watch_next_deadline());
+        int timeout = cn_poll_timeout(deadline, cn_now_ms(), 60000);
         int rc = poll(fds, (nfds_t)n, timeout);
         if (rc < 0) {
             if (errno == EINTR) {
@@ -457,21 +536,24 @@ int main(int argc, char **argv) {
             read_port();
         }
         if (!cn_stopping) {
-            cn_child_handle_poll(fds + c0, w0 - c0);
-            cn_watch_handle_poll(fds + w0, d0 - w0);
-            cn_dist_handle_poll(fds + d0, n - d0);
+            cn_dist_handle_poll(fds + d0, w0 - d0);
+            cn_watch_handle_poll(fds + w0, c0 - w0);
+            cn_child_handle_poll(fds + c0, n - c0);
             cn_child_timers();
             cn_watch_timers();
         }
+        cn_child_gc();
         /* One fsync for every audit line appended in this round. */
         cn_audit_round();
     }
     cn_audit_round();
     cn_child_kill_all();
+    cn_contain_stop();
     cn_watch_stop();
     cn_dist_stop();
     cn_audit_stop();
     cn_frame_free(&g_in);
+    free(g_fds);
     close(g_sigfd);
     return 0;
 }

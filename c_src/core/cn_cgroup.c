@@ -159,13 +159,15 @@ static size_t put_u64(char *out, uint64_t v) {
 
 #define RUN_PREFIX "sandbox_cnode."
 
-int cn_cgroup_run_name(char *out, size_t cap, int pid, uint64_t starttime) {
-    char buf[64];
+int cn_cgroup_run_name(char *out, size_t cap, const cn_cgroup_run *run) {
+    char buf[80];
     size_t n = sizeof RUN_PREFIX - 1;
     memcpy(buf, RUN_PREFIX, n);
-    n += put_u64(buf + n, (uint64_t)(pid < 0 ? 0 : pid));
+    n += put_u64(buf + n, run->pidns);
     buf[n++] = '.';
-    n += put_u64(buf + n, starttime);
+    n += put_u64(buf + n, (uint64_t)(run->pid < 0 ? 0 : run->pid));
+    buf[n++] = '.';
+    n += put_u64(buf + n, run->starttime);
     if (n + 1 > cap) {
         return -1;
     }
@@ -194,19 +196,20 @@ static int parse_u64(const char **s, uint64_t max, uint64_t *out) {
     return 0;
 }
 
-int cn_cgroup_parse_run_name(const char *name, int *pid, uint64_t *starttime) {
+int cn_cgroup_parse_run_name(const char *name, cn_cgroup_run *run) {
     size_t pl = sizeof RUN_PREFIX - 1;
     if (strncmp(name, RUN_PREFIX, pl) != 0) {
         return -1;
     }
     const char *s = name + pl;
-    uint64_t p, t;
-    if (parse_u64(&s, INT32_MAX, &p) != 0 || p == 0 || *s++ != '.' ||
-        parse_u64(&s, UINT64_MAX, &t) != 0 || *s) {
+    uint64_t ns, p, t;
+    if (parse_u64(&s, UINT64_MAX, &ns) != 0 || *s++ != '.' || parse_u64(&s, INT32_MAX, &p) != 0 ||
+        p == 0 || *s++ != '.' || parse_u64(&s, UINT64_MAX, &t) != 0 || *s) {
         return -1;
     }
-    *pid = (int)p;
-    *starttime = t;
+    run->pidns = ns;
+    run->pid = (int)p;
+    run->starttime = t;
     return 0;
 }
 

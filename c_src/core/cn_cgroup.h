@@ -23,11 +23,19 @@ int cn_cgroup2_own(const char *text, size_t len, char *out, size_t cap);
  * the mount's root). -1 when path is not below root or out is too small. */
 int cn_cgroup2_dir(const char *mnt, const char *root, const char *path, char *out, size_t cap);
 
-/* "sandbox_cnode.<pid>.<starttime>": the directory of one C-node run (the
- * start time, in clock ticks after boot, tells a reused pid apart). */
-int cn_cgroup_run_name(char *out, size_t cap, int pid, uint64_t starttime);
+/* "sandbox_cnode.<pidns>.<pid>.<starttime>": the directory of one C-node
+ * run. The pid namespace (the inode of /proc/self/ns/pid) tells whether a
+ * pid can be checked at all from here; the start time (clock ticks after
+ * boot) tells a reused pid apart. */
+typedef struct {
+    uint64_t pidns;
+    int pid;
+    uint64_t starttime;
+} cn_cgroup_run;
+
+int cn_cgroup_run_name(char *out, size_t cap, const cn_cgroup_run *run);
 /* 0 and the parts if name is such a directory name, else -1. */
-int cn_cgroup_parse_run_name(const char *name, int *pid, uint64_t *starttime);
+int cn_cgroup_parse_run_name(const char *name, cn_cgroup_run *run);
 
 /* The "populated" value of cgroup.events: 1, 0, or -1 when absent. */
 int cn_cgroup_populated(const char *text, size_t len);

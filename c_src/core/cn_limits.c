@@ -103,6 +103,8 @@ int cn_limits_plan_change(const cn_joblimits *cur, const cn_term *t, int64_t cpu
     }
     out->result = next;
     rlimits_of(&next, out);
+    /* the hard limits were fixed at spawn */
+    out->cpu.hard = out->fsize.hard = CN_RLIM_KEEP;
     out->cpu_set = given.cpu_seconds != ABSENT;
     out->fsize_set = given.file_size != ABSENT;
     out->as_set = given.memory != ABSENT;

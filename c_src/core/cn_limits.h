@@ -56,8 +56,9 @@ int cn_limits_at_spawn(const cn_limits *limits, const cn_limits *ceiling, cn_lim
 
 /* A `set_limits` request t (map or key list) against the job's limits in
  * force; cpu_used: the CPU seconds the job already used, rounded up
- * (cpu_seconds in t counts from there). Reasons as cn_limits_parse, and
- * above_ceiling (detail: the key). */
+ * (cpu_seconds in t counts from there). The plan's hard limits are all
+ * CN_RLIM_KEEP. Reasons as cn_limits_parse, and above_ceiling (detail: the
+ * key). */
 int cn_limits_plan_change(const cn_joblimits *cur, const cn_term *t, int64_t cpu_used,
                           cn_limits_plan *out, cn_error *err);
 

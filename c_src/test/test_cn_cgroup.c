@@ -48,26 +48,27 @@ Test(cn_cgroup, own_cgroup_and_its_directory) {
 }
 
 Test(cn_cgroup, run_names_round_trip) {
-    char n[64];
-    cr_assert_eq(cn_cgroup_run_name(n, sizeof n, 4242, 123456789ull), 0);
-    cr_assert_str_eq(n, "sandbox_cnode.4242.123456789");
-    int pid;
-    uint64_t st;
-    cr_assert_eq(cn_cgroup_parse_run_name(n, &pid, &st), 0);
-    cr_assert_eq(pid, 4242);
-    cr_assert_eq(st, 123456789ull);
+    char n[80];
+    cn_cgroup_run run = {4026531836ull, 4242, 123456789ull}, back;
+    cr_assert_eq(cn_cgroup_run_name(n, sizeof n, &run), 0);
+    cr_assert_str_eq(n, "sandbox_cnode.4026531836.4242.123456789");
+    cr_assert_eq(cn_cgroup_parse_run_name(n, &back), 0);
+    cr_assert_eq(back.pidns, run.pidns);
+    cr_assert_eq(back.pid, 4242);
+    cr_assert_eq(back.starttime, 123456789ull);
     const char *bad[] = {"sandbox_cnode.",
-                         "sandbox_cnode.1",
-                         "sandbox_cnode.1.",
-                         "sandbox_cnode.0.5",
-                         "sandbox_cnode.99999999999.5",
-                         "sandbox_cnode.1.2x",
-                         "other.1.2",
-                         "sandbox_cnode.1.99999999999999999999"};
+                         "sandbox_cnode.1.2",
+                         "sandbox_cnode.1.2.",
+                         "sandbox_cnode.1.0.5",
+                         "sandbox_cnode.1.99999999999.5",
+                         "sandbox_cnode.1.2.3x",
+                         "other.1.2.3",
+                         "sandbox_cnode.1.2.99999999999999999999",
+                         "sandbox_cnode..2.3"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        cr_assert_eq(cn_cgroup_parse_run_name(bad[i], &pid, &st), -1, "%s", bad[i]);
+        cr_assert_eq(cn_cgroup_parse_run_name(bad[i], &back), -1, "%s", bad[i]);
     }
-    cr_assert_eq(cn_cgroup_run_name(n, 10, 4242, 1), -1);
+    cr_assert_eq(cn_cgroup_run_name(n, 10, &run), -1);
 }
 
 Test(cn_cgroup, events_and_procs) {

@@ -88,7 +88,7 @@ Test(cn_limits, set_limits_lowers_then_removes_under_an_unlimited_ceiling) {
     cr_assert_eq(cn_limits_plan_change(&j, CPU(10), 3, &p, &e), 0);
     cr_assert(p.cpu_set && !p.fsize_set && !p.as_set);
     cr_assert_eq(p.cpu.soft, 13);
-    cr_assert_eq(p.cpu.hard, CN_RLIM_INF); /* the hard limit stays where it was */
+    cr_assert_eq(p.cpu.hard, CN_RLIM_KEEP); /* the hard limit stays where it was */
     j = p.result;
     cr_assert_eq(j.limits.cpu_seconds, 13);
     /* raised again, then removed */
@@ -110,7 +110,8 @@ Test(cn_limits, set_limits_stays_under_a_finite_ceiling) {
     cn_joblimits j = p.result;
     cr_assert_eq(cn_limits_plan_change(&j, FSIZE(100), 0, &p, &e), 0);
     cr_assert_eq(p.fsize.soft, 100);
-    cr_assert_eq(p.fsize.hard, 200);
+    cr_assert_eq(p.fsize.hard, CN_RLIM_KEEP);
+    cr_assert_eq(p.result.ceiling.file_size, 200);
     j = p.result;
     /* above the ceiling: refused, nothing planned */
     e.reason = NULL;
