@@ -347,7 +347,10 @@ static size_t job_tree(const job *j, const snapshot *s, size_t *idx) {
 }
 
 /* Signals every process of the job's tree (not its leader): the pids that
- * got it in *out (malloc'd), their number returned. */
+ * got it in *out (malloc'd, may hold duplicates of none), their number
+ * returned. The tree is the leader's descendants in /proc, and with a
+ * cgroup also the cgroup's members; SIGKILL then goes through cgroup.kill
+ * as well, which catches processes forked while the signal is being sent. */
 static size_t signal_job(job *j, int sig, int **out) {
     if (out) {
         *out = NULL;
@@ -355,29 +358,61 @@ static size_t signal_job(job *j, int sig, int **out) {
     if (j->leader_done) {
         return 0;
     }
-    if (sig == SIGKILL) {
-        cn_cgjob_kill(&j->cg); /* all at once, forks in flight included */
-    }
     snapshot s;
     if (snapshot_take(&s) != 0) {
-        return 0;
+        s.tab = NULL;
+        s.n = 0;
     }
-    size_t *idx = malloc((s.n ? s.n : 1) * sizeof *idx);
-    int *pids = out ? malloc((s.n ? s.n : 1) * sizeof *pids) : NULL;
-    size_t done = 0;
-    if (idx) {
+    int *members = NULL;
+    long nm = cn_cgjob_active(&j->cg) ? cn_cgjob_procs(&j->cg, &members) : 0;
+    if (nm < 0) {
+        nm = 0;
+    }
+    size_t room = s.n + (size_t)nm + 1;
+    size_t *idx = malloc(room * sizeof *idx);
+    int *pids = malloc(room * sizeof *pids);
+    size_t n = 0, done = 0;
+    if (idx && pids) {
         size_t k = job_tree(j, &s, idx);
         for (size_t i = 0; i < k; i++) {
-            int pid = s.tab[idx[i]].pid;
-            if (kill(pid, sig) == 0 && pids) {
-                pids[done++] = pid;
+            pids[n++] = s.tab[idx[i]].pid;
+        }
+        for (long i = 0; i < nm; i++) {
+            int dup = 0;
+            for (size_t t = 0; t < k && !dup; t++) {
+                dup = pids[t] == members[i];
+            }
+            if (!dup && members[i] != j->leader) {
+                pids[n++] = members[i];
             }
         }
+        if (sig == SIGKILL && cn_cgjob_active(&j->cg)) {
+            cn_cgjob_kill(&j->cg);
+        }
+        /* deepest first: the command last, so that its leader does not start
+         * killing (and reaping) the rest while we are still signalling it */
+        for (size_t i = n; i-- > 0;) {
+            /* a member already taken by cgroup.kill got the signal too */
+            int ok = kill(pids[i], sig) == 0 || (sig == SIGKILL && cn_cgjob_active(&j->cg));
+            if (!ok) {
+                pids[i] = 0;
+            }
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (pids[i] != 0) {
+                pids[done++] = pids[i];
+            }
+        }
+    } else if (sig == SIGKILL) {
+        cn_cgjob_kill(&j->cg);
     }
     free(idx);
+    free(members);
     free(s.tab);
     if (out) {
         *out = pids;
+    } else {
+        free(pids);
     }
     return done;
 }
@@ -485,6 +520,8 @@ static void free_job(job *j) {
 static void finish(job *j) {
     pump(j, &j->out_fd, "stdout");
     pump(j, &j->err_fd, "stderr");
+    /* the tree is gone: so goes its cgroup, before anyone hears of the end */
+    cn_cgjob_remove(&j->cg);
     send_exit(j);
     j->finished = 1;
     j->timeout_at = j->kill_at = j->next_sample = j->recheck_at = -1;
