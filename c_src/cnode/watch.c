@@ -351,58 +351,54 @@ int cn_watch_pollfds(struct pollfd *fds, int max) {
     return 1;
 }
 
-/* A directory moved away (IN_MOVED_FROM) whose IN_MOVED_TO may follow in
- * the same read: then it was renamed within the tree. */
+/* The directories moved to (IN_MOVED_TO) in one buffer of events, by
+ * cookie: the kernel queues a rename's IN_MOVED_FROM and IN_MOVED_TO
+ * together, so when a directory is moved away the buffer tells at once
+ * whether it stayed in a watched tree (renamed: its entries take the new
+ * path before any later event is read) or left it (forgotten at once). */
 typedef struct {
     uint32_t cookie;
-    int64_t watch_id;
-    char *path;
-} moved;
+    int wd;
+    const char *name;
+} moved_to;
 
 typedef struct {
-    moved *v;
+    moved_to *v;
     size_t n, cap;
 } moves;
 
-static void moves_add(moves *m, uint32_t cookie, int64_t id, const char *path) {
-    if (m->n == m->cap) {
-        size_t cap = m->cap ? 2 * m->cap : 8;
-        moved *v = realloc(m->v, cap * sizeof *v);
-        if (!v) {
-            return;
+static void moves_scan(moves *m, const char *buf, ssize_t len) {
+    m->n = 0;
+    for (const char *p = buf; p < buf + len;) {
+        const struct inotify_event *ev = (const struct inotify_event *)p;
+        p += sizeof *ev + ev->len;
+        if ((ev->mask & (IN_MOVED_TO | IN_ISDIR)) != (IN_MOVED_TO | IN_ISDIR) || ev->len == 0) {
+            continue;
         }
-        m->v = v;
-        m->cap = cap;
-    }
-    char *p = strdup(path);
-    if (p) {
-        m->v[m->n++] = (moved){cookie, id, p};
+        if (m->n == m->cap) {
+            size_t cap = m->cap ? 2 * m->cap : 8;
+            moved_to *v = realloc(m->v, cap * sizeof *v);
+            if (!v) {
+                continue;
+            }
+            m->v = v;
+            m->cap = cap;
+        }
+        m->v[m->n++] = (moved_to){ev->cookie, ev->wd, ev->name};
     }
 }
 
-/* The old path of a move with this cookie in watch id (taken out), or NULL. */
-static char *moves_take(moves *m, uint32_t cookie, int64_t id) {
+static const moved_to *moves_find(const moves *m, uint32_t cookie) {
     for (size_t i = 0; i < m->n; i++) {
-        if (m->v[i].cookie == cookie && m->v[i].watch_id == id) {
-            char *p = m->v[i].path;
-            m->v[i] = m->v[--m->n];
-            return p;
+        if (m->v[i].cookie == cookie) {
+            return &m->v[i];
         }
     }
     return NULL;
 }
 
-static watch *watch_by_id(int64_t id) {
-    for (watch *w = g_watches; w; w = w->next) {
-        if (w->id == id) {
-            return w;
-        }
-    }
-    return NULL;
-}
-
-static void handle_for(watch *w, const cn_wdent *dir, const struct inotify_event *ev, int64_t now,
-                       moves *mv) {
+static void handle_for(watch *w, const cn_wdent *dir, const struct inotify_event *ev,
+                       int64_t now, const moves *mv) {
     char *path = join(dir->path, ev->name);
     int depth = dir->depth + 1;
     if (!path) {
@@ -410,13 +406,16 @@ static void handle_for(watch *w, const cn_wdent *dir, const struct inotify_event
     }
     if (ev->mask & IN_ISDIR) {
         if (ev->mask & IN_MOVED_FROM) {
-            moves_add(mv, ev->cookie, w->id, path);
-        } else if ((ev->mask & (IN_CREATE | IN_MOVED_TO)) && !ignored_dir(w, ev->name)) {
-            char *old = (ev->mask & IN_MOVED_TO) ? moves_take(mv, ev->cookie, w->id) : NULL;
-            if (old) {
-                cn_wdtab_rename(&w->dirs, old, path, depth);
-                free(old);
+            const moved_to *to = moves_find(mv, ev->cookie);
+            const cn_wdent *dest = to ? cn_wdtab_get(&w->dirs, to->wd) : NULL;
+            char *new_path = dest ? join(dest->path, to->name) : NULL;
+            if (new_path) {
+                cn_wdtab_rename(&w->dirs, path, new_path, dest->depth + 1);
+                free(new_path);
+            } else {
+                forget_under(w, path); /* left this watch's tree */
             }
+        } else if ((ev->mask & (IN_CREATE | IN_MOVED_TO)) && !ignored_dir(w, ev->name)) {
             walk_error we;
             if (add_tree(w, path, depth, 1, 0, now, &we) != 0) {
                 if (we.reason || (we.err != ENOENT && we.err != ENOTDIR)) {
@@ -440,7 +439,7 @@ static void handle_for(watch *w, const cn_wdent *dir, const struct inotify_event
     free(path);
 }
 
-static void handle_event(const struct inotify_event *ev, int64_t now, moves *mv) {
+static void handle_event(const struct inotify_event *ev, int64_t now, const moves *mv) {
     if (ev->mask & IN_Q_OVERFLOW) {
         /* events were lost: rescan every watch, reporting every file */
         for (watch *w = g_watches; w; w = w->next) {
@@ -484,19 +483,12 @@ static void read_events(void) {
         if (n <= 0) {
             break;
         }
+        moves_scan(&mv, buf, n);
         for (char *p = buf; p < buf + n;) {
             const struct inotify_event *ev = (const struct inotify_event *)p;
             handle_event(ev, now, &mv);
             p += sizeof *ev + ev->len;
         }
-    }
-    /* directories moved out of the tree: they and their subtrees go */
-    for (size_t i = 0; i < mv.n; i++) {
-        watch *w = watch_by_id(mv.v[i].watch_id);
-        if (w) {
-            forget_under(w, mv.v[i].path);
-        }
-        free(mv.v[i].path);
     }
     free(mv.v);
 }
