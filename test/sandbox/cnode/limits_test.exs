@@ -57,7 +57,10 @@ defmodule Sandbox.CNode.LimitsTest do
 
   test "a limit set later can be lowered, raised and removed again", %{dir: dir, server: server} do
     file = Path.join(dir, "out")
-    script = "read x; dd if=/dev/zero of=#{file} bs=1000 count=50 2>/dev/null; echo done; read y; exit 0"
+
+    script =
+      "read x; dd if=/dev/zero of=#{file} bs=1000 count=50 2>/dev/null; echo done; read y; exit 0"
+
     {:ok, %{id: id, os_pid: pid}} = CNode.spawn(["sh", "-c", script], server: server)
 
     assert :ok = CNode.set_limits(id, %{file_size: 1000}, server)
