@@ -4,8 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit.h"
 #include "cn_audit.h"
-#include "cnode.h"
+#include "reply.h"
 
 static cn_audit g_audit;
 static int g_configured = 0;

@@ -18,10 +18,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "child.h"
 #include "cn_limits.h"
 #include "cn_proc.h"
 #include "cn_time.h"
-#include "cnode.h"
+#include "contain.h"
+#include "leader.h"
+#include "reply.h"
 
 extern char **environ;
 
@@ -64,7 +67,13 @@ static job *g_dead; /* finished in this round */
 static int64_t g_next_id = (int64_t)1 << 40;
 static long g_page_size;
 static long g_clk_tck;
-struct rlimit cn_nofile_orig = {RLIM_INFINITY, RLIM_INFINITY};
+static pid_t g_self;
+static struct rlimit g_nofile = {RLIM_INFINITY, RLIM_INFINITY};
+
+void cn_child_init(pid_t self, const struct rlimit *nofile) {
+    g_self = self;
+    g_nofile = *nofile;
+}
 
 int cn_child_count(void) {
     int n = 0;
@@ -227,10 +236,10 @@ void cn_child_spawn(const cn_request *r) {
                          errp[1],       ex[1],
                          rep[1],        j->cg.procs_fd,
                          j->cg.kill_fd, cn_cgjob_active(&j->cg) ? cn_contain_base_fd() : -1,
-                         j->cg.name,    cn_self,
+                         j->cg.name,    g_self,
                          req.argv,      env,
                          req.cd,        plan,
-                         cn_nofile_orig};
+                         g_nofile};
     pid_t leader = fork();
     if (leader < 0) {
         cn_reply_errno(r, "spawn_failed", errno);
@@ -560,7 +569,7 @@ static size_t kill_orphans(void) {
     size_t nroots = 0, live = 0;
     if (roots && idx) {
         for (size_t i = 0; i < s.n; i++) {
-            if (s.tab[i].ppid == cn_self && !is_live_leader(s.tab[i].pid)) {
+            if (s.tab[i].ppid == g_self && !is_live_leader(s.tab[i].pid)) {
                 roots[nroots++] = s.tab[i].pid;
             }
         }
@@ -1133,7 +1142,7 @@ void cn_child_kill_all(void) {
     for (job *j = g_jobs; j; j = j->next) {
         cn_cgjob_kill(&j->cg);
     }
-    int root = cn_self;
+    int root = g_self;
     for (int round = 0; round < 1000; round++) {
         snapshot s;
         if (snapshot_take(&s) != 0) {
@@ -1144,7 +1153,7 @@ void cn_child_kill_all(void) {
         size_t live = 0, total = 0;
         for (size_t i = 0; i < k; i++) {
             const cn_procstat *p = &s.tab[idx[i]];
-            if (p->pid == cn_self) {
+            if (p->pid == g_self) {
                 continue;
             }
             kill(p->pid, SIGKILL);

@@ -23,7 +23,8 @@
 
 #include "cn_cgroup.h"
 #include "cn_proc.h"
-#include "cnode.h"
+#include "contain.h"
+#include "reply.h"
 
 static int g_mode = CN_CONTAIN_SUBREAPER;
 static char g_reason[64] = "not_started";

@@ -30,7 +30,8 @@
 
 #include "cn_frame.h"
 #include "cn_time.h"
-#include "cnode.h"
+#include "dist.h"
+#include "reply.h"
 
 #define MAX_CONNS 64
 #define MAX_HANDSHAKES 8
@@ -57,6 +58,11 @@ static int g_hs_pipe[2] = {-1, -1};
 static int g_hs_inflight = 0;
 static unsigned g_gen = 0; /* bumped when distribution stops */
 static uint64_t g_hs_dropped = 0;
+static cn_dist_handler g_handler;
+
+void cn_dist_set_handler(cn_dist_handler h) {
+    g_handler = h;
+}
 
 /* ---- socket callbacks ---- */
 
@@ -508,7 +514,9 @@ static void receive_from(int i) {
         size_t peek = (size_t)x.index < CN_FRAME_PEEK ? (size_t)x.index : CN_FRAME_PEEK;
         cn_refuse_too_big((const uint8_t *)x.buff, peek, (uint64_t)x.index);
     } else if (msg.msgtype == ERL_SEND || msg.msgtype == ERL_REG_SEND) {
-        cn_dispatch((const uint8_t *)x.buff, (size_t)x.index, fd);
+        if (g_handler) {
+            g_handler((const uint8_t *)x.buff, (size_t)x.index, fd);
+        }
     }
     ei_x_free(&x);
 }
@@ -572,7 +580,7 @@ void cn_dist_handle_poll(struct pollfd *fds, int n) {
     }
 }
 
-int cn_dist_conn_for(const uint8_t *node, size_t len) {
+static int conn_for(const uint8_t *node, size_t len) {
     for (int i = 0; i < g_nconns; i++) {
         if (strlen(g_conns[i].node) == len && memcmp(g_conns[i].node, node, len) == 0) {
             return g_conns[i].fd;
@@ -581,7 +589,7 @@ int cn_dist_conn_for(const uint8_t *node, size_t len) {
     return -1;
 }
 
-int cn_dist_is_host(const uint8_t *node, size_t len) {
+static int is_host(const uint8_t *node, size_t len) {
     static const char nonode[] = "nonode@nohost";
     if (!g_dist) {
         return 1;
@@ -592,7 +600,7 @@ int cn_dist_is_host(const uint8_t *node, size_t len) {
     return strlen(g_host) == len && memcmp(g_host, node, len) == 0;
 }
 
-int cn_dist_send(int fd, const uint8_t *pid_raw, size_t pid_len, const ei_x_buff *msg) {
+static int send_to(int fd, const uint8_t *pid_raw, size_t pid_len, const ei_x_buff *msg) {
     erlang_pid pid;
     int idx = 0;
     if (ei_decode_pid((const char *)pid_raw, &idx, &pid) < 0 || (size_t)idx != pid_len) {
@@ -608,6 +616,19 @@ int cn_dist_send(int fd, const uint8_t *pid_raw, size_t pid_len, const ei_x_buff
     int rc = ei_send_tmo(fd, &pid, buf, (int)len, DIST_TMO_MS);
     free(buf);
     return rc;
+}
+
+int cn_dist_route(const uint8_t *node, size_t nlen, const uint8_t *raw, size_t len,
+                  const ei_x_buff *msg) {
+    if (is_host(node, nlen)) {
+        return 0;
+    }
+    int fd = conn_for(node, nlen);
+    if (fd < 0) {
+        return -1;
+    }
+    send_to(fd, raw, len, msg);
+    return 1;
 }
 
 void cn_dist_info(ei_x_buff *x) {

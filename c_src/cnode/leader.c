@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 #include "cn_proc.h"
-#include "cnode.h"
+#include "leader.h"
 
 /* The leader's descriptors. */
 enum { FD_EX = 3, FD_REP = 4, FD_CGPROCS = 5, FD_CGKILL = 6, FD_CGBASE = 7, FD_FIRST_FREE = 8 };

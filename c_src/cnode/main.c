@@ -22,49 +22,31 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "audit.h"
+#include "child.h"
 #include "cn_frame.h"
 #include "cn_time.h"
-#include "cnode.h"
+#include "contain.h"
+#include "dist.h"
+#include "reply.h"
+#include "watch.h"
 
-int cn_stopping = 0;
-size_t cn_max_frame = CN_FRAME_DEFAULT_MAX;
-pid_t cn_self;
+/* Whether the port side is gone or SIGTERM came: the loop ends. */
+static int g_stopping = 0;
+static pid_t g_self;
 
 static cn_framebuf g_in;
 static int g_sigfd = -1;
 
-int64_t cn_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int cn_dest_copy(cn_dest *d, const cn_term *pid) {
-    d->raw = malloc(pid->raw_len);
-    if (!d->raw) {
-        d->len = 0;
-        return -1;
-    }
-    memcpy(d->raw, pid->raw, pid->raw_len);
-    d->len = pid->raw_len;
-    return 0;
-}
-
-void cn_dest_free(cn_dest *d) {
-    free(d->raw);
-    d->raw = NULL;
-    d->len = 0;
-}
-
 /* Writes all of iov to stdout; a broken pipe means the VM is gone. */
 static void port_write(struct iovec *iov, int n) {
-    while (n > 0 && !cn_stopping) {
+    while (n > 0 && !g_stopping) {
         ssize_t w = writev(STDOUT_FILENO, iov, n);
         if (w < 0) {
             if (errno == EINTR || errno == EAGAIN) {
                 continue;
             }
-            cn_stopping = 1;
+            g_stopping = 1;
             return;
         }
         while (n > 0 && (size_t)w >= iov->iov_len) {
@@ -104,100 +86,6 @@ static void port_notice(const ei_x_buff *info) {
     port_write(iov, 2);
 }
 
-void cn_send_raw(const uint8_t *raw, size_t len, const ei_x_buff *msg) {
-    cn_arena a;
-    cn_arena_init(&a);
-    cn_term pid;
-    size_t pos = 0;
-    if (cn_term_decode_one(raw, len, &pos, &a, &pid) != CN_TERM_OK || pid.type != CN_T_PID) {
-        cn_arena_free(&a);
-        return;
-    }
-    const uint8_t *node = pid.u.s.p;
-    size_t nlen = pid.u.s.n;
-    int fd = -1;
-    if (!cn_dist_is_host(node, nlen)) {
-        fd = cn_dist_conn_for(node, nlen);
-    }
-    cn_arena_free(&a);
-    if (fd >= 0) {
-        cn_dist_send(fd, raw, len, msg);
-    } else if (cn_dist_is_host(node, nlen)) {
-        port_send(raw, len, msg);
-    }
-}
-
-void cn_reply_begin(const cn_request *r, ei_x_buff *x) {
-    ei_x_new(x);
-    ei_x_encode_tuple_header(x, 2);
-    ei_x_append_buf(x, (const char *)r->ref->raw, (int)r->ref->raw_len);
-}
-
-void cn_reply_end(const cn_request *r, ei_x_buff *x) {
-    cn_send_raw(r->from->raw, r->from->raw_len, x);
-    ei_x_free(x);
-}
-
-void cn_reply_ok(const cn_request *r) {
-    ei_x_buff x;
-    cn_reply_begin(r, &x);
-    ei_x_encode_atom(&x, "ok");
-    cn_reply_end(r, &x);
-}
-
-void cn_encode_error(ei_x_buff *x, const cn_error *e) {
-    ei_x_encode_tuple_header(x, 2);
-    ei_x_encode_atom(x, "error");
-    if (e->detail) {
-        ei_x_encode_tuple_header(x, 2);
-        ei_x_encode_atom(x, e->reason);
-        ei_x_encode_atom(x, e->detail);
-    } else {
-        ei_x_encode_atom(x, e->reason);
-    }
-}
-
-void cn_reply_error(const cn_request *r, const cn_error *e) {
-    ei_x_buff x;
-    cn_reply_begin(r, &x);
-    cn_encode_error(&x, e);
-    cn_reply_end(r, &x);
-}
-
-void cn_reply_error_atom(const cn_request *r, const char *reason) {
-    cn_error e = {reason, NULL};
-    cn_reply_error(r, &e);
-}
-
-const char *cn_errno_atom(int err, char buf[32]) {
-    const char *name = strerrorname_np(err);
-    if (!name) {
-        snprintf(buf, 32, "errno_%d", err);
-        return buf;
-    }
-    size_t i = 0;
-    for (; name[i] && i < 31; i++) {
-        buf[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] - 'A' + 'a' : name[i]);
-    }
-    buf[i] = 0;
-    return buf;
-}
-
-void cn_reply_errno(const cn_request *r, const char *reason, int err) {
-    char buf[32];
-    cn_error e = {reason, cn_errno_atom(err, buf)};
-    cn_reply_error(r, &e);
-}
-
-void cn_event_begin(ei_x_buff *x, int64_t id) {
-    ei_x_new(x);
-    ei_x_encode_tuple_header(x, 3);
-    ei_x_encode_atom(x, "sandbox_cnode");
-    ei_x_encode_longlong(x, id);
-}
-
-/* What the C-node is running with: how jobs are contained, distribution,
- * the audit log, and how much it holds. */
 static void reply_info(const cn_request *r) {
     ei_x_buff x;
     cn_reply_begin(r, &x);
@@ -205,7 +93,7 @@ static void reply_info(const cn_request *r) {
     ei_x_encode_atom(&x, "ok");
     ei_x_encode_map_header(&x, 8);
     ei_x_encode_atom(&x, "os_pid");
-    ei_x_encode_long(&x, (long)cn_self);
+    ei_x_encode_long(&x, (long)g_self);
     ei_x_encode_atom(&x, "containment");
     ei_x_encode_atom(&x, cn_contain_name());
     ei_x_encode_atom(&x, "containment_reason");
@@ -232,7 +120,7 @@ static void reply_ping(const cn_request *r) {
     cn_reply_begin(r, &x);
     ei_x_encode_tuple_header(&x, 2);
     ei_x_encode_atom(&x, "pong");
-    ei_x_encode_long(&x, (long)cn_self);
+    ei_x_encode_long(&x, (long)g_self);
     cn_reply_end(r, &x);
 }
 
@@ -257,16 +145,7 @@ static const struct {
     {"distribute", cn_dist_start, 1},
 };
 
-static void notice_error(const char *reason, const char *detail) {
-    ei_x_buff x;
-    ei_x_new(&x);
-    cn_error e = {reason, detail};
-    cn_encode_error(&x, &e);
-    port_notice(&x);
-    ei_x_free(&x);
-}
-
-void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
+static void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
     cn_arena a;
     cn_arena_init(&a);
     cn_term *t = NULL;
@@ -283,7 +162,7 @@ void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
             cn_error e = {"malformed_request", s != CN_TERM_OK ? cn_term_status_name(s) : NULL};
             cn_reply_error(&pr, &e);
         } else if (from_dist_fd < 0) {
-            notice_error("malformed_request", s != CN_TERM_OK ? cn_term_status_name(s) : NULL);
+            cn_notice_error("malformed_request", s != CN_TERM_OK ? cn_term_status_name(s) : NULL);
         }
         cn_arena_free(&b);
         cn_arena_free(&a);
@@ -310,50 +189,29 @@ void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
     cn_arena_free(&a);
 }
 
-void cn_refuse_too_big(const uint8_t *prefix, size_t len, uint64_t declared) {
-    cn_arena a;
-    cn_arena_init(&a);
-    cn_term from, ref;
-    if (cn_request_peek(prefix, len, &a, &from, &ref) == 0) {
-        cn_request r = {&from, &ref, NULL, NULL};
-        ei_x_buff x;
-        cn_reply_begin(&r, &x);
-        ei_x_encode_tuple_header(&x, 2);
-        ei_x_encode_atom(&x, "error");
-        ei_x_encode_tuple_header(&x, 3);
-        ei_x_encode_atom(&x, "frame_too_large");
-        ei_x_encode_ulonglong(&x, declared);
-        ei_x_encode_ulonglong(&x, cn_max_frame);
-        cn_reply_end(&r, &x);
-    } else {
-        notice_error("frame_too_large", NULL);
-    }
-    cn_arena_free(&a);
-}
-
 static void read_port(void) {
     static uint8_t buf[65536];
     ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
     if (n < 0) {
         if (errno != EINTR && errno != EAGAIN) {
-            cn_stopping = 1;
+            g_stopping = 1;
         }
         return;
     }
     if (n == 0) {
-        cn_stopping = 1; /* the VM went away */
+        g_stopping = 1; /* the VM went away */
         return;
     }
     if (cn_frame_append(&g_in, buf, (size_t)n) != 0) {
-        notice_error("enomem", NULL);
-        cn_stopping = 1;
+        cn_notice_error("enomem", NULL);
+        g_stopping = 1;
         return;
     }
     const uint8_t *frame;
     size_t len;
     uint64_t declared;
     cn_frame_status st;
-    while (!cn_stopping && (st = cn_frame_next(&g_in, &frame, &len, &declared)) != CN_FRAME_NONE) {
+    while (!g_stopping && (st = cn_frame_next(&g_in, &frame, &len, &declared)) != CN_FRAME_NONE) {
         if (st == CN_FRAME_TOO_BIG) {
             cn_refuse_too_big(frame, len, declared);
         } else {
@@ -376,7 +234,7 @@ static void read_signals(void) {
             break;
         }
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT || si.ssi_signo == SIGHUP) {
-            cn_stopping = 1;
+            g_stopping = 1;
         }
     }
     cn_child_reap();
@@ -412,16 +270,17 @@ static int reserve_fds(int n) {
 
 /* More descriptors for many jobs (four each); the children get the limit we
  * were started with back. */
-static void raise_nofile(void) {
-    struct rlimit rl;
+static struct rlimit raise_nofile(void) {
+    struct rlimit rl, orig = {RLIM_INFINITY, RLIM_INFINITY};
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
-        return;
+        return orig;
     }
-    cn_nofile_orig = rl;
+    orig = rl;
     if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    return orig;
 }
 
 int main(int argc, char **argv) {
@@ -470,12 +329,16 @@ int main(int argc, char **argv) {
         }
     }
 
-    cn_self = getpid();
+    g_self = getpid();
     /* Descendants that lose their parent (even after setsid) become ours;
      * with job leaders, that happens only when a leader itself was killed. */
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     signal(SIGPIPE, SIG_IGN);
-    raise_nofile();
+    struct rlimit nofile = raise_nofile();
+    cn_child_init(g_self, &nofile);
+    cn_routes routes = {port_send, port_notice, cn_dist_route};
+    cn_reply_set_routes(&routes);
+    cn_dist_set_handler(cn_dispatch);
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
@@ -502,7 +365,7 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    while (!cn_stopping) {
+    while (!g_stopping) {
         int need = 2 + cn_dist_pollfds_needed() + 1 + cn_child_pollfds_needed();
         if (reserve_fds(need) != 0) {
             perror("sandbox_cnode: poll array");
@@ -535,7 +398,7 @@ int main(int argc, char **argv) {
         if (fds[0].revents) {
             read_port();
         }
-        if (!cn_stopping) {
+        if (!g_stopping) {
             cn_dist_handle_poll(fds + d0, w0 - d0);
             cn_watch_handle_poll(fds + w0, c0 - w0);
             cn_child_handle_poll(fds + c0, n - c0);

@@ -20,8 +20,10 @@
 #include <unistd.h>
 
 #include "cn_coalesce.h"
+#include "cn_time.h"
 #include "cn_wdtab.h"
-#include "cnode.h"
+#include "reply.h"
+#include "watch.h"
 
 #define DIR_MASK                                                                                   \
     (IN_CLOSE_WRITE | IN_MODIFY | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |            \
@@ -397,8 +399,8 @@ static const moved_to *moves_find(const moves *m, uint32_t cookie) {
     return NULL;
 }
 
-static void handle_for(watch *w, const cn_wdent *dir, const struct inotify_event *ev,
-                       int64_t now, const moves *mv) {
+static void handle_for(watch *w, const cn_wdent *dir, const struct inotify_event *ev, int64_t now,
+                       const moves *mv) {
     char *path = join(dir->path, ev->name);
     int depth = dir->depth + 1;
     if (!path) {

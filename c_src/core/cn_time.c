@@ -1,5 +1,13 @@
 #include "cn_time.h"
 
+#include <time.h>
+
+int64_t cn_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int64_t cn_deadline_add(int64_t now, int64_t ms) {
     if (ms < 0) {
         return -1;

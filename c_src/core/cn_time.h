@@ -12,6 +12,9 @@
 
 #define CN_NEVER INT64_MAX
 
+/* Milliseconds of CLOCK_MONOTONIC. */
+int64_t cn_now_ms(void);
+
 /* now + ms, saturating; -1 when ms < 0 (no deadline). now must be >= 0. */
 int64_t cn_deadline_add(int64_t now, int64_t ms);
 

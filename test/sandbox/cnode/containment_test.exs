@@ -147,7 +147,9 @@ defmodule Sandbox.CNode.ContainmentTest do
 
           cnode = CNode.os_pid(server)
           System.cmd("kill", ["-9", Integer.to_string(cnode)])
-          for {id, _, _} <- jobs, do: assert_receive({:sandbox_cnode, ^id, {:exit, :cnode_down}})
+
+          for {id, _, _} <- jobs,
+              do: assert_receive({:sandbox_cnode, ^id, {:exit, :cnode_down}}, 10_000)
 
           # each leader kills its tree and exits; then nothing of the jobs runs
           wait_dead([cnode | for({_, pid, leader} <- jobs, do: [pid, leader]) |> List.flatten()])
