@@ -72,3 +72,22 @@ Test(cn_wdtab, path_prefixes) {
     cr_assert(!cn_path_under("/ab", "/a"));
     cr_assert(cn_path_under("/x", "/"));
 }
+
+Test(cn_wdtab, renaming_by_a_path_the_table_itself_holds) {
+    /* the watcher passes an entry's own path as the old prefix: the entry is
+     * rewritten (and its old string freed) while the prefix is still in use */
+    cn_wdtab t;
+    cn_wdtab_init(&t);
+    cn_wdtab_put(&t, 1, "/w/old", 1, NULL);
+    cn_wdtab_put(&t, 2, "/w/old/a", 2, NULL);
+    cn_wdtab_put(&t, 3, "/w/old/a/b", 3, NULL);
+    cn_wdtab_put(&t, 4, "/w/new-sibling", 1, NULL);
+    cr_assert_eq(cn_wdtab_rename(&t, cn_wdtab_get(&t, 1)->path, "/w/new", 1), 3);
+    cr_assert_str_eq(cn_wdtab_get(&t, 1)->path, "/w/new");
+    cr_assert_str_eq(cn_wdtab_get(&t, 2)->path, "/w/new/a");
+    cr_assert_str_eq(cn_wdtab_get(&t, 3)->path, "/w/new/a/b");
+    /* and a new path that is an entry's too */
+    cr_assert_eq(cn_wdtab_rename(&t, "/w/new/a", cn_wdtab_get(&t, 4)->path, 1), 2);
+    cr_assert_str_eq(cn_wdtab_get(&t, 3)->path, "/w/new-sibling/b");
+    cn_wdtab_free(&t);
+}

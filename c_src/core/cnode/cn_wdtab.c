@@ -142,7 +142,19 @@ int cn_path_under(const char *p, const char *dir) {
     return p[dl] == 0 || p[dl] == '/' || (dl == 1 && dir[0] == '/');
 }
 
+static long rename_copy(cn_wdtab *t, const char *old, const char *new_path, int new_depth);
+
 long cn_wdtab_rename(cn_wdtab *t, const char *old, const char *new_path, int new_depth) {
+    /* old and new_path may point into the table's own entries, which are
+     * freed on the way: work on copies */
+    char *o = strdup(old), *n = strdup(new_path);
+    long k = o && n ? rename_copy(t, o, n, new_depth) : -1;
+    free(o);
+    free(n);
+    return k;
+}
+
+static long rename_copy(cn_wdtab *t, const char *old, const char *new_path, int new_depth) {
     size_t ol = strlen(old), nl = strlen(new_path);
     const cn_wdent *top = NULL;
     for (size_t i = 0; i < t->cap; i++) {

@@ -33,8 +33,9 @@ const cn_wdent *cn_wdtab_get(const cn_wdtab *t, int wd);
 int cn_wdtab_del(cn_wdtab *t, int wd);
 
 /* The directory old is now at new, at depth new_depth: the entries at old
- * or below it take the new prefix and their depths shift alike. The number
- * of entries changed, or -1 when out of memory (nothing changed then). */
+ * or below it take the new prefix and their depths shift alike. old and
+ * new_path may be paths of the table's own entries. The number of entries
+ * changed, or -1 when out of memory (nothing changed then). */
 long cn_wdtab_rename(cn_wdtab *t, const char *old, const char *new_path, int new_depth);
 
 /* Removes the entries at path or below it; their wds go to *out (malloc'd,
