@@ -234,7 +234,7 @@ void cn_child_spawn(const cn_request *r) {
     }
     cn_leader_args la = {in[0],         out[1],
                          errp[1],       ex[1],
-                         rep[1],        j->cg.procs_fd,
+                         rep[1],        j->cg.dir_fd,
                          j->cg.kill_fd, cn_cgjob_active(&j->cg) ? cn_contain_base_fd() : -1,
                          j->cg.name,    g_self,
                          req.argv,      env,
@@ -253,10 +253,6 @@ void cn_child_spawn(const cn_request *r) {
     close_fd(&errp[1]);
     close_fd(&ex[1]);
     close_fd(&rep[1]);
-    if (j->cg.procs_fd >= 0) {
-        close(j->cg.procs_fd); /* the command put itself into the cgroup */
-        j->cg.procs_fd = -1;
-    }
     pid_t pid = 0;
     int exec_err = 0, cg_err = 0;
     read_exec_records(ex[0], &pid, &exec_err, &cg_err);

@@ -262,7 +262,7 @@ int cn_contain_base_fd(void) {
 }
 
 void cn_cgjob_init(cn_cgjob *j) {
-    j->dir_fd = j->procs_fd = j->kill_fd = -1;
+    j->dir_fd = j->kill_fd = -1;
     j->name[0] = 0;
 }
 
@@ -279,10 +279,9 @@ int cn_cgjob_create(cn_cgjob *j, int64_t id) {
     }
     j->dir_fd = openat(g_base_fd, j->name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (j->dir_fd >= 0) {
-        j->procs_fd = openat(j->dir_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
         j->kill_fd = openat(j->dir_fd, "cgroup.kill", O_WRONLY | O_CLOEXEC);
     }
-    if (j->dir_fd < 0 || j->procs_fd < 0 || j->kill_fd < 0) {
+    if (j->dir_fd < 0 || j->kill_fd < 0) {
         int e = errno;
         cn_cgjob_remove(j);
         return e ? e : EIO;
@@ -355,9 +354,6 @@ long cn_cgjob_procs(const cn_cgjob *j, int **out) {
 
 int cn_cgjob_remove(cn_cgjob *j) {
     int e = 0;
-    if (j->procs_fd >= 0) {
-        close(j->procs_fd);
-    }
     if (j->kill_fd >= 0) {
         close(j->kill_fd);
     }

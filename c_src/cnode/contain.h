@@ -17,8 +17,8 @@ int cn_contain_base_fd(void);
 void cn_contain_stop(void);
 
 typedef struct {
-    int dir_fd, procs_fd, kill_fd; /* -1: no cgroup */
-    char name[32];                 /* job-<id> below the run's directory */
+    int dir_fd, kill_fd; /* -1: no cgroup */
+    char name[32];       /* job-<id> below the run's directory */
 } cn_cgjob;
 void cn_cgjob_init(cn_cgjob *j);
 /* A cgroup for job id (nothing in subreaper mode): 0 or an errno value. */

@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <linux/sched.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -33,7 +34,7 @@
 #include "leader.h"
 
 /* The leader's descriptors. */
-enum { FD_EX = 3, FD_REP = 4, FD_CGPROCS = 5, FD_CGKILL = 6, FD_CGBASE = 7, FD_FIRST_FREE = 8 };
+enum { FD_EX = 3, FD_REP = 4, FD_CGDIR = 5, FD_CGKILL = 6, FD_CGBASE = 7, FD_FIRST_FREE = 8 };
 
 static void write_all(int fd, const void *buf, size_t n) {
     const char *p = buf;
@@ -105,8 +106,9 @@ static int set_rlim(int resource, int64_t soft, int64_t hard) {
     return setrlimit(resource, &rl);
 }
 
-/* The command, in the leader's child: never returns. */
-static void command(const cn_leader_args *a, pid_t leader) {
+/* The command, in the leader's child: never returns. in_cgroup: it was
+ * created in the job's cgroup already. */
+static void command(const cn_leader_args *a, pid_t leader, int in_cgroup) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -117,18 +119,23 @@ static void command(const cn_leader_args *a, pid_t leader) {
         _exit(127); /* the leader died before the flag was set */
     }
     report(CN_EXREC_PID, (int)getpid());
-    if (a->cg_procs >= 0) {
-        ssize_t w;
-        do {
-            w = write(FD_CGPROCS, "0\n", 2); /* "0": the writing process */
-        } while (w < 0 && errno == EINTR);
+    if (a->cg_dir >= 0 && !in_cgroup) {
+        /* no clone3: move in by hand (slower: a cgroup migration) */
+        int procs = openat(FD_CGDIR, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+        ssize_t w = -1;
+        if (procs >= 0) {
+            do {
+                w = write(procs, "0\n", 2); /* "0": the writing process */
+            } while (w < 0 && errno == EINTR);
+        }
         if (w != 2) {
             report(CN_EXREC_CGROUP_ERRNO, errno);
             _exit(127);
         }
+        close(procs);
     }
     close(FD_REP);
-    close(FD_CGPROCS);
+    close(FD_CGDIR);
     close(FD_CGKILL);
     close(FD_CGBASE);
     int err;
@@ -233,16 +240,30 @@ void cn_leader_run(const cn_leader_args *a) {
     }
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     prctl(PR_SET_NAME, "sandbox_leader");
-    int want[FD_FIRST_FREE] = {a->in_r,  a->out_w,    a->err_w,   a->ex_w,
-                               a->rep_w, a->cg_procs, a->cg_kill, a->cg_base};
+    int want[FD_FIRST_FREE] = {a->in_r,  a->out_w,  a->err_w,   a->ex_w,
+                               a->rep_w, a->cg_dir, a->cg_kill, a->cg_base};
     if (place_fds(want, FD_FIRST_FREE) != 0) {
         _exit(1);
     }
     fcntl(FD_EX, F_SETFD, FD_CLOEXEC);
     pid_t self = getpid();
-    pid_t cmd = fork();
+    int in_cgroup = 0;
+    pid_t cmd = -1;
+    if (a->cg_dir >= 0) {
+        /* born in the job's cgroup: no migration afterwards */
+        struct clone_args ca;
+        memset(&ca, 0, sizeof ca);
+        ca.flags = CLONE_INTO_CGROUP;
+        ca.exit_signal = SIGCHLD;
+        ca.cgroup = FD_CGDIR;
+        cmd = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
+        in_cgroup = cmd >= 0;
+    }
+    if (cmd < 0) {
+        cmd = fork();
+    }
     if (cmd == 0) {
-        command(a, self);
+        command(a, self, in_cgroup);
     }
     if (cmd < 0) {
         report(CN_EXREC_ERRNO, errno);
@@ -250,7 +271,7 @@ void cn_leader_run(const cn_leader_args *a) {
     }
     /* the command holds the job's pipes; the leader none of them */
     close(FD_EX);
-    close(FD_CGPROCS);
+    close(FD_CGDIR);
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
     for (int fd = 0; fd < 3; fd++) {
         if (null >= 0) {

@@ -24,7 +24,7 @@ typedef struct {
     int in_r, out_w, err_w; /* the command's stdin, stdout, stderr */
     int ex_w;               /* the exec pipe's write end */
     int rep_w;              /* the report pipe's write end */
-    int cg_procs, cg_kill;  /* the job cgroup's files, or -1 */
+    int cg_dir, cg_kill;    /* the job cgroup's directory and cgroup.kill, or -1 */
     int cg_base;            /* the run's cgroup directory, or -1 */
     const char *cg_name;    /* the job's directory in it */
     pid_t cnode;
