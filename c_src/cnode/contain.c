@@ -13,16 +13,17 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cn_cgroup.h"
 #include "cn_proc.h"
+#include "cn_time.h"
 #include "contain.h"
 #include "reply.h"
 
@@ -75,23 +76,46 @@ static int populated_at(int dirfd) {
 }
 
 /* Kills what a cgroup directory holds and removes it, waiting up to
- * wait_ms for it to empty. 0 or an errno value. */
+ * wait_ms for it to empty: its killed members may still be exiting, or be
+ * zombies that their parents (not always us) have yet to reap. 0 or an
+ * errno value. */
 static int kill_and_remove(int parent_fd, const char *name, int wait_ms) {
     int fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
         return errno;
     }
-    (void)write_at(fd, "cgroup.kill", "1");
-    for (int waited = 0; populated_at(fd) == 1 && waited < wait_ms; waited += 5) {
-        int efd = openat(fd, "cgroup.events", O_RDONLY | O_CLOEXEC);
-        struct pollfd p = {efd, POLLPRI, 0};
-        poll(&p, efd >= 0 ? 1 : 0, 5); /* cgroup.events signals changes with POLLPRI */
-        if (efd >= 0) {
-            close(efd);
+    int64_t until = cn_deadline_add(cn_now_ms(), wait_ms);
+    int err;
+    for (;;) {
+        (void)write_at(fd, "cgroup.kill", "1");
+        if (unlinkat(parent_fd, name, AT_REMOVEDIR) == 0) {
+            err = 0;
+            break;
         }
+        err = errno;
+        if (err != EBUSY || cn_now_ms() >= until) {
+            break;
+        }
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
     }
     close(fd);
-    return unlinkat(parent_fd, name, AT_REMOVEDIR) == 0 ? 0 : errno;
+    return err;
+}
+
+/* Kills and removes every cgroup below the directory dirfd (job-<id>, and a
+ * probe left by a run killed while it started). */
+static void remove_children(int dirfd, int wait_ms) {
+    DIR *d = fdopendir(dup(dirfd));
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_type == DT_DIR && e->d_name[0] != '.') {
+            kill_and_remove(dirfd, e->d_name, wait_ms);
+        }
+    }
+    if (d) {
+        closedir(d);
+    }
 }
 
 static uint64_t pidns_inode(void) {
@@ -130,16 +154,7 @@ static void remove_stale_runs(const char *parent, uint64_t pidns) {
         if (rfd < 0) {
             continue;
         }
-        DIR *jd = fdopendir(dup(rfd));
-        struct dirent *j;
-        while (jd && (j = readdir(jd))) {
-            if (strncmp(j->d_name, "job-", 4) == 0) {
-                kill_and_remove(rfd, j->d_name, 2000);
-            }
-        }
-        if (jd) {
-            closedir(jd);
-        }
+        remove_children(rfd, 2000);
         close(rfd);
         kill_and_remove(pfd, e->d_name, 2000);
     }
@@ -168,7 +183,8 @@ static int probe(void) {
     if (procs >= 0) {
         close(procs);
     }
-    unlinkat(g_base_fd, "probe", AT_REMOVEDIR);
+    /* the probe child is reaped, but its cgroup may stay busy for a moment */
+    kill_and_remove(g_base_fd, "probe", 1000);
     return err;
 }
 
@@ -181,6 +197,7 @@ static void fallback(const char *why, int err) {
     }
     g_mode = CN_CONTAIN_SUBREAPER;
     if (g_base_fd >= 0) {
+        remove_children(g_base_fd, 1000);
         close(g_base_fd);
         g_base_fd = -1;
     }
@@ -369,6 +386,7 @@ int cn_cgjob_remove(cn_cgjob *j) {
 
 void cn_contain_stop(void) {
     if (g_base_fd >= 0) {
+        remove_children(g_base_fd, 1000);
         close(g_base_fd);
         g_base_fd = -1;
     }

@@ -175,4 +175,36 @@ defmodule Sandbox.CNode.ContainmentTest do
       refute File.exists?(info.cgroup)
     end
   end
+
+  test "a new C-node empties and removes the cgroups of a run whose C-node is gone" do
+    {:ok, info} = CNode.info(private_cnode())
+
+    if info.containment == :cgroup do
+      # a run of a C-node that no longer exists (no such pid), in our pid
+      # namespace, whose job still holds a process
+      parent = Path.dirname(info.cgroup)
+      ns = File.stat!("/proc/self/ns/pid").inode
+      stale = Path.join(parent, "sandbox_cnode.#{ns}.99999999.1")
+      job = Path.join(stale, "job-1")
+      File.mkdir!(stale)
+      File.mkdir!(job)
+      port = Port.open({:spawn_executable, "/bin/sleep"}, [:exit_status, args: ["600"]])
+      {:os_pid, pid} = Port.info(port, :os_pid)
+      File.write!(Path.join(job, "cgroup.procs"), Integer.to_string(pid))
+      assert running?(pid)
+
+      # any C-node that starts now cleans up (this test's, or one of a test
+      # running beside it): the process dies, then the directories go
+      private_cnode()
+      assert_receive {^port, {:exit_status, _}}, 10_000
+      wait_removed(stale)
+    end
+  end
+
+  defp wait_removed(path) do
+    script =
+      "i=0; while [ -e \"$1\" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; [ ! -e \"$1\" ]"
+
+    assert {_, 0} = System.cmd("sh", ["-c", script, "wait", path]), "#{path} is still there"
+  end
 end
