@@ -36,7 +36,9 @@ endif
 comma := ,
 
 CC ?= cc
-CFLAGS_BASE = -std=gnu11 -Wall -Wextra -Werror -fPIC -MMD -MP -Ic_src/core
+# c_src/core and each of its subfolders (c_src/core/cnode, ...) are include paths.
+CORE_INC = -Ic_src/core $(patsubst %/,-I%,$(sort $(dir $(wildcard c_src/core/*/*.h))))
+CFLAGS_BASE = -std=gnu11 -Wall -Wextra -Werror -fPIC -MMD -MP $(CORE_INC)
 ifeq ($(DEBUG),1)
 CFLAGS_OPT = -O0 -g3
 else
@@ -53,12 +55,12 @@ CORE_LIBS = -lxxhash -lz -ljansson -lbsd
 NIF_LIBS = -lxxhash -lz -ljansson
 CNODE_LIBS = -L$(ERL_EI_LIBDIR) -lei -ljansson -lbsd -lpthread
 
-CORE_SRC := $(wildcard c_src/core/*.c)
+CORE_SRC := $(wildcard c_src/core/*.c c_src/core/*/*.c)
 NIF_SRC := $(wildcard c_src/nif/*.c)
 CNODE_SRC := $(wildcard c_src/cnode/*.c)
 TEST_SRC := $(wildcard c_src/test/*.c)
 FUZZ_SRC := $(wildcard c_src/fuzz/*.c)
-C_FILES := $(wildcard c_src/*/*.c c_src/*/*.h)
+C_FILES := $(wildcard c_src/*/*.c c_src/*/*.h c_src/*/*/*.c c_src/*/*/*.h)
 
 OBJ_DIR = $(BUILD_DIR)/obj$(if $(filter 1,$(SANITIZE)),-san)
 CORE_OBJ = $(CORE_SRC:c_src/%.c=$(OBJ_DIR)/%.o)
@@ -151,7 +153,7 @@ sanitize: setup
 FUZZ_BIN = $(FUZZ_SRC:c_src/fuzz/%.c=$(BUILD_DIR)/fuzz/%)
 $(BUILD_DIR)/fuzz/%: c_src/fuzz/%.c $(CORE_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=gnu11 -O1 -g -Ic_src/core -fsanitize=fuzzer,address,undefined \
+	clang -std=gnu11 -O1 -g $(CORE_INC) -fsanitize=fuzzer,address,undefined \
 	  -fno-sanitize-recover=undefined -o $@ $< $(CORE_SRC) $(CORE_LIBS)
 
 # Each target runs FUZZ_SECONDS seconds with the installed .beam files as seed corpus.
@@ -180,4 +182,5 @@ demo: setup native
 clean:
 	rm -rf $(BUILD_DIR) $(NIF_SO) $(CNODE_BIN)
 
--include $(wildcard $(BUILD_DIR)/obj/*/*.d $(BUILD_DIR)/obj-san/*/*.d)
+-include $(wildcard $(BUILD_DIR)/obj/*/*.d $(BUILD_DIR)/obj-san/*/*.d $(BUILD_DIR)/obj/*/*/*.d \
+  $(BUILD_DIR)/obj-san/*/*/*.d)
