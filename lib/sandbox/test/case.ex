@@ -35,7 +35,8 @@ defmodule Sandbox.Case do
     * any other `Sandbox.create_sandbox/3` option (`:supervisor_args`,
       `:security_profile`, `:resource_limits`, ...)
 
-  Each test gets `%{sandbox: id}` in its context: a sandbox created for it
+  Each test gets `%{sandbox: id}` in its context (with `sandbox: false`,
+  the tag's `false` stays): a sandbox created for it
   alone (its id made from the test's name, see
   `Sandbox.Test.Helpers.test_sandbox_id/1`), so `async: true` tests never
   share processes, code or application environment. The project is
@@ -47,9 +48,11 @@ defmodule Sandbox.Case do
   `ExUnit.Callbacks.on_exit/1` callbacks run) the sandbox is destroyed, and
   then checked for leaks: a process that belonged to the sandbox (its group
   leader) or was spawned by one of its processes and is still alive (it
-  left the sandbox by changing its group leader), an ETS table one of its
-  processes owned that survived it (given to an heir outside), or a module
-  in its namespace (`Sandbox@<id>.*`) still loaded. A leak fails the test
+  left the sandbox by changing its group leader, and runs host code only,
+  such as an `Agent`: destroy's purge of the sandbox's modules ends every
+  process still running their code), an ETS table one of its processes
+  owned that survived it (given to an heir outside), or a module in its
+  namespace (`Sandbox@<id>.*`) still loaded. A leak fails the test
   that leaked, naming what was left, and is then cleaned up so that it
   does not disturb other tests.
 
@@ -130,7 +133,9 @@ defmodule Sandbox.Case do
   # compile cache every create reads), concurrent tests wait for it, later
   # ones find it done. Returns the project's application (the default
   # target), or nil for a plain directory of sources.
-  defp warm(path, opts) do
+  @doc false
+  @spec warm(Path.t(), keyword) :: atom | nil
+  def warm(path, opts) do
     key = {__MODULE__, :warm, path, Keyword.get(opts, :compile_timeout)}
 
     case :persistent_term.get(key, :none) do

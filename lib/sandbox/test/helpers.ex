@@ -138,7 +138,8 @@ defmodule Sandbox.Test.Helpers do
   been reloaded (its current version is above 1) and the current version
   is its newest (not rolled back); the loaded code is that version's (its
   `vsn` attribute, which the compiler derives from the code); and none of
-  the sandbox's processes still runs or references the previous code.
+  the sandbox's processes still runs the previous code (one would be
+  killed by the next reload's purge: `:erlang.check_process_code/2`).
   Waits for a reload under way to finish first.
   """
   @spec assert_hot_reload_successful(String.t(), module) :: :ok
@@ -188,7 +189,7 @@ defmodule Sandbox.Test.Helpers do
 
       pids ->
         flunk(
-          "#{subject}: processes still run or reference the previous code: " <>
+          "#{subject}: processes still run the previous code: " <>
             Enum.map_join(pids, ", ", &Processes.describe/1)
         )
     end

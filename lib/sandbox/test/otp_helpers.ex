@@ -188,24 +188,30 @@ defmodule Sandbox.Test.OTPHelpers do
   def wait_for_supervisor_restart(supervisor, timeout \\ 1000) do
     deadline = Processes.deadline(timeout)
 
-    pid =
-      case Processes.alive(supervisor) do
-        nil when is_pid(supervisor) -> {:error, :noproc}
-        nil -> Processes.await_registered(supervisor, nil, nil, deadline)
-        pid -> {:ok, pid}
-      end
-
-    with {:ok, pid} <- pid, do: await_children(pid, deadline)
+    case Processes.alive(supervisor) do
+      nil when is_pid(supervisor) -> {:error, :noproc}
+      nil -> restarted(supervisor, nil, deadline)
+      pid -> await_children(supervisor, pid, deadline)
+    end
   end
 
-  defp await_children(sup, deadline) do
+  defp restarted(name, old, deadline) do
+    with {:ok, pid} <- Processes.await_registered(name, old, nil, deadline),
+         do: await_children(name, pid, deadline)
+  end
+
+  defp await_children(supervisor, sup, deadline) do
     case Processes.sync_children(sup, deadline) do
       children when is_list(children) ->
         cond do
           not Enum.any?(children, &match?({_, :restarting, _, _}, &1)) -> {:ok, sup}
           Processes.left(deadline) == 0 -> {:error, :timeout}
-          true -> await_children(sup, deadline)
+          true -> await_children(supervisor, sup, deadline)
         end
+
+      # A named supervisor that died just now: wait for its restart.
+      :noproc when not is_pid(supervisor) ->
+        restarted(supervisor, sup, deadline)
 
       error ->
         {:error, error}
