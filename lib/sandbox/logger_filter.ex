@@ -17,9 +17,8 @@ defmodule Sandbox.LoggerFilter do
 
       config :logger, :console, metadata: [:sandbox_id]
 
-  With OTP's formatter (as JSON-line handlers do, naming the key):
-
-      :logger.update_formatter_config(:default, %{template: [:sandbox_id, " ", :msg, "\\n"]})
+  JSON formatters write the event's metadata as fields, `sandbox_id` (a
+  string) among them.
 
   The filter is best effort in the same way as sandbox membership: a
   process that changed its own group leader is no longer attributed.
