@@ -288,7 +288,9 @@ defmodule Sandbox.Test.OTPHelpersTest do
       # Synchronised at the end: every cast has been handled.
       assert :sys.get_state(s) == stats.casts
 
-      assert {:ok, %{errors: errors}} = stress_test_server(s, [{:call, :never}], 50)
+      assert {:ok, %{errors: errors, error_samples: [:timeout]}} =
+               stress_test_server(s, [{:call, :never}], 50, call_timeout: 20)
+
       assert errors > 0
       assert_raise ArgumentError, fn -> stress_test_server(s, [:bad], 10) end
     end

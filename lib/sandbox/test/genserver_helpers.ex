@@ -122,20 +122,26 @@ defmodule Sandbox.Test.GenServerHelpers do
   @doc """
   Runs `operations` against `server` from several processes (twice the
   schedulers) for `duration` ms, each process picking operations at
-  random: `{:call, message}` (a call, 5 s) or `{:cast, message}`. Once the
+  random: `{:call, message}` (a call) or `{:cast, message}`. Once the
   duration is over it synchronises with the server (so every cast has been
   handled) and returns `{:ok, %{calls: n, casts: n, errors: n,
   error_samples: [reason], duration_ms: n}}` (`errors`: calls that failed;
   up to 10 distinct reasons as samples).
+
+  ## Options
+
+    * `:call_timeout` — the timeout of each call, ms (5,000)
   """
-  @spec stress_test_server(server, [{:call, term} | {:cast, term}], pos_integer) :: {:ok, map}
-  def stress_test_server(server, operations, duration \\ 5000)
+  @spec stress_test_server(server, [{:call, term} | {:cast, term}], pos_integer, keyword) ::
+          {:ok, map}
+  def stress_test_server(server, operations, duration \\ 5000, opts \\ [])
       when is_list(operations) and operations != [] and is_integer(duration) and duration > 0 do
     for op <- operations, not match?({kind, _} when kind in [:call, :cast], op) do
       raise ArgumentError, "expected {:call, message} or {:cast, message}, got: #{inspect(op)}"
     end
 
     name = Processes.name(server)
+    timeout = Keyword.get(opts, :call_timeout, 5000)
     ops = List.to_tuple(operations)
     started = System.monotonic_time(:millisecond)
     deadline = started + duration
@@ -143,7 +149,9 @@ defmodule Sandbox.Test.GenServerHelpers do
 
     workers =
       for _ <- 1..(System.schedulers_online() * 2) do
-        spawn_monitor(fn -> send(caller, {self(), stress(name, ops, deadline, zero())}) end)
+        spawn_monitor(fn ->
+          send(caller, {self(), stress(name, ops, deadline, timeout, zero())})
+        end)
       end
 
     stats =
@@ -168,14 +176,14 @@ defmodule Sandbox.Test.GenServerHelpers do
 
   defp zero, do: %{calls: 0, casts: 0, errors: 0, error_samples: []}
 
-  defp stress(name, ops, deadline, acc) do
+  defp stress(name, ops, deadline, timeout, acc) do
     if System.monotonic_time(:millisecond) >= deadline do
       acc
     else
       acc =
         case elem(ops, :rand.uniform(tuple_size(ops)) - 1) do
           {:call, message} ->
-            case call_with_timeout(name, message, 5000) do
+            case call_with_timeout(name, message, timeout) do
               {:ok, _} -> %{acc | calls: acc.calls + 1}
               {:error, reason} -> error(acc, reason)
             end
@@ -185,7 +193,7 @@ defmodule Sandbox.Test.GenServerHelpers do
             %{acc | casts: acc.casts + 1}
         end
 
-      stress(name, ops, deadline, acc)
+      stress(name, ops, deadline, timeout, acc)
     end
   end
 
