@@ -280,7 +280,8 @@ defmodule Sandbox.Test.GenServerHelpers do
           {_, pid, _, _} when is_pid(pid) and pid != old ->
             {:ok, pid}
 
-          {_, :restarting, _, _} ->
+          # Restarting, or the exit not handled yet.
+          {_, child, _, _} when child == :restarting or child == old ->
             if Processes.left(deadline) == 0,
               do: {:error, :timeout},
               else: await_child(sup, {:id, id}, old, deadline)

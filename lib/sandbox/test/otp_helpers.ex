@@ -204,7 +204,7 @@ defmodule Sandbox.Test.OTPHelpers do
     case Processes.sync_children(sup, deadline) do
       children when is_list(children) ->
         cond do
-          not Enum.any?(children, &match?({_, :restarting, _, _}, &1)) -> {:ok, sup}
+          not Enum.any?(children, &Processes.unsettled?/1) -> {:ok, sup}
           Processes.left(deadline) == 0 -> {:error, :timeout}
           true -> await_children(supervisor, sup, deadline)
         end

@@ -127,14 +127,13 @@ defmodule Sandbox.Test.Processes do
       nil ->
         sups = if sup && Process.alive?(sup), do: [sup], else: supervisors()
 
+        # A supervisor is not done while a child waits for a restart, or is
+        # dead but still listed (its exit signal not handled yet).
         pending =
           Enum.any?(sups, fn s ->
             case sync_children(s, deadline) do
-              children when is_list(children) ->
-                Enum.any?(children, &match?({_, :restarting, _, _}, &1))
-
-              _ ->
-                false
+              children when is_list(children) -> Enum.any?(children, &unsettled?/1)
+              _ -> false
             end
           end)
 
@@ -148,6 +147,11 @@ defmodule Sandbox.Test.Processes do
         end
     end
   end
+
+  @doc "Whether a `which_children` entry is waiting for its supervisor."
+  def unsettled?({_, :restarting, _, _}), do: true
+  def unsettled?({_, pid, _, _}) when is_pid(pid), do: not Process.alive?(pid)
+  def unsettled?(_), do: false
 
   defp new_pid(name, original) do
     case alive(name) do
