@@ -179,9 +179,10 @@ demo: setup native
 	MIX_ENV=demo $(MIX) run examples/demo.exs
 
 # Per-module coverage of the library (threshold and exclusions: mix.exs,
-# test_coverage); the HTML report goes to cover/.
+# test_coverage); the HTML report goes to cover/. Cover-compiled code runs
+# slower, hence the longer default test timeout.
 cover: setup native
-	MIX_ENV=test $(MIX) test --cover --include slow
+	MIX_ENV=test $(MIX) test --cover --include slow --timeout 600000
 
 clean:
 	rm -rf $(BUILD_DIR) $(NIF_SO) $(CNODE_BIN)

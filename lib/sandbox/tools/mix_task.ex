@@ -8,6 +8,8 @@ defmodule Sandbox.Tools.MixTask do
   asked for (after printing `doc`), else `{opts, path}`. Raises `Mix.Error`
   for a missing or extra PATH, a missing directory, or a bad `--format`.
   """
+  @spec parse([String.t()], keyword, String.t(), String.t(), [String.t()]) ::
+          :help | {keyword, String.t()}
   def parse(args, switches, usage, doc, formats) do
     {opts, argv} =
       OptionParser.parse!(args, strict: [help: :boolean] ++ switches, aliases: [h: :help])
@@ -34,6 +36,7 @@ defmodule Sandbox.Tools.MixTask do
   end
 
   @doc "Starts the library (and the current project's applications) as `mix run` would."
+  @spec start() :: :ok
   def start do
     Mix.Task.run("app.start")
     {:ok, _} = Application.ensure_all_started(:sandbox)
@@ -45,9 +48,11 @@ defmodule Sandbox.Tools.MixTask do
   def fail, do: exit({:shutdown, 1})
 
   @doc "A module as Elixir writes it: `Foo.Bar`, `:foo`."
+  @spec label(module) :: String.t()
   def label(module), do: inspect(module)
 
   @doc "A compiler error reason in words."
+  @spec describe(term) :: String.t()
   def describe({:no_sources, path}), do: "no .ex or .erl sources under #{path}"
   def describe({:compile_timeout, ms}), do: "the compile took longer than #{ms} ms"
   def describe({:compile_resource_limit, kind}), do: "the compile went over its #{kind} limit"
