@@ -7,6 +7,7 @@
 #   make fuzz      libFuzzer targets, FUZZ_SECONDS each (default 60)
 #   make sanitize  the C core's Criterion tests under ASan + UBSan
 #   make demo      the demo: sandboxes from examples/counter side by side
+#   make cover     every ExUnit test (incl. :slow) with per-module coverage
 #
 # Every path is a `?=` variable so mix, rebar3 and plain make share this file.
 
@@ -14,7 +15,7 @@ SHELL := /bin/bash
 
 DEB_PACKAGES ?= elixir xxhash erlang-dev erlang-tools erlang-eunit erlang-crypto rebar3 \
 	libcriterion-dev libjansson-dev libbsd-dev libxxhash-dev zlib1g-dev \
-	clang libclang-rt-14-dev
+	clang libclang-rt-14-dev graphviz
 
 PRIV_DIR ?= $(CURDIR)/priv
 BUILD_DIR ?= $(CURDIR)/_build/native
@@ -75,7 +76,7 @@ CTEST_BIN = $(OBJ_DIR)/ctest
 NATIVE_TARGETS = $(NIF_SO) $(if $(CNODE_SRC),$(CNODE_BIN))
 
 .PHONY: all setup native compile test test-run ctest eunit mix-test format-check format \
-	sanitize fuzz bench demo clean
+	sanitize fuzz bench demo cover clean
 
 all: compile
 
@@ -178,6 +179,12 @@ bench: setup native
 # third from a changed copy, side by side, with timings.
 demo: setup native
 	MIX_ENV=demo $(MIX) run examples/demo.exs
+
+# Per-module coverage of the library (threshold and exclusions: mix.exs,
+# test_coverage); the HTML report goes to cover/. Cover-compiled code runs
+# slower, hence the longer default test timeout.
+cover: setup native
+	MIX_ENV=test $(MIX) test --cover --include slow --timeout 600000
 
 clean:
 	rm -rf $(BUILD_DIR) $(NIF_SO) $(CNODE_BIN)

@@ -12,7 +12,9 @@ defmodule Sandbox.Application do
   (`Sandbox.Manager`) and the supervisor of their instances
   (`Sandbox.InstanceSupervisor`, one `Sandbox.Instance` per sandbox). Application environment read at start: `:compiler_pool_size`
   (default: the number of schedulers), `:compiler_cache_dir`,
-  `:compiler_cache_max_bytes`, `:watch_debounce`.
+  `:compiler_cache_max_bytes`, `:watch_debounce`. It also installs the
+  primary `:logger` filter that tags sandbox log events
+  (`Sandbox.LoggerFilter`).
   """
   use Application
 
@@ -34,6 +36,11 @@ defmodule Sandbox.Application do
       {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one}
     ]
 
+    # Log events from sandbox processes carry sandbox_id (Sandbox.LoggerFilter).
+    :ok = Sandbox.LoggerFilter.install()
     Supervisor.start_link(children, strategy: :one_for_one, name: Sandbox.Supervisor)
   end
+
+  @impl true
+  def stop(_state), do: Sandbox.LoggerFilter.uninstall()
 end

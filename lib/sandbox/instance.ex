@@ -243,7 +243,51 @@ defmodule Sandbox.Instance do
 
   def handle_call({:app, :started}, _from, state), do: {:reply, state.started, state}
 
-  def handle_call({:reload, beams, opts}, _from, state) do
+  # Reloads and rollbacks are [:sandbox, :reload, _] spans (Sandbox.Telemetry).
+  def handle_call({:reload, _beams, opts} = request, from, state) do
+    meta = %{sandbox_id: state.id, kind: :reload, trigger: Keyword.get(opts, :trigger, :api)}
+    reload_span(meta, fn -> do_reload(request, from, state) end)
+  end
+
+  def handle_call({:rollback, _module, _version} = request, from, state) do
+    meta = %{sandbox_id: state.id, kind: :rollback, trigger: :api}
+    reload_span(meta, fn -> do_rollback(request, from, state) end)
+  end
+
+  def handle_call({:auto_reload, on?}, _from, state) do
+    case start_watch(state, on?, true) do
+      {:ok, state} ->
+        publish(state, listed: true)
+        {:reply, :ok, state}
+
+      {:error, reason, state} ->
+        {:reply, {:error, reason}, state}
+    end
+  end
+
+  def handle_call({:versions, request}, _from, state) do
+    store = state.store
+
+    reply =
+      case request do
+        {:current_version, module} -> Store.current_version(store, module)
+        {:versions, module} -> Store.versions(store, module)
+        :dependency_graph -> {:ok, Store.dependency_graph(store)}
+        {:reload_order, modules} -> Store.reload_order(store, modules)
+        :project -> {:ok, {state.config.sandbox_path, compile_opts(state.config)}}
+      end
+
+    {:reply, reply, state}
+  end
+
+  defp reload_span(meta, fun) do
+    Telemetry.span(:reload, meta, fn ->
+      {:reply, reply, _state} = result = fun.()
+      {result, Telemetry.outcome(reply)}
+    end)
+  end
+
+  defp do_reload({:reload, beams, opts}, _from, state) do
     {trigger, opts} = Keyword.pop(opts, :trigger, :api)
     {removing, opts} = Keyword.pop(opts, :removing)
     t0 = System.monotonic_time()
@@ -277,7 +321,7 @@ defmodule Sandbox.Instance do
     end
   end
 
-  def handle_call({:rollback, module, version}, _from, state) do
+  defp do_rollback({:rollback, module, version}, _from, state) do
     t0 = System.monotonic_time()
 
     case ChangeSet.rollback(state.store, module, version) do
@@ -288,32 +332,6 @@ defmodule Sandbox.Instance do
       {:error, reason} ->
         {:reply, {:error, reason}, state}
     end
-  end
-
-  def handle_call({:auto_reload, on?}, _from, state) do
-    case start_watch(state, on?, true) do
-      {:ok, state} ->
-        publish(state, listed: true)
-        {:reply, :ok, state}
-
-      {:error, reason, state} ->
-        {:reply, {:error, reason}, state}
-    end
-  end
-
-  def handle_call({:versions, request}, _from, state) do
-    store = state.store
-
-    reply =
-      case request do
-        {:current_version, module} -> Store.current_version(store, module)
-        {:versions, module} -> Store.versions(store, module)
-        :dependency_graph -> {:ok, Store.dependency_graph(store)}
-        {:reload_order, modules} -> Store.reload_order(store, modules)
-        :project -> {:ok, {state.config.sandbox_path, compile_opts(state.config)}}
-      end
-
-    {:reply, reply, state}
   end
 
   # A violation under :high (Sandbox.ErrorHandler's :isolate): every

@@ -109,11 +109,22 @@ defmodule Sandbox.IsolatedCompiler.Pool do
         app |> :code.lib_dir(:ebin) |> List.to_string()
       end
 
-    worker_dir = Worker |> :code.which() |> List.to_string() |> Path.dirname()
-
     [erl, "-noshell", "+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"] ++
-      Enum.flat_map(paths ++ [worker_dir], &["-pa", &1]) ++
+      Enum.flat_map(paths ++ [worker_dir()], &["-pa", &1]) ++
       ["-s", Atom.to_string(Worker), "main"]
+  end
+
+  # The directory of the worker's .beam file. Looked up on the code path by
+  # file name, not with :code.which/1, which answers :cover_compiled for a
+  # module that `mix test --cover` has cover-compiled (the worker VM loads
+  # the plain .beam, which is still in the ebin directory).
+  @doc false
+  @spec worker_dir() :: String.t()
+  def worker_dir do
+    case :code.where_is_file(~c"#{Worker}.beam") do
+      path when is_list(path) -> path |> List.to_string() |> Path.dirname()
+      :non_existing -> raise "#{inspect(Worker)}.beam is not on the code path"
+    end
   end
 
   ## Server
