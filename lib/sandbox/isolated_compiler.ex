@@ -501,6 +501,14 @@ defmodule Sandbox.IsolatedCompiler do
         not (is_nil(v) or (is_integer(v) and v > 0)),
         do: raise(ArgumentError, "invalid :compile_limits #{k}: #{inspect(v)}")
 
+    # A worker's hard file-size limit is fixed when it starts (Pool.ceiling/0).
+    with max when is_integer(max) <- limits[:max_file_size],
+         true <- max > Pool.ceiling().file_size do
+      raise ArgumentError,
+            ":compile_limits max_file_size #{max} is above the workers' ceiling " <>
+              "#{Pool.ceiling().file_size} (config :sandbox, :compiler_file_size_ceiling)"
+    end
+
     env = Keyword.get(opts, :env, %{})
 
     unless is_map(env) and

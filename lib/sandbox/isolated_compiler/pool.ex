@@ -301,8 +301,26 @@ defmodule Sandbox.IsolatedCompiler.Pool do
     %{state | backoff: backoff}
   end
 
+  @doc """
+  The hard limits a worker is spawned with (`Sandbox.CNode`'s `:ceiling`):
+  a job's own limits are set under them at hand-over, and the job's code
+  cannot raise its limits above them. File size: the application
+  environment's `:compiler_file_size_ceiling` (default 1 GiB).
+  """
+  @spec ceiling() :: %{file_size: pos_integer}
+  def ceiling,
+    do: %{
+      file_size: Application.get_env(:sandbox, :compiler_file_size_ceiling, 1024 * 1024 * 1024)
+    }
+
   defp start_worker(state) do
-    opts = [subscriber: self(), timeout: :infinity, grace: 0, env: worker_env()]
+    opts = [
+      subscriber: self(),
+      timeout: :infinity,
+      grace: 0,
+      env: worker_env(),
+      ceiling: ceiling()
+    ]
 
     case state.launcher.spawn(worker_argv(), opts) do
       {:ok, %{id: id, os_pid: os_pid}} ->
