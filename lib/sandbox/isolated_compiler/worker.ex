@@ -458,10 +458,9 @@ defmodule Sandbox.IsolatedCompiler.Worker do
   defp compile_sources(files, include, job) do
     {erl, ex} = Enum.split_with(files, &(Path.extname(&1) == ".erl"))
 
-    with {:ok, asts} <- parse(ex, job.root),
-         :ok <- check_duplicates(asts, job.root),
+    with :ok <- pre_check(ex, job),
          {:ok, erl_modules, erl_warnings} <- compile_erlang(erl, include, job),
-         {:ok, ex_modules, ex_warnings} <- compile_elixir(ex, job) do
+         {:ok, ex_modules, ex_warnings} <- compile_elixir_or_parse(ex, job) do
       modules = erl_modules ++ ex_modules
 
       with :ok <- check_compiled_duplicates(modules, job.root) do
@@ -477,6 +476,33 @@ defmodule Sandbox.IsolatedCompiler.Worker do
       end
     end
   end
+
+  # A full compile parses every file first: syntax errors reported with
+  # their columns, and a module defined in two files found before the
+  # parallel compiler trips over it. An incremental job (a file or a few,
+  # the everyday edit) skips that second parse: the compiler parses anyway,
+  # and only when it fails are the files parsed for precise diagnostics;
+  # duplicates are found in what it compiled.
+  defp pre_check(_ex, %{kind: :files}), do: :ok
+
+  defp pre_check(ex, job) do
+    with {:ok, asts} <- parse(ex, job.root), do: check_duplicates(asts, job.root)
+  end
+
+  defp compile_elixir_or_parse(ex, %{kind: :files} = job) do
+    case compile_elixir(ex, job) do
+      {:error, {:compilation_failed, _}} = error ->
+        case parse(ex, job.root) do
+          {:error, _} = syntax -> syntax
+          {:ok, _} -> error
+        end
+
+      other ->
+        other
+    end
+  end
+
+  defp compile_elixir_or_parse(ex, job), do: compile_elixir(ex, job)
 
   # Parses every Elixir file once: syntax errors are reported as such (file,
   # line, column) before anything is compiled.
