@@ -95,6 +95,15 @@ etf_status etf_walk_term(const uint8_t *buf, size_t len, size_t *end, const etf_
  * when allow_compressed is non-zero. */
 etf_status etf_validate(const uint8_t *buf, size_t len, int allow_compressed);
 
+/* Opens a whole external-format binary (version byte, one term, perhaps
+ * compressed when allow_compressed is non-zero): *term and *term_len are
+ * the term without its version byte, and term[-1] is always a version byte,
+ * so that (term - 1, term_len + 1) is a binary_to_term input. A compressed
+ * term is inflated into *owned (to free), NULL otherwise. The term itself
+ * is not walked. */
+etf_status etf_open(const uint8_t *buf, size_t len, int allow_compressed, const uint8_t **term,
+                    size_t *term_len, uint8_t **owned);
+
 /* Inflates a zlib stream that must decompress to exactly dst_len bytes and end
  * exactly at the end of src. Returns 0 on success, -1 otherwise. */
 int etf_inflate_exact(const uint8_t *src, size_t src_len, uint8_t *dst, size_t dst_len);

@@ -9,17 +9,57 @@
 #include "etf.h"
 #include "strmap.h"
 
+/* Work units, about a nanosecond each on the project's 2-core machine
+ * (measured with bench/beam_bench.exs's relocate_hold_us_* cases and
+ * callgrind on crafted worst cases: every one of them is charged before or
+ * as the work is done, so a budget of N units holds a scheduler for about
+ * N ns however the input is made). */
+#define RELOC_WORK_BYTE 1     /* per byte of the file, parsed and copied */
+#define RELOC_WORK_CHUNK 100  /* per chunk */
+#define RELOC_WORK_INFLATE 3  /* per byte inflated */
+#define RELOC_WORK_WALK 3     /* per byte of a term walked */
+#define RELOC_WORK_ATOM 40    /* per atom looked up (hash and compare) */
+#define RELOC_WORK_REWRITE 4  /* per byte of a term rewritten */
+#define RELOC_WORK_DEFLATE 25 /* per byte deflated at the fastest level */
+#define RELOC_WORK_STORE 2    /* per byte stored without compression */
+#define RELOC_WORK_COMPARE 20 /* per map key comparison (two per key and level) */
+#define RELOC_WORK_ENTRY 30   /* per import, per name of the spec */
+
+/* The largest latin-1 atom name, in bytes of UTF-8. */
+#define LATIN1_UTF8_MAX (2 * BEAM_MAX_ATOM_CHARS)
+
 typedef struct {
     const reloc_spec *spec;
     strmap renames;
     strmap redirects;
     reloc_error *err;
+    uint64_t work;     /* units spent */
+    uint64_t cap;      /* the cap on inflated and rewritten bytes */
+    uint64_t grown;    /* bytes of rewritten terms so far */
+    const char *chunk; /* the chunk being rewritten, for errors */
+    int hit;           /* term_changes: an atom changes */
 } reloc_ctx;
+
+/* Spends `units` of work: 0, or -1 (RELOC_E_WORK) over the budget. */
+static int charge(reloc_ctx *c, uint64_t units) {
+    c->work += units;
+    if (c->spec->max_work && c->work > c->spec->max_work) {
+        c->err->code = RELOC_E_WORK;
+        return -1;
+    }
+    return 0;
+}
 
 /* ---- names ---------------------------------------------------------------- */
 
-/* A latin-1 name in UTF-8 (into `tmp`, which holds 2 * 255 bytes). */
-static const uint8_t *latin1_to_utf8(const uint8_t *s, size_t len, uint8_t *tmp, size_t *out) {
+/* A latin-1 name in UTF-8, into `tmp` of `cap` bytes. NULL when it does not
+ * fit: a latin-1 atom has at most 255 characters, whatever its length
+ * field (2 bytes in ATOM_EXT) says. */
+static const uint8_t *latin1_to_utf8(const uint8_t *s, size_t len, uint8_t *tmp, size_t cap,
+                                     size_t *out) {
+    if (len > BEAM_MAX_ATOM_CHARS || 2 * len > cap) {
+        return NULL;
+    }
     size_t n = 0;
     for (size_t i = 0; i < len; i++) {
         if (s[i] < 0x80) {
@@ -65,32 +105,57 @@ static int too_long(reloc_ctx *c, const uint8_t *name, size_t len) {
     return -1;
 }
 
+/* Chunk c->chunk would take the inflated or rewritten bytes to `total`,
+ * over the cap. */
+static int too_large(reloc_ctx *c, uint64_t total) {
+    c->err->code = RELOC_E_BEAM;
+    c->err->beam.code = BEAM_E_TOO_LARGE;
+    memset(c->err->beam.chunk, 0, sizeof c->err->beam.chunk);
+    memcpy(c->err->beam.chunk, c->chunk, 4);
+    c->err->beam.has_chunk = 1;
+    c->err->beam.a = total;
+    c->err->beam.b = c->cap;
+    return -1;
+}
+
 /* ---- terms ---------------------------------------------------------------- */
 
-/* Does a term (no version byte) contain an atom that relocation changes? */
+/* Notes whether an atom of a term changes. The walk reports only atoms it
+ * has checked (at most 255 characters, valid UTF-8). Stops the walk (1)
+ * when the work budget runs out. */
 static int hit_atom(void *ctx, size_t off, size_t enc_len, const uint8_t *name, size_t len,
                     int utf8, etf_atom_role role) {
     (void)off;
     (void)enc_len;
-    const reloc_ctx *c = ctx;
-    uint8_t tmp[2 * 255];
-    if (!utf8) {
-        name = latin1_to_utf8(name, len, tmp, &len);
+    reloc_ctx *c = ctx;
+    if (charge(c, RELOC_WORK_ATOM)) {
+        return 1;
+    }
+    uint8_t tmp[LATIN1_UTF8_MAX];
+    if (!utf8 && !(name = latin1_to_utf8(name, len, tmp, sizeof tmp, &len))) {
+        return 1; /* cannot happen after the walk's own check; refuse the term */
     }
     const uint8_t *o;
     size_t ol;
-    return new_name(c, name, len, role == ETF_ATOM_FUN_MODULE, &o, &ol);
+    c->hit |= new_name(c, name, len, role == ETF_ATOM_FUN_MODULE, &o, &ol);
+    return 0;
 }
 
-/* 1: changes, 0: unchanged, -1: malformed. */
+/* Walks a whole term (no version byte), which validates it, and tells
+ * whether relocation changes it: 1 changes, 0 unchanged, -1 malformed,
+ * -2 out of work (c->err set). */
 static int term_changes(reloc_ctx *c, const uint8_t *t, size_t len) {
+    if (charge(c, (uint64_t)len * RELOC_WORK_WALK)) {
+        return -2;
+    }
     etf_visitor v = {hit_atom, NULL, c};
     size_t end;
+    c->hit = 0;
     etf_status st = etf_walk_term(t, len, &end, &v);
-    if (st == ETF_E_CALLBACK) {
-        return 1;
+    if (st == ETF_E_CALLBACK && c->err->code == RELOC_E_WORK) {
+        return -2;
     }
-    return st == ETF_OK && end == len ? 0 : -1;
+    return st == ETF_OK && end == len ? c->hit : -1;
 }
 
 typedef enum { FR_SEQ, FR_MAP, FR_FUN } frame_kind;
@@ -142,27 +207,63 @@ static int push_key(rw_stack *s, span k) {
     return 0;
 }
 
-static const uint8_t *sort_base;
-
-static int cmp_span(const void *a, const void *b) {
-    const span *x = a, *y = b;
+static int cmp_span(const uint8_t *base, const span *x, const span *y) {
     if (x->len != y->len) {
         return x->len < y->len ? -1 : 1;
     }
-    return memcmp(sort_base + x->start, sort_base + y->start, x->len);
+    return memcmp(base + x->start, base + y->start, x->len);
+}
+
+static void sift_down(const uint8_t *base, span *a, size_t root, size_t n) {
+    for (size_t child; (child = 2 * root + 1) < n; root = child) {
+        if (child + 1 < n && cmp_span(base, &a[child], &a[child + 1]) < 0) {
+            child++;
+        }
+        if (cmp_span(base, &a[root], &a[child]) >= 0) {
+            return;
+        }
+        span t = a[root];
+        a[root] = a[child];
+        a[child] = t;
+    }
+}
+
+/* Heapsort: in place, O(n log n) at worst, and the base pointer is an
+ * argument rather than state shared by concurrent relocations. */
+static void sort_spans(const uint8_t *base, span *a, size_t n) {
+    for (size_t i = n / 2; i-- > 0;) {
+        sift_down(base, a, i, n);
+    }
+    for (size_t end = n; end-- > 1;) {
+        span t = a[0];
+        a[0] = a[end];
+        a[end] = t;
+        sift_down(base, a, 0, end);
+    }
+}
+
+static uint64_t log2_ceil(uint64_t n) {
+    uint64_t k = 0;
+    while (((uint64_t)1 << k) < n) {
+        k++;
+    }
+    return k;
 }
 
 /* Two keys of one map encode the same term. Rewritten terms encode every atom
  * the same way and the rest is the compiler's canonical encoding, so equal
- * terms have equal bytes. Returns the index of a duplicate, or -1. */
-static long find_duplicate_key(const buf_t *out, span *keys, size_t n) {
+ * terms have equal bytes. Returns the index of a duplicate, -1 when there is
+ * none, -2 out of work. */
+static long find_duplicate_key(reloc_ctx *c, const buf_t *out, span *keys, size_t n) {
     if (n < 2) {
         return -1;
     }
-    sort_base = out->data;
-    qsort(keys, n, sizeof *keys, cmp_span);
+    if (charge(c, 2 * (uint64_t)n * log2_ceil(n) * RELOC_WORK_COMPARE)) {
+        return -2;
+    }
+    sort_spans(out->data, keys, n);
     for (size_t i = 1; i < n; i++) {
-        if (cmp_span(&keys[i - 1], &keys[i]) == 0) {
+        if (cmp_span(out->data, &keys[i - 1], &keys[i]) == 0) {
             return (long)i;
         }
     }
@@ -172,9 +273,9 @@ static long find_duplicate_key(const buf_t *out, span *keys, size_t n) {
 /* The UTF-8 name an atom of the input gets (into *out, *out_len); `tmp`
  * holds a latin-1 name's conversion. Fails when a changed name is too long. */
 static int resolve_atom(reloc_ctx *c, const uint8_t *name, size_t len, int utf8, int fun_module,
-                        uint8_t tmp[2 * 255], const uint8_t **out, size_t *out_len) {
-    if (!utf8) {
-        name = latin1_to_utf8(name, len, tmp, &len);
+                        uint8_t tmp[LATIN1_UTF8_MAX], const uint8_t **out, size_t *out_len) {
+    if (!utf8 && !(name = latin1_to_utf8(name, len, tmp, LATIN1_UTF8_MAX, &len))) {
+        return -2; /* a latin-1 name over 255 bytes */
     }
     if (new_name(c, name, len, fun_module, out, out_len) && *out_len > 255) {
         return too_long(c, *out, *out_len);
@@ -182,13 +283,18 @@ static int resolve_atom(reloc_ctx *c, const uint8_t *name, size_t len, int utf8,
     return 0;
 }
 
-/* Writes an atom term in canonical UTF-8 form. */
+/* Writes an atom term in canonical UTF-8 form: 0, -1 (c->err set) or -2
+ * (malformed). */
 static int put_atom(reloc_ctx *c, buf_t *out, const uint8_t *name, size_t len, int utf8,
                     int fun_module) {
-    uint8_t tmp[2 * 255];
+    uint8_t tmp[LATIN1_UTF8_MAX];
     const uint8_t *n;
     size_t nl;
-    if (resolve_atom(c, name, len, utf8, fun_module, tmp, &n, &nl)) {
+    int r = resolve_atom(c, name, len, utf8, fun_module, tmp, &n, &nl);
+    if (r) {
+        return r;
+    }
+    if (charge(c, RELOC_WORK_ATOM + nl)) {
         return -1;
     }
     int err;
@@ -229,8 +335,13 @@ static int rw_atom(reloc_ctx *c, const uint8_t *in, size_t len, size_t *pos, buf
         return -2;
     }
     int utf8 = tag == TAG_ATOM_UTF8 || tag == TAG_SMALL_ATOM_UTF8;
-    if (put_atom(c, out, in + p, n, utf8, fun_module)) {
-        return -1;
+    /* The walk checked every atom already; check the bounds again anyway. */
+    if (utf8 ? n > 4 * BEAM_MAX_ATOM_CHARS : n > BEAM_MAX_ATOM_CHARS) {
+        return -2;
+    }
+    int r = put_atom(c, out, in + p, n, utf8, fun_module);
+    if (r) {
+        return r;
     }
     *pos = p + n;
     return 0;
@@ -282,13 +393,21 @@ static size_t scalar_size(const uint8_t *in, size_t len) {
  * again anyway. Returns 0, -1 (error set in c->err) or -2 (malformed). */
 static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out) {
     rw_stack s = {0};
-    size_t pos = 0;
+    size_t pos = 0, start = out->len;
     int rc = 0;
+    if (charge(c, (uint64_t)len * RELOC_WORK_REWRITE)) {
+        return -1;
+    }
     if (push_frame(&s, (frame){FR_SEQ, 1, 0, 0, 0})) {
         rc = -1;
         goto nomem;
     }
     while (s.nframes > 0) {
+        /* Renamed atoms can make a term grow up to 85-fold: bound the result. */
+        if (out->len - start > c->cap - c->grown) {
+            rc = too_large(c, c->grown + (out->len - start));
+            goto out;
+        }
         frame *top = &s.frames[s.nframes - 1];
         if (top->remaining == 0) {
             frame done = *top;
@@ -297,8 +416,12 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
                 wr_u32(out->data + done.size_field, (uint32_t)(out->len - done.size_field));
             } else if (done.kind == FR_MAP && s.nkeys > done.keys_start) {
                 /* (An empty map has no keys, and s.keys may still be NULL.) */
-                long dup =
-                    find_duplicate_key(out, s.keys + done.keys_start, s.nkeys - done.keys_start);
+                long dup = find_duplicate_key(c, out, s.keys + done.keys_start,
+                                              s.nkeys - done.keys_start);
+                if (dup == -2) {
+                    rc = -1;
+                    goto out;
+                }
                 if (dup >= 0) {
                     span k = s.keys[done.keys_start + (size_t)dup];
                     c->err->code = RELOC_E_DUPLICATE_MAP_KEY;
@@ -470,6 +593,8 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
     }
     if (pos != len) {
         rc = -2;
+    } else {
+        c->grown += out->len - start;
     }
     goto out;
 nomem:
@@ -532,35 +657,27 @@ static int deflate_into(buf_t *out, const uint8_t *src, size_t len, int level) {
 static int rw_term_chunk(reloc_ctx *c, const char *id, const uint8_t *d, size_t len, buf_t *out,
                          int *changed) {
     *changed = 0;
-    if (len < 2 || d[0] != ETF_VERSION) {
-        return fail_beam(c, BEAM_E_BAD_TERM, id, 0);
+    c->chunk = id;
+    int compressed = len >= 2 && d[0] == ETF_VERSION && d[1] == TAG_COMPRESSED;
+    if (compressed && len >= 6 && charge(c, (uint64_t)rd_u32(d + 2) * RELOC_WORK_INFLATE)) {
+        return -1;
     }
-    const uint8_t *term = d + 1;
-    size_t tlen = len - 1;
-    uint8_t *inflated = NULL;
-    int compressed = d[1] == TAG_COMPRESSED;
-    if (compressed) {
-        if (len < 6) {
-            return fail_beam(c, BEAM_E_BAD_TERM, id, 0);
-        }
-        tlen = rd_u32(d + 2);
-        if (tlen == 0 || tlen > etf_inflate_bound(len - 6)) {
-            return fail_beam(c, BEAM_E_ZLIB, id, 0);
-        }
-        inflated = malloc(tlen);
-        if (!inflated) {
-            return nomem(c);
-        }
-        if (etf_inflate_exact(d + 6, len - 6, inflated, tlen)) {
-            free(inflated);
-            return fail_beam(c, BEAM_E_ZLIB, id, 0);
-        }
-        term = inflated;
+    const uint8_t *term;
+    size_t tlen;
+    uint8_t *inflated;
+    etf_status st = etf_open(d, len, 1, &term, &tlen, &inflated);
+    if (st == ETF_E_NOMEM) {
+        return nomem(c);
+    }
+    if (st != ETF_OK) {
+        return fail_beam(c, st == ETF_E_ZLIB ? BEAM_E_ZLIB : BEAM_E_BAD_TERM, id, 0);
     }
     int rc = 0;
     int hit = term_changes(c, term, tlen);
-    if (hit < 0) {
+    if (hit == -1) {
         rc = fail_beam(c, BEAM_E_BAD_TERM, id, 0);
+    } else if (hit < 0) {
+        rc = -1;
     } else if (hit > 0) {
         *changed = 1;
         buf_t t = {0};
@@ -572,7 +689,9 @@ static int rw_term_chunk(reloc_ctx *c, const char *id, const uint8_t *d, size_t 
         } else if (compressed) {
             uint8_t hdr[6] = {ETF_VERSION, TAG_COMPRESSED};
             wr_u32(hdr + 2, (uint32_t)t.len);
-            if (buf_put(out, hdr, 6) || deflate_into(out, t.data, t.len, Z_BEST_SPEED)) {
+            if (charge(c, (uint64_t)t.len * RELOC_WORK_DEFLATE)) {
+                rc = -1;
+            } else if (buf_put(out, hdr, 6) || deflate_into(out, t.data, t.len, Z_BEST_SPEED)) {
                 rc = nomem(c);
             }
         } else if (buf_put_u8(out, ETF_VERSION) || buf_put(out, t.data, t.len)) {
@@ -585,9 +704,14 @@ static int rw_term_chunk(reloc_ctx *c, const char *id, const uint8_t *d, size_t 
 }
 
 /* LitT: each literal that changes is rewritten, the others are copied. */
-static int rw_literals(reloc_ctx *c, const beam_module *m, buf_t *out, int *changed) {
+static int rw_literals(reloc_ctx *c, const beam_module *m, const beam_chunk *ch, buf_t *out,
+                       int *changed) {
     beam_literals lits;
     *changed = 0;
+    c->chunk = "LitT";
+    if (charge(c, beam_plain_size(m, ch) * RELOC_WORK_INFLATE)) {
+        return -1;
+    }
     if (beam_literals_load(m, &lits, &c->err->beam) != BEAM_OK) {
         c->err->code = RELOC_E_BEAM;
         return -1;
@@ -603,8 +727,12 @@ static int rw_literals(reloc_ctx *c, const beam_module *m, buf_t *out, int *chan
     }
     for (uint32_t i = 0; beam_literals_next(&lits, &pos, &t, &tl); i++) {
         int hit = tl >= 1 && t[0] == ETF_VERSION ? term_changes(c, t + 1, tl - 1) : -1;
-        if (hit < 0) {
+        if (hit == -1) {
             rc = fail_beam(c, BEAM_E_BAD_LITERAL, NULL, i);
+            goto out;
+        }
+        if (hit < 0) {
+            rc = -1;
             goto out;
         }
         if (!hit) {
@@ -631,8 +759,10 @@ static int rw_literals(reloc_ctx *c, const beam_module *m, buf_t *out, int *chan
         }
         wr_u32(table.data + size_at, (uint32_t)(table.len - size_at - 4));
     }
-    if (*changed && (buf_put_u32(out, (uint32_t)table.len) ||
-                     deflate_into(out, table.data, table.len, Z_NO_COMPRESSION))) {
+    if (*changed && charge(c, (uint64_t)table.len * RELOC_WORK_STORE)) {
+        rc = -1;
+    } else if (*changed && (buf_put_u32(out, (uint32_t)table.len) ||
+                            deflate_into(out, table.data, table.len, Z_NO_COMPRESSION))) {
         rc = nomem(c);
     }
 out:
@@ -645,15 +775,19 @@ out:
  * atom over 255 bytes cannot be written in the one-byte-length format. */
 static int rw_atoms(reloc_ctx *c, const beam_module *m, const size_t *shims, size_t nshims,
                     buf_t *out) {
+    if (charge(c, (uint64_t)(m->natoms + nshims) * RELOC_WORK_ATOM)) {
+        return -1;
+    }
     if (buf_put_u32(out, (uint32_t)(m->natoms + nshims))) {
         return nomem(c);
     }
     for (size_t i = 0; i < m->natoms; i++) {
-        uint8_t tmp[2 * 255];
+        uint8_t tmp[LATIN1_UTF8_MAX];
         const uint8_t *n;
         size_t nl;
-        if (resolve_atom(c, m->atoms[i].name, m->atoms[i].len, m->atoms_utf8, 0, tmp, &n, &nl)) {
-            return -1;
+        int r = resolve_atom(c, m->atoms[i].name, m->atoms[i].len, m->atoms_utf8, 0, tmp, &n, &nl);
+        if (r) {
+            return r == -2 ? fail_beam(c, BEAM_E_BAD_ATOM, NULL, i + 1) : -1;
         }
         if (nl > 255) {
             return too_long(c, n == tmp ? m->atoms[i].name : n, n == tmp ? m->atoms[i].len : nl);
@@ -672,11 +806,15 @@ static int rw_atoms(reloc_ctx *c, const beam_module *m, const size_t *shims, siz
 }
 
 /* ImpT with the imports of redirected modules repointed at the appended shim
- * atoms. shims[] receives the redirect index of each appended atom. */
-static int rw_imports(reloc_ctx *c, const beam_module *m, buf_t *out, size_t *shims, size_t *nshims,
-                      int *changed) {
+ * atoms. shims[] receives the redirect index of each appended atom, and
+ * slot[r] (SIZE_MAX until then) the position of redirect r's atom. */
+static int rw_imports(reloc_ctx *c, const beam_module *m, buf_t *out, size_t *shims, size_t *slot,
+                      size_t *nshims, int *changed) {
     *nshims = 0;
     *changed = 0;
+    if (charge(c, (uint64_t)m->nimports * RELOC_WORK_ENTRY)) {
+        return -1;
+    }
     if (buf_put_u32(out, m->nimports)) {
         return nomem(c);
     }
@@ -684,19 +822,20 @@ static int rw_imports(reloc_ctx *c, const beam_module *m, buf_t *out, size_t *sh
         uint32_t e[3];
         beam_table_entry(m->imports, i, e);
         const beam_atom *mod = &m->atoms[e[0] - 1];
-        uint8_t tmp[2 * 255];
+        uint8_t tmp[LATIN1_UTF8_MAX];
         size_t len = mod->len;
-        const uint8_t *name = m->atoms_utf8 ? mod->name : latin1_to_utf8(mod->name, len, tmp, &len);
+        const uint8_t *name =
+            m->atoms_utf8 ? mod->name : latin1_to_utf8(mod->name, len, tmp, sizeof tmp, &len);
         size_t r;
+        if (!name) {
+            return fail_beam(c, BEAM_E_BAD_ATOM, NULL, e[0]);
+        }
         if (strmap_get(&c->redirects, name, len, &r)) {
-            size_t k = 0;
-            while (k < *nshims && shims[k] != r) {
-                k++;
+            if (slot[r] == SIZE_MAX) {
+                slot[r] = (*nshims)++;
+                shims[slot[r]] = r;
             }
-            if (k == *nshims) {
-                shims[(*nshims)++] = r;
-            }
-            e[0] = (uint32_t)(m->natoms + k + 1);
+            e[0] = (uint32_t)(m->natoms + slot[r] + 1);
             *changed = 1;
         }
         if (buf_put_u32(out, e[0]) || buf_put_u32(out, e[1]) || buf_put_u32(out, e[2])) {
@@ -745,14 +884,25 @@ static int build_maps(reloc_ctx *c) {
     return 0;
 }
 
-static int is_term_chunk(const char id[4]) {
-    static const char *ids[] = {"Attr", "CInf", "Dbgi", "Docs", "ExCk", "Meta"};
-    for (size_t i = 0; i < sizeof ids / sizeof *ids; i++) {
-        if (memcmp(id, ids[i], 4) == 0) {
-            return 1;
+/* The cap on inflated and rewritten bytes: a chunk holds at most 4 GiB - 1. */
+static uint64_t effective_cap(const reloc_spec *spec) {
+    uint64_t cap = spec->max_inflated ? spec->max_inflated : BEAM_DEFAULT_MAX_INFLATED;
+    return cap < UINT32_MAX ? cap : UINT32_MAX;
+}
+
+uint64_t reloc_work_estimate(const beam_module *m, const reloc_spec *spec) {
+    uint64_t w = (uint64_t)m->size * RELOC_WORK_BYTE + (uint64_t)m->nchunks * RELOC_WORK_CHUNK +
+                 (uint64_t)m->natoms * RELOC_WORK_ATOM + (uint64_t)m->nimports * RELOC_WORK_ENTRY +
+                 (uint64_t)(spec->nrenames + spec->nredirects) * RELOC_WORK_ENTRY;
+    for (size_t i = 0; i < m->nchunks; i++) {
+        const beam_chunk *c = &m->chunks[i];
+        int debug = memcmp(c->id, "Dbgi", 4) == 0 || memcmp(c->id, "Docs", 4) == 0;
+        if (memcmp(c->id, "LitT", 4) == 0 || (beam_is_term_chunk(c->id) && !(debug && spec->strip_debug))) {
+            uint64_t plain = beam_plain_size(m, c);
+            w += plain * (RELOC_WORK_WALK + (plain != c->size ? RELOC_WORK_INFLATE : 0));
         }
     }
-    return 0;
+    return w;
 }
 
 int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t **out,
@@ -760,28 +910,34 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
     memset(err, 0, sizeof *err);
     *out = NULL;
     *out_len = 0;
-    reloc_ctx c = {spec, {0}, {0}, err};
+    reloc_ctx c = {spec, {0}, {0}, err, 0, effective_cap(spec), 0, "", 0};
     beam_module m;
-    size_t *shims = NULL;
+    size_t *shims = NULL, *slot = NULL;
     buf_t res = {0}, tmp = {0};
     int rc = -1;
-    if (beam_parse(in, len, &m, &err->beam) != BEAM_OK) {
+    if (beam_parse_limited(in, len, c.cap, &m, &err->beam) != BEAM_OK) {
         err->code = RELOC_E_BEAM;
         return -1;
     }
-    if (build_maps(&c)) {
+    if (charge(&c, (uint64_t)len * RELOC_WORK_BYTE + (uint64_t)m.nchunks * RELOC_WORK_CHUNK +
+                       (uint64_t)(spec->nrenames + spec->nredirects) * RELOC_WORK_ENTRY) ||
+        build_maps(&c)) {
         goto out;
     }
     shims = malloc((spec->nredirects + 1) * sizeof *shims);
-    if (!shims) {
+    slot = malloc((spec->nredirects + 1) * sizeof *slot);
+    if (!shims || !slot) {
         nomem(&c);
         goto out;
+    }
+    for (size_t i = 0; i < spec->nredirects; i++) {
+        slot[i] = SIZE_MAX;
     }
     /* Imports first: they decide which shim atoms the atom table gains. */
     buf_t imports = {0};
     size_t nshims = 0;
     int imports_changed = 0;
-    if (m.imports && rw_imports(&c, &m, &imports, shims, &nshims, &imports_changed)) {
+    if (m.imports && rw_imports(&c, &m, &imports, shims, slot, &nshims, &imports_changed)) {
         buf_free(&imports);
         goto out;
     }
@@ -810,11 +966,11 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
                 r = buf_put(&tmp, imports.data, imports.len) ? nomem(&c) : 0;
             }
         } else if (memcmp(id, "LitT", 4) == 0) {
-            r = rw_literals(&c, &m, &tmp, &changed);
+            r = rw_literals(&c, &m, ch, &tmp, &changed);
         } else if (spec->strip_debug &&
                    (memcmp(id, "Dbgi", 4) == 0 || memcmp(id, "Docs", 4) == 0)) {
             continue;
-        } else if (is_term_chunk(id)) {
+        } else if (beam_is_term_chunk(id)) {
             r = rw_term_chunk(&c, id, data, ch->size, &tmp, &changed);
         }
         if (r) {
@@ -842,6 +998,7 @@ out:
     buf_free(&res);
     buf_free(&tmp);
     free(shims);
+    free(slot);
     strmap_free(&c.renames);
     strmap_free(&c.redirects);
     beam_module_free(&m);

@@ -20,7 +20,7 @@ static ERL_NIF_TERM am_ok, am_error, am_true, am_false, am_truncated, am_form, a
     am_locals, am_zlib_error, am_bad_literal, am_bad_term, am_unsupported_instruction_set,
     am_unsupported_opcode, am_out_of_memory, am_module, am_atoms, am_atom_encoding, am_utf8,
     am_latin1, am_chunks, am_attributes, am_compile_info, am_has_literals, am_has_debug_info,
-    am_has_docs, am_has_exck, am_external_funs, am_atom_too_long, am_duplicate_map_key;
+    am_has_docs, am_has_exck, am_external_funs, am_atom_too_long, am_duplicate_map_key, am_too_large, am_too_many_atoms;
 
 static ERL_NIF_TERM mk_atom(ErlNifEnv *env, const char *name) {
     ERL_NIF_TERM a;
@@ -69,6 +69,8 @@ static void make_atoms(ErlNifEnv *env) {
     A(external_funs);
     A(atom_too_long);
     A(duplicate_map_key);
+    A(too_large);
+    A(too_many_atoms);
 #undef A
 }
 
@@ -146,6 +148,9 @@ static ERL_NIF_TERM error_reason(ErlNifEnv *env, const beam_error *e) {
         return enif_make_tuple2(env, am_unsupported_instruction_set, enif_make_uint64(env, e->a));
     case BEAM_E_MAX_OPCODE:
         return enif_make_tuple2(env, am_unsupported_opcode, enif_make_uint64(env, e->a));
+    case BEAM_E_TOO_LARGE:
+        return enif_make_tuple4(env, am_too_large, chunk_id(env, e->chunk),
+                                enif_make_uint64(env, e->a), enif_make_uint64(env, e->b));
     case BEAM_E_NOMEM:
     case BEAM_OK:
         break;
