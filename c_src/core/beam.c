@@ -211,7 +211,8 @@ static uint64_t declared_inflated(const beam_module *m, const beam_chunk *c) {
     if (memcmp(c->id, "LitT", 4) == 0) {
         return c->size >= 4 ? rd_u32(p) : 0;
     }
-    if (beam_is_term_chunk(c->id) && c->size >= 6 && p[0] == ETF_VERSION && p[1] == TAG_COMPRESSED) {
+    if (beam_is_term_chunk(c->id) && c->size >= 6 && p[0] == ETF_VERSION &&
+        p[1] == TAG_COMPRESSED) {
         return rd_u32(p + 2);
     }
     return 0;
@@ -559,22 +560,22 @@ out:
 
 const char *beam_errcode_name(beam_errcode c) {
     static const char *const names[] = {"ok",
-                                  "truncated",
-                                  "not_iff",
-                                  "not_beam",
-                                  "trailing_bytes",
-                                  "bad_padding",
-                                  "duplicate_chunk",
-                                  "missing_chunk",
-                                  "bad_chunk",
-                                  "bad_atom",
-                                  "bad_atom_index",
-                                  "zlib_error",
-                                  "bad_literal",
-                                  "bad_term",
-                                  "bad_instruction_set",
-                                  "bad_max_opcode",
-                                  "out_of_memory",
-                                  "too_large"};
+                                        "truncated",
+                                        "not_iff",
+                                        "not_beam",
+                                        "trailing_bytes",
+                                        "bad_padding",
+                                        "duplicate_chunk",
+                                        "missing_chunk",
+                                        "bad_chunk",
+                                        "bad_atom",
+                                        "bad_atom_index",
+                                        "zlib_error",
+                                        "bad_literal",
+                                        "bad_term",
+                                        "bad_instruction_set",
+                                        "bad_max_opcode",
+                                        "out_of_memory",
+                                        "too_large"};
     return (size_t)c < sizeof names / sizeof *names ? names[c] : "unknown";
 }

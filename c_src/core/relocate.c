@@ -416,8 +416,8 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
                 wr_u32(out->data + done.size_field, (uint32_t)(out->len - done.size_field));
             } else if (done.kind == FR_MAP && s.nkeys > done.keys_start) {
                 /* (An empty map has no keys, and s.keys may still be NULL.) */
-                long dup = find_duplicate_key(c, out, s.keys + done.keys_start,
-                                              s.nkeys - done.keys_start);
+                long dup =
+                    find_duplicate_key(c, out, s.keys + done.keys_start, s.nkeys - done.keys_start);
                 if (dup == -2) {
                     rc = -1;
                     goto out;
@@ -897,7 +897,8 @@ uint64_t reloc_work_estimate(const beam_module *m, const reloc_spec *spec) {
     for (size_t i = 0; i < m->nchunks; i++) {
         const beam_chunk *c = &m->chunks[i];
         int debug = memcmp(c->id, "Dbgi", 4) == 0 || memcmp(c->id, "Docs", 4) == 0;
-        if (memcmp(c->id, "LitT", 4) == 0 || (beam_is_term_chunk(c->id) && !(debug && spec->strip_debug))) {
+        if (memcmp(c->id, "LitT", 4) == 0 ||
+            (beam_is_term_chunk(c->id) && !(debug && spec->strip_debug))) {
             uint64_t plain = beam_plain_size(m, c);
             w += plain * (RELOC_WORK_WALK + (plain != c->size ? RELOC_WORK_INFLATE : 0));
         }

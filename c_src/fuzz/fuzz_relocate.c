@@ -17,7 +17,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static const reloc_pair redirects[] = {PAIR("erlang", "shim"),
                                            PAIR("Elixir.Application", "Elixir.Shim")};
     for (int strip = 0; strip < 2; strip++) {
-        reloc_spec spec = {.renames = renames, .nrenames = 3, .redirects = redirects, .nredirects = 2, .strip_debug = strip};
+        reloc_spec spec = {.renames = renames,
+                           .nrenames = 3,
+                           .redirects = redirects,
+                           .nredirects = 2,
+                           .strip_debug = strip};
         uint8_t *out;
         size_t out_len;
         reloc_error err;
