@@ -395,6 +395,29 @@ beam_errcode beam_parse_limited(const uint8_t *data, size_t size, uint64_t max_i
     return BEAM_OK;
 }
 
+/* Every literal's size fits and nothing trails; frees the table otherwise. */
+static beam_errcode frame_literals(beam_literals *lits, beam_error *err) {
+    if (lits->size < 4) {
+        beam_literals_free(lits);
+        return fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
+    }
+    uint32_t n = rd_u32(lits->data);
+    size_t pos = 4;
+    for (uint32_t i = 0; i < n; i++) {
+        if (lits->size - pos < 4 || rd_u32(lits->data + pos) > lits->size - pos - 4) {
+            beam_literals_free(lits);
+            return fail(err, BEAM_E_BAD_LITERAL, NULL, i);
+        }
+        pos += 4 + (size_t)rd_u32(lits->data + pos);
+    }
+    if (pos != lits->size) {
+        beam_literals_free(lits);
+        return fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
+    }
+    lits->count = n;
+    return BEAM_OK;
+}
+
 /* LitT: uncompressed size (0: not compressed), then a zlib stream of: count,
  * then per literal a size and one external term (with its version byte). */
 beam_errcode beam_literals_load(const beam_module *m, beam_literals *lits, beam_error *err) {
@@ -426,25 +449,16 @@ beam_errcode beam_literals_load(const beam_module *m, beam_literals *lits, beam_
         lits->data = lits->owned;
         lits->size = usize;
     }
-    if (lits->size < 4) {
-        beam_literals_free(lits);
-        return fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
-    }
-    uint32_t n = rd_u32(lits->data);
-    size_t pos = 4;
-    for (uint32_t i = 0; i < n; i++) {
-        if (lits->size - pos < 4 || rd_u32(lits->data + pos) > lits->size - pos - 4) {
-            beam_literals_free(lits);
-            return fail(err, BEAM_E_BAD_LITERAL, NULL, i);
-        }
-        pos += 4 + (size_t)rd_u32(lits->data + pos);
-    }
-    if (pos != lits->size) {
-        beam_literals_free(lits);
-        return fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
-    }
-    lits->count = n;
-    return BEAM_OK;
+    return frame_literals(lits, err);
+}
+
+beam_errcode beam_literals_adopt(uint8_t *owned, size_t size, beam_literals *lits,
+                                 beam_error *err) {
+    memset(lits, 0, sizeof *lits);
+    lits->owned = owned;
+    lits->data = owned;
+    lits->size = size;
+    return frame_literals(lits, err);
 }
 
 int beam_literals_next(const beam_literals *lits, size_t *pos, const uint8_t **term,

@@ -135,6 +135,11 @@ typedef struct {
  * checks its framing: every literal's size fits and nothing trails. */
 beam_errcode beam_literals_load(const beam_module *m, beam_literals *lits, beam_error *err);
 
+/* beam_literals_load's framing checks on a table the caller inflated
+ * itself: `owned` (malloc'd, `size` bytes) belongs to *lits afterwards, and
+ * is freed on error too. */
+beam_errcode beam_literals_adopt(uint8_t *owned, size_t size, beam_literals *lits, beam_error *err);
+
 /* Iterates literals: start with *pos = 0; returns 0 at the end. */
 int beam_literals_next(const beam_literals *lits, size_t *pos, const uint8_t **term, uint32_t *len);
 

@@ -63,9 +63,16 @@ etf_status etf_walk_term(const uint8_t *buf, size_t len, size_t *end, const etf_
     size_t pos = 0;
     uint64_t pending = 1; /* terms still to read */
     etf_status st;
+    unsigned ticks = 0;
 
     while (pending > 0) {
         pending--;
+        if (v && v->tick && ++ticks == ETF_TICK_TERMS) {
+            ticks = 0;
+            if (v->tick(v->ctx, pos)) {
+                return ETF_E_CALLBACK;
+            }
+        }
         NEED(1);
         uint8_t tag = buf[pos];
         uint32_t n;

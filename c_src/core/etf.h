@@ -84,7 +84,12 @@ typedef struct etf_visitor {
      * for M and F. May be NULL. Non-zero stops the walk. */
     int (*export_fun)(void *ctx, const etf_atom *mod, const etf_atom *fun, unsigned arity);
     void *ctx;
+    /* Called after every ETF_TICK_TERMS terms with the offset reached, so a
+     * caller can pace a long walk. May be NULL. Non-zero stops the walk. */
+    int (*tick)(void *ctx, size_t pos);
 } etf_visitor;
+
+#define ETF_TICK_TERMS 4096
 
 /* Walks one term (no version byte) starting at buf[0]. On ETF_OK, *end is the
  * number of bytes the term occupies. `v` may be NULL. */

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zlib.h>
 
 #include "buf.h"
@@ -9,21 +10,28 @@
 #include "etf.h"
 #include "strmap.h"
 
-/* Work units, about a nanosecond each on the project's 2-core machine
- * (measured with bench/beam_bench.exs's relocate_hold_us_* cases and
- * callgrind on crafted worst cases: every one of them is charged before or
- * as the work is done, so a budget of N units holds a scheduler for about
- * N ns however the input is made). */
+/* Work units, about a nanosecond each for the slowest input of each kind on
+ * the project's shared 2-core machine: measured on crafted worst cases
+ * (terms of 1-byte elements, dense atoms, maps of 64,000 keys, random and
+ * text-like data through zlib) and real modules, which come out at 0.1 to
+ * 0.6 ns per unit. Every step is charged before it is taken, and long ones
+ * in slices, so a step never starts unless its worst case fits in what is
+ * left of a budget or deadline (see bench/beam_bench.exs's
+ * relocate_hold_us_* lines). */
 #define RELOC_WORK_BYTE 1     /* per byte of the file, parsed and copied */
 #define RELOC_WORK_CHUNK 100  /* per chunk */
-#define RELOC_WORK_INFLATE 3  /* per byte inflated */
-#define RELOC_WORK_WALK 3     /* per byte of a term walked */
+#define RELOC_WORK_INFLATE 10 /* per byte inflated (text-like data: short matches) */
+#define RELOC_WORK_WALK 5     /* per byte of a term walked (1-byte terms: [] in a list) */
 #define RELOC_WORK_ATOM 40    /* per atom looked up (hash and compare) */
-#define RELOC_WORK_REWRITE 4  /* per byte of a term rewritten */
-#define RELOC_WORK_DEFLATE 25 /* per byte deflated at the fastest level */
+#define RELOC_WORK_REWRITE 10 /* per byte of a term rewritten (1-byte terms again) */
+#define RELOC_WORK_DEFLATE 70 /* per byte deflated at the fastest level (random bytes) */
 #define RELOC_WORK_STORE 2    /* per byte stored without compression */
 #define RELOC_WORK_COMPARE 20 /* per map key comparison (two per key and level) */
 #define RELOC_WORK_ENTRY 30   /* per import, per name of the spec */
+
+/* Slices of the long steps: a few hundred microseconds at worst each. */
+#define INFLATE_SLICE (32 * 1024) /* bytes out */
+#define DEFLATE_SLICE (4 * 1024)  /* bytes in */
 
 /* The largest latin-1 atom name, in bytes of UTF-8. */
 #define LATIN1_UTF8_MAX (2 * BEAM_MAX_ATOM_CHARS)
@@ -34,20 +42,44 @@ typedef struct {
     strmap redirects;
     reloc_error *err;
     uint64_t work;     /* units spent */
+    uint64_t slack;    /* ns surely left before the deadline */
     uint64_t cap;      /* the cap on inflated and rewritten bytes */
     uint64_t grown;    /* bytes of rewritten terms so far */
     const char *chunk; /* the chunk being rewritten, for errors */
     int hit;           /* term_changes: an atom changes */
+    size_t hit_pos;    /* term_changes: where */
+    size_t walked;     /* term_changes: bytes charged for */
 } reloc_ctx;
 
-/* Spends `units` of work: 0, or -1 (RELOC_E_WORK) over the budget. */
+static uint64_t monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Takes a step of `units` of work: 0, or -1 (RELOC_E_WORK) when it would
+ * pass the budget, or might pass the deadline at a nanosecond per unit.
+ * The clock is read only when the slack known from its last reading is
+ * used up. */
 static int charge(reloc_ctx *c, uint64_t units) {
     c->work += units;
     if (c->spec->max_work && c->work > c->spec->max_work) {
-        c->err->code = RELOC_E_WORK;
-        return -1;
+        goto over;
+    }
+    if (c->spec->deadline_ns) {
+        if (c->slack < units) {
+            uint64_t now = monotonic_ns();
+            c->slack = now < c->spec->deadline_ns ? c->spec->deadline_ns - now : 0;
+            if (c->slack < units) {
+                goto over;
+            }
+        }
+        c->slack -= units;
     }
     return 0;
+over:
+    c->err->code = RELOC_E_WORK;
+    return -1;
 }
 
 /* ---- names ---------------------------------------------------------------- */
@@ -120,9 +152,9 @@ static int too_large(reloc_ctx *c, uint64_t total) {
 
 /* ---- terms ---------------------------------------------------------------- */
 
-/* Notes whether an atom of a term changes. The walk reports only atoms it
- * has checked (at most 255 characters, valid UTF-8). Stops the walk (1)
- * when the work budget runs out. */
+/* Stops the walk (1) at the first atom that relocation changes, or when
+ * the work budget runs out. The walk reports only atoms it has checked (at
+ * most 255 characters, valid UTF-8). */
 static int hit_atom(void *ctx, size_t off, size_t enc_len, const uint8_t *name, size_t len,
                     int utf8, etf_atom_role role) {
     (void)off;
@@ -133,29 +165,46 @@ static int hit_atom(void *ctx, size_t off, size_t enc_len, const uint8_t *name, 
     }
     uint8_t tmp[LATIN1_UTF8_MAX];
     if (!utf8 && !(name = latin1_to_utf8(name, len, tmp, sizeof tmp, &len))) {
-        return 1; /* cannot happen after the walk's own check; refuse the term */
+        return 1; /* cannot happen after the walk's own check */
     }
     const uint8_t *o;
     size_t ol;
-    c->hit |= new_name(c, name, len, role == ETF_ATOM_FUN_MODULE, &o, &ol);
-    return 0;
+    c->hit = new_name(c, name, len, role == ETF_ATOM_FUN_MODULE, &o, &ol);
+    c->hit_pos = off;
+    return c->hit;
 }
 
-/* Walks a whole term (no version byte), which validates it, and tells
- * whether relocation changes it: 1 changes, 0 unchanged, -1 malformed,
- * -2 out of work (c->err set). */
+/* Paces a long walk: the bytes walked since the last tick. */
+static int walk_tick(void *ctx, size_t pos) {
+    reloc_ctx *c = ctx;
+    uint64_t units = (uint64_t)(pos - c->walked) * RELOC_WORK_WALK;
+    c->walked = pos;
+    return charge(c, units) ? 1 : 0;
+}
+
+/* Does relocation change a term (no version byte)? 1 changes, 0 unchanged,
+ * -1 malformed, -2 out of work (c->err set). A term that does not change
+ * is walked whole, which validates it; one that changes is walked up to
+ * its first changed atom only: rewrite_term() checks everything it reads
+ * as strictly as the walk does, so that is where the rest is validated. */
 static int term_changes(reloc_ctx *c, const uint8_t *t, size_t len) {
-    if (charge(c, (uint64_t)len * RELOC_WORK_WALK)) {
-        return -2;
-    }
-    etf_visitor v = {hit_atom, NULL, c};
-    size_t end;
+    etf_visitor v = {hit_atom, NULL, c, walk_tick};
+    size_t end = len;
     c->hit = 0;
+    c->walked = 0;
     etf_status st = etf_walk_term(t, len, &end, &v);
     if (st == ETF_E_CALLBACK && c->err->code == RELOC_E_WORK) {
         return -2;
     }
-    return st == ETF_OK && end == len ? c->hit : -1;
+    /* The rest of what was walked (a walk that fails is charged whole). */
+    size_t reached = st == ETF_E_CALLBACK ? c->hit_pos : st == ETF_OK ? end : len;
+    if (charge(c, (uint64_t)(reached - c->walked) * RELOC_WORK_WALK)) {
+        return -2;
+    }
+    if (st == ETF_E_CALLBACK) {
+        return c->hit ? 1 : -1;
+    }
+    return st == ETF_OK && end == len ? 0 : -1;
 }
 
 typedef enum { FR_SEQ, FR_MAP, FR_FUN } frame_kind;
@@ -335,8 +384,10 @@ static int rw_atom(reloc_ctx *c, const uint8_t *in, size_t len, size_t *pos, buf
         return -2;
     }
     int utf8 = tag == TAG_ATOM_UTF8 || tag == TAG_SMALL_ATOM_UTF8;
-    /* The walk checked every atom already; check the bounds again anyway. */
-    if (utf8 ? n > 4 * BEAM_MAX_ATOM_CHARS : n > BEAM_MAX_ATOM_CHARS) {
+    /* At most 255 characters, valid UTF-8 (etf_walk_term()'s checks). */
+    if (utf8 ? n > 4 * BEAM_MAX_ATOM_CHARS || utf8_count(in + p, n) < 0 ||
+                   utf8_count(in + p, n) > BEAM_MAX_ATOM_CHARS
+             : n > BEAM_MAX_ATOM_CHARS) {
         return -2;
     }
     int r = put_atom(c, out, in + p, n, utf8, fun_module);
@@ -347,8 +398,8 @@ static int rw_atom(reloc_ctx *c, const uint8_t *in, size_t len, size_t *pos, buf
     return 0;
 }
 
-/* Size of a scalar term's encoding at in[0], or 0 if it is not a scalar or is
- * truncated. */
+/* Size of a scalar term's encoding at in[0], or 0 if it is not a scalar, is
+ * truncated, or has a field out of range (the checks of etf_walk_term()). */
 static size_t scalar_size(const uint8_t *in, size_t len) {
     size_t need;
     switch (in[0]) {
@@ -359,6 +410,10 @@ static size_t scalar_size(const uint8_t *in, size_t len) {
         need = 5;
         break;
     case TAG_NEW_FLOAT:
+        /* Finite only, as etf_walk_term() has it. */
+        if (len < 9 || (rd_u16(in + 1) & 0x7FF0) == 0x7FF0) {
+            return 0;
+        }
         need = 9;
         break;
     case TAG_FLOAT:
@@ -374,13 +429,22 @@ static size_t scalar_size(const uint8_t *in, size_t len) {
         need = len >= 5 ? 5 + (size_t)rd_u32(in + 1) : 5;
         break;
     case TAG_BIT_BINARY:
-        need = len >= 6 ? 6 + (size_t)rd_u32(in + 1) : 6;
+        if (len < 6 || rd_u32(in + 1) == 0 || in[5] == 0 || in[5] > 8) {
+            return 0;
+        }
+        need = 6 + (size_t)rd_u32(in + 1);
         break;
     case TAG_SMALL_BIG:
-        need = len >= 2 ? 3 + (size_t)in[1] : 3;
+        if (len < 3 || in[2] > 1) {
+            return 0;
+        }
+        need = 3 + (size_t)in[1];
         break;
     case TAG_LARGE_BIG:
-        need = len >= 5 ? 6 + (size_t)rd_u32(in + 1) : 6;
+        if (len < 6 || in[5] > 1) {
+            return 0;
+        }
+        need = 6 + (size_t)rd_u32(in + 1);
         break;
     default:
         return 0;
@@ -388,21 +452,29 @@ static size_t scalar_size(const uint8_t *in, size_t len) {
     return need <= len ? need : 0;
 }
 
-/* Rewrites one term (no version byte). The input has been walked by
- * term_changes() already, so it is well formed; the bounds are checked
- * again anyway. Returns 0, -1 (error set in c->err) or -2 (malformed). */
+/* Rewrites one term (no version byte), checking everything it reads as
+ * etf_walk_term() does: term_changes() stopped at the first atom that
+ * changes, so the rest of the term is checked here only. Returns 0, -1
+ * (error set in c->err) or -2 (malformed). */
 static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out) {
     rw_stack s = {0};
-    size_t pos = 0, start = out->len;
+    size_t pos = 0, start = out->len, charged = 0;
+    unsigned steps = 0;
     int rc = 0;
-    if (charge(c, (uint64_t)len * RELOC_WORK_REWRITE)) {
-        return -1;
-    }
     if (push_frame(&s, (frame){FR_SEQ, 1, 0, 0, 0})) {
         rc = -1;
         goto nomem;
     }
     while (s.nframes > 0) {
+        /* Paced like a walk: the bytes read since the last step. */
+        if (++steps == ETF_TICK_TERMS) {
+            steps = 0;
+            if (charge(c, (uint64_t)(pos - charged) * RELOC_WORK_REWRITE)) {
+                rc = -1;
+                goto out;
+            }
+            charged = pos;
+        }
         /* Renamed atoms can make a term grow up to 85-fold: bound the result. */
         if (out->len - start > c->cap - c->grown) {
             rc = too_large(c, c->grown + (out->len - start));
@@ -510,7 +582,8 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
                 goto out;
             }
             frame f = {FR_FUN, 4 + (uint64_t)rd_u32(in + pos + 26), 0, out->len + 1, 0};
-            if (f.remaining > len - pos) {
+            uint32_t size = rd_u32(in + pos + 1);
+            if (size < 29 || size > len - pos - 1 || f.remaining > len - pos) {
                 rc = -2;
                 goto out;
             }
@@ -538,6 +611,10 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
                     goto out;
                 }
                 words = rd_u16(in + pos + 1);
+                if (words == 0 || words > 5) {
+                    rc = -2;
+                    goto out;
+                }
                 lead = 3;
             }
             rest = tag == TAG_PID             ? 9
@@ -593,6 +670,8 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
     }
     if (pos != len) {
         rc = -2;
+    } else if (charge(c, (uint64_t)(pos - charged) * RELOC_WORK_REWRITE)) {
+        rc = -1;
     } else {
         c->grown += out->len - start;
     }
@@ -622,10 +701,13 @@ static int fail_beam(reloc_ctx *c, beam_errcode code, const char *chunk, uint64_
  * any level, and relocation runs once per module and sandbox. The window and
  * hash sizes follow the input (a 2 KiB literal table needs a 2 KiB window,
  * not 32 KiB and 320 KiB of state to allocate and clear); measured with
- * callgrind on 40 stdlib modules, this cut :keep relocation by a third. */
-static int deflate_into(buf_t *out, const uint8_t *src, size_t len, int level) {
+ * callgrind on 40 stdlib modules, this cut :keep relocation by a third. The
+ * input goes in slices, each charged `per_byte` units a byte. 0, or -1
+ * (c->err set). */
+static int deflate_into(reloc_ctx *c, buf_t *out, const uint8_t *src, size_t len, int level,
+                        uint64_t per_byte) {
     if (len > UINT32_MAX) {
-        return -1;
+        return nomem(c);
     }
     int wbits = 9;
     while (wbits < 15 && ((size_t)1 << wbits) < len) {
@@ -634,21 +716,80 @@ static int deflate_into(buf_t *out, const uint8_t *src, size_t len, int level) {
     int mem_level = wbits - 6 < 1 ? 1 : (wbits - 6 > 8 ? 8 : wbits - 6);
     z_stream zs = {0};
     if (deflateInit2(&zs, level, Z_DEFLATED, wbits, mem_level, Z_DEFAULT_STRATEGY) != Z_OK) {
-        return -1;
+        return nomem(c);
     }
     uLong bound = deflateBound(&zs, (uLong)len);
-    int rc = -1;
-    if (buf_reserve(out, bound) == 0) {
-        zs.next_in = (Bytef *)(uintptr_t)src;
-        zs.avail_in = (uInt)len;
-        zs.next_out = out->data + out->len;
-        zs.avail_out = (uInt)bound;
-        if (deflate(&zs, Z_FINISH) == Z_STREAM_END) {
-            out->len += bound - zs.avail_out;
-            rc = 0;
+    int rc = -1, zr = Z_OK;
+    if (buf_reserve(out, bound) != 0) {
+        rc = nomem(c);
+        goto end;
+    }
+    zs.next_out = out->data + out->len;
+    zs.avail_out = (uInt)bound;
+    size_t done = 0;
+    do {
+        size_t piece = len - done < DEFLATE_SLICE ? len - done : DEFLATE_SLICE;
+        if (charge(c, (uint64_t)piece * per_byte)) {
+            goto end;
+        }
+        zs.next_in = (Bytef *)(uintptr_t)(src + done);
+        zs.avail_in = (uInt)piece;
+        done += piece;
+        zr = deflate(&zs, done == len ? Z_FINISH : Z_NO_FLUSH);
+    } while (done < len && zr == Z_OK);
+    if (zr == Z_STREAM_END) {
+        out->len += bound - zs.avail_out;
+        rc = 0;
+    } else {
+        rc = nomem(c);
+    }
+end:
+    deflateEnd(&zs);
+    return rc;
+}
+
+/* Inflates a zlib stream that must give exactly dst_len bytes and end
+ * exactly at the end of src (etf_inflate_exact()), in slices, each charged.
+ * 0, -1 (c->err set) or -2 (not such a stream). */
+static int inflate_paced(reloc_ctx *c, const uint8_t *src, size_t src_len, uint8_t *dst,
+                         size_t dst_len) {
+    if (src_len > UINT32_MAX || dst_len > UINT32_MAX) {
+        return -2;
+    }
+    z_stream zs = {0};
+    if (inflateInit(&zs) != Z_OK) {
+        return nomem(c);
+    }
+    zs.next_in = (Bytef *)(uintptr_t)src;
+    zs.avail_in = (uInt)src_len;
+    zs.next_out = dst;
+    int rc = -2, zr = Z_OK;
+    while (zs.total_out < dst_len) {
+        size_t piece =
+            dst_len - zs.total_out < INFLATE_SLICE ? dst_len - zs.total_out : INFLATE_SLICE;
+        if (charge(c, (uint64_t)piece * RELOC_WORK_INFLATE)) {
+            rc = -1;
+            goto end;
+        }
+        zs.avail_out = (uInt)piece;
+        zr = inflate(&zs, Z_NO_FLUSH);
+        if (zr == Z_STREAM_END) {
+            break;
+        }
+        if (zr != Z_OK || zs.avail_out != 0) {
+            goto end; /* an error, or the input ran out before the output */
         }
     }
-    deflateEnd(&zs);
+    if (zr != Z_STREAM_END) {
+        /* All the output is there: only the end of the stream may be left. */
+        uint8_t none;
+        zs.next_out = &none;
+        zs.avail_out = 0;
+        zr = inflate(&zs, Z_FINISH);
+    }
+    rc = zr == Z_STREAM_END && zs.avail_in == 0 && zs.total_out == dst_len ? 0 : -2;
+end:
+    inflateEnd(&zs);
     return rc;
 }
 
@@ -658,19 +799,30 @@ static int rw_term_chunk(reloc_ctx *c, const char *id, const uint8_t *d, size_t 
                          int *changed) {
     *changed = 0;
     c->chunk = id;
-    int compressed = len >= 2 && d[0] == ETF_VERSION && d[1] == TAG_COMPRESSED;
-    if (compressed && len >= 6 && charge(c, (uint64_t)rd_u32(d + 2) * RELOC_WORK_INFLATE)) {
-        return -1;
+    if (len < 2 || d[0] != ETF_VERSION) {
+        return fail_beam(c, BEAM_E_BAD_TERM, id, 0);
     }
-    const uint8_t *term;
-    size_t tlen;
-    uint8_t *inflated;
-    etf_status st = etf_open(d, len, 1, &term, &tlen, &inflated);
-    if (st == ETF_E_NOMEM) {
-        return nomem(c);
-    }
-    if (st != ETF_OK) {
-        return fail_beam(c, st == ETF_E_ZLIB ? BEAM_E_ZLIB : BEAM_E_BAD_TERM, id, 0);
+    const uint8_t *term = d + 1;
+    size_t tlen = len - 1;
+    uint8_t *inflated = NULL;
+    int compressed = d[1] == TAG_COMPRESSED;
+    if (compressed) {
+        if (len < 6) {
+            return fail_beam(c, BEAM_E_BAD_TERM, id, 0);
+        }
+        tlen = rd_u32(d + 2);
+        if (tlen == 0 || tlen > etf_inflate_bound(len - 6)) {
+            return fail_beam(c, BEAM_E_ZLIB, id, 0);
+        }
+        if (!(inflated = malloc(tlen))) {
+            return nomem(c);
+        }
+        int r = inflate_paced(c, d + 6, len - 6, inflated, tlen);
+        if (r) {
+            free(inflated);
+            return r == -2 ? fail_beam(c, BEAM_E_ZLIB, id, 0) : -1;
+        }
+        term = inflated;
     }
     int rc = 0;
     int hit = term_changes(c, term, tlen);
@@ -689,10 +841,10 @@ static int rw_term_chunk(reloc_ctx *c, const char *id, const uint8_t *d, size_t 
         } else if (compressed) {
             uint8_t hdr[6] = {ETF_VERSION, TAG_COMPRESSED};
             wr_u32(hdr + 2, (uint32_t)t.len);
-            if (charge(c, (uint64_t)t.len * RELOC_WORK_DEFLATE)) {
-                rc = -1;
-            } else if (buf_put(out, hdr, 6) || deflate_into(out, t.data, t.len, Z_BEST_SPEED)) {
+            if (buf_put(out, hdr, 6)) {
                 rc = nomem(c);
+            } else {
+                rc = deflate_into(c, out, t.data, t.len, Z_BEST_SPEED, RELOC_WORK_DEFLATE);
             }
         } else if (buf_put_u8(out, ETF_VERSION) || buf_put(out, t.data, t.len)) {
             rc = nomem(c);
@@ -703,17 +855,45 @@ static int rw_term_chunk(reloc_ctx *c, const char *id, const uint8_t *d, size_t 
     return rc;
 }
 
+/* The literal table, inflated in slices when it is compressed. */
+static int load_literals(reloc_ctx *c, const beam_module *m, const beam_chunk *ch,
+                         beam_literals *lits) {
+    const uint8_t *p = m->data + ch->offset;
+    uint32_t usize = ch->size >= 4 ? rd_u32(p) : 0;
+    if (usize == 0) {
+        /* Not compressed, or too short to say: nothing to inflate. */
+        if (beam_literals_load(m, lits, &c->err->beam) != BEAM_OK) {
+            c->err->code = RELOC_E_BEAM;
+            return -1;
+        }
+        return 0;
+    }
+    if (usize > etf_inflate_bound(ch->size - 4)) {
+        return fail_beam(c, BEAM_E_ZLIB, "LitT", 0);
+    }
+    uint8_t *table = malloc(usize);
+    if (!table) {
+        return nomem(c);
+    }
+    int r = inflate_paced(c, p + 4, ch->size - 4, table, usize);
+    if (r) {
+        free(table);
+        return r == -2 ? fail_beam(c, BEAM_E_ZLIB, "LitT", 0) : -1;
+    }
+    if (beam_literals_adopt(table, usize, lits, &c->err->beam) != BEAM_OK) {
+        c->err->code = RELOC_E_BEAM;
+        return -1;
+    }
+    return 0;
+}
+
 /* LitT: each literal that changes is rewritten, the others are copied. */
 static int rw_literals(reloc_ctx *c, const beam_module *m, const beam_chunk *ch, buf_t *out,
                        int *changed) {
     beam_literals lits;
     *changed = 0;
     c->chunk = "LitT";
-    if (charge(c, beam_plain_size(m, ch) * RELOC_WORK_INFLATE)) {
-        return -1;
-    }
-    if (beam_literals_load(m, &lits, &c->err->beam) != BEAM_OK) {
-        c->err->code = RELOC_E_BEAM;
+    if (load_literals(c, m, ch, &lits)) {
         return -1;
     }
     buf_t table = {0};
@@ -759,11 +939,10 @@ static int rw_literals(reloc_ctx *c, const beam_module *m, const beam_chunk *ch,
         }
         wr_u32(table.data + size_at, (uint32_t)(table.len - size_at - 4));
     }
-    if (*changed && charge(c, (uint64_t)table.len * RELOC_WORK_STORE)) {
-        rc = -1;
-    } else if (*changed && (buf_put_u32(out, (uint32_t)table.len) ||
-                            deflate_into(out, table.data, table.len, Z_NO_COMPRESSION))) {
-        rc = nomem(c);
+    if (*changed) {
+        rc = buf_put_u32(out, (uint32_t)table.len)
+                 ? nomem(c)
+                 : deflate_into(c, out, table.data, table.len, Z_NO_COMPRESSION, RELOC_WORK_STORE);
     }
 out:
     buf_free(&table);
@@ -896,11 +1075,16 @@ uint64_t reloc_work_estimate(const beam_module *m, const reloc_spec *spec) {
                  (uint64_t)(spec->nrenames + spec->nredirects) * RELOC_WORK_ENTRY;
     for (size_t i = 0; i < m->nchunks; i++) {
         const beam_chunk *c = &m->chunks[i];
+        uint64_t plain = beam_plain_size(m, c);
+        int compressed = plain != c->size;
         int debug = memcmp(c->id, "Dbgi", 4) == 0 || memcmp(c->id, "Docs", 4) == 0;
-        if (memcmp(c->id, "LitT", 4) == 0 ||
-            (beam_is_term_chunk(c->id) && !(debug && spec->strip_debug))) {
-            uint64_t plain = beam_plain_size(m, c);
-            w += plain * (RELOC_WORK_WALK + (plain != c->size ? RELOC_WORK_INFLATE : 0));
+        if (memcmp(c->id, "LitT", 4) == 0) {
+            /* Literals are walked; most do not change. */
+            w += plain * (RELOC_WORK_WALK + (compressed ? RELOC_WORK_INFLATE : 0));
+        } else if (beam_is_term_chunk(c->id) && !(debug && spec->strip_debug)) {
+            /* Term chunks nearly always name the module: rewritten. */
+            w += plain * (RELOC_WORK_WALK + RELOC_WORK_REWRITE +
+                          (compressed ? RELOC_WORK_INFLATE + RELOC_WORK_DEFLATE : 0));
         }
     }
     return w;
@@ -911,7 +1095,7 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
     memset(err, 0, sizeof *err);
     *out = NULL;
     *out_len = 0;
-    reloc_ctx c = {spec, {0}, {0}, err, 0, effective_cap(spec), 0, "", 0};
+    reloc_ctx c = {.spec = spec, .err = err, .cap = effective_cap(spec), .chunk = ""};
     beam_module m;
     size_t *shims = NULL, *slot = NULL;
     buf_t res = {0}, tmp = {0};
@@ -990,6 +1174,10 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
         nomem(&c);
         goto out;
     }
+    /* The caller's copy of the result. */
+    if (charge(&c, (uint64_t)res.len * RELOC_WORK_BYTE)) {
+        goto out;
+    }
     wr_u32(res.data + 4, (uint32_t)(res.len - 8));
     *out = res.data;
     *out_len = res.len;
@@ -1000,6 +1188,7 @@ out:
     buf_free(&tmp);
     free(shims);
     free(slot);
+    err->work = c.work;
     strmap_free(&c.renames);
     strmap_free(&c.redirects);
     beam_module_free(&m);

@@ -16,6 +16,7 @@
 
 #include "beam.h"
 #include "bytes.h"
+#include "etf.h"
 #include "relocate.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -112,6 +113,40 @@ static uint8_t *structured(const uint8_t *data, size_t size, size_t *out_size) {
     return mod;
 }
 
+/* Relocation refuses what the validator refuses: when it succeeds, every
+ * term chunk it kept and every literal are valid external terms (it walks
+ * an unchanged term whole, and checks the rest of a changed one while
+ * rewriting it). */
+static void check_terms_valid(const uint8_t *data, size_t size, int strip) {
+    beam_module m;
+    beam_error e;
+    if (beam_parse(data, size, &m, &e) != BEAM_OK) {
+        abort(); /* relocation parses its input the same way */
+    }
+    for (size_t i = 0; i < m.nchunks; i++) {
+        const beam_chunk *c = &m.chunks[i];
+        int debug = memcmp(c->id, "Dbgi", 4) == 0 || memcmp(c->id, "Docs", 4) == 0;
+        if (beam_is_term_chunk(c->id) && !(strip && debug) &&
+            etf_validate(data + c->offset, c->size, 1) != ETF_OK) {
+            abort();
+        }
+    }
+    beam_literals lits;
+    if (beam_literals_load(&m, &lits, &e) != BEAM_OK) {
+        abort();
+    }
+    size_t pos = 0;
+    const uint8_t *t;
+    uint32_t len;
+    while (beam_literals_next(&lits, &pos, &t, &len)) {
+        if (etf_validate(t, len, 0) != ETF_OK) {
+            abort();
+        }
+    }
+    beam_literals_free(&lits);
+    beam_module_free(&m);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static const reloc_pair renames[] = {PAIR("m", "sandbox@f@m"), PAIR("lists", "sandbox@f@lists"),
                                          PAIR("Elixir.Enum", "Elixir.Sandbox@f.Enum"),
@@ -146,6 +181,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 abort(); /* relocation produced something it cannot parse */
             }
             beam_module_free(&m);
+            check_terms_valid(data, size, strip);
             /* A module that validated relocates into one that validates. */
             if (beam_validate(data, size, BEAM_DEFAULT_MAX_OPCODE, &e) == BEAM_OK &&
                 beam_validate(out, out_len, BEAM_DEFAULT_MAX_OPCODE, &e) != BEAM_OK) {

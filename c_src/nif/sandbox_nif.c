@@ -3,6 +3,7 @@
  * which sends large inputs to the dirty-CPU variants of each function. */
 #include <erl_nif.h>
 #include <string.h>
+#include <time.h>
 
 #include "beam.h"
 #include "bytes.h"
@@ -277,8 +278,9 @@ static ERL_NIF_TERM fa_list(ErlNifEnv *env, const uint8_t *table, uint32_t n,
  * its cost from what the module declares (its size, chunks, atoms, table
  * entries, and the sizes its compressed chunks inflate to) and reschedules
  * itself as dirty when that is over the budget; parse counts exactly what it
- * will make after checking and before making it, and relocation counts its
- * work as it goes and gives up at the budget (it is then redone dirty).
+ * will make after checking and before making it, and relocation runs
+ * against a deadline, taking no step whose worst case would pass it (it is
+ * then redone dirty).
  * Per-item costs in ns, measured on the project's 2-core machine with the
  * crafted worst cases of bench/beam_bench.exs (the *_hold_us_* lines).
  * Inputs above src/sandbox_nif.erl's size thresholds go dirty directly. */
@@ -353,7 +355,7 @@ static beam_errcode open_term_chunk(const beam_module *m, const char *id, term_p
     }
     etf_status st =
         etf_open(m->data + p->chunk->offset, p->chunk->size, 1, &p->term, &p->len, &p->owned);
-    etf_visitor v = {collect_atom, NULL, &p->atoms};
+    etf_visitor v = {collect_atom, NULL, &p->atoms, NULL};
     size_t end = 0;
     if (st == ETF_OK) {
         st = etf_walk_term(p->term, p->len, &end, &v);
@@ -403,7 +405,7 @@ static beam_errcode collect_funs(const beam_module *m, beam_literals *lits, fun_
     if (rc != BEAM_OK) {
         return rc;
     }
-    etf_visitor v = {NULL, collect_fun, funs};
+    etf_visitor v = {NULL, collect_fun, funs, NULL};
     size_t pos = 0, end;
     const uint8_t *term;
     uint32_t len;
@@ -704,7 +706,7 @@ static ERL_NIF_TERM duplicate_key(ErlNifEnv *env, const uint8_t *key, size_t len
     ERL_NIF_TERM t = am_out_of_memory, ret;
     uint8_t *ext = enif_alloc(len + 1);
     atom_list l = {0};
-    etf_visitor v = {collect_atom, NULL, &l};
+    etf_visitor v = {collect_atom, NULL, &l, NULL};
     size_t end, missing;
     if (!ext || !key) {
         ret = enif_make_tuple2(env, am_error, am_out_of_memory);
@@ -731,12 +733,22 @@ out:
 }
 
 /* relocate_nif(Bin, Renames, Redirects, StripDebug, MaxInflated, MaxNewAtoms).
- * On a normal scheduler the core runs with a work budget: a relocation
- * that is estimated over it from what the module declares, or that runs out
- * of it, is done again on a dirty scheduler. */
-#define RELOCATE_WORK_BUDGET 800000u
+ * On a normal scheduler the core runs against a deadline 0.6 ms after
+ * the call started, taking no step whose worst case would pass it; a
+ * relocation that reaches it is done again on a dirty scheduler. One whose
+ * estimate is many times the budget goes dirty at once, and so does one
+ * whose rename maps alone would take more than the budget to read. */
+#define RELOCATE_BUDGET_NS 600000u
+#define RELOCATE_TRY_NORMAL_UNITS (8 * (uint64_t)RELOCATE_BUDGET_NS)
+
+static uint64_t monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
 
 static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    uint64_t started = monotonic_ns();
     ErlNifBinary bin;
     reloc_spec spec = {0};
     reloc_pair *renames = NULL, *redirects = NULL;
@@ -753,22 +765,21 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     spec.strip_debug = argv[3] == am_true;
     spec.nrenames = nrenames;
     spec.nredirects = nredirects;
-    int normal = on_normal_scheduler();
-    if (normal) {
-        /* The module's own declarations tell a lower bound of the work. */
+    if (on_normal_scheduler()) {
+        /* The module's own declarations tell what the work is likely to be. */
         beam_module m;
         beam_error err;
         if (beam_parse_limited(bin.data, bin.size, spec.max_inflated, &m, &err) != BEAM_OK) {
             return error_tuple(env, &err);
         }
-        uint64_t work =
-            reloc_work_estimate(&m, &spec) + COST_NAME * (uint64_t)(nrenames + nredirects);
+        uint64_t names = COST_NAME * (uint64_t)(nrenames + nredirects);
+        uint64_t work = reloc_work_estimate(&m, &spec) + names;
         beam_module_free(&m);
-        if (work > RELOCATE_WORK_BUDGET) {
+        if (names > RELOCATE_BUDGET_NS / 2 || work > RELOCATE_TRY_NORMAL_UNITS) {
             return enif_schedule_nif(env, "relocate_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
                                      relocate_nif, argc, argv);
         }
-        spec.max_work = RELOCATE_WORK_BUDGET - COST_NAME * (uint64_t)(nrenames + nredirects);
+        spec.deadline_ns = started + RELOCATE_BUDGET_NS;
     }
     if (!get_pairs(env, argv[1], &renames, &spec.nrenames, &from_binary) ||
         !get_pairs(env, argv[2], &redirects, &spec.nredirects, &from_binary)) {
@@ -796,7 +807,8 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     }
     switch (err.code) {
     case RELOC_E_WORK:
-        /* Out of time on this scheduler: all of it again, dirty. */
+        /* Out of time on this scheduler: all of it again, dirty (with no
+         * deadline there, this cannot happen twice). */
         ret = enif_schedule_nif(env, "relocate_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND, relocate_nif,
                                 argc, argv);
         break;

@@ -173,6 +173,7 @@ Test(relocate, byte_flips) {
 /* ---- Hardening (issue 10) -------------------------------------------------- */
 
 #include <pthread.h>
+#include <time.h>
 #include <zlib.h>
 
 #include "bytes.h"
@@ -633,6 +634,119 @@ Test(relocate_hardening, estimate_counts_declared_sizes) {
     cr_assert_geq(reloc_work_estimate(&m, &spec), (uint64_t)(8 << 20));
     cr_assert_eq(m.inflated, big.len);
     beam_module_free(&m);
+    free(in);
+    free(meta);
+    free(big.data);
+}
+
+/* The change check stops at the first renamed atom, so the rewriter checks
+ * the rest of the term itself, as strictly as the validator: {m, X} with X
+ * each kind of malformed term is refused by both. */
+Test(relocate_hardening, rewriter_checks_what_follows_a_renamed_atom) {
+    static const struct {
+        const char *what;
+        uint8_t bytes[16];
+        size_t len;
+    } bad[] = {
+        {"atom not UTF-8", {119, 2, 0xC3, 0x28}, 4},
+        {"NaN float", {70, 0x7F, 0xF8, 0, 0, 0, 0, 0, 0}, 9},
+        {"bitstring of 0 bits", {77, 0, 0, 0, 1, 0, 0xFF}, 7},
+        {"bitstring of no bytes", {77, 0, 0, 0, 0, 3}, 6},
+        {"big with sign 2", {110, 1, 2, 7}, 4},
+        {"large big with sign 2", {111, 0, 0, 0, 1, 2, 7}, 7},
+        {"reference of 0 words", {90, 0, 0, 119, 1, 'n', 0, 0, 0, 0}, 10},
+        {"reference of 6 words", {114, 0, 6, 119, 1, 'n', 0}, 7},
+        {"fun size under 29", {112, 0, 0, 0, 5}, 5},
+        {"unknown tag", {1}, 1},
+    };
+    test_bytes utf8_256 = {0}; /* 256 characters */
+    test_put_u8(&utf8_256, 118);
+    test_put_u16(&utf8_256, 512);
+    for (int i = 0; i < 256; i++) {
+        test_put_u8(&utf8_256, 0xC3);
+        test_put_u8(&utf8_256, 0xA9);
+    }
+    reloc_spec spec = {.renames = rename_m, .nrenames = 1};
+    for (size_t k = 0; k <= sizeof bad / sizeof *bad; k++) {
+        test_bytes term = {0};
+        test_put_u8(&term, 104);
+        test_put_u8(&term, 2);
+        test_put_atom(&term, "m");
+        const char *what = k < sizeof bad / sizeof *bad ? bad[k].what : "atom of 256 characters";
+        if (k < sizeof bad / sizeof *bad) {
+            test_put(&term, bad[k].bytes, bad[k].len);
+            if (bad[k].bytes[0] == 112) { /* the rest of a fun: 25 more fixed bytes */
+                for (int i = 0; i < 25; i++) {
+                    test_put_u8(&term, 0);
+                }
+            }
+        } else {
+            test_put(&term, utf8_256.data, utf8_256.len);
+        }
+        size_t clen, n, out_n;
+        uint8_t *cdata = term_chunk(&term, 0, &clen), *out;
+        test_chunk extra = {"Meta", cdata, clen};
+        uint8_t *in = test_minimal_module(&extra, 1, &n);
+        beam_error e;
+        cr_expect_eq(beam_validate(in, n, BEAM_DEFAULT_MAX_OPCODE, &e), BEAM_E_BAD_TERM, "%s",
+                     what);
+        reloc_error err;
+        cr_expect_eq(beam_relocate(in, n, &spec, &out, &out_n, &err), -1, "%s", what);
+        cr_expect_eq(err.beam.code, BEAM_E_BAD_TERM, "%s: %s", what,
+                     beam_errcode_name(err.beam.code));
+        free(in);
+        free(cdata);
+        free(term.data);
+    }
+    free(utf8_256.data);
+}
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Against a deadline, no step starts whose worst case would pass it: the
+ * 12 MiB Meta of a small file inflates in slices of a third of a
+ * millisecond at worst, so with 0.2 ms left nothing is inflated; with time
+ * enough, the result is the same as without a deadline. */
+Test(relocate_hardening, deadline) {
+    test_bytes big = {0};
+    test_put_u8(&big, 104);
+    test_put_u8(&big, 2);
+    test_put_atom(&big, "m");
+    test_put_u8(&big, TAG_BINARY);
+    test_put_u32(&big, 12 << 20);
+    for (size_t i = 0; i < (12 << 20); i++) {
+        test_put_u8(&big, 0);
+    }
+    size_t mlen, n, out_n, ref_n;
+    uint8_t *meta = term_chunk(&big, 1, &mlen), *out, *ref;
+    test_chunk extra = {"Meta", meta, mlen};
+    uint8_t *in = test_minimal_module(&extra, 1, &n);
+    reloc_spec spec = {.renames = rename_m, .nrenames = 1};
+    reloc_error err;
+    cr_assert_eq(beam_relocate(in, n, &spec, &ref, &ref_n, &err), 0);
+    uint64_t whole = err.work;
+
+    spec.deadline_ns = now_ns() + 200000;
+    cr_assert_eq(beam_relocate(in, n, &spec, &out, &out_n, &err), -1);
+    cr_assert_eq(err.code, RELOC_E_WORK);
+    cr_assert_lt(err.work, 400000, "it stopped at the first slice (%lu units)",
+                 (unsigned long)err.work);
+
+    spec.deadline_ns = now_ns() - 1; /* already passed */
+    cr_assert_eq(beam_relocate(in, n, &spec, &out, &out_n, &err), -1);
+    cr_assert_eq(err.code, RELOC_E_WORK);
+
+    spec.deadline_ns = now_ns() + 600000000000u; /* ten minutes */
+    cr_assert_eq(beam_relocate(in, n, &spec, &out, &out_n, &err), 0);
+    cr_assert_eq(err.work, whole);
+    cr_assert_eq(out_n, ref_n);
+    cr_assert(memcmp(out, ref, ref_n) == 0);
+    free(out);
+    free(ref);
     free(in);
     free(meta);
     free(big.data);
