@@ -4,8 +4,9 @@
 #   make           build the native code and the Elixir application
 #   make test      setup + build + every test suite (C, EUnit, ExUnit incl. :slow)
 #   make bench     benchmarks, printing BENCH lines (BENCHES="a b" for some)
-#   make fuzz      libFuzzer targets, FUZZ_SECONDS each (default 60)
-#   make sanitize  the C core's Criterion tests under ASan + UBSan
+#   make fuzz      libFuzzer targets, FUZZ_SECONDS each (default 60; FUZZ_TARGETS for some)
+#   make sanitize  the C core's Criterion tests under ASan + UBSan, and the
+#                  threaded ones under TSan
 #   make demo      the demo: sandboxes from examples/counter side by side
 #   make cover     every ExUnit test (incl. :slow) with per-module coverage
 #
@@ -49,6 +50,10 @@ ifeq ($(SANITIZE),1)
 CFLAGS_OPT += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS_SAN = -fsanitize=address,undefined
 endif
+ifeq ($(SANITIZE),thread)
+CFLAGS_OPT += -fsanitize=thread -fno-omit-frame-pointer
+LDFLAGS_SAN = -fsanitize=thread
+endif
 CFLAGS ?= $(CFLAGS_OPT)
 ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS)
 
@@ -59,11 +64,13 @@ CNODE_LIBS = -L$(ERL_EI_LIBDIR) -lei -ljansson -lbsd -lpthread
 CORE_SRC := $(wildcard c_src/core/*.c c_src/core/*/*.c)
 NIF_SRC := $(wildcard c_src/nif/*.c)
 CNODE_SRC := $(wildcard c_src/cnode/*.c)
-TEST_SRC := $(wildcard c_src/test/*.c)
+# tsan_*.c: only in the ThreadSanitizer build (see c_src/test/tsan_criterion.c).
+TEST_SRC := $(filter-out c_src/test/tsan_%.c,$(wildcard c_src/test/*.c)) \
+	$(if $(filter thread,$(SANITIZE)),$(wildcard c_src/test/tsan_*.c))
 FUZZ_SRC := $(wildcard c_src/fuzz/*.c)
 C_FILES := $(wildcard c_src/*/*.c c_src/*/*.h c_src/*/*/*.c c_src/*/*/*.h)
 
-OBJ_DIR = $(BUILD_DIR)/obj$(if $(filter 1,$(SANITIZE)),-san)
+OBJ_DIR = $(BUILD_DIR)/obj$(if $(filter 1,$(SANITIZE)),-san)$(if $(filter thread,$(SANITIZE)),-tsan)
 CORE_OBJ = $(CORE_SRC:c_src/%.c=$(OBJ_DIR)/%.o)
 NIF_OBJ = $(NIF_SRC:c_src/%.c=$(OBJ_DIR)/%.o)
 CNODE_OBJ = $(CNODE_SRC:c_src/%.c=$(OBJ_DIR)/%.o)
@@ -125,9 +132,11 @@ $(CNODE_BIN): $(CNODE_OBJ) $(CORE_OBJ)
 $(CTEST_BIN): $(TEST_OBJ) $(CORE_OBJ)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcriterion $(CORE_LIBS)
 
-# The Criterion suite of the C core. ERL_ROOT lets tests find real .beam files.
+# The Criterion suite of the C core. ERL_ROOT lets tests find real .beam files;
+# CTEST_ARGS passes options such as --filter.
+CTEST_ARGS ?=
 ctest: $(CTEST_BIN)
-	ERL_ROOT=$$(erl -noshell -eval 'io:format("~ts",[code:root_dir()]), halt().') $(CTEST_BIN) --jobs 2
+	ERL_ROOT=$$(erl -noshell -eval 'io:format("~ts",[code:root_dir()]), halt().') $(CTEST_BIN) --jobs 2 $(CTEST_ARGS)
 
 eunit:
 	$(REBAR3) eunit
@@ -148,24 +157,34 @@ test: setup
 
 test-run: native ctest eunit format-check mix-test
 
+# TSan runs the suites that start threads; a report fails the test.
+TSAN_SUITES ?= relocate_threads
 sanitize: setup
 	$(MAKE) SANITIZE=1 CC=clang ctest
+	TSAN_OPTIONS="halt_on_error=1 exitcode=66 $(TSAN_OPTIONS)" \
+	  $(MAKE) SANITIZE=thread CC=clang ctest CTEST_ARGS="--filter '$(TSAN_SUITES)/*'"
 
-FUZZ_BIN = $(FUZZ_SRC:c_src/fuzz/%.c=$(BUILD_DIR)/fuzz/%)
-$(BUILD_DIR)/fuzz/%: c_src/fuzz/%.c $(CORE_SRC)
+FUZZ_TARGETS ?= $(FUZZ_SRC:c_src/fuzz/%.c=%)
+FUZZ_BIN = $(FUZZ_TARGETS:%=$(BUILD_DIR)/fuzz/%)
+$(BUILD_DIR)/fuzz/%: c_src/fuzz/%.c $(CORE_SRC) $(wildcard c_src/core/*.h)
 	@mkdir -p $(dir $@)
 	clang -std=gnu11 -O1 -g $(CORE_INC) -fsanitize=fuzzer,address,undefined \
 	  -fno-sanitize-recover=undefined -o $@ $< $(CORE_SRC) $(CORE_LIBS)
 
-# Each target runs FUZZ_SECONDS seconds with the installed .beam files as seed corpus.
+# Each target (FUZZ_TARGETS="fuzz_parse ..." for some) runs FUZZ_SECONDS
+# seconds with the installed .beam files as seed corpus; fuzz_relocate also
+# with the structured seeds of c_src/fuzz/seeds.exs.
 fuzz: setup $(FUZZ_BIN)
 	@mkdir -p $(BUILD_DIR)/fuzz-seed
 	@find $$(erl -noshell -eval 'io:format("~ts",[code:root_dir()]), halt().')/lib -name '*.beam' -size -256k | head -400 | xargs -I{} cp {} $(BUILD_DIR)/fuzz-seed/
+	@elixir c_src/fuzz/seeds.exs $(BUILD_DIR)/fuzz-seed-structured
 	@set -e; for f in $(FUZZ_BIN); do \
 	  name=$$(basename $$f); mkdir -p $(BUILD_DIR)/fuzz-corpus/$$name; \
+	  seeds=$(BUILD_DIR)/fuzz-seed; \
+	  if [ $$name = fuzz_relocate ]; then seeds="$$seeds $(BUILD_DIR)/fuzz-seed-structured"; fi; \
 	  echo "fuzz: $$name for $(FUZZ_SECONDS)s"; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=262144 -print_final_stats=1 \
-	    $(BUILD_DIR)/fuzz-corpus/$$name $(BUILD_DIR)/fuzz-seed; \
+	    $(BUILD_DIR)/fuzz-corpus/$$name $$seeds; \
 	done
 
 # Each benchmark file runs in a VM of its own, so that none measures the
@@ -189,5 +208,5 @@ cover: setup native
 clean:
 	rm -rf $(BUILD_DIR) $(NIF_SO) $(CNODE_BIN)
 
--include $(wildcard $(BUILD_DIR)/obj/*/*.d $(BUILD_DIR)/obj-san/*/*.d $(BUILD_DIR)/obj/*/*/*.d \
-  $(BUILD_DIR)/obj-san/*/*/*.d)
+-include $(wildcard $(BUILD_DIR)/obj/*/*.d $(BUILD_DIR)/obj-san/*/*.d $(BUILD_DIR)/obj-tsan/*/*.d \
+  $(BUILD_DIR)/obj/*/*/*.d $(BUILD_DIR)/obj-san/*/*/*.d $(BUILD_DIR)/obj-tsan/*/*/*.d)

@@ -3,14 +3,17 @@
 %%
 %% Each function checks its argument types (`badarg' otherwise) and chooses
 %% the scheduler by input size: small inputs run on the calling normal
-%% scheduler, large ones on a dirty CPU scheduler, so no call holds a normal
-%% scheduler for more than about a millisecond.
+%% scheduler, large ones on a dirty CPU scheduler. Small inputs that are
+%% costly (what a module declares: chunks, atoms, the sizes its compressed
+%% chunks inflate to) are moved to a dirty scheduler by the NIF itself, so
+%% no call holds a normal scheduler for more than about a millisecond.
 %%
 %% Elixir users call `Sandbox.Beam', which documents the results and the
 %% error reasons.
 -module(sandbox_nif).
 
--export([parse/1, validate/1, checksum/1, relocate/4, dirty_thresholds/0]).
+-export([parse/1, parse/2, validate/1, validate/2, checksum/1, relocate/4, relocate/5,
+         dirty_thresholds/0, limits/1]).
 -export([reload_order/1, dependency_graph/1]).
 
 -on_load(init/0).
@@ -32,18 +35,66 @@
 %% for deflate): above this size it runs dirty.
 -define(RELOCATE_DIRTY_BYTES, 16 * 1024).
 
+%% Limits on what one call may do with untrusted input (see limits/1).
+-define(DEFAULT_MAX_INFLATED_BYTES, 256 * 1024 * 1024).
+-define(DEFAULT_MAX_NEW_ATOMS, 65536).
+
+-type limits() :: #{max_inflated_bytes => pos_integer(), max_new_atoms => pos_integer()}.
+
+%% @doc The limits a call runs under: those given, else the application
+%% environment's (`sandbox'), else the defaults.
+%%
+%% `max_inflated_bytes': the most bytes the compressed chunks of one BEAM
+%% (the literal table and the term chunks) may declare they inflate to,
+%% together, and the most a relocation's rewritten terms may grow to
+%% (default 256 MiB; the largest installed module declares 5.6 MB).
+%% `max_new_atoms': the most atoms one call may create from its input
+%% (default 65,536; the module with the most atoms in OTP has 2,146). Every
+%% check runs before any atom is made, so a refused BEAM makes none.
+-spec limits(limits()) -> {pos_integer(), pos_integer()}.
+limits(Opts) when is_map(Opts) ->
+    {limit(max_inflated_bytes, Opts, ?DEFAULT_MAX_INFLATED_BYTES),
+     limit(max_new_atoms, Opts, ?DEFAULT_MAX_NEW_ATOMS)};
+limits(Other) ->
+    erlang:error(badarg, [Other]).
+
+limit(Key, Opts, Default) ->
+    Value =
+        case Opts of
+            #{Key := V} -> V;
+            #{} -> application:get_env(sandbox, Key, Default)
+        end,
+    case is_integer(Value) andalso Value > 0 andalso Value < 1 bsl 64 of
+        true -> Value;
+        false -> erlang:error(badarg, [Key, Value])
+    end.
+
 -spec parse(binary()) -> {ok, map()} | {error, term()}.
-parse(Bin) when is_binary(Bin), byte_size(Bin) > ?PARSE_DIRTY_BYTES -> sort_funs(parse_dirty(Bin));
-parse(Bin) when is_binary(Bin) -> sort_funs(parse_nif(Bin));
-parse(Other) -> erlang:error(badarg, [Other]).
+parse(Bin) -> parse(Bin, #{}).
+
+-spec parse(binary(), limits()) -> {ok, map()} | {error, term()}.
+parse(Bin, Opts) when is_binary(Bin) ->
+    {MaxInflated, MaxAtoms} = limits(Opts),
+    case byte_size(Bin) > ?PARSE_DIRTY_BYTES of
+        true -> sort_funs(parse_dirty(Bin, MaxInflated, MaxAtoms));
+        false -> sort_funs(parse_nif(Bin, MaxInflated, MaxAtoms))
+    end;
+parse(Other, Opts) -> erlang:error(badarg, [Other, Opts]).
 
 sort_funs({ok, #{external_funs := Funs} = M}) -> {ok, M#{external_funs := lists:usort(Funs)}};
 sort_funs(Error) -> Error.
 
 -spec validate(binary()) -> ok | {error, term()}.
-validate(Bin) when is_binary(Bin), byte_size(Bin) > ?VALIDATE_DIRTY_BYTES -> validate_dirty(Bin);
-validate(Bin) when is_binary(Bin) -> validate_nif(Bin);
-validate(Other) -> erlang:error(badarg, [Other]).
+validate(Bin) -> validate(Bin, #{}).
+
+-spec validate(binary(), limits()) -> ok | {error, term()}.
+validate(Bin, Opts) when is_binary(Bin) ->
+    {MaxInflated, _} = limits(Opts),
+    case byte_size(Bin) > ?VALIDATE_DIRTY_BYTES of
+        true -> validate_dirty(Bin, MaxInflated);
+        false -> validate_nif(Bin, MaxInflated)
+    end;
+validate(Other, Opts) -> erlang:error(badarg, [Other, Opts]).
 
 %% @doc XXH3-128 of iodata, 16 bytes in canonical (big-endian) order.
 -spec checksum(iodata()) -> <<_:128>>.
@@ -64,23 +115,31 @@ checksum(Other) ->
 -spec relocate(binary(), #{atom() | binary() => atom() | binary()},
                #{atom() | binary() => atom() | binary()}, boolean()) ->
     {ok, binary()} | {error, term()}.
-relocate(Bin, Renames, Redirects, Strip) when is_binary(Bin), is_map(Renames), is_map(Redirects) ->
-    case relocate_call(Bin, Renames, Redirects, Strip) of
+relocate(Bin, Renames, Redirects, Strip) -> relocate(Bin, Renames, Redirects, Strip, #{}).
+
+%% @doc relocate/4 under the given limits (see limits/1).
+-spec relocate(binary(), #{atom() | binary() => atom() | binary()},
+               #{atom() | binary() => atom() | binary()}, boolean(), limits()) ->
+    {ok, binary()} | {error, term()}.
+relocate(Bin, Renames, Redirects, Strip, Opts)
+  when is_binary(Bin), is_map(Renames), is_map(Redirects), is_boolean(Strip) ->
+    Limits = limits(Opts),
+    case relocate_call(Bin, Renames, Redirects, Strip, Limits) of
         {error, badarg} ->
             %% badarg from the NIF: retry with every name as a binary, which
             %% reaches non-latin-1 atoms; other bad arguments fail again.
-            relocate_call(Bin, as_binaries(Renames), as_binaries(Redirects), Strip);
+            relocate_call(Bin, as_binaries(Renames), as_binaries(Redirects), Strip, Limits);
         Result ->
             Result
     end;
-relocate(Bin, Renames, Redirects, Strip) ->
-    erlang:error(badarg, [Bin, Renames, Redirects, Strip]).
+relocate(Bin, Renames, Redirects, Strip, Opts) ->
+    erlang:error(badarg, [Bin, Renames, Redirects, Strip, Opts]).
 
-relocate_call(Bin, Renames, Redirects, Strip) ->
+relocate_call(Bin, Renames, Redirects, Strip, {MaxInflated, MaxAtoms}) ->
     try
         case byte_size(Bin) > ?RELOCATE_DIRTY_BYTES of
-            true -> relocate_dirty(Bin, Renames, Redirects, Strip);
-            false -> relocate_nif(Bin, Renames, Redirects, Strip)
+            true -> relocate_dirty(Bin, Renames, Redirects, Strip, MaxInflated, MaxAtoms);
+            false -> relocate_nif(Bin, Renames, Redirects, Strip, MaxInflated, MaxAtoms)
         end
     catch
         error:badarg -> {error, badarg}
@@ -165,11 +224,11 @@ highest_opcode(N) ->
         error:_ when N > 1 -> N - 1
     end.
 
-parse_nif(_) -> erlang:nif_error(nif_not_loaded).
-parse_dirty(_) -> erlang:nif_error(nif_not_loaded).
-validate_nif(_) -> erlang:nif_error(nif_not_loaded).
-validate_dirty(_) -> erlang:nif_error(nif_not_loaded).
+parse_nif(_, _, _) -> erlang:nif_error(nif_not_loaded).
+parse_dirty(_, _, _) -> erlang:nif_error(nif_not_loaded).
+validate_nif(_, _) -> erlang:nif_error(nif_not_loaded).
+validate_dirty(_, _) -> erlang:nif_error(nif_not_loaded).
 checksum_nif(_) -> erlang:nif_error(nif_not_loaded).
 checksum_dirty(_) -> erlang:nif_error(nif_not_loaded).
-relocate_nif(_, _, _, _) -> erlang:nif_error(nif_not_loaded).
-relocate_dirty(_, _, _, _) -> erlang:nif_error(nif_not_loaded).
+relocate_nif(_, _, _, _, _, _) -> erlang:nif_error(nif_not_loaded).
+relocate_dirty(_, _, _, _, _, _) -> erlang:nif_error(nif_not_loaded).

@@ -15,6 +15,7 @@ static beam_errcode fail(beam_error *err, beam_errcode code, const char *chunk, 
         memcpy(err->chunk, chunk, 4);
     }
     err->a = a;
+    err->b = 0;
     err->table = BEAM_TABLE_IMPORTS;
     return code;
 }
@@ -38,6 +39,69 @@ const beam_chunk *beam_find_chunk(const beam_module *m, const char id[4]) {
         }
     }
     return NULL;
+}
+
+/* A chunk id as a number, for sorting. */
+static uint32_t id_key(const char id[4]) {
+    return rd_u32((const uint8_t *)id);
+}
+
+/* The index of the first chunk (in file order) whose id an earlier chunk
+ * already has, or n when the ids are distinct. Linear: a few chunks are
+ * compared pairwise, more are radix-sorted by id (stable, so each run of
+ * equal ids is in file order and its second member is the first repeat). */
+static size_t first_duplicate(const beam_chunk *chunks, size_t n, beam_error *err, int *nomem) {
+    size_t first = n;
+    *nomem = 0;
+    if (n <= 32) {
+        for (size_t i = 1; i < n && first == n; i++) {
+            for (size_t j = 0; j < i; j++) {
+                if (memcmp(chunks[i].id, chunks[j].id, 4) == 0) {
+                    first = i;
+                    break;
+                }
+            }
+        }
+        return first;
+    }
+    uint64_t *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        *nomem = 1;
+        fail(err, BEAM_E_NOMEM, NULL, 0);
+        return n;
+    }
+    /* Key in the high 32 bits, index in the low: sort by the key bytes. */
+    for (size_t i = 0; i < n; i++) {
+        a[i] = (uint64_t)id_key(chunks[i].id) << 32 | (uint64_t)i;
+    }
+    for (int shift = 32; shift < 64; shift += 8) {
+        size_t count[257] = {0};
+        for (size_t i = 0; i < n; i++) {
+            count[(a[i] >> shift & 0xFF) + 1]++;
+        }
+        for (int k = 0; k < 256; k++) {
+            count[k + 1] += count[k];
+        }
+        for (size_t i = 0; i < n; i++) {
+            b[count[a[i] >> shift & 0xFF]++] = a[i];
+        }
+        uint64_t *t = a;
+        a = b;
+        b = t;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if (a[i] >> 32 == a[i - 1] >> 32 && (i < 2 || a[i - 1] >> 32 != a[i - 2] >> 32)) {
+            size_t second = (size_t)(a[i] & 0xFFFFFFFFu);
+            if (second < first) {
+                first = second;
+            }
+        }
+    }
+    free(a);
+    free(b);
+    return first;
 }
 
 /* The IFF container: "FOR1" size "BEAM", then chunks of id, size, data, padding. */
@@ -74,19 +138,24 @@ static beam_errcode parse_container(beam_module *m, beam_error *err) {
     if (!m->chunks) {
         return fail(err, BEAM_E_NOMEM, NULL, 0);
     }
+    /* Walk the chunks up to the first that does not fit; a repeated id
+     * before that one is reported first, as a walk that checked each id
+     * against the earlier ones would. */
+    beam_error walk_err = {0};
+    beam_errcode walk_rc = BEAM_OK;
     size_t pos = 12;
     while (pos < form_end) {
         if (form_end - pos < 8) {
             /* Too little left for a chunk header: bytes that trail the last
              * chunk, unless the file ends before the form does. */
-            if (form_end > size) {
-                return fail(err, BEAM_E_TRUNCATED, NULL, 0);
-            }
-            return fail(err, BEAM_E_TRAILING, NULL, form_end - pos);
+            walk_rc = form_end > size ? fail(&walk_err, BEAM_E_TRUNCATED, NULL, 0)
+                                      : fail(&walk_err, BEAM_E_TRAILING, NULL, form_end - pos);
+            break;
         }
         if (size - pos < 8) {
             /* The form claims more than the file holds, cut at a chunk boundary. */
-            return fail(err, BEAM_E_TRUNCATED, NULL, 0);
+            walk_rc = fail(&walk_err, BEAM_E_TRUNCATED, NULL, 0);
+            break;
         }
         char id[5] = {0};
         memcpy(id, d + pos, 4);
@@ -94,17 +163,16 @@ static beam_errcode parse_container(beam_module *m, beam_error *err) {
         size_t data_off = pos + 8;
         size_t padded = align4(csize);
         if ((uint64_t)padded > form_end - data_off || padded > size - data_off) {
-            return fail(err, BEAM_E_TRUNCATED, id, 0);
+            walk_rc = fail(&walk_err, BEAM_E_TRUNCATED, id, 0);
+            break;
         }
+        int bad_padding = 0;
         for (size_t i = data_off + csize; i < data_off + padded; i++) {
-            if (d[i] != 0) {
-                return fail(err, BEAM_E_BAD_PADDING, id, 0);
-            }
+            bad_padding |= d[i] != 0;
         }
-        for (size_t i = 0; i < m->nchunks; i++) {
-            if (memcmp(m->chunks[i].id, id, 4) == 0) {
-                return fail(err, BEAM_E_DUPLICATE_CHUNK, id, 0);
-            }
+        if (bad_padding) {
+            walk_rc = fail(&walk_err, BEAM_E_BAD_PADDING, id, 0);
+            break;
         }
         beam_chunk *c = &m->chunks[m->nchunks++];
         memcpy(c->id, id, 4);
@@ -112,6 +180,61 @@ static beam_errcode parse_container(beam_module *m, beam_error *err) {
         c->size = csize;
         pos = data_off + padded;
     }
+    int nomem;
+    size_t dup = first_duplicate(m->chunks, m->nchunks, err, &nomem);
+    if (nomem) {
+        return BEAM_E_NOMEM;
+    }
+    if (dup < m->nchunks) {
+        return fail(err, BEAM_E_DUPLICATE_CHUNK, m->chunks[dup].id, 0);
+    }
+    if (walk_rc != BEAM_OK) {
+        *err = walk_err;
+    }
+    return walk_rc;
+}
+
+int beam_is_term_chunk(const char id[4]) {
+    static const char *const ids[] = {"Attr", "CInf", "Dbgi", "Docs", "ExCk", "Meta"};
+    for (size_t i = 0; i < sizeof ids / sizeof *ids; i++) {
+        if (memcmp(id, ids[i], 4) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The size a compressed chunk declares it inflates to, or 0 when it is not
+ * compressed (or too short to say). */
+static uint64_t declared_inflated(const beam_module *m, const beam_chunk *c) {
+    const uint8_t *p = m->data + c->offset;
+    if (memcmp(c->id, "LitT", 4) == 0) {
+        return c->size >= 4 ? rd_u32(p) : 0;
+    }
+    if (beam_is_term_chunk(c->id) && c->size >= 6 && p[0] == ETF_VERSION &&
+        p[1] == TAG_COMPRESSED) {
+        return rd_u32(p + 2);
+    }
+    return 0;
+}
+
+uint64_t beam_plain_size(const beam_module *m, const beam_chunk *c) {
+    uint64_t d = declared_inflated(m, c);
+    return d ? d : c->size;
+}
+
+/* The declared inflated sizes, summed in file order, stay within the cap. */
+static beam_errcode check_inflated(beam_module *m, uint64_t cap, beam_error *err) {
+    uint64_t total = 0;
+    for (size_t i = 0; i < m->nchunks; i++) {
+        total += declared_inflated(m, &m->chunks[i]);
+        if (total > cap) {
+            fail(err, BEAM_E_TOO_LARGE, m->chunks[i].id, total);
+            err->b = cap;
+            return BEAM_E_TOO_LARGE;
+        }
+    }
+    m->inflated = total;
     return BEAM_OK;
 }
 
@@ -246,12 +369,20 @@ static beam_errcode parse_table(beam_module *m, const char *id, beam_table t, in
 }
 
 beam_errcode beam_parse(const uint8_t *data, size_t size, beam_module *m, beam_error *err) {
+    return beam_parse_limited(data, size, 0, m, err);
+}
+
+beam_errcode beam_parse_limited(const uint8_t *data, size_t size, uint64_t max_inflated,
+                                beam_module *m, beam_error *err) {
     memset(m, 0, sizeof *m);
     memset(err, 0, sizeof *err);
     m->data = data;
     m->size = size;
     beam_errcode rc;
-    if ((rc = parse_container(m, err)) != BEAM_OK || (rc = parse_atoms(m, err)) != BEAM_OK ||
+    if ((rc = parse_container(m, err)) != BEAM_OK ||
+        (rc = check_inflated(m, max_inflated ? max_inflated : BEAM_DEFAULT_MAX_INFLATED, err)) !=
+            BEAM_OK ||
+        (rc = parse_atoms(m, err)) != BEAM_OK ||
         (rc = parse_table(m, "ImpT", BEAM_TABLE_IMPORTS, 1, 1, &m->imports, &m->nimports, err)) !=
             BEAM_OK ||
         (rc = parse_table(m, "ExpT", BEAM_TABLE_EXPORTS, 1, 0, &m->exports, &m->nexports, err)) !=
@@ -261,6 +392,29 @@ beam_errcode beam_parse(const uint8_t *data, size_t size, beam_module *m, beam_e
         beam_module_free(m);
         return rc;
     }
+    return BEAM_OK;
+}
+
+/* Every literal's size fits and nothing trails; frees the table otherwise. */
+static beam_errcode frame_literals(beam_literals *lits, beam_error *err) {
+    if (lits->size < 4) {
+        beam_literals_free(lits);
+        return fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
+    }
+    uint32_t n = rd_u32(lits->data);
+    size_t pos = 4;
+    for (uint32_t i = 0; i < n; i++) {
+        if (lits->size - pos < 4 || rd_u32(lits->data + pos) > lits->size - pos - 4) {
+            beam_literals_free(lits);
+            return fail(err, BEAM_E_BAD_LITERAL, NULL, i);
+        }
+        pos += 4 + (size_t)rd_u32(lits->data + pos);
+    }
+    if (pos != lits->size) {
+        beam_literals_free(lits);
+        return fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
+    }
+    lits->count = n;
     return BEAM_OK;
 }
 
@@ -295,25 +449,16 @@ beam_errcode beam_literals_load(const beam_module *m, beam_literals *lits, beam_
         lits->data = lits->owned;
         lits->size = usize;
     }
-    if (lits->size < 4) {
-        beam_literals_free(lits);
-        return fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
-    }
-    uint32_t n = rd_u32(lits->data);
-    size_t pos = 4;
-    for (uint32_t i = 0; i < n; i++) {
-        if (lits->size - pos < 4 || rd_u32(lits->data + pos) > lits->size - pos - 4) {
-            beam_literals_free(lits);
-            return fail(err, BEAM_E_BAD_LITERAL, NULL, i);
-        }
-        pos += 4 + (size_t)rd_u32(lits->data + pos);
-    }
-    if (pos != lits->size) {
-        beam_literals_free(lits);
-        return fail(err, BEAM_E_BAD_CHUNK, "LitT", 0);
-    }
-    lits->count = n;
-    return BEAM_OK;
+    return frame_literals(lits, err);
+}
+
+beam_errcode beam_literals_adopt(uint8_t *owned, size_t size, beam_literals *lits,
+                                 beam_error *err) {
+    memset(lits, 0, sizeof *lits);
+    lits->owned = owned;
+    lits->data = owned;
+    lits->size = size;
+    return frame_literals(lits, err);
 }
 
 int beam_literals_next(const beam_literals *lits, size_t *pos, const uint8_t **term,
@@ -359,10 +504,14 @@ static beam_errcode validate_literals(const beam_module *m, beam_error *err) {
     return rc;
 }
 
-static beam_errcode validate_term_chunk(const beam_module *m, const char *id, beam_error *err) {
-    const beam_chunk *c = beam_find_chunk(m, id);
-    if (c && etf_validate(m->data + c->offset, c->size, 1) != ETF_OK) {
-        return fail(err, BEAM_E_BAD_TERM, id, 0);
+static beam_errcode validate_term_chunk(const beam_module *m, const beam_chunk *c,
+                                        beam_error *err) {
+    etf_status st = etf_validate(m->data + c->offset, c->size, 1);
+    if (st == ETF_E_NOMEM) {
+        return fail(err, BEAM_E_NOMEM, NULL, 0);
+    }
+    if (st != ETF_OK) {
+        return fail(err, BEAM_E_BAD_TERM, c->id, 0);
     }
     return BEAM_OK;
 }
@@ -390,12 +539,17 @@ static beam_errcode validate_code(const beam_module *m, uint32_t max_opcode, bea
 }
 
 beam_errcode beam_validate(const uint8_t *data, size_t size, uint32_t max_opcode, beam_error *err) {
+    return beam_validate_limited(data, size, max_opcode, 0, err);
+}
+
+beam_errcode beam_validate_limited(const uint8_t *data, size_t size, uint32_t max_opcode,
+                                   uint64_t max_inflated, beam_error *err) {
     beam_module m;
-    beam_errcode rc = beam_parse(data, size, &m, err);
+    beam_errcode rc = beam_parse_limited(data, size, max_inflated, &m, err);
     if (rc != BEAM_OK) {
         return rc;
     }
-    static const char *required[] = {"Code", "StrT", "ImpT", "ExpT"};
+    static const char *const required[] = {"Code", "StrT", "ImpT", "ExpT"};
     for (size_t i = 0; i < sizeof required / sizeof *required; i++) {
         if (!beam_find_chunk(&m, required[i])) {
             rc = fail(err, BEAM_E_MISSING_CHUNK, required[i], 0);
@@ -403,10 +557,15 @@ beam_errcode beam_validate(const uint8_t *data, size_t size, uint32_t max_opcode
         }
     }
     if ((rc = validate_code(&m, max_opcode, err)) != BEAM_OK ||
-        (rc = validate_literals(&m, err)) != BEAM_OK ||
-        (rc = validate_term_chunk(&m, "Attr", err)) != BEAM_OK ||
-        (rc = validate_term_chunk(&m, "CInf", err)) != BEAM_OK) {
+        (rc = validate_literals(&m, err)) != BEAM_OK) {
         goto out;
+    }
+    /* Every term chunk, in file order: relocation rewrites them all. */
+    for (size_t i = 0; i < m.nchunks; i++) {
+        if (beam_is_term_chunk(m.chunks[i].id) &&
+            (rc = validate_term_chunk(&m, &m.chunks[i], err)) != BEAM_OK) {
+            goto out;
+        }
     }
 out:
     beam_module_free(&m);
@@ -414,22 +573,23 @@ out:
 }
 
 const char *beam_errcode_name(beam_errcode c) {
-    static const char *names[] = {"ok",
-                                  "truncated",
-                                  "not_iff",
-                                  "not_beam",
-                                  "trailing_bytes",
-                                  "bad_padding",
-                                  "duplicate_chunk",
-                                  "missing_chunk",
-                                  "bad_chunk",
-                                  "bad_atom",
-                                  "bad_atom_index",
-                                  "zlib_error",
-                                  "bad_literal",
-                                  "bad_term",
-                                  "bad_instruction_set",
-                                  "bad_max_opcode",
-                                  "out_of_memory"};
+    static const char *const names[] = {"ok",
+                                        "truncated",
+                                        "not_iff",
+                                        "not_beam",
+                                        "trailing_bytes",
+                                        "bad_padding",
+                                        "duplicate_chunk",
+                                        "missing_chunk",
+                                        "bad_chunk",
+                                        "bad_atom",
+                                        "bad_atom_index",
+                                        "zlib_error",
+                                        "bad_literal",
+                                        "bad_term",
+                                        "bad_instruction_set",
+                                        "bad_max_opcode",
+                                        "out_of_memory",
+                                        "too_large"};
     return (size_t)c < sizeof names / sizeof *names ? names[c] : "unknown";
 }

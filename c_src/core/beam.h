@@ -15,6 +15,10 @@
 /* The highest opcode OTP 25 loads (`badrecord`); the NIF passes the running
  * system's own value. */
 #define BEAM_DEFAULT_MAX_OPCODE 180
+/* The most bytes the compressed chunks of one file (LitT and the term
+ * chunks) may declare they inflate to, together, unless the caller says
+ * otherwise. The largest installed module (elixir_parser) declares 5.6 MB. */
+#define BEAM_DEFAULT_MAX_INFLATED ((uint64_t)256 << 20)
 
 typedef enum {
     BEAM_OK = 0,
@@ -33,7 +37,8 @@ typedef enum {
     BEAM_E_BAD_TERM,        /* chunk: not one valid external term */
     BEAM_E_INSTRUCTION_SET, /* a = the instruction set number */
     BEAM_E_MAX_OPCODE,      /* a = the highest opcode the module uses */
-    BEAM_E_NOMEM
+    BEAM_E_NOMEM,
+    BEAM_E_TOO_LARGE /* chunk: a = declared inflated bytes up to and including it, b = the cap */
 } beam_errcode;
 
 typedef enum { BEAM_TABLE_IMPORTS = 0, BEAM_TABLE_EXPORTS, BEAM_TABLE_LOCALS } beam_table;
@@ -44,6 +49,7 @@ typedef struct {
     int has_chunk; /* chunk holds a 4-byte id (ids from the file may contain NUL bytes) */
     beam_table table;
     uint64_t a;
+    uint64_t b;
 } beam_error;
 
 typedef struct {
@@ -72,15 +78,36 @@ typedef struct {
     uint32_t nexports;
     const uint8_t *locals;
     uint32_t nlocals;
+    uint64_t inflated; /* bytes the compressed chunks declare they inflate to, together */
 } beam_module;
 
 /* Parses the container, the atom table and the import/export/local tables,
- * checking every bound and index. On error fills *err and leaves *m freed. */
+ * checking every bound and index, and that the compressed chunks declare no
+ * more than BEAM_DEFAULT_MAX_INFLATED bytes. On error fills *err and leaves
+ * *m freed. Linear in the size of the file. */
 beam_errcode beam_parse(const uint8_t *data, size_t size, beam_module *m, beam_error *err);
 
+/* beam_parse with the cap on declared inflated bytes given (0: the default). */
+beam_errcode beam_parse_limited(const uint8_t *data, size_t size, uint64_t max_inflated,
+                                beam_module *m, beam_error *err);
+
 /* beam_parse plus the remaining checks of a loadable module: the required
- * chunks, the literal table, the Attr and CInf terms, the code header. */
+ * chunks, the literal table, every term chunk (Attr, CInf, Dbgi, Docs, ExCk,
+ * Meta), the code header. */
 beam_errcode beam_validate(const uint8_t *data, size_t size, uint32_t max_opcode, beam_error *err);
+
+/* beam_validate with the cap on declared inflated bytes given (0: the default). */
+beam_errcode beam_validate_limited(const uint8_t *data, size_t size, uint32_t max_opcode,
+                                   uint64_t max_inflated, beam_error *err);
+
+/* Whether a chunk id is one of the external-term-format chunks (Attr, CInf,
+ * Dbgi, Docs, ExCk, Meta). */
+int beam_is_term_chunk(const char id[4]);
+
+/* The bytes chunk `c` holds once inflated, as it declares: its own size
+ * when it is not compressed (LitT's declared size, or a compressed term
+ * chunk's). For cost estimates; the declaration is checked when inflating. */
+uint64_t beam_plain_size(const beam_module *m, const beam_chunk *c);
 
 void beam_module_free(beam_module *m);
 
@@ -107,6 +134,11 @@ typedef struct {
 /* Loads the literal table (an empty one when the module has no LitT) and
  * checks its framing: every literal's size fits and nothing trails. */
 beam_errcode beam_literals_load(const beam_module *m, beam_literals *lits, beam_error *err);
+
+/* beam_literals_load's framing checks on a table the caller inflated
+ * itself: `owned` (malloc'd, `size` bytes) belongs to *lits afterwards, and
+ * is freed on error too. */
+beam_errcode beam_literals_adopt(uint8_t *owned, size_t size, beam_literals *lits, beam_error *err);
 
 /* Iterates literals: start with *pos = 0; returns 0 at the end. */
 int beam_literals_next(const beam_literals *lits, size_t *pos, const uint8_t **term, uint32_t *len);

@@ -63,9 +63,16 @@ etf_status etf_walk_term(const uint8_t *buf, size_t len, size_t *end, const etf_
     size_t pos = 0;
     uint64_t pending = 1; /* terms still to read */
     etf_status st;
+    unsigned ticks = 0;
 
     while (pending > 0) {
         pending--;
+        if (v && v->tick && ++ticks == ETF_TICK_TERMS) {
+            ticks = 0;
+            if (v->tick(v->ctx, pos)) {
+                return ETF_E_CALLBACK;
+            }
+        }
         NEED(1);
         uint8_t tag = buf[pos];
         uint32_t n;
@@ -80,6 +87,11 @@ etf_status etf_walk_term(const uint8_t *buf, size_t len, size_t *end, const etf_
             break;
         case TAG_NEW_FLOAT:
             NEED(9);
+            /* Erlang floats are finite: all exponent bits set is NaN or an
+             * infinity, which binary_to_term and the loader refuse. */
+            if ((rd_u16(buf + pos + 1) & 0x7FF0) == 0x7FF0) {
+                return ETF_E_BAD_VALUE;
+            }
             pos += 9;
             break;
         case TAG_FLOAT:
@@ -260,45 +272,58 @@ int etf_inflate_exact(const uint8_t *src, size_t src_len, uint8_t *dst, size_t d
     return ok ? 0 : -1;
 }
 
-etf_status etf_validate(const uint8_t *buf, size_t len, int allow_compressed) {
+etf_status etf_open(const uint8_t *buf, size_t len, int allow_compressed, const uint8_t **term,
+                    size_t *term_len, uint8_t **owned) {
+    *owned = NULL;
     if (len < 1) {
         return ETF_E_TRUNCATED;
     }
     if (buf[0] != ETF_VERSION) {
         return ETF_E_VERSION;
     }
-    size_t end = 0;
-    etf_status st;
-    if (len >= 2 && buf[1] == TAG_COMPRESSED) {
-        if (!allow_compressed) {
-            return ETF_E_BAD_TAG;
-        }
-        if (len < 6) {
-            return ETF_E_TRUNCATED;
-        }
-        uint32_t usize = rd_u32(buf + 2);
-        if (usize == 0 || usize > etf_inflate_bound(len - 6)) {
-            return ETF_E_ZLIB;
-        }
-        uint8_t *out = malloc(usize);
-        if (!out) {
-            return ETF_E_NOMEM;
-        }
-        if (etf_inflate_exact(buf + 6, len - 6, out, usize) != 0) {
-            free(out);
-            return ETF_E_ZLIB;
-        }
-        st = etf_walk_term(out, usize, &end, NULL);
-        if (st == ETF_OK && end != usize) {
-            st = ETF_E_TRAILING;
-        }
+    if (len < 2 || buf[1] != TAG_COMPRESSED) {
+        *term = buf + 1;
+        *term_len = len - 1;
+        return ETF_OK;
+    }
+    if (!allow_compressed) {
+        return ETF_E_BAD_TAG;
+    }
+    if (len < 6) {
+        return ETF_E_TRUNCATED;
+    }
+    uint32_t usize = rd_u32(buf + 2);
+    if (usize == 0 || usize > etf_inflate_bound(len - 6)) {
+        return ETF_E_ZLIB;
+    }
+    uint8_t *out = malloc((size_t)usize + 1);
+    if (!out) {
+        return ETF_E_NOMEM;
+    }
+    out[0] = ETF_VERSION;
+    if (etf_inflate_exact(buf + 6, len - 6, out + 1, usize) != 0) {
         free(out);
+        return ETF_E_ZLIB;
+    }
+    *owned = out;
+    *term = out + 1;
+    *term_len = usize;
+    return ETF_OK;
+}
+
+etf_status etf_validate(const uint8_t *buf, size_t len, int allow_compressed) {
+    const uint8_t *term;
+    size_t tlen, end = 0;
+    uint8_t *owned;
+    etf_status st = etf_open(buf, len, allow_compressed, &term, &tlen, &owned);
+    if (st != ETF_OK) {
         return st;
     }
-    st = etf_walk_term(buf + 1, len - 1, &end, NULL);
-    if (st == ETF_OK && end != len - 1) {
+    st = etf_walk_term(term, tlen, &end, NULL);
+    if (st == ETF_OK && end != tlen) {
         st = ETF_E_TRAILING;
     }
+    free(owned);
     return st;
 }
 

@@ -84,7 +84,12 @@ typedef struct etf_visitor {
      * for M and F. May be NULL. Non-zero stops the walk. */
     int (*export_fun)(void *ctx, const etf_atom *mod, const etf_atom *fun, unsigned arity);
     void *ctx;
+    /* Called after every ETF_TICK_TERMS terms with the offset reached, so a
+     * caller can pace a long walk. May be NULL. Non-zero stops the walk. */
+    int (*tick)(void *ctx, size_t pos);
 } etf_visitor;
+
+#define ETF_TICK_TERMS 4096
 
 /* Walks one term (no version byte) starting at buf[0]. On ETF_OK, *end is the
  * number of bytes the term occupies. `v` may be NULL. */
@@ -94,6 +99,15 @@ etf_status etf_walk_term(const uint8_t *buf, size_t len, size_t *end, const etf_
  * and nothing after it. A compressed term (tag 80) is inflated and validated
  * when allow_compressed is non-zero. */
 etf_status etf_validate(const uint8_t *buf, size_t len, int allow_compressed);
+
+/* Opens a whole external-format binary (version byte, one term, perhaps
+ * compressed when allow_compressed is non-zero): *term and *term_len are
+ * the term without its version byte, and term[-1] is always a version byte,
+ * so that (term - 1, term_len + 1) is a binary_to_term input. A compressed
+ * term is inflated into *owned (to free), NULL otherwise. The term itself
+ * is not walked. */
+etf_status etf_open(const uint8_t *buf, size_t len, int allow_compressed, const uint8_t **term,
+                    size_t *term_len, uint8_t **owned);
 
 /* Inflates a zlib stream that must decompress to exactly dst_len bytes and end
  * exactly at the end of src. Returns 0 on success, -1 otherwise. */

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zlib.h>
 
 #include "buf.h"
@@ -9,17 +10,88 @@
 #include "etf.h"
 #include "strmap.h"
 
+/* Work units, about a nanosecond each for the slowest input of each kind on
+ * the project's shared 2-core machine: measured on crafted worst cases
+ * (terms of 1-byte elements, dense atoms, maps of 64,000 keys, random and
+ * text-like data through zlib) and real modules, which come out at 0.1 to
+ * 0.6 ns per unit. Every step is charged before it is taken, and long ones
+ * in slices, so a step never starts unless its worst case fits in what is
+ * left of a budget or deadline (see bench/beam_bench.exs's
+ * relocate_hold_us_* lines). */
+#define RELOC_WORK_BYTE 1     /* per byte of the file, parsed and copied */
+#define RELOC_WORK_CHUNK 100  /* per chunk */
+#define RELOC_WORK_INFLATE 10 /* per byte inflated (text-like data: short matches) */
+#define RELOC_WORK_WALK 5     /* per byte of a term walked (1-byte terms: [] in a list) */
+#define RELOC_WORK_ATOM 40    /* per atom looked up (hash and compare) */
+#define RELOC_WORK_REWRITE 10 /* per byte of a term rewritten (1-byte terms again) */
+#define RELOC_WORK_DEFLATE 70 /* per byte deflated at the fastest level (random bytes) */
+#define RELOC_WORK_STORE 2    /* per byte stored without compression */
+#define RELOC_WORK_COMPARE 20 /* per map key comparison (two per key and level) */
+#define RELOC_WORK_ENTRY 30   /* per import, per name of the spec */
+
+/* Slices of the long steps: a few hundred microseconds at worst each. */
+#define INFLATE_SLICE (32 * 1024) /* bytes out */
+#define DEFLATE_SLICE (4 * 1024)  /* bytes in */
+
+/* The largest latin-1 atom name, in bytes of UTF-8. */
+#define LATIN1_UTF8_MAX (2 * BEAM_MAX_ATOM_CHARS)
+
 typedef struct {
     const reloc_spec *spec;
     strmap renames;
     strmap redirects;
     reloc_error *err;
+    uint64_t work;     /* units spent */
+    uint64_t slack;    /* ns surely left before the deadline */
+    uint64_t cap;      /* the cap on inflated and rewritten bytes */
+    uint64_t grown;    /* bytes of rewritten terms so far */
+    const char *chunk; /* the chunk being rewritten, for errors */
+    int hit;           /* term_changes: an atom changes */
+    size_t hit_pos;    /* term_changes: where */
+    size_t walked;     /* term_changes: bytes charged for */
 } reloc_ctx;
+
+static uint64_t monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Takes a step of `units` of work: 0, or -1 (RELOC_E_WORK) when it would
+ * pass the budget, or might pass the deadline at a nanosecond per unit.
+ * The clock is read only when the slack known from its last reading is
+ * used up. */
+static int charge(reloc_ctx *c, uint64_t units) {
+    c->work += units;
+    if (c->spec->max_work && c->work > c->spec->max_work) {
+        goto over;
+    }
+    if (c->spec->deadline_ns) {
+        if (c->slack < units) {
+            uint64_t now = monotonic_ns();
+            c->slack = now < c->spec->deadline_ns ? c->spec->deadline_ns - now : 0;
+            if (c->slack < units) {
+                goto over;
+            }
+        }
+        c->slack -= units;
+    }
+    return 0;
+over:
+    c->err->code = RELOC_E_WORK;
+    return -1;
+}
 
 /* ---- names ---------------------------------------------------------------- */
 
-/* A latin-1 name in UTF-8 (into `tmp`, which holds 2 * 255 bytes). */
-static const uint8_t *latin1_to_utf8(const uint8_t *s, size_t len, uint8_t *tmp, size_t *out) {
+/* A latin-1 name in UTF-8, into `tmp` of `cap` bytes. NULL when it does not
+ * fit: a latin-1 atom has at most 255 characters, whatever its length
+ * field (2 bytes in ATOM_EXT) says. */
+static const uint8_t *latin1_to_utf8(const uint8_t *s, size_t len, uint8_t *tmp, size_t cap,
+                                     size_t *out) {
+    if (len > BEAM_MAX_ATOM_CHARS || 2 * len > cap) {
+        return NULL;
+    }
     size_t n = 0;
     for (size_t i = 0; i < len; i++) {
         if (s[i] < 0x80) {
@@ -65,30 +137,72 @@ static int too_long(reloc_ctx *c, const uint8_t *name, size_t len) {
     return -1;
 }
 
+/* Chunk c->chunk would take the inflated or rewritten bytes to `total`,
+ * over the cap. */
+static int too_large(reloc_ctx *c, uint64_t total) {
+    c->err->code = RELOC_E_BEAM;
+    c->err->beam.code = BEAM_E_TOO_LARGE;
+    memset(c->err->beam.chunk, 0, sizeof c->err->beam.chunk);
+    memcpy(c->err->beam.chunk, c->chunk, 4);
+    c->err->beam.has_chunk = 1;
+    c->err->beam.a = total;
+    c->err->beam.b = c->cap;
+    return -1;
+}
+
 /* ---- terms ---------------------------------------------------------------- */
 
-/* Does a term (no version byte) contain an atom that relocation changes? */
+/* Stops the walk (1) at the first atom that relocation changes, or when
+ * the work budget runs out. The walk reports only atoms it has checked (at
+ * most 255 characters, valid UTF-8). */
 static int hit_atom(void *ctx, size_t off, size_t enc_len, const uint8_t *name, size_t len,
                     int utf8, etf_atom_role role) {
     (void)off;
     (void)enc_len;
-    const reloc_ctx *c = ctx;
-    uint8_t tmp[2 * 255];
-    if (!utf8) {
-        name = latin1_to_utf8(name, len, tmp, &len);
+    reloc_ctx *c = ctx;
+    if (charge(c, RELOC_WORK_ATOM)) {
+        return 1;
+    }
+    uint8_t tmp[LATIN1_UTF8_MAX];
+    if (!utf8 && !(name = latin1_to_utf8(name, len, tmp, sizeof tmp, &len))) {
+        return 1; /* cannot happen after the walk's own check */
     }
     const uint8_t *o;
     size_t ol;
-    return new_name(c, name, len, role == ETF_ATOM_FUN_MODULE, &o, &ol);
+    c->hit = new_name(c, name, len, role == ETF_ATOM_FUN_MODULE, &o, &ol);
+    c->hit_pos = off;
+    return c->hit;
 }
 
-/* 1: changes, 0: unchanged, -1: malformed. */
+/* Paces a long walk: the bytes walked since the last tick. */
+static int walk_tick(void *ctx, size_t pos) {
+    reloc_ctx *c = ctx;
+    uint64_t units = (uint64_t)(pos - c->walked) * RELOC_WORK_WALK;
+    c->walked = pos;
+    return charge(c, units) ? 1 : 0;
+}
+
+/* Does relocation change a term (no version byte)? 1 changes, 0 unchanged,
+ * -1 malformed, -2 out of work (c->err set). A term that does not change
+ * is walked whole, which validates it; one that changes is walked up to
+ * its first changed atom only: rewrite_term() checks everything it reads
+ * as strictly as the walk does, so that is where the rest is validated. */
 static int term_changes(reloc_ctx *c, const uint8_t *t, size_t len) {
-    etf_visitor v = {hit_atom, NULL, c};
-    size_t end;
+    etf_visitor v = {hit_atom, NULL, c, walk_tick};
+    size_t end = len;
+    c->hit = 0;
+    c->walked = 0;
     etf_status st = etf_walk_term(t, len, &end, &v);
+    if (st == ETF_E_CALLBACK && c->err->code == RELOC_E_WORK) {
+        return -2;
+    }
+    /* The rest of what was walked (a walk that fails is charged whole). */
+    size_t reached = st == ETF_E_CALLBACK ? c->hit_pos : st == ETF_OK ? end : len;
+    if (charge(c, (uint64_t)(reached - c->walked) * RELOC_WORK_WALK)) {
+        return -2;
+    }
     if (st == ETF_E_CALLBACK) {
-        return 1;
+        return c->hit ? 1 : -1;
     }
     return st == ETF_OK && end == len ? 0 : -1;
 }
@@ -142,27 +256,63 @@ static int push_key(rw_stack *s, span k) {
     return 0;
 }
 
-static const uint8_t *sort_base;
-
-static int cmp_span(const void *a, const void *b) {
-    const span *x = a, *y = b;
+static int cmp_span(const uint8_t *base, const span *x, const span *y) {
     if (x->len != y->len) {
         return x->len < y->len ? -1 : 1;
     }
-    return memcmp(sort_base + x->start, sort_base + y->start, x->len);
+    return memcmp(base + x->start, base + y->start, x->len);
+}
+
+static void sift_down(const uint8_t *base, span *a, size_t root, size_t n) {
+    for (size_t child; (child = 2 * root + 1) < n; root = child) {
+        if (child + 1 < n && cmp_span(base, &a[child], &a[child + 1]) < 0) {
+            child++;
+        }
+        if (cmp_span(base, &a[root], &a[child]) >= 0) {
+            return;
+        }
+        span t = a[root];
+        a[root] = a[child];
+        a[child] = t;
+    }
+}
+
+/* Heapsort: in place, O(n log n) at worst, and the base pointer is an
+ * argument rather than state shared by concurrent relocations. */
+static void sort_spans(const uint8_t *base, span *a, size_t n) {
+    for (size_t i = n / 2; i-- > 0;) {
+        sift_down(base, a, i, n);
+    }
+    for (size_t end = n; end-- > 1;) {
+        span t = a[0];
+        a[0] = a[end];
+        a[end] = t;
+        sift_down(base, a, 0, end);
+    }
+}
+
+static uint64_t log2_ceil(uint64_t n) {
+    uint64_t k = 0;
+    while (((uint64_t)1 << k) < n) {
+        k++;
+    }
+    return k;
 }
 
 /* Two keys of one map encode the same term. Rewritten terms encode every atom
  * the same way and the rest is the compiler's canonical encoding, so equal
- * terms have equal bytes. Returns the index of a duplicate, or -1. */
-static long find_duplicate_key(const buf_t *out, span *keys, size_t n) {
+ * terms have equal bytes. Returns the index of a duplicate, -1 when there is
+ * none, -2 out of work. */
+static long find_duplicate_key(reloc_ctx *c, const buf_t *out, span *keys, size_t n) {
     if (n < 2) {
         return -1;
     }
-    sort_base = out->data;
-    qsort(keys, n, sizeof *keys, cmp_span);
+    if (charge(c, 2 * (uint64_t)n * log2_ceil(n) * RELOC_WORK_COMPARE)) {
+        return -2;
+    }
+    sort_spans(out->data, keys, n);
     for (size_t i = 1; i < n; i++) {
-        if (cmp_span(&keys[i - 1], &keys[i]) == 0) {
+        if (cmp_span(out->data, &keys[i - 1], &keys[i]) == 0) {
             return (long)i;
         }
     }
@@ -172,9 +322,9 @@ static long find_duplicate_key(const buf_t *out, span *keys, size_t n) {
 /* The UTF-8 name an atom of the input gets (into *out, *out_len); `tmp`
  * holds a latin-1 name's conversion. Fails when a changed name is too long. */
 static int resolve_atom(reloc_ctx *c, const uint8_t *name, size_t len, int utf8, int fun_module,
-                        uint8_t tmp[2 * 255], const uint8_t **out, size_t *out_len) {
-    if (!utf8) {
-        name = latin1_to_utf8(name, len, tmp, &len);
+                        uint8_t tmp[LATIN1_UTF8_MAX], const uint8_t **out, size_t *out_len) {
+    if (!utf8 && !(name = latin1_to_utf8(name, len, tmp, LATIN1_UTF8_MAX, &len))) {
+        return -2; /* a latin-1 name over 255 bytes */
     }
     if (new_name(c, name, len, fun_module, out, out_len) && *out_len > 255) {
         return too_long(c, *out, *out_len);
@@ -182,13 +332,18 @@ static int resolve_atom(reloc_ctx *c, const uint8_t *name, size_t len, int utf8,
     return 0;
 }
 
-/* Writes an atom term in canonical UTF-8 form. */
+/* Writes an atom term in canonical UTF-8 form: 0, -1 (c->err set) or -2
+ * (malformed). */
 static int put_atom(reloc_ctx *c, buf_t *out, const uint8_t *name, size_t len, int utf8,
                     int fun_module) {
-    uint8_t tmp[2 * 255];
+    uint8_t tmp[LATIN1_UTF8_MAX];
     const uint8_t *n;
     size_t nl;
-    if (resolve_atom(c, name, len, utf8, fun_module, tmp, &n, &nl)) {
+    int r = resolve_atom(c, name, len, utf8, fun_module, tmp, &n, &nl);
+    if (r) {
+        return r;
+    }
+    if (charge(c, RELOC_WORK_ATOM + nl)) {
         return -1;
     }
     int err;
@@ -229,15 +384,22 @@ static int rw_atom(reloc_ctx *c, const uint8_t *in, size_t len, size_t *pos, buf
         return -2;
     }
     int utf8 = tag == TAG_ATOM_UTF8 || tag == TAG_SMALL_ATOM_UTF8;
-    if (put_atom(c, out, in + p, n, utf8, fun_module)) {
-        return -1;
+    /* At most 255 characters, valid UTF-8 (etf_walk_term()'s checks). */
+    if (utf8 ? n > 4 * BEAM_MAX_ATOM_CHARS || utf8_count(in + p, n) < 0 ||
+                   utf8_count(in + p, n) > BEAM_MAX_ATOM_CHARS
+             : n > BEAM_MAX_ATOM_CHARS) {
+        return -2;
+    }
+    int r = put_atom(c, out, in + p, n, utf8, fun_module);
+    if (r) {
+        return r;
     }
     *pos = p + n;
     return 0;
 }
 
-/* Size of a scalar term's encoding at in[0], or 0 if it is not a scalar or is
- * truncated. */
+/* Size of a scalar term's encoding at in[0], or 0 if it is not a scalar, is
+ * truncated, or has a field out of range (the checks of etf_walk_term()). */
 static size_t scalar_size(const uint8_t *in, size_t len) {
     size_t need;
     switch (in[0]) {
@@ -248,6 +410,10 @@ static size_t scalar_size(const uint8_t *in, size_t len) {
         need = 5;
         break;
     case TAG_NEW_FLOAT:
+        /* Finite only, as etf_walk_term() has it. */
+        if (len < 9 || (rd_u16(in + 1) & 0x7FF0) == 0x7FF0) {
+            return 0;
+        }
         need = 9;
         break;
     case TAG_FLOAT:
@@ -263,13 +429,22 @@ static size_t scalar_size(const uint8_t *in, size_t len) {
         need = len >= 5 ? 5 + (size_t)rd_u32(in + 1) : 5;
         break;
     case TAG_BIT_BINARY:
-        need = len >= 6 ? 6 + (size_t)rd_u32(in + 1) : 6;
+        if (len < 6 || rd_u32(in + 1) == 0 || in[5] == 0 || in[5] > 8) {
+            return 0;
+        }
+        need = 6 + (size_t)rd_u32(in + 1);
         break;
     case TAG_SMALL_BIG:
-        need = len >= 2 ? 3 + (size_t)in[1] : 3;
+        if (len < 3 || in[2] > 1) {
+            return 0;
+        }
+        need = 3 + (size_t)in[1];
         break;
     case TAG_LARGE_BIG:
-        need = len >= 5 ? 6 + (size_t)rd_u32(in + 1) : 6;
+        if (len < 6 || in[5] > 1) {
+            return 0;
+        }
+        need = 6 + (size_t)rd_u32(in + 1);
         break;
     default:
         return 0;
@@ -277,18 +452,34 @@ static size_t scalar_size(const uint8_t *in, size_t len) {
     return need <= len ? need : 0;
 }
 
-/* Rewrites one term (no version byte). The input has been walked by
- * term_changes() already, so it is well formed; the bounds are checked
- * again anyway. Returns 0, -1 (error set in c->err) or -2 (malformed). */
+/* Rewrites one term (no version byte), checking everything it reads as
+ * etf_walk_term() does: term_changes() stopped at the first atom that
+ * changes, so the rest of the term is checked here only. Returns 0, -1
+ * (error set in c->err) or -2 (malformed). */
 static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out) {
     rw_stack s = {0};
-    size_t pos = 0;
+    size_t pos = 0, start = out->len, charged = 0;
+    unsigned steps = 0;
     int rc = 0;
     if (push_frame(&s, (frame){FR_SEQ, 1, 0, 0, 0})) {
         rc = -1;
         goto nomem;
     }
     while (s.nframes > 0) {
+        /* Paced like a walk: the bytes read since the last step. */
+        if (++steps == ETF_TICK_TERMS) {
+            steps = 0;
+            if (charge(c, (uint64_t)(pos - charged) * RELOC_WORK_REWRITE)) {
+                rc = -1;
+                goto out;
+            }
+            charged = pos;
+        }
+        /* Renamed atoms can make a term grow up to 85-fold: bound the result. */
+        if (out->len - start > c->cap - c->grown) {
+            rc = too_large(c, c->grown + (out->len - start));
+            goto out;
+        }
         frame *top = &s.frames[s.nframes - 1];
         if (top->remaining == 0) {
             frame done = *top;
@@ -298,7 +489,11 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
             } else if (done.kind == FR_MAP && s.nkeys > done.keys_start) {
                 /* (An empty map has no keys, and s.keys may still be NULL.) */
                 long dup =
-                    find_duplicate_key(out, s.keys + done.keys_start, s.nkeys - done.keys_start);
+                    find_duplicate_key(c, out, s.keys + done.keys_start, s.nkeys - done.keys_start);
+                if (dup == -2) {
+                    rc = -1;
+                    goto out;
+                }
                 if (dup >= 0) {
                     span k = s.keys[done.keys_start + (size_t)dup];
                     c->err->code = RELOC_E_DUPLICATE_MAP_KEY;
@@ -387,7 +582,8 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
                 goto out;
             }
             frame f = {FR_FUN, 4 + (uint64_t)rd_u32(in + pos + 26), 0, out->len + 1, 0};
-            if (f.remaining > len - pos) {
+            uint32_t size = rd_u32(in + pos + 1);
+            if (size < 29 || size > len - pos - 1 || f.remaining > len - pos) {
                 rc = -2;
                 goto out;
             }
@@ -415,6 +611,10 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
                     goto out;
                 }
                 words = rd_u16(in + pos + 1);
+                if (words == 0 || words > 5) {
+                    rc = -2;
+                    goto out;
+                }
                 lead = 3;
             }
             rest = tag == TAG_PID             ? 9
@@ -470,6 +670,10 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
     }
     if (pos != len) {
         rc = -2;
+    } else if (charge(c, (uint64_t)(pos - charged) * RELOC_WORK_REWRITE)) {
+        rc = -1;
+    } else {
+        c->grown += out->len - start;
     }
     goto out;
 nomem:
@@ -497,10 +701,13 @@ static int fail_beam(reloc_ctx *c, beam_errcode code, const char *chunk, uint64_
  * any level, and relocation runs once per module and sandbox. The window and
  * hash sizes follow the input (a 2 KiB literal table needs a 2 KiB window,
  * not 32 KiB and 320 KiB of state to allocate and clear); measured with
- * callgrind on 40 stdlib modules, this cut :keep relocation by a third. */
-static int deflate_into(buf_t *out, const uint8_t *src, size_t len, int level) {
+ * callgrind on 40 stdlib modules, this cut :keep relocation by a third. The
+ * input goes in slices, each charged `per_byte` units a byte. 0, or -1
+ * (c->err set). */
+static int deflate_into(reloc_ctx *c, buf_t *out, const uint8_t *src, size_t len, int level,
+                        uint64_t per_byte) {
     if (len > UINT32_MAX) {
-        return -1;
+        return nomem(c);
     }
     int wbits = 9;
     while (wbits < 15 && ((size_t)1 << wbits) < len) {
@@ -509,21 +716,80 @@ static int deflate_into(buf_t *out, const uint8_t *src, size_t len, int level) {
     int mem_level = wbits - 6 < 1 ? 1 : (wbits - 6 > 8 ? 8 : wbits - 6);
     z_stream zs = {0};
     if (deflateInit2(&zs, level, Z_DEFLATED, wbits, mem_level, Z_DEFAULT_STRATEGY) != Z_OK) {
-        return -1;
+        return nomem(c);
     }
     uLong bound = deflateBound(&zs, (uLong)len);
-    int rc = -1;
-    if (buf_reserve(out, bound) == 0) {
-        zs.next_in = (Bytef *)(uintptr_t)src;
-        zs.avail_in = (uInt)len;
-        zs.next_out = out->data + out->len;
-        zs.avail_out = (uInt)bound;
-        if (deflate(&zs, Z_FINISH) == Z_STREAM_END) {
-            out->len += bound - zs.avail_out;
-            rc = 0;
+    int rc = -1, zr = Z_OK;
+    if (buf_reserve(out, bound) != 0) {
+        rc = nomem(c);
+        goto end;
+    }
+    zs.next_out = out->data + out->len;
+    zs.avail_out = (uInt)bound;
+    size_t done = 0;
+    do {
+        size_t piece = len - done < DEFLATE_SLICE ? len - done : DEFLATE_SLICE;
+        if (charge(c, (uint64_t)piece * per_byte)) {
+            goto end;
+        }
+        zs.next_in = (Bytef *)(uintptr_t)(src + done);
+        zs.avail_in = (uInt)piece;
+        done += piece;
+        zr = deflate(&zs, done == len ? Z_FINISH : Z_NO_FLUSH);
+    } while (done < len && zr == Z_OK);
+    if (zr == Z_STREAM_END) {
+        out->len += bound - zs.avail_out;
+        rc = 0;
+    } else {
+        rc = nomem(c);
+    }
+end:
+    deflateEnd(&zs);
+    return rc;
+}
+
+/* Inflates a zlib stream that must give exactly dst_len bytes and end
+ * exactly at the end of src (etf_inflate_exact()), in slices, each charged.
+ * 0, -1 (c->err set) or -2 (not such a stream). */
+static int inflate_paced(reloc_ctx *c, const uint8_t *src, size_t src_len, uint8_t *dst,
+                         size_t dst_len) {
+    if (src_len > UINT32_MAX || dst_len > UINT32_MAX) {
+        return -2;
+    }
+    z_stream zs = {0};
+    if (inflateInit(&zs) != Z_OK) {
+        return nomem(c);
+    }
+    zs.next_in = (Bytef *)(uintptr_t)src;
+    zs.avail_in = (uInt)src_len;
+    zs.next_out = dst;
+    int rc = -2, zr = Z_OK;
+    while (zs.total_out < dst_len) {
+        size_t piece =
+            dst_len - zs.total_out < INFLATE_SLICE ? dst_len - zs.total_out : INFLATE_SLICE;
+        if (charge(c, (uint64_t)piece * RELOC_WORK_INFLATE)) {
+            rc = -1;
+            goto end;
+        }
+        zs.avail_out = (uInt)piece;
+        zr = inflate(&zs, Z_NO_FLUSH);
+        if (zr == Z_STREAM_END) {
+            break;
+        }
+        if (zr != Z_OK || zs.avail_out != 0) {
+            goto end; /* an error, or the input ran out before the output */
         }
     }
-    deflateEnd(&zs);
+    if (zr != Z_STREAM_END) {
+        /* All the output is there: only the end of the stream may be left. */
+        uint8_t none;
+        zs.next_out = &none;
+        zs.avail_out = 0;
+        zr = inflate(&zs, Z_FINISH);
+    }
+    rc = zr == Z_STREAM_END && zs.avail_in == 0 && zs.total_out == dst_len ? 0 : -2;
+end:
+    inflateEnd(&zs);
     return rc;
 }
 
@@ -532,6 +798,7 @@ static int deflate_into(buf_t *out, const uint8_t *src, size_t len, int level) {
 static int rw_term_chunk(reloc_ctx *c, const char *id, const uint8_t *d, size_t len, buf_t *out,
                          int *changed) {
     *changed = 0;
+    c->chunk = id;
     if (len < 2 || d[0] != ETF_VERSION) {
         return fail_beam(c, BEAM_E_BAD_TERM, id, 0);
     }
@@ -547,20 +814,22 @@ static int rw_term_chunk(reloc_ctx *c, const char *id, const uint8_t *d, size_t 
         if (tlen == 0 || tlen > etf_inflate_bound(len - 6)) {
             return fail_beam(c, BEAM_E_ZLIB, id, 0);
         }
-        inflated = malloc(tlen);
-        if (!inflated) {
+        if (!(inflated = malloc(tlen))) {
             return nomem(c);
         }
-        if (etf_inflate_exact(d + 6, len - 6, inflated, tlen)) {
+        int r = inflate_paced(c, d + 6, len - 6, inflated, tlen);
+        if (r) {
             free(inflated);
-            return fail_beam(c, BEAM_E_ZLIB, id, 0);
+            return r == -2 ? fail_beam(c, BEAM_E_ZLIB, id, 0) : -1;
         }
         term = inflated;
     }
     int rc = 0;
     int hit = term_changes(c, term, tlen);
-    if (hit < 0) {
+    if (hit == -1) {
         rc = fail_beam(c, BEAM_E_BAD_TERM, id, 0);
+    } else if (hit < 0) {
+        rc = -1;
     } else if (hit > 0) {
         *changed = 1;
         buf_t t = {0};
@@ -572,8 +841,10 @@ static int rw_term_chunk(reloc_ctx *c, const char *id, const uint8_t *d, size_t 
         } else if (compressed) {
             uint8_t hdr[6] = {ETF_VERSION, TAG_COMPRESSED};
             wr_u32(hdr + 2, (uint32_t)t.len);
-            if (buf_put(out, hdr, 6) || deflate_into(out, t.data, t.len, Z_BEST_SPEED)) {
+            if (buf_put(out, hdr, 6)) {
                 rc = nomem(c);
+            } else {
+                rc = deflate_into(c, out, t.data, t.len, Z_BEST_SPEED, RELOC_WORK_DEFLATE);
             }
         } else if (buf_put_u8(out, ETF_VERSION) || buf_put(out, t.data, t.len)) {
             rc = nomem(c);
@@ -584,12 +855,45 @@ static int rw_term_chunk(reloc_ctx *c, const char *id, const uint8_t *d, size_t 
     return rc;
 }
 
+/* The literal table, inflated in slices when it is compressed. */
+static int load_literals(reloc_ctx *c, const beam_module *m, const beam_chunk *ch,
+                         beam_literals *lits) {
+    const uint8_t *p = m->data + ch->offset;
+    uint32_t usize = ch->size >= 4 ? rd_u32(p) : 0;
+    if (usize == 0) {
+        /* Not compressed, or too short to say: nothing to inflate. */
+        if (beam_literals_load(m, lits, &c->err->beam) != BEAM_OK) {
+            c->err->code = RELOC_E_BEAM;
+            return -1;
+        }
+        return 0;
+    }
+    if (usize > etf_inflate_bound(ch->size - 4)) {
+        return fail_beam(c, BEAM_E_ZLIB, "LitT", 0);
+    }
+    uint8_t *table = malloc(usize);
+    if (!table) {
+        return nomem(c);
+    }
+    int r = inflate_paced(c, p + 4, ch->size - 4, table, usize);
+    if (r) {
+        free(table);
+        return r == -2 ? fail_beam(c, BEAM_E_ZLIB, "LitT", 0) : -1;
+    }
+    if (beam_literals_adopt(table, usize, lits, &c->err->beam) != BEAM_OK) {
+        c->err->code = RELOC_E_BEAM;
+        return -1;
+    }
+    return 0;
+}
+
 /* LitT: each literal that changes is rewritten, the others are copied. */
-static int rw_literals(reloc_ctx *c, const beam_module *m, buf_t *out, int *changed) {
+static int rw_literals(reloc_ctx *c, const beam_module *m, const beam_chunk *ch, buf_t *out,
+                       int *changed) {
     beam_literals lits;
     *changed = 0;
-    if (beam_literals_load(m, &lits, &c->err->beam) != BEAM_OK) {
-        c->err->code = RELOC_E_BEAM;
+    c->chunk = "LitT";
+    if (load_literals(c, m, ch, &lits)) {
         return -1;
     }
     buf_t table = {0};
@@ -603,8 +907,12 @@ static int rw_literals(reloc_ctx *c, const beam_module *m, buf_t *out, int *chan
     }
     for (uint32_t i = 0; beam_literals_next(&lits, &pos, &t, &tl); i++) {
         int hit = tl >= 1 && t[0] == ETF_VERSION ? term_changes(c, t + 1, tl - 1) : -1;
-        if (hit < 0) {
+        if (hit == -1) {
             rc = fail_beam(c, BEAM_E_BAD_LITERAL, NULL, i);
+            goto out;
+        }
+        if (hit < 0) {
+            rc = -1;
             goto out;
         }
         if (!hit) {
@@ -631,9 +939,10 @@ static int rw_literals(reloc_ctx *c, const beam_module *m, buf_t *out, int *chan
         }
         wr_u32(table.data + size_at, (uint32_t)(table.len - size_at - 4));
     }
-    if (*changed && (buf_put_u32(out, (uint32_t)table.len) ||
-                     deflate_into(out, table.data, table.len, Z_NO_COMPRESSION))) {
-        rc = nomem(c);
+    if (*changed) {
+        rc = buf_put_u32(out, (uint32_t)table.len)
+                 ? nomem(c)
+                 : deflate_into(c, out, table.data, table.len, Z_NO_COMPRESSION, RELOC_WORK_STORE);
     }
 out:
     buf_free(&table);
@@ -645,15 +954,19 @@ out:
  * atom over 255 bytes cannot be written in the one-byte-length format. */
 static int rw_atoms(reloc_ctx *c, const beam_module *m, const size_t *shims, size_t nshims,
                     buf_t *out) {
+    if (charge(c, (uint64_t)(m->natoms + nshims) * RELOC_WORK_ATOM)) {
+        return -1;
+    }
     if (buf_put_u32(out, (uint32_t)(m->natoms + nshims))) {
         return nomem(c);
     }
     for (size_t i = 0; i < m->natoms; i++) {
-        uint8_t tmp[2 * 255];
+        uint8_t tmp[LATIN1_UTF8_MAX];
         const uint8_t *n;
         size_t nl;
-        if (resolve_atom(c, m->atoms[i].name, m->atoms[i].len, m->atoms_utf8, 0, tmp, &n, &nl)) {
-            return -1;
+        int r = resolve_atom(c, m->atoms[i].name, m->atoms[i].len, m->atoms_utf8, 0, tmp, &n, &nl);
+        if (r) {
+            return r == -2 ? fail_beam(c, BEAM_E_BAD_ATOM, NULL, i + 1) : -1;
         }
         if (nl > 255) {
             return too_long(c, n == tmp ? m->atoms[i].name : n, n == tmp ? m->atoms[i].len : nl);
@@ -672,11 +985,15 @@ static int rw_atoms(reloc_ctx *c, const beam_module *m, const size_t *shims, siz
 }
 
 /* ImpT with the imports of redirected modules repointed at the appended shim
- * atoms. shims[] receives the redirect index of each appended atom. */
-static int rw_imports(reloc_ctx *c, const beam_module *m, buf_t *out, size_t *shims, size_t *nshims,
-                      int *changed) {
+ * atoms. shims[] receives the redirect index of each appended atom, and
+ * slot[r] (SIZE_MAX until then) the position of redirect r's atom. */
+static int rw_imports(reloc_ctx *c, const beam_module *m, buf_t *out, size_t *shims, size_t *slot,
+                      size_t *nshims, int *changed) {
     *nshims = 0;
     *changed = 0;
+    if (charge(c, (uint64_t)m->nimports * RELOC_WORK_ENTRY)) {
+        return -1;
+    }
     if (buf_put_u32(out, m->nimports)) {
         return nomem(c);
     }
@@ -684,19 +1001,20 @@ static int rw_imports(reloc_ctx *c, const beam_module *m, buf_t *out, size_t *sh
         uint32_t e[3];
         beam_table_entry(m->imports, i, e);
         const beam_atom *mod = &m->atoms[e[0] - 1];
-        uint8_t tmp[2 * 255];
+        uint8_t tmp[LATIN1_UTF8_MAX];
         size_t len = mod->len;
-        const uint8_t *name = m->atoms_utf8 ? mod->name : latin1_to_utf8(mod->name, len, tmp, &len);
+        const uint8_t *name =
+            m->atoms_utf8 ? mod->name : latin1_to_utf8(mod->name, len, tmp, sizeof tmp, &len);
         size_t r;
+        if (!name) {
+            return fail_beam(c, BEAM_E_BAD_ATOM, NULL, e[0]);
+        }
         if (strmap_get(&c->redirects, name, len, &r)) {
-            size_t k = 0;
-            while (k < *nshims && shims[k] != r) {
-                k++;
+            if (slot[r] == SIZE_MAX) {
+                slot[r] = (*nshims)++;
+                shims[slot[r]] = r;
             }
-            if (k == *nshims) {
-                shims[(*nshims)++] = r;
-            }
-            e[0] = (uint32_t)(m->natoms + k + 1);
+            e[0] = (uint32_t)(m->natoms + slot[r] + 1);
             *changed = 1;
         }
         if (buf_put_u32(out, e[0]) || buf_put_u32(out, e[1]) || buf_put_u32(out, e[2])) {
@@ -745,14 +1063,31 @@ static int build_maps(reloc_ctx *c) {
     return 0;
 }
 
-static int is_term_chunk(const char id[4]) {
-    static const char *ids[] = {"Attr", "CInf", "Dbgi", "Docs", "ExCk", "Meta"};
-    for (size_t i = 0; i < sizeof ids / sizeof *ids; i++) {
-        if (memcmp(id, ids[i], 4) == 0) {
-            return 1;
+/* The cap on inflated and rewritten bytes: a chunk holds at most 4 GiB - 1. */
+static uint64_t effective_cap(const reloc_spec *spec) {
+    uint64_t cap = spec->max_inflated ? spec->max_inflated : BEAM_DEFAULT_MAX_INFLATED;
+    return cap < UINT32_MAX ? cap : UINT32_MAX;
+}
+
+uint64_t reloc_work_estimate(const beam_module *m, const reloc_spec *spec) {
+    uint64_t w = (uint64_t)m->size * RELOC_WORK_BYTE + (uint64_t)m->nchunks * RELOC_WORK_CHUNK +
+                 (uint64_t)m->natoms * RELOC_WORK_ATOM + (uint64_t)m->nimports * RELOC_WORK_ENTRY +
+                 (uint64_t)(spec->nrenames + spec->nredirects) * RELOC_WORK_ENTRY;
+    for (size_t i = 0; i < m->nchunks; i++) {
+        const beam_chunk *c = &m->chunks[i];
+        uint64_t plain = beam_plain_size(m, c);
+        int compressed = plain != c->size;
+        int debug = memcmp(c->id, "Dbgi", 4) == 0 || memcmp(c->id, "Docs", 4) == 0;
+        if (memcmp(c->id, "LitT", 4) == 0) {
+            /* Literals are walked; most do not change. */
+            w += plain * (RELOC_WORK_WALK + (compressed ? RELOC_WORK_INFLATE : 0));
+        } else if (beam_is_term_chunk(c->id) && !(debug && spec->strip_debug)) {
+            /* Term chunks nearly always name the module: rewritten. */
+            w += plain * (RELOC_WORK_WALK + RELOC_WORK_REWRITE +
+                          (compressed ? RELOC_WORK_INFLATE + RELOC_WORK_DEFLATE : 0));
         }
     }
-    return 0;
+    return w;
 }
 
 int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t **out,
@@ -760,28 +1095,34 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
     memset(err, 0, sizeof *err);
     *out = NULL;
     *out_len = 0;
-    reloc_ctx c = {spec, {0}, {0}, err};
+    reloc_ctx c = {.spec = spec, .err = err, .cap = effective_cap(spec), .chunk = ""};
     beam_module m;
-    size_t *shims = NULL;
+    size_t *shims = NULL, *slot = NULL;
     buf_t res = {0}, tmp = {0};
     int rc = -1;
-    if (beam_parse(in, len, &m, &err->beam) != BEAM_OK) {
+    if (beam_parse_limited(in, len, c.cap, &m, &err->beam) != BEAM_OK) {
         err->code = RELOC_E_BEAM;
         return -1;
     }
-    if (build_maps(&c)) {
+    if (charge(&c, (uint64_t)len * RELOC_WORK_BYTE + (uint64_t)m.nchunks * RELOC_WORK_CHUNK +
+                       (uint64_t)(spec->nrenames + spec->nredirects) * RELOC_WORK_ENTRY) ||
+        build_maps(&c)) {
         goto out;
     }
     shims = malloc((spec->nredirects + 1) * sizeof *shims);
-    if (!shims) {
+    slot = malloc((spec->nredirects + 1) * sizeof *slot);
+    if (!shims || !slot) {
         nomem(&c);
         goto out;
+    }
+    for (size_t i = 0; i < spec->nredirects; i++) {
+        slot[i] = SIZE_MAX;
     }
     /* Imports first: they decide which shim atoms the atom table gains. */
     buf_t imports = {0};
     size_t nshims = 0;
     int imports_changed = 0;
-    if (m.imports && rw_imports(&c, &m, &imports, shims, &nshims, &imports_changed)) {
+    if (m.imports && rw_imports(&c, &m, &imports, shims, slot, &nshims, &imports_changed)) {
         buf_free(&imports);
         goto out;
     }
@@ -810,11 +1151,11 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
                 r = buf_put(&tmp, imports.data, imports.len) ? nomem(&c) : 0;
             }
         } else if (memcmp(id, "LitT", 4) == 0) {
-            r = rw_literals(&c, &m, &tmp, &changed);
+            r = rw_literals(&c, &m, ch, &tmp, &changed);
         } else if (spec->strip_debug &&
                    (memcmp(id, "Dbgi", 4) == 0 || memcmp(id, "Docs", 4) == 0)) {
             continue;
-        } else if (is_term_chunk(id)) {
+        } else if (beam_is_term_chunk(id)) {
             r = rw_term_chunk(&c, id, data, ch->size, &tmp, &changed);
         }
         if (r) {
@@ -833,6 +1174,10 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
         nomem(&c);
         goto out;
     }
+    /* The caller's copy of the result. */
+    if (charge(&c, (uint64_t)res.len * RELOC_WORK_BYTE)) {
+        goto out;
+    }
     wr_u32(res.data + 4, (uint32_t)(res.len - 8));
     *out = res.data;
     *out_len = res.len;
@@ -842,6 +1187,8 @@ out:
     buf_free(&res);
     buf_free(&tmp);
     free(shims);
+    free(slot);
+    err->work = c.work;
     strmap_free(&c.renames);
     strmap_free(&c.redirects);
     beam_module_free(&m);

@@ -29,6 +29,19 @@ typedef struct {
     size_t nredirects;
     int strip_debug; /* drop Dbgi and Docs instead of rewriting them */
     int names_valid; /* the caller guarantees every name is valid UTF-8 */
+    /* The most bytes the compressed chunks may declare they inflate to, and
+     * the rewritten terms may grow to, together (0: BEAM_DEFAULT_MAX_INFLATED). */
+    uint64_t max_inflated;
+    /* Give up with RELOC_E_WORK after this many units of work (each about
+     * a nanosecond of the slowest input of its kind; see RELOC_WORK_* in
+     * relocate.c). 0: no limit. Deterministic, for tests. */
+    uint64_t max_work;
+    /* Give up with RELOC_E_WORK rather than pass this CLOCK_MONOTONIC time
+     * (ns; 0: no deadline): no step starts unless its worst case (its units
+     * as nanoseconds) fits in the time left, and long steps (inflating,
+     * deflating, walking and rewriting large terms) are taken in slices. A
+     * caller on a time budget starts again where time does not matter. */
+    uint64_t deadline_ns;
 } reloc_spec;
 
 typedef struct {
@@ -39,18 +52,31 @@ typedef struct {
         RELOC_E_ATOM_TOO_LONG,     /* name: a resulting atom over 255 characters or bytes */
         RELOC_E_DUPLICATE_MAP_KEY, /* key: the key's external term (no version byte) */
         RELOC_E_BAD_SPEC,          /* a name in the spec is not valid UTF-8 or repeats */
-        RELOC_E_NOMEM
+        RELOC_E_NOMEM,
+        RELOC_E_WORK /* spec->max_work or spec->deadline_ns was reached; nothing was produced */
     } code;
     const uint8_t *name; /* points into the spec */
     size_t name_len;
     uint8_t *key; /* owned: release with reloc_error_free() */
     size_t key_len;
+    uint64_t work; /* units of work spent, whatever the result */
 } reloc_error;
 
 /* Relocates `in`. On success *out is a malloc'd BEAM of *out_len bytes (the
- * caller frees it) and the result is RELOC_OK. */
+ * caller frees it) and the result is RELOC_OK. Every term chunk it rewrites
+ * and the literal table are walked whole (and so validated) before anything
+ * is rewritten. A compressed chunk that declares more than the cap is
+ * RELOC_E_BEAM with BEAM_E_TOO_LARGE, as is rewriting that would grow past
+ * it. Reentrant: no state outside the call. */
 int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t **out,
                   size_t *out_len, reloc_error *err);
+
+/* An estimate of the work units beam_relocate will spend on a parsed
+ * module, from what it declares (its size, chunk count, atoms, imports and
+ * the sizes its compressed chunks inflate to), assuming its term chunks
+ * change and its literals do not: a caller with a time budget can skip a
+ * start that is bound to run out. */
+uint64_t reloc_work_estimate(const beam_module *m, const reloc_spec *spec);
 
 void reloc_error_free(reloc_error *err);
 

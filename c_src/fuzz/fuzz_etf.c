@@ -30,7 +30,7 @@ static int touch_fun(void *ctx, const etf_atom *mod, const etf_atom *fun, unsign
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     etf_validate(data, size, 1);
     if (size > 1) {
-        etf_visitor v = {touch_atom, touch_fun, (void *)(data + 1)};
+        etf_visitor v = {touch_atom, touch_fun, (void *)(data + 1), NULL};
         size_t end;
         etf_walk_term(data + 1, size - 1, &end, &v);
     }

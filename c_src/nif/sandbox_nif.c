@@ -3,6 +3,7 @@
  * which sends large inputs to the dirty-CPU variants of each function. */
 #include <erl_nif.h>
 #include <string.h>
+#include <time.h>
 
 #include "beam.h"
 #include "bytes.h"
@@ -20,7 +21,8 @@ static ERL_NIF_TERM am_ok, am_error, am_true, am_false, am_truncated, am_form, a
     am_locals, am_zlib_error, am_bad_literal, am_bad_term, am_unsupported_instruction_set,
     am_unsupported_opcode, am_out_of_memory, am_module, am_atoms, am_atom_encoding, am_utf8,
     am_latin1, am_chunks, am_attributes, am_compile_info, am_has_literals, am_has_debug_info,
-    am_has_docs, am_has_exck, am_external_funs, am_atom_too_long, am_duplicate_map_key;
+    am_has_docs, am_has_exck, am_external_funs, am_atom_too_long, am_duplicate_map_key,
+    am_too_large, am_too_many_atoms;
 
 static ERL_NIF_TERM mk_atom(ErlNifEnv *env, const char *name) {
     ERL_NIF_TERM a;
@@ -69,6 +71,8 @@ static void make_atoms(ErlNifEnv *env) {
     A(external_funs);
     A(atom_too_long);
     A(duplicate_map_key);
+    A(too_large);
+    A(too_many_atoms);
 #undef A
 }
 
@@ -146,6 +150,9 @@ static ERL_NIF_TERM error_reason(ErlNifEnv *env, const beam_error *e) {
         return enif_make_tuple2(env, am_unsupported_instruction_set, enif_make_uint64(env, e->a));
     case BEAM_E_MAX_OPCODE:
         return enif_make_tuple2(env, am_unsupported_opcode, enif_make_uint64(env, e->a));
+    case BEAM_E_TOO_LARGE:
+        return enif_make_tuple4(env, am_too_large, chunk_id(env, e->chunk),
+                                enif_make_uint64(env, e->a), enif_make_uint64(env, e->b));
     case BEAM_E_NOMEM:
     case BEAM_OK:
         break;
@@ -157,67 +164,101 @@ static ERL_NIF_TERM error_tuple(ErlNifEnv *env, const beam_error *e) {
     return enif_make_tuple2(env, am_error, error_reason(env, e));
 }
 
-/* An atom from its name in the module's atom table. Latin-1 names and ASCII
- * UTF-8 names go straight to the atom table; other UTF-8 names are decoded as
- * an ATOM_UTF8_EXT term (OTP 25 has no UTF-8 enif_make_atom). Its 2-byte
+/* ---- Atoms from untrusted input ------------------------------------------
+ * Every atom a call makes comes from a BEAM that may be hostile, and atoms
+ * are never freed: a call checks everything first, then counts the names
+ * that are not atoms yet against its budget, and only then makes them. */
+
+/* An atom by name: 1 and *out when it exists (create == 0) or was made
+ * (create != 0), 0 otherwise. Latin-1 names and ASCII UTF-8 names go
+ * straight to the atom table; other UTF-8 names are decoded as an
+ * ATOM_UTF8_EXT term (OTP 25 has no UTF-8 enif_make_atom), which with
+ * ERL_NIF_BIN2TERM_SAFE succeeds only for an existing atom. Its 2-byte
  * length carries names of up to 255 characters, which can take 1020 bytes. */
-static int make_name_atom(ErlNifEnv *env, const beam_atom *a, int utf8, ERL_NIF_TERM *out) {
+static int name_atom(ErlNifEnv *env, const uint8_t *name, size_t len, int utf8, int create,
+                     ERL_NIF_TERM *out) {
     /* A UTF-8 name is ASCII when it has as many characters as bytes. */
-    if (!utf8 || utf8_count(a->name, a->len) == (long)a->len) {
-        *out = enif_make_atom_len(env, (const char *)a->name, a->len);
-        return 1;
+    if (!utf8 || utf8_count(name, len) == (long)len) {
+        if (create) {
+            *out = enif_make_atom_len(env, (const char *)name, len);
+            return 1;
+        }
+        return enif_make_existing_atom_len(env, (const char *)name, len, out, ERL_NIF_LATIN1);
     }
     unsigned char buf[4 + 4 * BEAM_MAX_ATOM_CHARS];
-    if (a->len > sizeof buf - 4) {
+    if (len > sizeof buf - 4) {
         return 0;
     }
-    buf[0] = 131;
-    buf[1] = 118;
-    buf[2] = (unsigned char)(a->len >> 8);
-    buf[3] = (unsigned char)a->len;
-    memcpy(buf + 4, a->name, a->len);
-    return enif_binary_to_term(env, buf, 4 + (size_t)a->len, out, 0) == 4 + (size_t)a->len;
+    buf[0] = ETF_VERSION;
+    buf[1] = TAG_ATOM_UTF8;
+    buf[2] = (unsigned char)(len >> 8);
+    buf[3] = (unsigned char)len;
+    memcpy(buf + 4, name, len);
+    return enif_binary_to_term(env, buf, 4 + len, out, create ? 0 : ERL_NIF_BIN2TERM_SAFE) ==
+           4 + len;
+}
+
+/* The atoms of a term, collected by a walk. */
+typedef struct {
+    etf_atom *atoms;
+    size_t n, cap;
+    int nomem;
+} atom_list;
+
+static int collect_atom(void *ctx, size_t off, size_t enc_len, const uint8_t *name, size_t len,
+                        int utf8, etf_atom_role role) {
+    (void)off;
+    (void)enc_len;
+    (void)role;
+    atom_list *l = ctx;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        etf_atom *a = enif_realloc(l->atoms, cap * sizeof *a);
+        if (!a) {
+            l->nomem = 1;
+            return 1;
+        }
+        l->atoms = a;
+        l->cap = cap;
+    }
+    l->atoms[l->n++] = (etf_atom){name, len, utf8};
+    return 0;
+}
+
+/* Names of `l` that are not atoms yet. */
+static size_t count_missing(ErlNifEnv *env, const atom_list *l) {
+    size_t missing = 0;
+    ERL_NIF_TERM t;
+    for (size_t i = 0; i < l->n; i++) {
+        missing += !name_atom(env, l->atoms[i].name, l->atoms[i].len, l->atoms[i].utf8, 0, &t);
+    }
+    return missing;
+}
+
+static int make_all(ErlNifEnv *env, const atom_list *l) {
+    ERL_NIF_TERM t;
+    for (size_t i = 0; i < l->n; i++) {
+        if (!name_atom(env, l->atoms[i].name, l->atoms[i].len, l->atoms[i].utf8, 1, &t)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* An external term whose atoms are known to exist, decoded without making
+ * any (term[-1] is its version byte, see etf_open). */
+static int decode_safe(ErlNifEnv *env, const uint8_t *term, size_t len, ERL_NIF_TERM *out) {
+    return enif_binary_to_term(env, term - 1, len + 1, out, ERL_NIF_BIN2TERM_SAFE) == len + 1;
+}
+
+static ERL_NIF_TERM too_many_atoms(ErlNifEnv *env, uint64_t count, uint64_t max) {
+    return enif_make_tuple2(env, am_error,
+                            enif_make_tuple3(env, am_too_many_atoms, enif_make_uint64(env, count),
+                                             enif_make_uint64(env, max)));
 }
 
 static int get_binary(ErlNifEnv *env, ERL_NIF_TERM t, ErlNifBinary *bin) {
     return enif_is_binary(env, t) && enif_inspect_binary(env, t, bin);
-}
-
-/* Decodes one whole external term. The core checks that it is exactly one
- * term first (binary_to_term ignores trailing bytes, and an empty buffer
- * decodes to nothing). A compressed term is inflated here: OTP 25's
- * enif_binary_to_term does not report a compressed term's size. */
-static int decode_term(ErlNifEnv *env, const uint8_t *data, size_t size, ERL_NIF_TERM *t) {
-    if (etf_validate(data, size, 1) != ETF_OK) {
-        return 0;
-    }
-    if (data[1] != 80) {
-        return enif_binary_to_term(env, data, size, t, 0) == size;
-    }
-    size_t usize = rd_u32(data + 2);
-    ErlNifBinary plain;
-    if (!enif_alloc_binary(usize + 1, &plain)) {
-        return 0;
-    }
-    plain.data[0] = ETF_VERSION;
-    int ok = etf_inflate_exact(data + 6, size - 6, plain.data + 1, usize) == 0 &&
-             enif_binary_to_term(env, plain.data, plain.size, t, 0) == plain.size;
-    enif_release_binary(&plain);
-    return ok;
-}
-
-static ERL_NIF_TERM decode_term_chunk(ErlNifEnv *env, const beam_module *m, const char *id,
-                                      ERL_NIF_TERM dflt, int *ok) {
-    const beam_chunk *c = beam_find_chunk(m, id);
-    ERL_NIF_TERM t;
-    if (!c) {
-        return dflt;
-    }
-    if (!decode_term(env, m->data + c->offset, c->size, &t)) {
-        *ok = 0;
-        return dflt;
-    }
-    return t;
 }
 
 static ERL_NIF_TERM fa_list(ErlNifEnv *env, const uint8_t *table, uint32_t n,
@@ -232,131 +273,271 @@ static ERL_NIF_TERM fa_list(ErlNifEnv *env, const uint8_t *table, uint32_t n,
     return list;
 }
 
-typedef struct {
-    ErlNifEnv *env;
-    ERL_NIF_TERM list;
-} funs_acc;
+/* ---- Cost ------------------------------------------------------------------
+ * No call holds a normal scheduler for more than about 1 ms: each estimates
+ * its cost from what the module declares (its size, chunks, atoms, table
+ * entries, and the sizes its compressed chunks inflate to) and reschedules
+ * itself as dirty when that is over the budget; parse counts exactly what it
+ * will make after checking and before making it, and relocation runs
+ * against a deadline, taking no step whose worst case would pass it (it is
+ * then redone dirty).
+ * Per-item costs in ns, measured on the project's 2-core machine with the
+ * crafted worst cases of bench/beam_bench.exs (the *_hold_us_* lines).
+ * Inputs above src/sandbox_nif.erl's size thresholds go dirty directly. */
+#define NORMAL_SCHEDULER_BUDGET_NS 1000000u
+#define COST_BYTE 2    /* per byte of the file, parsed */
+#define COST_INFLATE 3 /* per byte inflated */
+#define COST_WALK 5    /* per byte of a term walked and checked */
+#define COST_ATOM 150  /* per atom looked up or made */
+#define COST_DECODE 8  /* per byte of a term decoded by binary_to_term */
+#define COST_CHUNK 150 /* per chunk listed */
+#define COST_ENTRY 60  /* per import, export or local listed */
+#define COST_FUN 150   /* per external fun listed, besides its atoms */
+#define COST_NAME 300  /* per name of a relocation's renames and redirects */
 
-static int collect_export_fun(void *ctx, const etf_atom *mod, const etf_atom *fun, unsigned arity) {
-    funs_acc *acc = ctx;
-    beam_atom m = {mod->name, (uint16_t)mod->len}, f = {fun->name, (uint16_t)fun->len};
-    ERL_NIF_TERM ma, fa;
-    if (!make_name_atom(acc->env, &m, mod->utf8, &ma) ||
-        !make_name_atom(acc->env, &f, fun->utf8, &fa)) {
-        return 1;
-    }
-    ERL_NIF_TERM mfa = enif_make_tuple3(acc->env, ma, fa, enif_make_uint(acc->env, arity));
-    acc->list = enif_make_list_cell(acc->env, mfa, acc->list);
-    return 0;
+static int on_normal_scheduler(void) {
+    return enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
 }
 
-/* The external funs `fun M:F/A` among the module's literals, in reverse
- * order of appearance (the Erlang side sorts them). */
-static beam_errcode external_funs(ErlNifEnv *env, const beam_module *m, ERL_NIF_TERM *out,
-                                  beam_error *err) {
-    beam_literals lits;
-    beam_errcode rc = beam_literals_load(m, &lits, err);
+/* Inflating and walking the chunks with these ids (NULL: every term chunk
+ * and the literal table). */
+static uint64_t walk_cost(const beam_module *m, const char *const *ids) {
+    uint64_t ns = COST_BYTE * (uint64_t)m->size + COST_CHUNK * (uint64_t)m->nchunks;
+    for (size_t i = 0; i < m->nchunks; i++) {
+        const beam_chunk *c = &m->chunks[i];
+        int wanted = 0;
+        if (!ids) {
+            wanted = beam_is_term_chunk(c->id) || memcmp(c->id, "LitT", 4) == 0;
+        }
+        for (size_t k = 0; ids && ids[k]; k++) {
+            wanted |= memcmp(c->id, ids[k], 4) == 0;
+        }
+        if (wanted) {
+            uint64_t plain = beam_plain_size(m, c);
+            ns += plain * (COST_WALK + (plain != c->size ? COST_INFLATE : 0));
+        }
+    }
+    return ns;
+}
+
+static int get_limit(ErlNifEnv *env, ERL_NIF_TERM t, uint64_t *out) {
+    ErlNifUInt64 v;
+    if (!enif_get_uint64(env, t, &v) || v == 0) {
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* ---- parse ----------------------------------------------------------------- */
+
+/* One term chunk (Attr or CInf), opened, checked, its atoms collected. */
+typedef struct {
+    const beam_chunk *chunk;
+    const uint8_t *term;
+    size_t len;
+    uint8_t *owned;
+    atom_list atoms;
+} term_part;
+
+static void term_part_free(term_part *p) {
+    free(p->owned);
+    enif_free(p->atoms.atoms);
+    memset(p, 0, sizeof *p);
+}
+
+static beam_errcode open_term_chunk(const beam_module *m, const char *id, term_part *p,
+                                    beam_error *err) {
+    memset(p, 0, sizeof *p);
+    p->chunk = beam_find_chunk(m, id);
+    if (!p->chunk) {
+        return BEAM_OK;
+    }
+    etf_status st =
+        etf_open(m->data + p->chunk->offset, p->chunk->size, 1, &p->term, &p->len, &p->owned);
+    etf_visitor v = {collect_atom, NULL, &p->atoms, NULL};
+    size_t end = 0;
+    if (st == ETF_OK) {
+        st = etf_walk_term(p->term, p->len, &end, &v);
+    }
+    if (st == ETF_E_NOMEM || p->atoms.nomem) {
+        err->code = BEAM_E_NOMEM;
+        return BEAM_E_NOMEM;
+    }
+    if (st != ETF_OK || end != p->len) {
+        err->code = BEAM_E_BAD_TERM;
+        memcpy(err->chunk, id, 4);
+        err->has_chunk = 1;
+        return BEAM_E_BAD_TERM;
+    }
+    return BEAM_OK;
+}
+
+/* The external funs `fun M:F/A` among the literals: their atoms in pairs
+ * (module, function), and their arities. */
+typedef struct {
+    atom_list atoms;
+    unsigned *arity;
+    size_t n, cap;
+    int nomem;
+} fun_list;
+
+static int collect_fun(void *ctx, const etf_atom *mod, const etf_atom *fun, unsigned arity) {
+    fun_list *l = ctx;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        unsigned *a = enif_realloc(l->arity, cap * sizeof *a);
+        if (!a) {
+            l->nomem = 1;
+            return 1;
+        }
+        l->arity = a;
+        l->cap = cap;
+    }
+    l->arity[l->n++] = arity;
+    return collect_atom(&l->atoms, 0, 0, mod->name, mod->len, mod->utf8, ETF_ATOM_FUN_MODULE) ||
+           collect_atom(&l->atoms, 0, 0, fun->name, fun->len, fun->utf8, ETF_ATOM_FUN_NAME);
+}
+
+static beam_errcode collect_funs(const beam_module *m, beam_literals *lits, fun_list *funs,
+                                 beam_error *err) {
+    beam_errcode rc = beam_literals_load(m, lits, err);
     if (rc != BEAM_OK) {
         return rc;
     }
-    funs_acc acc = {env, enif_make_list(env, 0)};
-    etf_visitor v = {NULL, collect_export_fun, &acc};
+    etf_visitor v = {NULL, collect_fun, funs, NULL};
     size_t pos = 0, end;
     const uint8_t *term;
     uint32_t len;
-    for (uint32_t i = 0; beam_literals_next(&lits, &pos, &term, &len); i++) {
-        if (len < 1 || term[0] != ETF_VERSION ||
-            etf_walk_term(term + 1, len - 1, &end, &v) != ETF_OK || end != len - 1) {
+    for (uint32_t i = 0; beam_literals_next(lits, &pos, &term, &len); i++) {
+        etf_status st = len < 1 || term[0] != ETF_VERSION
+                            ? ETF_E_VERSION
+                            : etf_walk_term(term + 1, len - 1, &end, &v);
+        if (funs->nomem || funs->atoms.nomem) {
+            err->code = BEAM_E_NOMEM;
+            return BEAM_E_NOMEM;
+        }
+        if (st != ETF_OK || end != len - 1) {
             err->code = BEAM_E_BAD_LITERAL;
             err->a = i;
-            rc = BEAM_E_BAD_LITERAL;
-            break;
+            return BEAM_E_BAD_LITERAL;
         }
     }
-    beam_literals_free(&lits);
-    *out = acc.list;
-    return rc;
+    return BEAM_OK;
 }
 
-/* The cost of a call, estimated from what the module contains, so that a
- * small input that is expensive (many atoms, a literal table that inflates
- * a thousandfold) does not hold a normal scheduler for more than about 1 ms:
- * such a call reschedules itself as dirty. Per-item costs, measured on the
- * project's 2-core machine with crafted worst cases (see bench/beam_bench.exs):
- * about 2 ns per byte of the file and per byte of inflated literals or terms
- * walked, 150 ns per atom made, 6 ns per byte of Attr/CInf decoded to terms.
- * Inputs above src/sandbox_nif.erl's size thresholds go dirty directly. */
-#define NORMAL_SCHEDULER_BUDGET_NS 1000000u
-
-/* The bytes a term chunk or the literal table inflates to (its size when it
- * is not compressed), as declared. */
-static uint64_t declared_plain_bytes(const beam_module *m, const char *id) {
-    const beam_chunk *c = beam_find_chunk(m, id);
-    if (!c) {
-        return 0;
-    }
-    const uint8_t *p = m->data + c->offset;
-    if (memcmp(id, "LitT", 4) == 0) {
-        return c->size >= 4 && rd_u32(p) != 0 ? rd_u32(p) : c->size;
-    }
-    return c->size >= 6 && p[1] == 80 ? rd_u32(p + 2) : c->size;
-}
-
-static int too_long_for_normal_scheduler(const beam_module *m, int makes_terms) {
-    if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER) {
-        return 0;
-    }
-    uint64_t terms = declared_plain_bytes(m, "Attr") + declared_plain_bytes(m, "CInf");
-    uint64_t ns = 2 * ((uint64_t)m->size + declared_plain_bytes(m, "LitT") + terms);
-    if (makes_terms) {
-        ns += 150 * (uint64_t)m->natoms + 6 * terms;
-    }
-    return ns > NORMAL_SCHEDULER_BUDGET_NS;
-}
-
+/* parse_nif(Bin, MaxInflated, MaxNewAtoms). Three steps: check everything
+ * parse reads (the container and tables, every literal, Attr and CInf) and
+ * collect the names it will make atoms of; count those that are not atoms
+ * yet against MaxNewAtoms; make them and the result. */
 static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     ErlNifBinary bin;
-    if (!get_binary(env, argv[0], &bin)) {
+    uint64_t max_inflated, max_atoms;
+    if (!get_binary(env, argv[0], &bin) || !get_limit(env, argv[1], &max_inflated) ||
+        !get_limit(env, argv[2], &max_atoms)) {
         return enif_make_badarg(env);
     }
     beam_module m;
     beam_error err;
-    if (beam_parse(bin.data, bin.size, &m, &err) != BEAM_OK) {
+    if (beam_parse_limited(bin.data, bin.size, max_inflated, &m, &err) != BEAM_OK) {
         return error_tuple(env, &err);
     }
-    if (too_long_for_normal_scheduler(&m, 1)) {
+    static const char *const parsed[] = {"LitT", "Attr", "CInf", NULL};
+    uint64_t cost = walk_cost(&m, parsed);
+    int normal = on_normal_scheduler();
+    if (normal && cost > NORMAL_SCHEDULER_BUDGET_NS) {
         beam_module_free(&m);
         return enif_schedule_nif(env, "parse_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND, parse_nif, argc,
                                  argv);
     }
     ERL_NIF_TERM ret;
-    ERL_NIF_TERM *atoms = enif_alloc(m.natoms * sizeof *atoms);
-    if (!atoms) {
+    ERL_NIF_TERM *atoms = NULL;
+    unsigned char *exists = NULL;
+    beam_literals lits = {0};
+    fun_list funs = {0};
+    term_part attr = {0}, cinf = {0};
+    /* 1. Check, and collect names. */
+    if (open_term_chunk(&m, "Attr", &attr, &err) != BEAM_OK ||
+        open_term_chunk(&m, "CInf", &cinf, &err) != BEAM_OK ||
+        collect_funs(&m, &lits, &funs, &err) != BEAM_OK) {
+        ret = error_tuple(env, &err);
+        goto out;
+    }
+    cost += COST_ATOM * ((uint64_t)m.natoms + attr.atoms.n + cinf.atoms.n + funs.atoms.n) +
+            COST_DECODE * ((uint64_t)attr.len + cinf.len) + COST_FUN * (uint64_t)funs.n +
+            COST_ENTRY * ((uint64_t)m.nimports + m.nexports + m.nlocals);
+    if (normal && cost > NORMAL_SCHEDULER_BUDGET_NS) {
+        ret = enif_schedule_nif(env, "parse_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND, parse_nif, argc,
+                                argv);
+        goto out;
+    }
+    /* 2. Count the atoms it would make. */
+    atoms = enif_alloc((m.natoms + 1) * sizeof *atoms);
+    exists = enif_alloc(m.natoms + 1);
+    if (!atoms || !exists) {
         err.code = BEAM_E_NOMEM;
         ret = error_tuple(env, &err);
         goto out;
     }
+    uint64_t missing = 0;
     for (size_t i = 0; i < m.natoms; i++) {
-        if (!make_name_atom(env, &m.atoms[i], m.atoms_utf8, &atoms[i])) {
+        exists[i] = (unsigned char)name_atom(env, m.atoms[i].name, m.atoms[i].len, m.atoms_utf8, 0,
+                                             &atoms[i]);
+        missing += !exists[i];
+    }
+    missing += count_missing(env, &attr.atoms) + count_missing(env, &cinf.atoms) +
+               count_missing(env, &funs.atoms);
+    if (missing > max_atoms) {
+        ret = too_many_atoms(env, missing, max_atoms);
+        goto out;
+    }
+    /* 3. Make them: the terms' first, so that a term binary_to_term refuses
+     * after all (our checks let it through) leaves the fewest behind. */
+    ERL_NIF_TERM terms[2];
+    term_part *parts[2] = {&attr, &cinf};
+    for (int k = 0; k < 2; k++) {
+        terms[k] = enif_make_list(env, 0);
+        if (parts[k]->chunk && (!make_all(env, &parts[k]->atoms) ||
+                                !decode_safe(env, parts[k]->term, parts[k]->len, &terms[k]))) {
+            err.code = BEAM_E_BAD_TERM;
+            memcpy(err.chunk, parts[k]->chunk->id, 4);
+            err.has_chunk = 1;
+            ret = error_tuple(env, &err);
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < m.natoms; i++) {
+        if (!exists[i] &&
+            !name_atom(env, m.atoms[i].name, m.atoms[i].len, m.atoms_utf8, 1, &atoms[i])) {
             err.code = BEAM_E_BAD_ATOM;
             err.a = i + 1;
             ret = error_tuple(env, &err);
             goto out;
         }
     }
-
-    ERL_NIF_TERM atom_list = enif_make_list_from_array(env, atoms, (unsigned)m.natoms);
-
-    ERL_NIF_TERM chunks = enif_make_list(env, 0);
-    for (size_t i = m.nchunks; i-- > 0;) {
-        char id[5] = {0};
-        memcpy(id, m.chunks[i].id, 4);
-        ERL_NIF_TERM c =
-            enif_make_tuple3(env, chunk_id(env, id), enif_make_uint(env, m.chunks[i].offset),
-                             enif_make_uint(env, m.chunks[i].size));
-        chunks = enif_make_list_cell(env, c, chunks);
+    ERL_NIF_TERM fun_terms = enif_make_list(env, 0);
+    for (size_t i = 0; i < funs.n; i++) {
+        const etf_atom *mf = &funs.atoms.atoms[2 * i];
+        ERL_NIF_TERM ma, fa;
+        if (!name_atom(env, mf[0].name, mf[0].len, mf[0].utf8, 1, &ma) ||
+            !name_atom(env, mf[1].name, mf[1].len, mf[1].utf8, 1, &fa)) {
+            err.code = BEAM_E_BAD_LITERAL;
+            err.a = 0;
+            ret = error_tuple(env, &err);
+            goto out;
+        }
+        ERL_NIF_TERM mfa = enif_make_tuple3(env, ma, fa, enif_make_uint(env, funs.arity[i]));
+        fun_terms = enif_make_list_cell(env, mfa, fun_terms);
     }
 
+    ERL_NIF_TERM atom_list = enif_make_list_from_array(env, atoms, (unsigned)m.natoms);
+    ERL_NIF_TERM chunks = enif_make_list(env, 0);
+    for (size_t i = m.nchunks; i-- > 0;) {
+        ERL_NIF_TERM c = enif_make_tuple3(env, chunk_id(env, m.chunks[i].id),
+                                          enif_make_uint(env, m.chunks[i].offset),
+                                          enif_make_uint(env, m.chunks[i].size));
+        chunks = enif_make_list_cell(env, c, chunks);
+    }
     ERL_NIF_TERM imports = enif_make_list(env, 0);
     for (uint32_t i = m.nimports; i-- > 0;) {
         uint32_t e[3];
@@ -365,37 +546,12 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
             enif_make_tuple3(env, atoms[e[0] - 1], atoms[e[1] - 1], enif_make_uint(env, e[2]));
         imports = enif_make_list_cell(env, mfa, imports);
     }
-
-    int ok = 1;
-    ERL_NIF_TERM attrs = decode_term_chunk(env, &m, "Attr", enif_make_list(env, 0), &ok);
-    if (!ok) {
-        err.code = BEAM_E_BAD_TERM;
-        memcpy(err.chunk, "Attr", 5);
-        err.has_chunk = 1;
-        ret = error_tuple(env, &err);
-        goto out;
-    }
-    ERL_NIF_TERM cinf = decode_term_chunk(env, &m, "CInf", enif_make_list(env, 0), &ok);
-    if (!ok) {
-        err.code = BEAM_E_BAD_TERM;
-        memcpy(err.chunk, "CInf", 5);
-        err.has_chunk = 1;
-        ret = error_tuple(env, &err);
-        goto out;
-    }
-
-    ERL_NIF_TERM funs;
-    if (external_funs(env, &m, &funs, &err) != BEAM_OK) {
-        ret = error_tuple(env, &err);
-        goto out;
-    }
-
     ERL_NIF_TERM keys[] = {am_external_funs, am_module,       am_atoms,        am_atom_encoding,
                            am_chunks,        am_imports,      am_exports,      am_locals,
                            am_attributes,    am_compile_info, am_has_literals, am_has_debug_info,
                            am_has_docs,      am_has_exck};
     ERL_NIF_TERM vals[] = {
-        funs,
+        fun_terms,
         atoms[0],
         atom_list,
         m.atoms_utf8 ? am_utf8 : am_latin1,
@@ -403,8 +559,8 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         imports,
         fa_list(env, m.exports, m.nexports, atoms),
         fa_list(env, m.locals, m.nlocals, atoms),
-        attrs,
-        cinf,
+        terms[0],
+        terms[1],
         beam_find_chunk(&m, "LitT") ? am_true : am_false,
         beam_find_chunk(&m, "Dbgi") ? am_true : am_false,
         beam_find_chunk(&m, "Docs") ? am_true : am_false,
@@ -415,31 +571,39 @@ static ERL_NIF_TERM parse_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     ret = enif_make_tuple2(env, am_ok, map);
 out:
     enif_free(atoms);
+    enif_free(exists);
+    term_part_free(&attr);
+    term_part_free(&cinf);
+    enif_free(funs.atoms.atoms);
+    enif_free(funs.arity);
+    beam_literals_free(&lits);
     beam_module_free(&m);
     return ret;
 }
 
+/* validate_nif(Bin, MaxInflated). */
 static ERL_NIF_TERM validate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     ErlNifBinary bin;
-    if (!get_binary(env, argv[0], &bin)) {
+    uint64_t max_inflated;
+    if (!get_binary(env, argv[0], &bin) || !get_limit(env, argv[1], &max_inflated)) {
         return enif_make_badarg(env);
     }
     const nif_priv *p = enif_priv_data(env);
     beam_error err;
-    if (enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER) {
+    if (on_normal_scheduler()) {
         /* A first, cheap parse tells the cost; its errors are validate's. */
         beam_module m;
-        if (beam_parse(bin.data, bin.size, &m, &err) != BEAM_OK) {
+        if (beam_parse_limited(bin.data, bin.size, max_inflated, &m, &err) != BEAM_OK) {
             return error_tuple(env, &err);
         }
-        int dirty = too_long_for_normal_scheduler(&m, 0);
+        int dirty = walk_cost(&m, NULL) > NORMAL_SCHEDULER_BUDGET_NS;
         beam_module_free(&m);
         if (dirty) {
             return enif_schedule_nif(env, "validate_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
                                      validate_nif, argc, argv);
         }
     }
-    if (beam_validate(bin.data, bin.size, p->max_opcode, &err) != BEAM_OK) {
+    if (beam_validate_limited(bin.data, bin.size, p->max_opcode, max_inflated, &err) != BEAM_OK) {
         return error_tuple(env, &err);
     }
     return am_ok;
@@ -534,23 +698,96 @@ static int get_pairs(ErlNifEnv *env, ERL_NIF_TERM map, reloc_pair **out, size_t 
     return 1;
 }
 
+/* {error, {duplicate_map_key, Key}}. The key's atoms come from the BEAM,
+ * so they count against the call's budget like parse's: over it, the
+ * reason is {too_many_atoms, Count, Max} instead. */
+static ERL_NIF_TERM duplicate_key(ErlNifEnv *env, const uint8_t *key, size_t len,
+                                  uint64_t max_atoms) {
+    ERL_NIF_TERM t = am_out_of_memory, ret;
+    uint8_t *ext = enif_alloc(len + 1);
+    atom_list l = {0};
+    etf_visitor v = {collect_atom, NULL, &l, NULL};
+    size_t end, missing;
+    if (!ext || !key) {
+        ret = enif_make_tuple2(env, am_error, am_out_of_memory);
+        goto out;
+    }
+    ext[0] = ETF_VERSION;
+    memcpy(ext + 1, key, len);
+    if (etf_walk_term(ext + 1, len, &end, &v) != ETF_OK || end != len || l.nomem) {
+        ret = enif_make_tuple2(env, am_error, am_out_of_memory);
+        goto out;
+    }
+    if ((missing = count_missing(env, &l)) > max_atoms) {
+        ret = too_many_atoms(env, missing, max_atoms);
+        goto out;
+    }
+    if (!make_all(env, &l) || !decode_safe(env, ext + 1, len, &t)) {
+        t = am_error;
+    }
+    ret = enif_make_tuple2(env, am_error, enif_make_tuple2(env, am_duplicate_map_key, t));
+out:
+    enif_free(l.atoms);
+    enif_free(ext);
+    return ret;
+}
+
+/* relocate_nif(Bin, Renames, Redirects, StripDebug, MaxInflated, MaxNewAtoms).
+ * On a normal scheduler the core runs against a deadline 0.6 ms after
+ * the call started, taking no step whose worst case would pass it; a
+ * relocation that reaches it is done again on a dirty scheduler. One whose
+ * estimate is many times the budget goes dirty at once, and so does one
+ * whose rename maps alone would take more than the budget to read. */
+#define RELOCATE_BUDGET_NS 600000u
+#define RELOCATE_TRY_NORMAL_UNITS (8 * (uint64_t)RELOCATE_BUDGET_NS)
+
+static uint64_t monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
 static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
+    uint64_t started = monotonic_ns();
     ErlNifBinary bin;
     reloc_spec spec = {0};
     reloc_pair *renames = NULL, *redirects = NULL;
     ERL_NIF_TERM ret;
     int from_binary = 0;
-    if (!get_binary(env, argv[0], &bin) ||
-        !get_pairs(env, argv[1], &renames, &spec.nrenames, &from_binary) ||
-        !get_pairs(env, argv[2], &redirects, &spec.nredirects, &from_binary) ||
-        (argv[3] != am_true && argv[3] != am_false)) {
+    size_t nrenames, nredirects;
+    uint64_t max_atoms;
+    if (!get_binary(env, argv[0], &bin) || !enif_get_map_size(env, argv[1], &nrenames) ||
+        !enif_get_map_size(env, argv[2], &nredirects) ||
+        (argv[3] != am_true && argv[3] != am_false) ||
+        !get_limit(env, argv[4], &spec.max_inflated) || !get_limit(env, argv[5], &max_atoms)) {
+        return enif_make_badarg(env);
+    }
+    spec.strip_debug = argv[3] == am_true;
+    spec.nrenames = nrenames;
+    spec.nredirects = nredirects;
+    if (on_normal_scheduler()) {
+        /* The module's own declarations tell what the work is likely to be. */
+        beam_module m;
+        beam_error err;
+        if (beam_parse_limited(bin.data, bin.size, spec.max_inflated, &m, &err) != BEAM_OK) {
+            return error_tuple(env, &err);
+        }
+        uint64_t names = COST_NAME * (uint64_t)(nrenames + nredirects);
+        uint64_t work = reloc_work_estimate(&m, &spec) + names;
+        beam_module_free(&m);
+        if (names > RELOCATE_BUDGET_NS / 2 || work > RELOCATE_TRY_NORMAL_UNITS) {
+            return enif_schedule_nif(env, "relocate_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                     relocate_nif, argc, argv);
+        }
+        spec.deadline_ns = started + RELOCATE_BUDGET_NS;
+    }
+    if (!get_pairs(env, argv[1], &renames, &spec.nrenames, &from_binary) ||
+        !get_pairs(env, argv[2], &redirects, &spec.nredirects, &from_binary)) {
         ret = enif_make_badarg(env);
         goto out;
     }
     spec.renames = renames;
     spec.redirects = redirects;
-    spec.strip_debug = argv[3] == am_true;
     /* Names read from atoms are valid UTF-8; binaries are checked by the core. */
     spec.names_valid = !from_binary;
     uint8_t *data;
@@ -569,6 +806,12 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         goto out;
     }
     switch (err.code) {
+    case RELOC_E_WORK:
+        /* Out of time on this scheduler: all of it again, dirty (with no
+         * deadline there, this cannot happen twice). */
+        ret = enif_schedule_nif(env, "relocate_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND, relocate_nif,
+                                argc, argv);
+        break;
     case RELOC_E_BEAM:
         ret = error_tuple(env, &err.beam);
         break;
@@ -578,20 +821,9 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         ret = enif_make_tuple2(env, am_error, enif_make_tuple2(env, am_atom_too_long, name));
         break;
     }
-    case RELOC_E_DUPLICATE_MAP_KEY: {
-        ERL_NIF_TERM key = am_error;
-        unsigned char *ext = enif_alloc(err.key_len + 1);
-        if (ext && err.key) {
-            ext[0] = ETF_VERSION;
-            memcpy(ext + 1, err.key, err.key_len);
-            if (enif_binary_to_term(env, ext, err.key_len + 1, &key, 0) == 0) {
-                key = am_error;
-            }
-        }
-        enif_free(ext);
-        ret = enif_make_tuple2(env, am_error, enif_make_tuple2(env, am_duplicate_map_key, key));
+    case RELOC_E_DUPLICATE_MAP_KEY:
+        ret = duplicate_key(env, err.key, err.key_len, max_atoms);
         break;
-    }
     case RELOC_E_BAD_SPEC:
         ret = enif_make_badarg(env);
         break;
@@ -1049,14 +1281,14 @@ out:
 }
 
 static ErlNifFunc nif_funcs[] = {
-    {"parse_nif", 1, parse_nif, 0},
-    {"parse_dirty", 1, parse_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
-    {"validate_nif", 1, validate_nif, 0},
-    {"validate_dirty", 1, validate_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"parse_nif", 3, parse_nif, 0},
+    {"parse_dirty", 3, parse_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"validate_nif", 2, validate_nif, 0},
+    {"validate_dirty", 2, validate_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"checksum_nif", 1, checksum_nif, 0},
     {"checksum_dirty", 1, checksum_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
-    {"relocate_nif", 4, relocate_nif, 0},
-    {"relocate_dirty", 4, relocate_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"relocate_nif", 6, relocate_nif, 0},
+    {"relocate_dirty", 6, relocate_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"reload_order_nif", 2, reload_order_nif, 0},
     {"reload_order_dirty", 2, reload_order_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"dependency_graph_nif", 2, dependency_graph_nif, 0},

@@ -9,42 +9,16 @@
 
 #include "beam.h"
 #include "bytes.h"
+#include "etf.h"
 #include "relocate.h"
+#include "test_helpers.h"
 
-typedef struct {
-    const char *id;
-    const uint8_t *data;
-    size_t len;
-} spec;
+typedef test_chunk spec;
 
 #define BYTES(...) ((const uint8_t[]){__VA_ARGS__})
 #define CHUNK(id_, ...)                                                                            \
     { id_, BYTES(__VA_ARGS__), sizeof(BYTES(__VA_ARGS__)) }
-
-/* An IFF BEAM file of the given chunks, zero-padded, in a buffer of exactly
- * its size (so ASan sees any read past it). */
-static uint8_t *build(const spec *cs, size_t n, size_t *size) {
-    size_t total = 12;
-    for (size_t i = 0; i < n; i++) {
-        total += 8 + align4(cs[i].len);
-    }
-    uint8_t *b = calloc(total, 1);
-    cr_assert_not_null(b);
-    memcpy(b, "FOR1", 4);
-    wr_u32(b + 4, (uint32_t)(total - 8));
-    memcpy(b + 8, "BEAM", 4);
-    size_t pos = 12;
-    for (size_t i = 0; i < n; i++) {
-        memcpy(b + pos, cs[i].id, 4);
-        wr_u32(b + pos + 4, (uint32_t)cs[i].len);
-        if (cs[i].len) {
-            memcpy(b + pos + 8, cs[i].data, cs[i].len);
-        }
-        pos += 8 + align4(cs[i].len);
-    }
-    *size = total;
-    return b;
-}
+#define build test_build_beam
 
 /* The chunks every module needs besides its atoms: no imports, export 2/0
  * (atom 2, arity 0, label 1), and a code header of instruction set 0,
@@ -273,8 +247,14 @@ Test(fixtures, compressed_literal_table) {
     wr_u32(chunk, sizeof table - 1);
     cr_assert_eq(literals_of(&litt, &lits, &e), BEAM_E_ZLIB);
     /* A declared size no zlib stream of this length can reach. */
-    wr_u32(chunk, 0xFFFFFFF0u);
+    wr_u32(chunk, 1000000);
     cr_assert_eq(literals_of(&litt, &lits, &e), BEAM_E_ZLIB);
+    /* One beyond the cap on inflated bytes: refused before inflating. */
+    wr_u32(chunk, 0xFFFFFFF0u);
+    cr_assert_eq(literals_of(&litt, &lits, &e), BEAM_E_TOO_LARGE);
+    cr_assert_eq(e.a, 0xFFFFFFF0u);
+    cr_assert_eq(e.b, BEAM_DEFAULT_MAX_INFLATED);
+    cr_assert_str_eq(e.chunk, "LitT");
 }
 
 /* Regression: a form that claims 4 more bytes than the file holds is
@@ -348,7 +328,7 @@ Test(fixtures, relocate_literal_with_empty_map) {
     size_t size;
     uint8_t *in = build(cs, 6, &size), *out;
     reloc_pair renames[] = {{(const uint8_t *)"m", 1, (const uint8_t *)"renamed_m", 9}};
-    reloc_spec rs = {renames, 1, NULL, 0, 0, 0};
+    reloc_spec rs = {.renames = renames, .nrenames = 1};
     reloc_error err;
     size_t out_len;
     cr_assert_eq(beam_relocate(in, size, &rs, &out, &out_len, &err), 0);
@@ -372,4 +352,61 @@ Test(fixtures, relocate_literal_with_empty_map) {
     beam_module_free(&m);
     free(out);
     free(in);
+}
+
+/* Regression: every chunk's id was compared with every earlier one, so
+ * 64 KiB of empty chunks held a scheduler for 30 ms and 64 MiB for hours.
+ * 600,000 chunks (4.8 MB) would take minutes that way; the timeout only
+ * guards against such a hang. */
+Test(fixtures, many_chunks_in_linear_time, .timeout = 60) {
+    enum { N = 600000 };
+    test_chunk *cs = calloc(N, sizeof *cs);
+    char(*ids)[4] = calloc(N, 4);
+    for (size_t i = 0; i < N; i++) {
+        ids[i][0] = 'z';
+        ids[i][1] = (char)(i >> 16);
+        ids[i][2] = (char)(i >> 8);
+        ids[i][3] = (char)i;
+        cs[i] = (test_chunk){ids[i], NULL, 0};
+    }
+    size_t size;
+    uint8_t *d = test_minimal_module(cs, N, &size);
+    beam_module m;
+    beam_error e;
+    cr_assert_eq(beam_parse(d, size, &m, &e), BEAM_OK, "%s", beam_errcode_name(e.code));
+    cr_assert_eq(m.nchunks, N + 5);
+    beam_module_free(&m);
+    cr_assert_eq(beam_validate(d, size, BEAM_DEFAULT_MAX_OPCODE, &e), BEAM_OK);
+    free(d);
+
+    /* The first repeat in file order is reported, even when a later id
+     * repeats an earlier one too and the file is cut after both. */
+    memcpy(ids[N - 1], ids[10], 4);
+    memcpy(ids[N / 2], ids[N / 3], 4);
+    d = test_minimal_module(cs, N, &size);
+    cr_assert_eq(beam_parse(d, size, &m, &e), BEAM_E_DUPLICATE_CHUNK);
+    cr_assert_eq(memcmp(e.chunk, ids[N / 3], 4), 0);
+    wr_u32(d + 4, (uint32_t)(size - 8 + 8)); /* the form claims one more chunk */
+    cr_assert_eq(beam_parse(d, size, &m, &e), BEAM_E_DUPLICATE_CHUNK);
+    cr_assert_eq(memcmp(e.chunk, ids[N / 3], 4), 0);
+    free(d);
+    /* Without repeats, the cut is what is reported. */
+    memcpy(ids[N / 2], "zzzz", 4);
+    memcpy(ids[N - 1], "zzzy", 4);
+    d = test_minimal_module(cs, N, &size);
+    wr_u32(d + 4, (uint32_t)(size - 8 + 8));
+    cr_assert_eq(beam_parse(d, size, &m, &e), BEAM_E_TRUNCATED);
+    free(d);
+    free(ids);
+    free(cs);
+}
+
+/* A NaN or an infinity is no Erlang float: refused in a literal. */
+Test(fixtures, non_finite_floats) {
+    const uint8_t nan[] = {131, 70, 0x7F, 0xF8, 0, 0, 0, 0, 0, 0};
+    const uint8_t inf[] = {131, 70, 0xFF, 0xF0, 0, 0, 0, 0, 0, 0};
+    const uint8_t big[] = {131, 70, 0x7F, 0xEF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+    cr_assert_eq(etf_validate(nan, sizeof nan, 0), ETF_E_BAD_VALUE);
+    cr_assert_eq(etf_validate(inf, sizeof inf, 0), ETF_E_BAD_VALUE);
+    cr_assert_eq(etf_validate(big, sizeof big, 0), ETF_OK);
 }

@@ -102,7 +102,7 @@ Test(etf, visitor_sees_every_atom) {
     const uint8_t t[] = {108, 0, 0,   0, 3,   113, 119, 1,   'm', 119, 1,  'f',
                          97,  1, 119, 1, 'a', 104, 1,   119, 1,   'b', 106};
     struct seen s = {0};
-    etf_visitor v = {count_atoms, NULL, &s};
+    etf_visitor v = {count_atoms, NULL, &s, NULL};
     size_t end;
     cr_assert_eq(etf_walk_term(t, sizeof t, &end, &v), ETF_OK);
     cr_assert_eq(end, sizeof t);

@@ -7,8 +7,9 @@ defmodule Sandbox.Beam do
   `:code.get_object_code/1`). Malformed input never crashes the VM: it is an
   `{:error, reason}` with one of the reasons below. Arguments of the wrong
   type raise `ArgumentError`. Inputs that are large, or small but costly
-  (many atoms, literals that inflate a thousandfold), are processed on dirty
-  CPU schedulers; the rest on the calling scheduler.
+  (many chunks or atoms, chunks that declare they inflate a thousandfold),
+  are processed on dirty CPU schedulers; the rest on the calling scheduler,
+  for at most about a millisecond.
 
       iex> {_, bin, _} = :code.get_object_code(:lists)
       iex> {:ok, beam} = Sandbox.Beam.parse(bin)
@@ -16,6 +17,24 @@ defmodule Sandbox.Beam do
       :lists
       iex> Sandbox.Beam.validate(bin)
       :ok
+
+  ## Limits
+
+  The binaries may come from anywhere, so each call is bounded:
+
+    * `:max_inflated_bytes` — the most bytes the compressed chunks of one
+      BEAM (the literal table `LitT` and the term chunks `Attr`, `CInf`,
+      `Dbgi`, `Docs`, `ExCk`, `Meta`) may declare they inflate to, together;
+      for `relocate/4` also the most its rewritten terms may grow to.
+      Default 256 MiB (the largest installed module declares 5.6 MB).
+    * `:max_new_atoms` — the most atoms one call may create (`parse/2`, and
+      the key of a `relocate/4` error). Default 65,536 (the module with the
+      most atoms in OTP has 2,146). Every check runs before any atom is
+      made, so a binary that is refused creates none.
+
+  Each is taken from the call's options, else from the application
+  environment (`config :sandbox, max_inflated_bytes: ..., max_new_atoms:
+  ...`), else the default.
 
   ## Error reasons
 
@@ -45,8 +64,17 @@ defmodule Sandbox.Beam do
       OTP 25's loader refuses
     * `{:bad_literal, n}` — literal `n` (0-based) is not one valid external
       term
-    * `{:bad_term, id}` — the `Attr` or `CInf` chunk is not one valid
+    * `{:bad_term, id}` — a term chunk (`Attr` or `CInf`; for `validate/2`
+      and `relocate/4` also `Dbgi`, `Docs`, `ExCk`, `Meta`) is not one valid
       external term
+    * `{:too_large, id, bytes, cap}` — the compressed chunks up to and
+      including chunk `id` declare they inflate to `bytes` bytes together, or
+      (from `relocate/4`) rewriting chunk `id` would take the rewritten terms
+      to `bytes`: over the `:max_inflated_bytes` cap `cap`. Nothing is
+      inflated beyond the cap.
+    * `{:too_many_atoms, count, max}` — the call would create `count` atoms
+      (an upper bound: each occurrence of a name that is not an atom yet),
+      over the `:max_new_atoms` budget `max`; none were created
     * `{:unsupported_instruction_set, n}` — the code header's instruction set
       is not 0
     * `{:unsupported_opcode, n}` — the module uses opcodes up to `n`, above
@@ -68,6 +96,8 @@ defmodule Sandbox.Beam do
           | {:zlib_error, chunk_id}
           | {:bad_literal, non_neg_integer}
           | {:bad_term, chunk_id}
+          | {:too_large, chunk_id, pos_integer, pos_integer}
+          | {:too_many_atoms, pos_integer, pos_integer}
           | {:unsupported_instruction_set, non_neg_integer}
           | {:unsupported_opcode, non_neg_integer}
           | :out_of_memory
@@ -125,40 +155,77 @@ defmodule Sandbox.Beam do
   tables, and the `Attr` and `CInf` terms.
 
   Parsing checks every bound and index it reads, and walks the literal
-  table for external funs; it does not look at the code (see `validate/1`
-  for the checks a loadable module needs).
+  table for external funs; it does not look at the code (see `validate/2`
+  for the checks a loadable module needs). All of that is checked before
+  any atom is created.
 
       iex> {_, bin, _} = :code.get_object_code(:lists)
       iex> {:ok, %Sandbox.Beam{exports: exports}} = Sandbox.Beam.parse(bin)
       iex> {:reverse, 1} in exports
       true
+
+  ## Options
+
+    * `:max_inflated_bytes`, `:max_new_atoms` — see "Limits" above
   """
-  @spec parse(binary) :: {:ok, t} | {:error, reason}
-  def parse(beam) when is_binary(beam) do
-    case :sandbox_nif.parse(beam) do
+  @spec parse(binary, keyword) :: {:ok, t} | {:error, reason}
+  def parse(beam, opts \\ [])
+
+  def parse(beam, opts) when is_binary(beam) do
+    case :sandbox_nif.parse(beam, limits!(opts, [:max_inflated_bytes, :max_new_atoms])) do
       {:ok, map} -> {:ok, Map.put(map, :__struct__, __MODULE__)}
       {:error, _} = error -> error
     end
   end
 
-  def parse(other), do: raise(ArgumentError, "expected a BEAM binary, got: #{inspect(other)}")
+  def parse(other, _opts),
+    do: raise(ArgumentError, "expected a BEAM binary, got: #{inspect(other)}")
+
+  # The limit options as the NIF wrapper takes them; the others go to the
+  # application environment or the defaults there.
+  defp limits!(opts, allowed) do
+    unless Keyword.keyword?(opts),
+      do: raise(ArgumentError, "expected options, got: #{inspect(opts)}")
+
+    Enum.reduce(opts, %{}, fn {key, value}, acc ->
+      cond do
+        key not in allowed ->
+          raise ArgumentError, "unknown option #{inspect(key)}"
+
+        not (is_integer(value) and value > 0) ->
+          raise ArgumentError,
+                "#{inspect(key)} must be a positive integer, got: #{inspect(value)}"
+
+        true ->
+          Map.put(acc, key, value)
+      end
+    end)
+  end
 
   @doc """
   Checks that a BEAM binary is well formed enough to be offered to the loader.
 
-  Beyond `parse/1`: the required chunks (`Code`, `StrT`, `ImpT`, `ExpT`)
+  Beyond `parse/2`: the required chunks (`Code`, `StrT`, `ImpT`, `ExpT`)
   are present, the literal table inflates and every literal is one valid
-  external term, `Attr` and `CInf` are valid external terms, and the code
-  header names instruction set 0 and no opcode above the running system's
-  highest. Returns `:ok` or `{:error, reason}`.
+  external term, every term chunk (`Attr`, `CInf`, `Dbgi`, `Docs`, `ExCk`,
+  `Meta`) is one valid external term, and the code header names
+  instruction set 0 and no opcode above the running system's highest.
+  Returns `:ok` or `{:error, reason}`. Creates no atoms.
 
       iex> Sandbox.Beam.validate("FOR1")
       {:error, {:truncated, :header}}
-  """
-  @spec validate(binary) :: :ok | {:error, reason}
-  def validate(beam) when is_binary(beam), do: :sandbox_nif.validate(beam)
 
-  def validate(other),
+  ## Options
+
+    * `:max_inflated_bytes` — see "Limits" above
+  """
+  @spec validate(binary, keyword) :: :ok | {:error, reason}
+  def validate(beam, opts \\ [])
+
+  def validate(beam, opts) when is_binary(beam),
+    do: :sandbox_nif.validate(beam, limits!(opts, [:max_inflated_bytes]))
+
+  def validate(other, _opts),
     do: raise(ArgumentError, "expected a BEAM binary, got: #{inspect(other)}")
 
   @id_pattern ~r/\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\z/
@@ -282,15 +349,20 @@ defmodule Sandbox.Beam do
   `Line`, `Type`), `StrT` and unknown chunks are kept byte for byte. The
   result always has an `AtU8` atom table.
 
+  Every term chunk it rewrites, and every literal, is walked whole (and so
+  validated) before it is rewritten.
+
   ## Options
 
     * `:debug_info` — `:keep` (default) rewrites `Dbgi` and `Docs` like the
       other term chunks; `:strip` drops them (no debugger, `:cover` or docs
       for the relocated module, and much faster).
+    * `:max_inflated_bytes`, `:max_new_atoms` — see "Limits" above
 
   ## Errors
 
-  Besides the reasons of `parse/1`:
+  Besides the reasons of `parse/2` (a term chunk that does not inflate to
+  its declared size is `{:zlib_error, id}`):
 
     * `{:atom_too_long, name}` — a resulting atom would be over 255 bytes
     * `{:duplicate_map_key, key}` — renaming makes two keys of a literal map
@@ -312,11 +384,12 @@ defmodule Sandbox.Beam do
 
   def relocate(beam, renames, redirects, opts) when is_binary(beam) do
     strip = strip_option(opts)
+    limits = limits!(Keyword.delete(opts, :debug_info), [:max_inflated_bytes, :max_new_atoms])
     check_atom_map!(renames, "renames")
     check_atom_map!(redirects, "redirects")
 
-    with :ok <- check_bif_redirects(beam, redirects) do
-      case :sandbox_nif.relocate(beam, renames, redirects, strip) do
+    with :ok <- check_bif_redirects(beam, redirects, limits) do
+      case :sandbox_nif.relocate(beam, renames, redirects, strip, limits) do
         {:error, :badarg} -> raise ArgumentError, "relocate: the NIF refused its arguments"
         result -> result
       end
@@ -330,11 +403,10 @@ defmodule Sandbox.Beam do
     unless Keyword.keyword?(opts),
       do: raise(ArgumentError, "expected options, got: #{inspect(opts)}")
 
-    case Keyword.validate(opts, debug_info: :keep) do
-      {:ok, [debug_info: :keep]} -> false
-      {:ok, [debug_info: :strip]} -> true
-      {:ok, [debug_info: other]} -> raise ArgumentError, "bad :debug_info #{inspect(other)}"
-      {:error, keys} -> raise ArgumentError, "unknown options #{inspect(keys)}"
+    case Keyword.get(opts, :debug_info, :keep) do
+      :keep -> false
+      :strip -> true
+      other -> raise ArgumentError, "bad :debug_info #{inspect(other)}"
     end
   end
 
@@ -353,8 +425,8 @@ defmodule Sandbox.Beam do
     do: raise(ArgumentError, "#{what} must be a map, got: #{inspect(other)}")
 
   # The loader requires BIF imports of :erlang to stay BIFs.
-  defp check_bif_redirects(beam, %{erlang: _}) do
-    with {:ok, %__MODULE__{imports: imports}} <- parse(beam) do
+  defp check_bif_redirects(beam, %{erlang: _}, limits) do
+    with {:ok, %__MODULE__{imports: imports}} <- parse(beam, Map.to_list(limits)) do
       case Enum.find(imports, fn {m, f, a} -> m == :erlang and :erlang.is_builtin(m, f, a) end) do
         nil -> :ok
         mfa -> {:error, {:cannot_redirect_bif, mfa}}
@@ -362,7 +434,7 @@ defmodule Sandbox.Beam do
     end
   end
 
-  defp check_bif_redirects(_beam, _redirects), do: :ok
+  defp check_bif_redirects(_beam, _redirects, _limits), do: :ok
 
   @doc """
   The XXH3-128 digest of `data`: 16 bytes in canonical (big-endian) order.

@@ -61,6 +61,7 @@ defmodule Sandbox.BeamRelocateCorpusTest do
   # (atoms, literals, attributes, compile info, debug info) equal the
   # original's, and whose index-addressed chunks are byte for byte the same.
   @tag :slow
+  @tag timeout: 300_000
   test "round trip over every installed BEAM with random rename maps" do
     files =
       Path.wildcard(Path.join(:code.root_dir(), "lib/*/ebin/*.beam")) ++

@@ -590,9 +590,13 @@ defmodule Sandbox.BeamTest do
       {bin, off, _size} = with_compressed_literals()
       <<_::binary-size(off), usize::32, _::binary>> = bin
 
-      for wrong <- [usize - 1, usize + 1, 0xFFFF_FFFF] do
+      for wrong <- [usize - 1, usize + 1, 1_000_000] do
         assert Beam.validate(put_u32(bin, off, wrong)) == {:error, {:zlib_error, "LitT"}}
       end
+
+      # Over the cap on inflated bytes: refused before inflating anything.
+      assert Beam.validate(put_u32(bin, off, 0xFFFF_FFFF)) ==
+               {:error, {:too_large, "LitT", 0xFFFF_FFFF, 256 * 1024 * 1024}}
     end
 
     defp replace_literals(bin, fun, compress? \\ true) do
@@ -863,7 +867,13 @@ defmodule Sandbox.BeamTest do
         is_integer(n) and n >= 0
 
       {:bad_term, id} ->
-        id in ["Attr", "CInf"]
+        id in ["Attr", "CInf", "Dbgi", "Docs", "ExCk", "Meta"]
+
+      {:too_large, id, total, cap} ->
+        id?.(id) and is_integer(total) and is_integer(cap) and total > cap
+
+      {:too_many_atoms, count, max} ->
+        is_integer(count) and is_integer(max) and count > max
 
       {:unsupported_instruction_set, n} ->
         is_integer(n)
