@@ -27,7 +27,9 @@ defmodule Sandbox do
 
   Every process spawned inside a sandbox inherits its group leader
   (`Sandbox.GroupLeader`), which is how it is counted in
-  `info.resource_usage` and killed on destroy. A process that changes its
+  `info.resource_usage` (the latest sample of `Sandbox.ResourceMonitor`,
+  taken every 100 ms), held to the sandbox's `resource_limits` and killed
+  on destroy. A process that changes its
   own group leader leaves the sandbox: it is no longer counted, and destroy
   kills it only if it is in the sandbox's supervision tree or linked to a
   process that is.
@@ -55,7 +57,7 @@ defmodule Sandbox do
   See `Sandbox.Telemetry` and `subscribe/1`.
   """
 
-  alias Sandbox.{Beam, Config, GroupLeader, Instance, Manager}
+  alias Sandbox.{Beam, Config, Instance, Manager, ResourceMonitor}
 
   @typedoc "A sandbox id: `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`."
   @type id :: String.t()
@@ -137,8 +139,13 @@ defmodule Sandbox do
     * `:compile_timeout` — ms (30,000)
     * `:compile_limits` — `max_memory` (bytes, 1 GiB), `max_file_size`
       (bytes, 64 MiB), `max_processes` (64) of the compile worker
-    * `:resource_limits` — the runtime budget; only the `:medium` profile's
-      defaults are accepted for now
+    * `:resource_limits` — the runtime budget, any subset of `max_memory`
+      (bytes), `max_processes`, `max_execution_time` (ms), `max_file_size`
+      (bytes), `max_cpu_percentage` (100.0 = one scheduler); the others are
+      the profile's (`Sandbox.Config.limits/1`). Enforced by
+      `Sandbox.ResourceMonitor`: memory and processes stop the sandbox
+      (`error: {:limit_exceeded, limit}`), CPU throttles, execution time
+      caps `call/5` and `run/3`
     * `:security_profile` — `:medium` (others: not yet supported)
     * `:auto_reload` — `false` (`true`: not yet supported)
     * `:state_migration` — `fun/1` or `fun/3`, kept for hot reload
@@ -228,8 +235,14 @@ defmodule Sandbox do
 
   ## Options
 
-    * `:timeout` — ms (5,000); on timeout the process and everything it
+    * `:timeout` — ms (5,000) or `:infinity`, capped by the sandbox's
+      `max_execution_time`; on timeout the process and everything it
       spawned are killed and the result is `{:error, :timeout}`
+
+  The call's process and what it spawns are followed without sweeping the
+  process table (`Sandbox.ResourceMonitor.Call`): a call costs the same
+  however many processes the VM runs. Processes it leaves running stay in
+  the sandbox.
 
   An exception is `{:error, {:exception, exception, stacktrace}}`, an exit
   `{:error, {:exit, reason}}`, and an uncaught throw
@@ -240,7 +253,7 @@ defmodule Sandbox do
       when is_atom(module) and is_atom(function) and is_list(args) do
     with :ok <- check_id(id), {:ok, _pid, info} <- live(id) do
       target = module_name(id, module)
-      run_in(info, fn -> apply(target, function, args) end, timeout(opts))
+      run_in(info, fn -> apply(target, function, args) end, timeout(opts, info))
     end
   end
 
@@ -255,7 +268,7 @@ defmodule Sandbox do
   @spec run(id, (() -> term), keyword) :: result
   def run(id, fun, opts \\ []) when is_function(fun, 0) do
     with :ok <- check_id(id), {:ok, _pid, info} <- live(id) do
-      run_in(info, fun, timeout(opts))
+      run_in(info, fun, timeout(opts, info))
     end
   end
 
@@ -490,110 +503,34 @@ defmodule Sandbox do
     end
   end
 
-  defp timeout(opts) do
-    case Keyword.get(opts, :timeout, 5_000) do
-      t when (is_integer(t) and t > 0) or t == :infinity ->
-        t
+  # `max_execution_time` caps every timeout, `:infinity` included.
+  defp timeout(opts, info) do
+    timeout =
+      case Keyword.get(opts, :timeout, 5_000) do
+        t when (is_integer(t) and t > 0) or t == :infinity ->
+          t
 
-      other ->
-        raise ArgumentError, "expected :timeout to be a positive integer, got: #{inspect(other)}"
+        other ->
+          raise ArgumentError,
+                "expected :timeout to be a positive integer, got: #{inspect(other)}"
+      end
+
+    case info do
+      %{resource_limits: %{max_execution_time: max}} when is_integer(max) -> min(timeout, max)
+      _ -> timeout
     end
   end
 
-  # The call gets a group leader of its own under the sandbox's, so that on
-  # timeout exactly what it spawned can be found and killed; whatever it
-  # spawned and left running is handed to the sandbox's group leader.
-  defp run_in(info, fun, timeout) do
-    {:ok, sub} = GroupLeader.start_link(info.id, upstream: info.group_leader)
-    caller = self()
-    ref = make_ref()
-
-    pid =
-      GroupLeader.spawn_in(sub, fn ->
-        result =
-          try do
-            {:ok, fun.()}
-          rescue
-            e -> {:error, {:exception, e, __STACKTRACE__}}
-          catch
-            :exit, reason -> {:error, {:exit, reason}}
-            :throw, value -> {:error, {:exit, {:nocatch, value}}}
-          end
-
-        send(caller, {ref, result})
-      end)
-
-    mon = Process.monitor(pid)
-
-    result =
-      receive do
-        {^ref, result} ->
-          Process.demonitor(mon, [:flush])
-
-          for p <- GroupLeader.members(sub),
-              p != pid,
-              do: Process.group_leader(p, info.group_leader)
-
-          result
-
-        {:DOWN, ^mon, :process, ^pid, reason} ->
-          {:error, {:exit, reason}}
-      after
-        timeout ->
-          kill_all([pid | GroupLeader.members(sub)])
-          Process.demonitor(mon, [:flush])
-
-          receive do
-            {^ref, _} -> :ok
-          after
-            0 -> :ok
-          end
-
-          {:error, :timeout}
-      end
-
-    Process.unlink(sub)
-    GroupLeader.stop(sub)
-    result
-  end
-
-  defp kill_all(pids) do
-    refs = for p <- pids, do: Process.monitor(p)
-    for p <- pids, do: Process.exit(p, :kill)
-
-    for ref <- refs do
-      receive do
-        {:DOWN, ^ref, :process, _, _} -> :ok
-      end
-    end
-  end
+  # The call's process belongs to the sandbox (its group leader) and is
+  # followed, with what it spawns, without sweeping the process table (see
+  # Sandbox.ResourceMonitor.Call): on timeout it and everything it spawned
+  # are killed; what it leaves running stays in the sandbox.
+  defp run_in(info, fun, timeout),
+    do: ResourceMonitor.Call.run(info.group_leader, fun, timeout)
 
   defp public_info(info) do
     info
     |> Map.take(@info_keys)
-    |> Map.put(:resource_usage, usage(info))
+    |> Map.put(:resource_usage, ResourceMonitor.usage(info.id))
   end
-
-  defp usage(%{group_leader: gl, started_at: started}) when is_pid(gl) do
-    members = GroupLeader.members(gl)
-
-    memory =
-      members
-      |> Enum.map(fn pid ->
-        case Process.info(pid, :memory) do
-          {:memory, bytes} -> bytes
-          nil -> 0
-        end
-      end)
-      |> Enum.sum()
-
-    %{
-      current_memory: memory,
-      current_processes: length(members),
-      cpu_usage: 0.0,
-      uptime: System.monotonic_time(:millisecond) - started
-    }
-  end
-
-  defp usage(_info), do: %{current_memory: 0, current_processes: 0, cpu_usage: 0.0, uptime: 0}
 end

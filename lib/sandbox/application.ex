@@ -7,7 +7,7 @@ defmodule Sandbox.Application do
   compile cache (`Sandbox.IsolatedCompiler.Cache`), the pool of warm
   compile workers (`Sandbox.IsolatedCompiler.Pool`, whose workers the C-node
   starts), the event registry (`Sandbox.Telemetry`), the sandboxes' manager
-  (`Sandbox.Manager`) and the supervisor of their instances
+  (`Sandbox.Manager`), the resource monitor (`Sandbox.ResourceMonitor`) and the supervisor of their instances
   (`Sandbox.InstanceSupervisor`, one `Sandbox.Instance` per sandbox). Application environment read at start: `:compiler_pool_size`
   (default: the number of schedulers), `:compiler_cache_dir`,
   `:compiler_cache_max_bytes`.
@@ -18,6 +18,7 @@ defmodule Sandbox.Application do
   def start(_type, _args) do
     # Owned by this (the application's) process, so they outlive any server.
     :ok = Sandbox.Manager.create_tables()
+    :ok = Sandbox.ResourceMonitor.create_tables()
     env = Application.get_all_env(:sandbox)
 
     children = [
@@ -27,6 +28,8 @@ defmodule Sandbox.Application do
        size: Keyword.get(env, :compiler_pool_size, System.schedulers_online())},
       {Registry, keys: :duplicate, name: Sandbox.Telemetry.registry()},
       Sandbox.Manager,
+      # Before the instances: it stops after them (they detach from it).
+      Sandbox.ResourceMonitor,
       {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one}
     ]
 

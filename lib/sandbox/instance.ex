@@ -22,7 +22,7 @@ defmodule Sandbox.Instance do
 
   use GenServer, restart: :temporary
 
-  alias Sandbox.{Beam, Env, GroupLeader, IsolatedCompiler, Manager, Telemetry}
+  alias Sandbox.{Beam, Env, GroupLeader, IsolatedCompiler, Manager, ResourceMonitor, Telemetry}
   alias Sandbox.ModuleVersionManager, as: Versions
 
   @shims [
@@ -71,6 +71,18 @@ defmodule Sandbox.Instance do
   """
   @spec versions(pid, term) :: term
   def versions(pid, request), do: GenServer.call(pid, {:versions, request}, :infinity)
+
+  @doc """
+  Tells the instance that `Sandbox.ResourceMonitor` found its sandbox over
+  `limit` (with `usage`) and killed its processes: the instance stops what
+  is left, sets status `:error` with `error: {:limit_exceeded, limit}` and
+  emits `[:sandbox, :limit, :exceeded]`. Asynchronous.
+  """
+  @spec limit_exceeded(pid, atom, number) :: :ok
+  def limit_exceeded(pid, limit, usage) do
+    send(pid, {:limit_exceeded, limit, usage})
+    :ok
+  end
 
   ## Server
 
@@ -252,6 +264,15 @@ defmodule Sandbox.Instance do
 
   def handle_info({:rollback_window_closed, tref}, %{rollback: %{timer: tref}} = state),
     do: {:noreply, cancel_rollback(state)}
+
+  # Resource limits: the breach recorded by the monitor for this run (a
+  # message from an earlier run finds none, or no processes to stop).
+  def handle_info({:limit_exceeded, _limit, _usage}, state) do
+    case ResourceMonitor.breach(state.id) do
+      {limit, usage} when state.group_leader != nil -> {:noreply, limit_stop(state, limit, usage)}
+      _ -> {:noreply, state}
+    end
+  end
 
   def handle_info(_other, state), do: {:noreply, state}
 
@@ -490,15 +511,22 @@ defmodule Sandbox.Instance do
       )
 
     state = %{state | group_leader: gl, started_at: System.monotonic_time(:millisecond)}
+    :ok = ResourceMonitor.attach(state.id, gl, state.config.resource_limits)
     own_gl = Process.group_leader()
     Process.group_leader(self(), gl)
 
     try do
       Enum.reduce_while(root_starts(state), {:ok, state}, fn {label, fun}, {:ok, state} ->
         case safe_start(fun) do
-          {:ok, pid} when is_pid(pid) -> {:cont, {:ok, %{state | roots: state.roots ++ [pid]}}}
-          :ignore -> {:cont, {:ok, state}}
-          {:error, reason} -> {:halt, {:error, {:start_failed, label, reason}, state}}
+          {:ok, pid} when is_pid(pid) ->
+            {:cont, {:ok, %{state | roots: state.roots ++ [pid]}}}
+
+          :ignore ->
+            {:cont, {:ok, state}}
+
+          {:error, reason} ->
+            reason = ResourceMonitor.limit_reason(state.id, {:start_failed, label, reason})
+            {:halt, {:error, reason, state}}
         end
       end)
     after
@@ -532,6 +560,21 @@ defmodule Sandbox.Instance do
   end
 
   defp root_died(state, pid, reason) do
+    case ResourceMonitor.breach(state.id) do
+      {limit, usage} -> limit_stop(%{state | roots: List.delete(state.roots, pid)}, limit, usage)
+      nil -> restart_or_fail(state, pid, reason)
+    end
+  end
+
+  defp limit_stop(state, limit, usage) do
+    state = state |> cancel_rollback() |> stop_roots()
+    state = %{state | status: :error, error: {:limit_exceeded, limit}}
+    publish(state, listed: true)
+    ResourceMonitor.emit_exceeded(state.id, limit, usage, state.config.resource_limits)
+    state
+  end
+
+  defp restart_or_fail(state, pid, reason) do
     now = System.monotonic_time(:millisecond)
     window = state.config.max_seconds * 1000
     recent = [now | Enum.filter(state.restarts, &(now - &1 < window))]
@@ -573,6 +616,7 @@ defmodule Sandbox.Instance do
   # Stops the roots (shutdown, then kill), then every process left with the
   # sandbox's group leader, then the group leader itself.
   defp stop_roots(state) do
+    ResourceMonitor.detach(state.id)
     for pid <- state.roots, do: shutdown(pid)
     if state.group_leader, do: kill_members(state.group_leader)
     if state.group_leader, do: stop_group_leader(state.group_leader)
@@ -659,7 +703,7 @@ defmodule Sandbox.Instance do
       supervisor_pid: root,
       created_at: state.created_at,
       restart_count: state.restart_count,
-      resource_usage: %{current_memory: 0, current_processes: 0, cpu_usage: 0.0, uptime: 0},
+      resource_usage: ResourceMonitor.usage(state.id),
       security_profile: state.config.security_profile,
       resource_limits: state.config.resource_limits,
       error: state.error

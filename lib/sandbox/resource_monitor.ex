@@ -1,0 +1,791 @@
+defmodule Sandbox.ResourceMonitor do
+  @moduledoc """
+  Measures every sandbox and holds it to its `resource_limits`.
+
+  One process (this module, started by the application) serves all
+  sandboxes. Each sandbox's instance registers its group leader with
+  `attach/3` when it starts its processes and leaves with `detach/1` before
+  it stops them.
+
+  ## Sampling
+
+  Every `interval` ms (`config :sandbox, monitor_interval: ms`, default
+  100) the monitor takes a sample of every sandbox (`Sandbox.ResourceMonitor.Sample`):
+
+    * **membership** is the group leader, as everywhere in the library: one
+      sweep of the process table, one `process_info(pid, :group_leader)`
+      per process, grouped by the sandboxes' group leaders. The sweep runs
+      whenever the VM's process count changed since the previous one, and
+      at least every `monitor_full_sweep_every` samples (default 10);
+      between sweeps, only the known members are sampled (processes that
+      died drop out). A process can only join a sandbox by being spawned
+      (which changes the count) or by a `group_leader/2` call, so the
+      only joins a sample can miss are those masked by an exit in the same
+      interval, or by a group leader change; the next full sweep finds
+      them. Cost: ~0.1–0.3 µs per process of the VM per sweep, plus ~0.1
+      µs per sandbox process per sample;
+    * `current_memory`: the members' memory + the off-heap binaries they
+      reference (each counted once per sandbox) + the ETS tables they own;
+    * `current_processes`: the number of members;
+    * `cpu_usage`: percent of one scheduler over the time since the
+      previous sample (normally one interval; 100.0 = one scheduler busy
+      the whole time). Measured as the sandbox's share of the reductions
+      the whole VM executed in that time, times the busy time of the normal
+      schedulers over it (`:erlang.statistics(:scheduler_wall_time)`,
+      enabled while the monitor runs). Reductions approximate work: it is
+      exact when the sandbox's code costs what the rest of the VM's costs
+      per reduction, and skewed by BIFs and NIFs that do more or less work
+      per reduction than Erlang code; the reductions of a member that died
+      within the interval are lost (short-lived processes are under-
+      counted); dirty schedulers are not counted. Expect ±10 points for a
+      busy sandbox on a busy VM, exact 0.0 for one that did not run;
+    * `uptime`: ms since the sandbox's processes were (re)started.
+
+  `usage/1` returns the latest sample (`info.resource_usage`); the first
+  one of a sandbox's run is taken on demand, so a sandbox has real figures
+  from the moment `Sandbox.create_sandbox/3` returns.
+
+  ## Limits
+
+    * `max_processes` and `max_memory` **stop** the sandbox: the monitor
+      kills all its processes (in rounds, sweeping until none is left, so
+      that processes spawned meanwhile go too), and its instance sets status
+      `:error`, `error: {:limit_exceeded, limit}` and emits
+      `[:sandbox, :limit, :exceeded]` with `%{usage: n, limit: n}`. They are
+      checked at every sample, and between samples the monitor *watches*
+      the VM every `monitor_watch_interval` ms (default 5): when the VM's
+      process count grew by more than `monitor_process_threshold` (default
+      500) since the last sample, or (checked every
+      `monitor_memory_every` watches, default 10) its total memory by more
+      than `monitor_memory_threshold` bytes (default 32 MiB), a sample is
+      taken at once, at high priority. A process bomb is therefore found
+      within a few ms of its first spawns, whatever the interval, and a
+      memory bomb within ~50 ms plus the time it needs to grow by the
+      threshold.
+
+      What they do not cover: processes and memory outside the sandbox's
+      group leader (a process that changes its group leader leaves the
+      sandbox; host servers working on its behalf; ETS tables it gave
+      away); memory allocated between two checks (a single allocation is
+      never refused: a 1 GB binary exists before anyone can see it); and
+      memory held by the VM for the sandbox but not by its processes (its
+      loaded code, atoms). The spawn guards of the security profiles will
+      add exact admission (see `admit_spawn/1`) and `max_heap_size` on
+      every process a sandbox spawns (see `spawn_options/1`).
+    * `max_cpu_percentage` **throttles**: when a sample measures the
+      sandbox over its share, a `Sandbox.ResourceMonitor.Throttle` suspends
+      and resumes its processes on a duty cycle of one interval: the
+      sandbox runs for a fraction `f` of each interval, `f` being set at
+      every sample to `f × limit / measured` (at least 0.02, at most double
+      the previous one), and the throttle stops when `f` reaches 1. The
+      sandbox keeps answering (its processes run every interval), only
+      slower.
+    * `max_execution_time` caps the timeout of every `Sandbox.call/5` and
+      `Sandbox.run/3` (enforced there).
+    * `max_file_size` is validated and kept; the file guards of the
+      security profiles enforce it on each write the profile allows.
+
+  ## Alerts
+
+  `[:sandbox, :limit, :warning]` (measurements `%{usage: n, limit: n}`,
+  metadata `%{sandbox_id: id, limit: name}`) is emitted once each time a
+  sample finds a sandbox at 80 % or more of `max_memory`, `max_processes`
+  or `max_cpu_percentage` after one that found it below.
+  """
+
+  use GenServer
+
+  alias Sandbox.ResourceMonitor.{Sample, Throttle}
+  alias Sandbox.Telemetry
+
+  require Logger
+
+  @table __MODULE__
+  @zero %{current_memory: 0, current_processes: 0, cpu_usage: 0.0, uptime: 0}
+  @limits [:max_processes, :max_memory]
+  @warned [:max_processes, :max_memory, :max_cpu_percentage]
+
+  @typedoc "A sample: `current_memory` (bytes), `current_processes`, `cpu_usage` (%), `uptime` (ms)."
+  @type usage :: %{
+          current_memory: non_neg_integer,
+          current_processes: non_neg_integer,
+          cpu_usage: float,
+          uptime: non_neg_integer
+        }
+
+  ## Client
+
+  @doc """
+  Creates the monitor's table, owned by the caller (the application's
+  process, see `Sandbox.Application`), so that registrations outlive a
+  restart of the monitor.
+  """
+  @spec create_tables() :: :ok
+  def create_tables do
+    :ets.new(@table, [:set, :public, :named_table, read_concurrency: true])
+    :ok
+  end
+
+  @doc """
+  Starts the monitor.
+
+  ## Options
+
+  Each defaults to the `:sandbox` application environment key of the same
+  name, then to the value given:
+
+    * `:monitor_interval` — ms between samples (100)
+    * `:monitor_watch_interval` — ms between watches (5)
+    * `:monitor_full_sweep_every` — samples between two unconditional
+      sweeps (10)
+    * `:monitor_process_threshold` — process count growth that triggers a
+      sample (500)
+    * `:monitor_memory_threshold` — memory growth (bytes) that triggers a
+      sample (32 MiB)
+    * `:monitor_memory_every` — watches between two memory checks (10)
+  """
+  @spec start_link(keyword) :: GenServer.on_start()
+  def start_link(opts \\ []), do: GenServer.start_link(__MODULE__, opts, name: __MODULE__)
+
+  @doc """
+  Registers the sandbox `id` for monitoring: `gl` is its group leader,
+  `limits` its resource limits; the caller is its instance. A previous
+  registration of `id` is replaced (a restart).
+  """
+  @spec attach(String.t(), pid, map) :: :ok
+  def attach(id, gl, limits) when is_pid(gl) and is_map(limits),
+    do: GenServer.call(__MODULE__, {:attach, id, gl, limits, self()}, :infinity)
+
+  @doc """
+  Stops monitoring sandbox `id` (before its processes are stopped): its
+  throttle, if any, is stopped first, so none of its processes stays
+  suspended, and its figures go.
+  """
+  @spec detach(String.t()) :: :ok
+  def detach(id) do
+    GenServer.call(__MODULE__, {:detach, id}, :infinity)
+  catch
+    # The monitor is gone (the application stops): nothing to detach from.
+    :exit, _ -> :ok
+  end
+
+  @doc """
+  The latest sample of sandbox `id` (zeros when it is not running). The
+  first call after the sandbox's processes start takes a sample at once.
+  """
+  @spec usage(String.t()) :: usage
+  def usage(id) do
+    case :ets.lookup(@table, id) do
+      [{^id, reg, nil}] ->
+        sampled =
+          try do
+            GenServer.call(__MODULE__, {:sample, id}, 10_000)
+          catch
+            :exit, _ -> nil
+          end
+
+        with_uptime(sampled || Map.delete(@zero, :uptime), reg)
+
+      [{^id, reg, usage}] ->
+        with_uptime(usage, reg)
+
+      [] ->
+        @zero
+    end
+  end
+
+  defp with_uptime(usage, reg),
+    do: Map.put(usage, :uptime, max(System.monotonic_time(:millisecond) - reg.started_at, 0))
+
+  @doc """
+  The limit sandbox `id` broke in its current run, as `{limit, usage}`, or
+  `nil`. Set before its processes are killed, so that whoever sees them die
+  can tell why.
+  """
+  @spec breach(String.t()) :: {atom, number} | nil
+  def breach(id) do
+    case :ets.lookup(@table, id) do
+      [{^id, %{breach: breach}, _}] -> breach
+      [] -> nil
+    end
+  end
+
+  @doc """
+  `{:limit_exceeded, limit}` when sandbox `id` broke a limit in its current
+  run, else `reason` (for errors of a start that the monitor cut short).
+  """
+  @spec limit_reason(String.t(), term) :: term
+  def limit_reason(id, reason) do
+    case breach(id) do
+      {limit, _usage} -> {:limit_exceeded, limit}
+      nil -> reason
+    end
+  end
+
+  @doc """
+  Emits `[:sandbox, :limit, :exceeded]` for sandbox `id` (its instance
+  calls this once its status is `:error`).
+  """
+  @spec emit_exceeded(String.t(), atom, number, map) :: :ok
+  def emit_exceeded(id, limit, usage, limits) do
+    Telemetry.emit(:limit, :exceeded, %{usage: usage, limit: Map.get(limits, limit)}, %{
+      sandbox_id: id,
+      limit: limit
+    })
+  end
+
+  @doc """
+  Admission of one more process in sandbox `id`, in O(1), for the spawn
+  guards of the security profiles (which call it before every spawn they
+  make on the sandbox's behalf and refuse the spawn on an error).
+
+  Counts the members found by the latest sample plus the spawns admitted
+  since the latest sweep: the count is conservative within one interval
+  (exits since the sweep are not subtracted). `:ok`, or
+  `{:error, {:limit_exceeded, :max_processes}}` (nothing is admitted), or
+  `{:error, :not_found}` when the sandbox is not running.
+  """
+  @spec admit_spawn(String.t()) ::
+          :ok | {:error, {:limit_exceeded, :max_processes} | :not_found}
+  def admit_spawn(id) do
+    case :ets.lookup(@table, id) do
+      [{^id, %{breach: nil, admitted: counter, limits: limits}, usage}] ->
+        current = if usage, do: usage.current_processes, else: 0
+        admitted = :atomics.add_get(counter, 1, 1)
+
+        if current + admitted <= Map.get(limits, :max_processes, :infinity) do
+          :ok
+        else
+          :atomics.sub(counter, 1, 1)
+          {:error, {:limit_exceeded, :max_processes}}
+        end
+
+      [{^id, _reg, _usage}] ->
+        {:error, {:limit_exceeded, :max_processes}}
+
+      [] ->
+        {:error, :not_found}
+    end
+  end
+
+  @doc """
+  Spawn options for a process of sandbox `id`: `max_heap_size` at its
+  `max_memory` (in words), killing the process when its heap alone goes
+  over. For the spawn guards of the security profiles; `[]` when the
+  sandbox is not running.
+  """
+  @spec spawn_options(String.t()) :: keyword
+  def spawn_options(id) do
+    case :ets.lookup(@table, id) do
+      [{^id, %{limits: %{max_memory: bytes}}, _}] ->
+        words = div(bytes, :erlang.system_info(:wordsize))
+        [max_heap_size: %{size: words, kill: true, error_logger: false}]
+
+      _ ->
+        []
+    end
+  end
+
+  @doc """
+  Takes a sample of every sandbox now, with a full sweep; returns
+  `%{duration_us: us, processes: swept}`.
+  """
+  @spec sweep() :: %{duration_us: non_neg_integer, processes: non_neg_integer}
+  def sweep, do: GenServer.call(__MODULE__, :sweep, :infinity)
+
+  @doc """
+  Returns after the next regular sample (one that ends a full interval),
+  for tests and tools that need a sample newer than what they did.
+  """
+  @spec await_tick() :: :ok
+  def await_tick, do: GenServer.call(__MODULE__, :await_tick, :infinity)
+
+  @doc """
+  The monitor's own figures: `samples`, `sweeps`, `triggered` (samples
+  triggered by the watch), `busy_us` (time spent in the monitor's work,
+  from its start), `last_sweep_us`, `last_sweep_processes`, `sandboxes`.
+  """
+  @spec stats() :: map
+  def stats, do: GenServer.call(__MODULE__, :stats, :infinity)
+
+  ## Server
+
+  @impl true
+  def init(opts) do
+    Process.flag(:trap_exit, true)
+    Process.flag(:priority, :high)
+    :erlang.system_flag(:scheduler_wall_time, true)
+    env = Application.get_all_env(:sandbox)
+    get = fn key, default -> Keyword.get(opts, key, Keyword.get(env, key, default)) end
+
+    state = %{
+      interval: get.(:monitor_interval, 100),
+      watch_ms: get.(:monitor_watch_interval, 5),
+      full_every: get.(:monitor_full_sweep_every, 10),
+      proc_threshold: get.(:monitor_process_threshold, 500),
+      mem_threshold: get.(:monitor_memory_threshold, 32 * 1024 * 1024),
+      mem_every: get.(:monitor_memory_every, 10),
+      sandboxes: %{},
+      monitors: %{},
+      timers: nil,
+      watches: 0,
+      since_full: 0,
+      base_count: :erlang.system_info(:process_count),
+      base_memory: :erlang.memory(:total),
+      last_at: System.monotonic_time(),
+      last_reds: total_reductions(),
+      last_sched: :erlang.statistics(:scheduler_wall_time),
+      owners: %{},
+      pending: [],
+      tick_waiters: [],
+      last_triggered: System.monotonic_time(:millisecond),
+      stats: %{
+        samples: 0,
+        sweeps: 0,
+        triggered: 0,
+        busy_us: 0,
+        last_sweep_us: 0,
+        last_sweep_processes: 0
+      }
+    }
+
+    # Registrations from before a restart of the monitor (the table is the
+    # application's): watch their instances again.
+    state =
+      Enum.reduce(:ets.tab2list(@table), state, fn {id, reg, _usage}, state ->
+        if Process.alive?(reg.instance) do
+          :ets.insert(@table, {id, %{reg | throttle: nil}, nil})
+          add_sandbox(state, id, reg)
+        else
+          :ets.delete(@table, id)
+          state
+        end
+      end)
+
+    {:ok, schedule(state)}
+  end
+
+  @impl true
+  def handle_call({:attach, id, gl, limits, instance}, _from, state) do
+    state = remove_sandbox(state, id)
+
+    reg = %{
+      run: make_ref(),
+      gl: gl,
+      instance: instance,
+      limits: limits,
+      started_at: System.monotonic_time(:millisecond),
+      breach: nil,
+      throttle: nil,
+      admitted: :atomics.new(1, signed: true)
+    }
+
+    :ets.insert(@table, {id, reg, nil})
+    {:reply, :ok, state |> add_sandbox(id, reg) |> schedule()}
+  end
+
+  def handle_call({:detach, id}, _from, state) do
+    state = remove_sandbox(state, id)
+    :ets.delete(@table, id)
+    {:reply, :ok, state}
+  end
+
+  def handle_call({:sample, id}, from, state) do
+    # Requests that arrive while a sample runs are answered by the next one.
+    if state.pending == [], do: send(self(), :sample_pending)
+    {:noreply, %{state | pending: [{from, id} | state.pending]}}
+  end
+
+  def handle_call(:sweep, _from, state) do
+    {state, info} = timed(fn -> sample(state, :full) end)
+    {:reply, info, state}
+  end
+
+  def handle_call(:await_tick, from, state),
+    do: {:noreply, %{state | tick_waiters: [from | state.tick_waiters]}}
+
+  def handle_call(:stats, _from, state),
+    do: {:reply, Map.put(state.stats, :sandboxes, map_size(state.sandboxes)), state}
+
+  @impl true
+  def handle_info({:tick, ref}, %{timers: {ref, _}} = state) do
+    Process.flag(:priority, :normal)
+    {state, _} = timed(fn -> sample(state, :regular) end)
+    Process.flag(:priority, :high)
+    for from <- state.tick_waiters, do: GenServer.reply(from, :ok)
+    {:noreply, schedule(%{state | tick_waiters: []}, :tick)}
+  end
+
+  def handle_info({:watch, ref}, %{timers: {_, ref}} = state) do
+    {state, _} = timed(fn -> {watch(state), nil} end)
+    {:noreply, schedule(state, :watch)}
+  end
+
+  def handle_info(:sample_pending, state) do
+    {state, _} = timed(fn -> sample(state, :full) end)
+
+    for {from, id} <- state.pending do
+      GenServer.reply(from, get_in(state.sandboxes, [id, :usage]))
+    end
+
+    {:noreply, %{state | pending: []}}
+  end
+
+  def handle_info({:DOWN, ref, :process, _, _}, state) do
+    case Map.pop(state.monitors, ref) do
+      {nil, _} ->
+        {:noreply, state}
+
+      {id, monitors} ->
+        state = remove_sandbox(%{state | monitors: monitors}, id)
+        :ets.delete(@table, id)
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({:EXIT, pid, reason}, state) do
+    # A throttle that died (its processes are resumed by the VM).
+    case Enum.find(state.sandboxes, fn {_, sb} -> sb.throttle == pid end) do
+      {id, sb} ->
+        if reason != :normal,
+          do: Logger.warning("sandbox #{id}: throttle exited: #{inspect(reason)}")
+
+        {:noreply, put_sandbox(state, id, %{sb | throttle: nil, fraction: 1.0})}
+
+      nil ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  ## Registration
+
+  defp add_sandbox(state, id, reg) do
+    ref = Process.monitor(reg.instance)
+
+    sb = %{
+      run: reg.run,
+      gl: reg.gl,
+      instance: reg.instance,
+      monitor: ref,
+      limits: reg.limits,
+      admitted: reg.admitted,
+      figures: Sample.empty(),
+      members: [],
+      usage: nil,
+      sampled?: false,
+      warned: %{},
+      fraction: 1.0,
+      throttle: nil,
+      breach: nil
+    }
+
+    %{
+      state
+      | sandboxes: Map.put(state.sandboxes, id, sb),
+        monitors: Map.put(state.monitors, ref, id)
+    }
+  end
+
+  defp remove_sandbox(state, id) do
+    case Map.pop(state.sandboxes, id) do
+      {nil, _} ->
+        state
+
+      {sb, sandboxes} ->
+        Process.demonitor(sb.monitor, [:flush])
+        if sb.throttle, do: Throttle.stop(sb.throttle)
+        %{state | sandboxes: sandboxes, monitors: Map.delete(state.monitors, sb.monitor)}
+    end
+  end
+
+  defp put_sandbox(state, id, sb), do: %{state | sandboxes: Map.put(state.sandboxes, id, sb)}
+
+  ## Timers
+
+  defp schedule(state) do
+    case state do
+      %{timers: nil} when map_size(state.sandboxes) > 0 ->
+        tick = make_ref()
+        watch = make_ref()
+        Process.send_after(self(), {:tick, tick}, state.interval)
+        Process.send_after(self(), {:watch, watch}, state.watch_ms)
+        %{state | timers: {tick, watch}}
+
+      _ ->
+        state
+    end
+  end
+
+  # With no sandbox left, the timers stop (a new attach starts them).
+  defp schedule(state, _which) when map_size(state.sandboxes) == 0,
+    do: %{state | timers: nil}
+
+  defp schedule(%{timers: {_tick, watch}} = state, :tick) do
+    ref = make_ref()
+    Process.send_after(self(), {:tick, ref}, state.interval)
+    %{state | timers: {ref, watch}}
+  end
+
+  defp schedule(%{timers: {tick, _watch}} = state, :watch) do
+    ref = make_ref()
+    Process.send_after(self(), {:watch, ref}, state.watch_ms)
+    %{state | timers: {tick, ref}}
+  end
+
+  defp timed(fun) do
+    t0 = System.monotonic_time()
+    {state, result} = fun.()
+    us = System.convert_time_unit(System.monotonic_time() - t0, :native, :microsecond)
+    {%{state | stats: %{state.stats | busy_us: state.stats.busy_us + us}}, result}
+  end
+
+  ## Watch
+
+  # Between samples: a jump of the VM's process count or memory since the
+  # last sample means a sample now (at most one per 10 ms).
+  defp watch(state) do
+    watches = state.watches + 1
+    state = %{state | watches: watches}
+    count = :erlang.system_info(:process_count)
+
+    trigger? =
+      count - state.base_count > state.proc_threshold or
+        (rem(watches, state.mem_every) == 0 and
+           :erlang.memory(:total) - state.base_memory > state.mem_threshold)
+
+    now = System.monotonic_time(:millisecond)
+
+    if trigger? and now - state.last_triggered >= 10 do
+      {state, _} = sample(state, :triggered)
+      stats = %{state.stats | triggered: state.stats.triggered + 1}
+      %{state | last_triggered: now, stats: stats}
+    else
+      state
+    end
+  end
+
+  ## Sampling
+
+  # One sample of every sandbox. `kind`: :regular (timer), :triggered
+  # (watch), :full (forced). Returns {state, %{duration_us, processes}}.
+  defp sample(state, kind) do
+    t0 = System.monotonic_time()
+    count = :erlang.system_info(:process_count)
+    since_full = state.since_full + 1
+    refresh? = since_full >= state.full_every
+    full? = kind != :regular or refresh? or count != state.base_count
+
+    # Spawns admitted from here on count in the counter or in the sweep.
+    if full?, do: for({_, sb} <- state.sandboxes, do: :atomics.put(sb.admitted, 1, 0))
+
+    {groups, swept} = if full?, do: Sample.sweep(gl_index(state.sandboxes)), else: {nil, 0}
+
+    now = System.monotonic_time()
+    reds = total_reductions()
+    sched = :erlang.statistics(:scheduler_wall_time)
+    busy = Sample.busy(state.last_sched, sched)
+    vm_reds = max(reds - state.last_reds, 1)
+    {by_owner, owners} = Sample.ets_owners(state.owners, refresh?)
+
+    ctx = %{busy: busy, vm_reds: vm_reds, by_owner: by_owner, refresh?: refresh?}
+
+    state =
+      Enum.reduce(state.sandboxes, state, fn {id, sb}, state ->
+        members = if groups, do: Map.get(groups, id, []), else: sb.members
+        sample_sandbox(state, id, sb, members, ctx)
+      end)
+
+    us = System.convert_time_unit(System.monotonic_time() - t0, :native, :microsecond)
+
+    stats = %{
+      state.stats
+      | samples: state.stats.samples + 1,
+        sweeps: state.stats.sweeps + if(full?, do: 1, else: 0),
+        last_sweep_us: if(full?, do: us, else: state.stats.last_sweep_us),
+        last_sweep_processes: if(full?, do: swept, else: state.stats.last_sweep_processes)
+    }
+
+    state = %{
+      state
+      | since_full: if(refresh?, do: 0, else: since_full),
+        base_count: :erlang.system_info(:process_count),
+        base_memory:
+          if(kind == :regular and not refresh?,
+            do: state.base_memory,
+            else: :erlang.memory(:total)
+          ),
+        last_at: now,
+        last_reds: reds,
+        last_sched: sched,
+        owners: owners,
+        stats: stats
+    }
+
+    {state, %{duration_us: us, processes: swept}}
+  end
+
+  defp total_reductions do
+    {total, _} = :erlang.statistics(:reductions)
+    total
+  end
+
+  # Group leader => sandbox id, for the sandboxes' group leaders and their
+  # children (group leaders started with `upstream:` one of them).
+  defp gl_index(sandboxes) do
+    own = Map.new(sandboxes, fn {id, sb} -> {sb.gl, id} end)
+
+    :ets.foldl(
+      fn {gl, _id, upstream}, acc ->
+        case own do
+          %{^upstream => id} -> Map.put(acc, gl, id)
+          _ -> acc
+        end
+      end,
+      own,
+      Sandbox.GroupLeader
+    )
+  end
+
+  defp sample_sandbox(state, _id, %{breach: breach}, _members, _ctx) when breach != nil,
+    do: state
+
+  defp sample_sandbox(state, id, sb, members, ctx) do
+    {figures, reds, changed?} = Sample.measure(members, sb.figures, ctx.refresh?)
+    ets = Sample.ets_memory(figures.pids, ctx.by_owner)
+
+    cpu =
+      if sb.sampled? and reds > 0,
+        do: min(reds / ctx.vm_reds, 1.0) * ctx.busy * 100.0,
+        else: 0.0
+
+    usage = %{
+      current_memory: figures.proc_memory + figures.bin_memory + ets,
+      current_processes: length(figures.pids),
+      cpu_usage: Float.round(cpu, 2)
+    }
+
+    if changed? or usage != sb.usage, do: :ets.update_element(@table, id, {3, usage})
+    sb = %{sb | figures: figures, members: figures.pids, usage: usage, sampled?: true}
+
+    case over_limit(usage, sb.limits) do
+      nil ->
+        sb = sb |> warn(id, usage) |> throttle(id, cpu)
+        put_sandbox(state, id, sb)
+
+      {limit, value} ->
+        stop_sandbox(state, id, sb, limit, value)
+    end
+  end
+
+  defp over_limit(usage, limits) do
+    Enum.find_value(@limits, fn limit ->
+      value = usage_of(usage, limit)
+      max = Map.get(limits, limit)
+      if is_number(max) and value > max, do: {limit, value}
+    end)
+  end
+
+  defp usage_of(usage, :max_processes), do: usage.current_processes
+  defp usage_of(usage, :max_memory), do: usage.current_memory
+  defp usage_of(usage, :max_cpu_percentage), do: usage.cpu_usage
+
+  # `[:sandbox, :limit, :warning]` once per upward crossing of 80 %.
+  defp warn(sb, id, usage) do
+    warned =
+      Enum.reduce(@warned, sb.warned, fn limit, warned ->
+        max = Map.get(sb.limits, limit)
+        value = usage_of(usage, limit)
+        above? = is_number(max) and value >= 0.8 * max
+
+        cond do
+          above? and not Map.get(warned, limit, false) ->
+            Telemetry.emit(:limit, :warning, %{usage: value, limit: max}, %{
+              sandbox_id: id,
+              limit: limit
+            })
+
+            Map.put(warned, limit, true)
+
+          not above? ->
+            Map.delete(warned, limit)
+
+          true ->
+            warned
+        end
+      end)
+
+    %{sb | warned: warned}
+  end
+
+  # The duty cycle: f = f × limit / measured, between 0.02 and 2f; off at 1.
+  defp throttle(sb, _id, cpu) do
+    limit = Map.get(sb.limits, :max_cpu_percentage)
+    f = sb.fraction
+
+    fraction =
+      cond do
+        not is_number(limit) -> 1.0
+        f >= 1.0 and cpu <= limit -> 1.0
+        cpu <= 0.0 -> 1.0
+        true -> (f * limit / cpu) |> max(0.02) |> min(2 * f) |> min(1.0)
+      end
+
+    cond do
+      fraction >= 0.999 ->
+        if sb.throttle, do: Throttle.stop(sb.throttle)
+        %{sb | fraction: 1.0, throttle: nil}
+
+      sb.throttle ->
+        Throttle.update(sb.throttle, fraction, sb.members)
+        %{sb | fraction: fraction}
+
+      true ->
+        %{sb | fraction: fraction, throttle: Throttle.start_link(fraction, sb.members, period())}
+    end
+  end
+
+  defp period, do: Application.get_env(:sandbox, :monitor_interval, 100)
+
+  ## Breach
+
+  # The limit is recorded first (whoever sees the processes die can tell
+  # why), then every member is killed, in rounds until a sweep finds none
+  # (a bomb spawns while it is being killed), then the instance is told.
+  defp stop_sandbox(state, id, sb, limit, value) do
+    Process.flag(:priority, :high)
+    if sb.throttle, do: Throttle.stop(sb.throttle)
+
+    case :ets.lookup(@table, id) do
+      [{^id, %{run: run} = reg, usage}] when run == sb.run ->
+        :ets.insert(@table, {id, %{reg | breach: {limit, value}}, usage})
+
+      _ ->
+        :ok
+    end
+
+    kill_rounds(sb.members, id, state.sandboxes, 50)
+    Sandbox.Instance.limit_exceeded(sb.instance, limit, value)
+    put_sandbox(state, id, %{sb | breach: {limit, value}, throttle: nil, fraction: 1.0})
+  end
+
+  defp kill_rounds([], _id, _sandboxes, _left), do: :ok
+
+  defp kill_rounds(pids, id, sandboxes, left) do
+    refs = for pid <- pids, do: Process.monitor(pid)
+    for pid <- pids, do: Process.exit(pid, :kill)
+
+    for ref <- refs do
+      receive do
+        {:DOWN, ^ref, :process, _, _} -> :ok
+      end
+    end
+
+    if left > 0 do
+      index = sandboxes |> Map.take([id]) |> gl_index()
+      {groups, _} = Sample.sweep(index)
+      kill_rounds(Map.get(groups, id, []), id, sandboxes, left - 1)
+    end
+  end
+end

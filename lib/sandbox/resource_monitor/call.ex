@@ -1,0 +1,229 @@
+defmodule Sandbox.ResourceMonitor.Call do
+  @moduledoc """
+  Runs a function in a new process of a sandbox, for `Sandbox.call/5` and
+  `Sandbox.run/3`, in time independent of the number of processes in the
+  VM.
+
+  The process gets the sandbox's group leader (so it and everything it
+  spawns are the sandbox's members) and traces itself with
+  `[:procs, :set_on_spawn]`, with the *caller* as its tracer: while the
+  caller waits for the result it receives `spawn`/`exit` events of the
+  call's process tree and keeps the set of its live processes. Nothing
+  sweeps the process table:
+
+    * a call that spawned nothing costs one spawn, one trace flag and the
+      process's own exit event;
+    * when the call returns and processes it spawned are still running,
+      they stay in the sandbox (they already have its group leader) and
+      are untraced, and the caller collects the remaining trace events
+      (`:erlang.trace_delivered/1`) so that none reaches its mailbox later;
+    * on timeout, the call's process and every process it spawned,
+      directly or not, are killed; processes spawned while that happens are
+      killed as their spawn events arrive, until a round finds none.
+
+  Limits: a process of the tree that turns its own tracing off, or that is
+  already traced by another tracer (the caller traced with `set_on_spawn`
+  by a debugging tool, say), is not followed: the call then runs untraced
+  and a timeout kills only its own process. Processes that other processes
+  (host servers) start on the call's behalf are sandbox members if they get
+  its group leader, but are not the call's descendants.
+  """
+
+  @type result ::
+          {:ok, term}
+          | {:error, {:exception, Exception.t(), Exception.stacktrace()}}
+          | {:error, {:exit, term}}
+          | {:error, :timeout}
+
+  @flags [:procs, :set_on_spawn]
+
+  @doc """
+  Runs `fun` in a new process whose group leader is `gl`; returns its
+  result within `timeout` ms (or `:infinity`), see `Sandbox.call/5`.
+  """
+  @spec run(pid, (() -> term), timeout) :: result
+  def run(gl, fun, timeout) when is_pid(gl) and is_function(fun, 0) do
+    caller = self()
+    ref = make_ref()
+    {pid, mon} = :erlang.spawn_opt(fn -> body(caller, ref, gl, fun) end, [:monitor])
+    deadline = if timeout == :infinity, do: :infinity, else: now() + timeout
+    await(%{pid: pid, mon: mon, ref: ref, deadline: deadline, tree: %{pid => true}})
+  end
+
+  defp body(caller, ref, gl, fun) do
+    traced? = trace_self(caller)
+    Process.group_leader(self(), gl)
+
+    result =
+      try do
+        {:ok, fun.()}
+      rescue
+        e -> {:error, {:exception, e, __STACKTRACE__}}
+      catch
+        :exit, reason -> {:error, {:exit, reason}}
+        :throw, value -> {:error, {:exit, {:nocatch, value}}}
+      end
+
+    send(caller, {ref, traced?, result})
+  end
+
+  defp trace_self(caller) do
+    case :erlang.trace_info(self(), :tracer) do
+      {:tracer, []} -> :erlang.trace(self(), true, [{:tracer, caller} | @flags]) == 1
+      _ -> false
+    end
+  catch
+    :error, _ -> false
+  end
+
+  # Waits for the result, following the call's process tree meanwhile.
+  defp await(%{pid: pid, mon: mon, ref: ref, tree: tree} = call) do
+    receive do
+      {^ref, traced?, result} ->
+        finish(call, traced?, result)
+
+      {:DOWN, ^mon, :process, ^pid, reason} ->
+        call |> settle(:untrace) |> done({:error, {:exit, reason}})
+
+      {:trace, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
+        await(%{call | tree: follow(event, tree)})
+
+      {:trace, _, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
+        await(%{call | tree: follow(event, tree)})
+
+      {:trace, _, :spawned, parent, _} = event when is_map_key(tree, parent) ->
+        await(%{call | tree: follow(event, tree)})
+    after
+      remaining(call.deadline) ->
+        call = settle(call, :kill)
+
+        receive do
+          {^ref, _, _} -> :ok
+        after
+          0 -> :ok
+        end
+
+        done(call, {:error, :timeout})
+    end
+  end
+
+  # The call returned: wait for its process's exit event (or its DOWN when
+  # the process was not traced), then let go of what it left running.
+  defp finish(call, false, result) do
+    receive do
+      {:DOWN, ref, :process, _, _} when ref == call.mon -> :ok
+    end
+
+    done(call, result)
+  end
+
+  defp finish(%{pid: pid, mon: mon, tree: tree} = call, true, result) do
+    receive do
+      {:trace, ^pid, :exit, _} ->
+        Process.demonitor(mon, [:flush])
+        tree = Map.put(tree, pid, false)
+        call = %{call | tree: tree}
+
+        if map_size(tree) == 1,
+          do: done(call, result),
+          else: call |> settle(:untrace) |> done(result)
+
+      {:DOWN, ^mon, :process, ^pid, _} ->
+        # Tracing was turned off in the process: collect what is in flight.
+        call |> settle(:untrace) |> done(result)
+
+      {:trace, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
+        finish(%{call | tree: follow(event, tree)}, true, result)
+
+      {:trace, _, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
+        finish(%{call | tree: follow(event, tree)}, true, result)
+
+      {:trace, _, :spawned, parent, _} = event when is_map_key(tree, parent) ->
+        finish(%{call | tree: follow(event, tree)}, true, result)
+    end
+  end
+
+  defp done(call, result) do
+    Process.demonitor(call.mon, [:flush])
+    result
+  end
+
+  # Untraces (or kills) every live process of the tree, then collects the
+  # trace events still in flight; repeats while they reveal new processes.
+  defp settle(call, action) do
+    live = for {p, true} <- call.tree, do: p
+    apply_action(action, live)
+    ref = :erlang.trace_delivered(:all)
+    {tree, new} = drain(ref, call.tree, [])
+
+    if new == [] do
+      %{call | tree: tree}
+    else
+      settle_new(%{call | tree: tree}, action, new)
+    end
+  end
+
+  defp settle_new(call, action, new) do
+    apply_action(action, new)
+    ref = :erlang.trace_delivered(:all)
+    {tree, newer} = drain(ref, call.tree, [])
+    call = %{call | tree: tree}
+    if newer == [], do: call, else: settle_new(call, action, newer)
+  end
+
+  defp apply_action(:untrace, pids) do
+    me = self()
+
+    for pid <- pids do
+      try do
+        if :erlang.trace_info(pid, :tracer) == {:tracer, me},
+          do: :erlang.trace(pid, false, @flags)
+      catch
+        :error, _ -> :ok
+      end
+    end
+  end
+
+  defp apply_action(:kill, pids) do
+    refs = for pid <- pids, do: Process.monitor(pid)
+    for pid <- pids, do: Process.exit(pid, :kill)
+
+    for ref <- refs do
+      receive do
+        {:DOWN, ^ref, :process, _, _} -> :ok
+      end
+    end
+  end
+
+  defp drain(ref, tree, new) do
+    receive do
+      {:trace_delivered, :all, ^ref} ->
+        {tree, new}
+
+      {:trace, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
+        drain(ref, follow(event, tree), new)
+
+      {:trace, _, kind, child, _} = event
+      when kind == :spawn and is_map_key(tree, elem(event, 1)) ->
+        added = if Map.has_key?(tree, child), do: new, else: [child | new]
+        drain(ref, follow(event, tree), added)
+
+      {:trace, _, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
+        drain(ref, follow(event, tree), new)
+
+      {:trace, child, :spawned, parent, _} = event when is_map_key(tree, parent) ->
+        added = if Map.has_key?(tree, child), do: new, else: [child | new]
+        drain(ref, follow(event, tree), added)
+    end
+  end
+
+  defp follow({:trace, _parent, :spawn, child, _}, tree), do: Map.put_new(tree, child, true)
+  defp follow({:trace, child, :spawned, _parent, _}, tree), do: Map.put_new(tree, child, true)
+  defp follow({:trace, pid, :exit, _}, tree), do: Map.put(tree, pid, false)
+  defp follow(_event, tree), do: tree
+
+  defp remaining(:infinity), do: :infinity
+  defp remaining(deadline), do: max(deadline - now(), 0)
+
+  defp now, do: System.monotonic_time(:millisecond)
+end
