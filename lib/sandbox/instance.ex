@@ -532,7 +532,21 @@ defmodule Sandbox.Instance do
     after
       Process.group_leader(self(), own_gl)
     end
+    |> first_sample()
   end
+
+  # The first sample of the run is taken as soon as the roots are up: a
+  # sandbox over its limits from the start does not start.
+  defp first_sample({:ok, state}) do
+    _ = ResourceMonitor.usage(state.id)
+
+    case ResourceMonitor.breach(state.id) do
+      {limit, _usage} -> {:error, {:limit_exceeded, limit}, state}
+      nil -> {:ok, state}
+    end
+  end
+
+  defp first_sample(error), do: error
 
   defp root_starts(%{mode: :supervisor} = state) do
     sup = Map.fetch!(state.renames, state.target)

@@ -332,9 +332,7 @@ defmodule Sandbox.ResourceMonitor do
       since_full: 0,
       base_count: :erlang.system_info(:process_count),
       base_memory: :erlang.memory(:total),
-      last_at: System.monotonic_time(),
-      last_reds: total_reductions(),
-      last_sched: :erlang.statistics(:scheduler_wall_time),
+      cpu_base: cpu_base(),
       owners: %{},
       pending: [],
       tick_waiters: [],
@@ -475,6 +473,7 @@ defmodule Sandbox.ResourceMonitor do
       members: [],
       usage: nil,
       sampled?: false,
+      reds_acc: 0,
       warned: %{},
       fraction: 1.0,
       throttle: nil,
@@ -582,14 +581,21 @@ defmodule Sandbox.ResourceMonitor do
 
     {groups, swept} = if full?, do: Sample.sweep(gl_index(state.sandboxes)), else: {nil, 0}
 
-    now = System.monotonic_time()
-    reds = total_reductions()
-    sched = :erlang.statistics(:scheduler_wall_time)
-    busy = Sample.busy(state.last_sched, sched)
-    vm_reds = max(reds - state.last_reds, 1)
+    # CPU is computed over at least half an interval: a sample taken
+    # sooner (forced, triggered) adds its reductions to the next one's.
+    now = cpu_base()
+    base = state.cpu_base
+    window = System.convert_time_unit(now.at - base.at, :native, :millisecond)
+    cpu? = window * 2 >= state.interval
     {by_owner, owners} = Sample.ets_owners(state.owners, refresh?)
 
-    ctx = %{busy: busy, vm_reds: vm_reds, by_owner: by_owner, refresh?: refresh?}
+    ctx = %{
+      cpu?: cpu?,
+      busy: if(cpu?, do: Sample.busy(base.sched, now.sched), else: 0.0),
+      vm_reds: max(now.reds - base.reds, 1),
+      by_owner: by_owner,
+      refresh?: refresh?
+    }
 
     state =
       Enum.reduce(state.sandboxes, state, fn {id, sb}, state ->
@@ -616,9 +622,7 @@ defmodule Sandbox.ResourceMonitor do
             do: state.base_memory,
             else: :erlang.memory(:total)
           ),
-        last_at: now,
-        last_reds: reds,
-        last_sched: sched,
+        cpu_base: if(cpu?, do: now, else: base),
         owners: owners,
         stats: stats
     }
@@ -626,9 +630,9 @@ defmodule Sandbox.ResourceMonitor do
     {state, %{duration_us: us, processes: swept}}
   end
 
-  defp total_reductions do
-    {total, _} = :erlang.statistics(:reductions)
-    total
+  defp cpu_base do
+    {reds, _} = :erlang.statistics(:reductions)
+    %{at: System.monotonic_time(), reds: reds, sched: :erlang.statistics(:scheduler_wall_time)}
   end
 
   # Group leader => sandbox id, for the sandboxes' group leaders and their
@@ -652,26 +656,57 @@ defmodule Sandbox.ResourceMonitor do
     do: state
 
   defp sample_sandbox(state, id, sb, members, ctx) do
+    # A process bomb is stopped before its members are measured.
+    case too_many(members, sb.limits) do
+      nil -> measure_sandbox(state, id, sb, members, ctx)
+      n -> stop_sandbox(state, id, %{sb | members: members}, :max_processes, n)
+    end
+  end
+
+  defp too_many(members, %{max_processes: max}) when is_integer(max) do
+    if length(members) > max do
+      live = Enum.count(members, &Process.alive?/1)
+      if live > max, do: live
+    end
+  end
+
+  defp too_many(_members, _limits), do: nil
+
+  defp measure_sandbox(state, id, sb, members, ctx) do
     {figures, reds, changed?} = Sample.measure(members, sb.figures, ctx.refresh?)
     ets = Sample.ets_memory(figures.pids, ctx.by_owner)
 
-    cpu =
-      if sb.sampled? and reds > 0,
-        do: min(reds / ctx.vm_reds, 1.0) * ctx.busy * 100.0,
-        else: 0.0
+    # The first sample of a run has no previous reductions: 0.0.
+    acc = if sb.sampled?, do: sb.reds_acc + reds, else: 0
+
+    {cpu, acc} =
+      cond do
+        not sb.sampled? -> {0.0, 0}
+        ctx.cpu? -> {Float.round(min(acc / ctx.vm_reds, 1.0) * ctx.busy * 100.0, 2), 0}
+        true -> {sb.usage.cpu_usage, acc}
+      end
 
     usage = %{
       current_memory: figures.proc_memory + figures.bin_memory + ets,
       current_processes: length(figures.pids),
-      cpu_usage: Float.round(cpu, 2)
+      cpu_usage: cpu
     }
 
     if changed? or usage != sb.usage, do: :ets.update_element(@table, id, {3, usage})
-    sb = %{sb | figures: figures, members: figures.pids, usage: usage, sampled?: true}
+
+    sb = %{
+      sb
+      | figures: figures,
+        members: figures.pids,
+        usage: usage,
+        sampled?: true,
+        reds_acc: acc
+    }
 
     case over_limit(usage, sb.limits) do
       nil ->
-        sb = sb |> warn(id, usage) |> throttle(id, cpu)
+        sb = warn(sb, id, usage)
+        sb = if ctx.cpu?, do: throttle(sb, id, cpu), else: sb
         put_sandbox(state, id, sb)
 
       {limit, value} ->
