@@ -17,10 +17,12 @@ defmodule Sandbox.Test.ResourceHelpers do
 
   @doc """
   Starts watching the host: the VM's process count and total memory, read
-  every millisecond (the watch is the measurement; nothing waits on it)
-  until `stop_watch/1`, which returns the baseline and the peaks.
+  every millisecond (the watch is the measurement) until `stop_watch/1`,
+  which returns the baseline and the peaks. With `notify: {figure, bound}`
+  the caller gets `{:bound_passed, figure}` once the figure (`:processes`
+  or `:memory`) is more than `bound` above its baseline.
   """
-  def start_watch do
+  def start_watch(opts \\ []) do
     parent = self()
     :erlang.garbage_collect()
     base = %{processes: :erlang.system_info(:process_count), memory: :erlang.memory(:total)}
@@ -29,7 +31,7 @@ defmodule Sandbox.Test.ResourceHelpers do
       spawn_link(fn ->
         Process.flag(:priority, :high)
         send(parent, {:watching, self()})
-        watch(base, base)
+        watch(base, base, parent, opts[:notify])
       end)
 
     receive do
@@ -37,16 +39,27 @@ defmodule Sandbox.Test.ResourceHelpers do
     end
   end
 
-  defp watch(base, peak) do
+  defp watch(base, peak, parent, notify) do
     peak = %{
       processes: max(peak.processes, :erlang.system_info(:process_count)),
       memory: max(peak.memory, :erlang.memory(:total))
     }
 
+    notify =
+      case notify do
+        {figure, bound}
+        when :erlang.map_get(figure, peak) - :erlang.map_get(figure, base) > bound ->
+          send(parent, {:bound_passed, figure})
+          nil
+
+        other ->
+          other
+      end
+
     receive do
       {:stop, from} -> send(from, {:watched, self(), base, peak})
     after
-      1 -> watch(base, peak)
+      1 -> watch(base, peak, parent, notify)
     end
   end
 
