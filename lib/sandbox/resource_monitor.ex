@@ -22,8 +22,15 @@ defmodule Sandbox.ResourceMonitor do
       (which changes the count) or by a `group_leader/2` call, so the
       only joins a sample can miss are those masked by an exit in the same
       interval, or by a group leader change; the next full sweep finds
-      them. Cost: ~0.1–0.3 µs per process of the VM per sweep, plus ~0.1
-      µs per sandbox process per sample;
+      them. Cost: ~0.1–0.5 µs per process of the VM per sweep;
+    * **what changed**: one `process_info(pid, :reductions)` per member
+      (~0.1 µs). A process that did not run since the previous sample
+      (receiving a message makes it run) did not change its memory either,
+      so a sandbox whose members all kept their reductions keeps its
+      figures without being measured; only the others are (below). Every
+      `monitor_refresh_every` samples (default 100) every sandbox is
+      measured again (a suspended process can receive messages without
+      running);
     * `current_memory`: the members' memory + the off-heap binaries they
       reference (each counted once per sandbox) + the ETS tables they own;
     * `current_processes`: the number of members;
@@ -138,6 +145,8 @@ defmodule Sandbox.ResourceMonitor do
     * `:monitor_watch_interval` — ms between watches (5)
     * `:monitor_full_sweep_every` — samples between two unconditional
       sweeps (10)
+    * `:monitor_refresh_every` — samples between two measurements of every
+      sandbox, changed or not (100)
     * `:monitor_process_threshold` — process count growth that triggers a
       sample (500)
     * `:monitor_memory_threshold` — memory growth (bytes) that triggers a
@@ -303,7 +312,8 @@ defmodule Sandbox.ResourceMonitor do
   @doc """
   The monitor's own figures: `samples`, `sweeps`, `triggered` (samples
   triggered by the watch), `busy_us` (time spent in the monitor's work,
-  from its start), `last_sweep_us`, `last_sweep_processes`, `sandboxes`.
+  from its start), `last_sample_us`, `last_sweep_us`,
+  `last_sweep_processes`, `sandboxes`.
   """
   @spec stats() :: map
   def stats, do: GenServer.call(__MODULE__, :stats, :infinity)
@@ -322,6 +332,7 @@ defmodule Sandbox.ResourceMonitor do
       interval: get.(:monitor_interval, 100),
       watch_ms: get.(:monitor_watch_interval, 5),
       full_every: get.(:monitor_full_sweep_every, 10),
+      refresh_every: get.(:monitor_refresh_every, 100),
       proc_threshold: get.(:monitor_process_threshold, 500),
       mem_threshold: get.(:monitor_memory_threshold, 32 * 1024 * 1024),
       mem_every: get.(:monitor_memory_every, 10),
@@ -330,6 +341,7 @@ defmodule Sandbox.ResourceMonitor do
       timers: nil,
       watches: 0,
       since_full: 0,
+      since_refresh: 0,
       base_count: :erlang.system_info(:process_count),
       base_memory: :erlang.memory(:total),
       cpu_base: cpu_base(),
@@ -342,6 +354,7 @@ defmodule Sandbox.ResourceMonitor do
         sweeps: 0,
         triggered: 0,
         busy_us: 0,
+        last_sample_us: 0,
         last_sweep_us: 0,
         last_sweep_processes: 0
       }
@@ -473,6 +486,7 @@ defmodule Sandbox.ResourceMonitor do
       members: [],
       usage: nil,
       sampled?: false,
+      ets?: false,
       reds_acc: 0,
       warned: %{},
       fraction: 1.0,
@@ -573,8 +587,12 @@ defmodule Sandbox.ResourceMonitor do
     t0 = System.monotonic_time()
     count = :erlang.system_info(:process_count)
     since_full = state.since_full + 1
-    refresh? = since_full >= state.full_every
-    full? = kind != :regular or refresh? or count != state.base_count
+    since_refresh = state.since_refresh + 1
+    refresh? = kind == :forced or since_refresh >= state.refresh_every
+
+    full? =
+      kind != :regular or refresh? or since_full >= state.full_every or
+        count != state.base_count
 
     # Spawns admitted from here on count in the counter or in the sweep.
     if full?, do: for({_, sb} <- state.sandboxes, do: :atomics.put(sb.admitted, 1, 0))
@@ -587,7 +605,10 @@ defmodule Sandbox.ResourceMonitor do
     base = state.cpu_base
     window = System.convert_time_unit(now.at - base.at, :native, :millisecond)
     cpu? = window * 2 >= state.interval
-    {by_owner, owners} = Sample.ets_owners(state.owners, refresh?)
+    due = due(state.sandboxes, groups, refresh?)
+
+    {by_owner, owners} =
+      if due == [], do: {%{}, state.owners}, else: Sample.ets_owners(state.owners, refresh?)
 
     ctx = %{
       cpu?: cpu?,
@@ -598,9 +619,8 @@ defmodule Sandbox.ResourceMonitor do
     }
 
     state =
-      Enum.reduce(state.sandboxes, state, fn {id, sb}, state ->
-        members = if groups, do: Map.get(groups, id, []), else: sb.members
-        sample_sandbox(state, id, sb, members, ctx)
+      Enum.reduce(due, state, fn {id, members}, state ->
+        sample_sandbox(state, id, Map.fetch!(state.sandboxes, id), members, ctx)
       end)
 
     us = System.convert_time_unit(System.monotonic_time() - t0, :native, :microsecond)
@@ -610,12 +630,14 @@ defmodule Sandbox.ResourceMonitor do
       | samples: state.stats.samples + 1,
         sweeps: state.stats.sweeps + if(full?, do: 1, else: 0),
         last_sweep_us: if(full?, do: us, else: state.stats.last_sweep_us),
+        last_sample_us: us,
         last_sweep_processes: if(full?, do: swept, else: state.stats.last_sweep_processes)
     }
 
     state = %{
       state
-      | since_full: if(refresh?, do: 0, else: since_full),
+      | since_full: if(full?, do: 0, else: since_full),
+        since_refresh: if(refresh?, do: 0, else: since_refresh),
         base_count: :erlang.system_info(:process_count),
         base_memory:
           if(kind == :regular and not refresh?,
@@ -628,6 +650,33 @@ defmodule Sandbox.ResourceMonitor do
     }
 
     {state, %{duration_us: us, processes: swept}}
+  end
+
+  # The sandboxes a sample must measure, with their members: those whose
+  # members changed (by the sweep, or one died), or one of whose members
+  # ran (its reductions changed: a process that did not run did not change
+  # its memory either), that own ETS tables (others may write to them),
+  # that used CPU, are throttled or were never sampled; all on a refresh.
+  defp due(sandboxes, groups, all?) do
+    :maps.fold(
+      fn id, sb, acc ->
+        members = if groups, do: Map.get(groups, id, []), else: sb.members
+
+        cond do
+          sb.breach != nil -> acc
+          all? or busy?(sb) or members != sb.members -> [{id, members} | acc]
+          Sample.unchanged?(sb.figures.pids, sb.figures.reds) -> acc
+          true -> [{id, members} | acc]
+        end
+      end,
+      [],
+      sandboxes
+    )
+  end
+
+  defp busy?(sb) do
+    not sb.sampled? or sb.ets? or sb.throttle != nil or sb.reds_acc != 0 or
+      sb.usage.cpu_usage != 0.0
   end
 
   defp cpu_base do
@@ -682,7 +731,7 @@ defmodule Sandbox.ResourceMonitor do
     {cpu, acc} =
       cond do
         not sb.sampled? -> {0.0, 0}
-        ctx.cpu? -> {Float.round(min(acc / ctx.vm_reds, 1.0) * ctx.busy * 100.0, 2), 0}
+        ctx.cpu? -> {round(min(acc / ctx.vm_reds, 1.0) * ctx.busy * 10_000) / 100, 0}
         true -> {sb.usage.cpu_usage, acc}
       end
 
@@ -692,7 +741,18 @@ defmodule Sandbox.ResourceMonitor do
       cpu_usage: cpu
     }
 
-    if changed? or usage != sb.usage, do: :ets.update_element(@table, id, {3, usage})
+    if not changed? and usage == sb.usage and sb.throttle == nil and acc == sb.reds_acc and
+         sb.sampled? do
+      # Nothing moved (an idle sandbox): nothing to write or check.
+      state
+    else
+      if changed? or usage != sb.usage, do: :ets.update_element(@table, id, {3, usage})
+      check_sandbox(state, id, sb, {figures, ets > 0}, usage, acc, ctx)
+    end
+  end
+
+  defp check_sandbox(state, id, sb, {figures, ets?}, usage, acc, ctx) do
+    cpu = usage.cpu_usage
 
     sb = %{
       sb
@@ -700,6 +760,7 @@ defmodule Sandbox.ResourceMonitor do
         members: figures.pids,
         usage: usage,
         sampled?: true,
+        ets?: ets?,
         reds_acc: acc
     }
 
@@ -808,10 +869,15 @@ defmodule Sandbox.ResourceMonitor do
   defp kill_rounds([], _id, _sandboxes, _left), do: :ok
 
   defp kill_rounds(pids, id, sandboxes, left) do
-    refs = for pid <- pids, do: Process.monitor(pid)
-    for pid <- pids, do: Process.exit(pid, :kill)
+    # The processes that are not waiting (a bomb's spawner among them) go
+    # first; a waiting process cannot spawn.
+    {parked, active} =
+      Enum.split_with(pids, &(:erlang.process_info(&1, :status) == {:status, :waiting}))
 
-    for ref <- refs do
+    refs = for pid <- active ++ parked, do: {pid, Process.monitor(pid)}
+    for {pid, _} <- refs, do: Process.exit(pid, :kill)
+
+    for {_, ref} <- refs do
       receive do
         {:DOWN, ^ref, :process, _, _} -> :ok
       end

@@ -24,6 +24,8 @@ defmodule Sandbox.Telemetry do
   | `[:sandbox, :reload, :reloaded]` | `duration`, `processes` (migrated) | `sandbox_id`, `modules` (original names), `versions` (`%{module => new version}`) |
   | `[:sandbox, :reload, :rolled_back]` | `duration`, `processes` (migrated) | `sandbox_id`, `modules`, `versions` (`%{module => restored version}`), `reason` (`:requested`, or `{:crash, pid, exit_reason}` within a rollback window) |
   | `[:sandbox, :reload, :failed]` | `duration` | `sandbox_id`, `reason` (as returned; `{:rollback_failed, reason}` for an automatic rollback) |
+  | `[:sandbox, :limit, :warning]` | `usage`, `limit` | `sandbox_id`, `limit` (`:max_memory`, `:max_processes` or `:max_cpu_percentage`): a sample found the sandbox at 80 % of the limit or more, after one that found it below |
+  | `[:sandbox, :limit, :exceeded]` | `usage`, `limit` | `sandbox_id`, `limit` (`:max_memory` or `:max_processes`): the sandbox was stopped (`Sandbox.ResourceMonitor`) |
   """
 
   @registry Sandbox.EventRegistry

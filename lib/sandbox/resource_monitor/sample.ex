@@ -21,7 +21,9 @@ defmodule Sandbox.ResourceMonitor.Sample do
       whose reductions did not change since the previous sample has not run,
       so its previous memory figures are reused;
     * the others get `process_info(pid, [:memory, :binary])` (this one is
-      served by the target process itself, about 1–2 µs);
+      served by the target process itself, about 1–2 µs, and costs it a
+      reduction: the reductions are read again after it, so that a
+      measurement does not make an idle process look busy);
     * memory = the members' `:memory` (heap, stack, message queue, process
       structure) + every off-heap binary they reference, counted once per
       sandbox by its id in the `:binary` info + the ETS tables they own
@@ -103,6 +105,20 @@ defmodule Sandbox.ResourceMonitor.Sample do
     end
   end
 
+  @doc """
+  Whether none of `pids` ran since their reductions were `reds` (and none
+  died): one cheap `process_info/2` each, no allocation.
+  """
+  @spec unchanged?([pid], [non_neg_integer]) :: boolean
+  def unchanged?([pid | pids], [r | reds]) do
+    case :erlang.process_info(pid, :reductions) do
+      {:reductions, ^r} -> unchanged?(pids, reds)
+      _ -> false
+    end
+  end
+
+  def unchanged?([], []), do: true
+
   defp reductions([pid | rest], pids, reds) do
     case :erlang.process_info(pid, :reductions) do
       {:reductions, r} -> reductions(rest, [pid | pids], [r | reds])
@@ -127,6 +143,9 @@ defmodule Sandbox.ResourceMonitor.Sample do
         case :erlang.process_info(pid, [:memory, :binary]) do
           [{:memory, mem}, {:binary, bins}] ->
             info = {mem, for({id, size, _refc} <- bins, do: {id, size})}
+            # Serving the request cost the process a reduction: the next
+            # comparison starts after it.
+            r = after_measure(pid, r)
             infos(pids, reds, old, refresh?, [pid | ps], [r | rs], [info | is], delta + spent)
 
           :undefined ->
@@ -137,6 +156,13 @@ defmodule Sandbox.ResourceMonitor.Sample do
 
   defp infos([], [], _old, _refresh?, ps, rs, is, delta),
     do: {:lists.reverse(ps), :lists.reverse(rs), :lists.reverse(is), delta}
+
+  defp after_measure(pid, r) do
+    case :erlang.process_info(pid, :reductions) do
+      {:reductions, r} -> r
+      :undefined -> r
+    end
+  end
 
   # Process memory, and each referenced binary once.
   defp totals(infos) do
