@@ -11,7 +11,8 @@ defmodule Sandbox.Test.ResourceHelpers do
 
   @doc "Creates a sandbox of the hog fixture with `limits`; returns its info."
   def create_hog!(id, limits \\ %{}) do
-    {:ok, info} = Sandbox.create_sandbox(id, :hog, sandbox_path: @hog, resource_limits: limits)
+    opts = [sandbox_path: @hog] ++ if(limits == %{}, do: [], else: [resource_limits: limits])
+    {:ok, info} = Sandbox.create_sandbox(id, :hog, opts)
     info
   end
 
