@@ -526,7 +526,7 @@ defmodule Sandbox do
   # Sandbox.ResourceMonitor.Call): on timeout it and everything it spawned
   # are killed; what it leaves running stays in the sandbox.
   defp run_in(info, fun, timeout),
-    do: ResourceMonitor.Call.run(info.group_leader, fun, timeout)
+    do: ResourceMonitor.Call.run(info.group_leader, fun, timeout, sandbox: info.id)
 
   defp public_info(info) do
     info

@@ -7,8 +7,9 @@ defmodule Sandbox.Application do
   compile cache (`Sandbox.IsolatedCompiler.Cache`), the pool of warm
   compile workers (`Sandbox.IsolatedCompiler.Pool`, whose workers the C-node
   starts), the event registry (`Sandbox.Telemetry`), the sandboxes' manager
-  (`Sandbox.Manager`), the resource monitor (`Sandbox.ResourceMonitor`) and the supervisor of their instances
-  (`Sandbox.InstanceSupervisor`, one `Sandbox.Instance` per sandbox). Application environment read at start: `:compiler_pool_size`
+  (`Sandbox.Manager`), the resource monitor (`Sandbox.ResourceMonitor`)
+  and the supervisor of their instances (`Sandbox.InstanceSupervisor`, one
+  `Sandbox.Instance` per sandbox). Application environment read at start: `:compiler_pool_size`
   (default: the number of schedulers), `:compiler_cache_dir`,
   `:compiler_cache_max_bytes`.
   """

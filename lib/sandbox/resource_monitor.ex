@@ -27,7 +27,10 @@ defmodule Sandbox.ResourceMonitor do
       (~0.1 µs). A process that did not run since the previous sample
       (receiving a message makes it run) did not change its memory either,
       so a sandbox whose members all kept their reductions keeps its
-      figures without being measured; only the others are (below). Every
+      figures without being measured; only the others are (below). A
+      sandbox unchanged for 10 samples is checked every other sample (so
+      its first change shows within two intervals; new processes and the
+      watch below are seen at once). Every
       `monitor_refresh_every` samples (default 100) every sandbox is
       measured again (a suspended process can receive messages without
       running);
@@ -59,16 +62,32 @@ defmodule Sandbox.ResourceMonitor do
       that processes spawned meanwhile go too), and its instance sets status
       `:error`, `error: {:limit_exceeded, limit}` and emits
       `[:sandbox, :limit, :exceeded]` with `%{usage: n, limit: n}`. They are
-      checked at every sample, and between samples the monitor *watches*
-      the VM every `monitor_watch_interval` ms (default 5): when the VM's
-      process count grew by more than `monitor_process_threshold` (default
-      500) since the last sample, or (checked every
-      `monitor_memory_every` watches, default 10) its total memory by more
-      than `monitor_memory_threshold` bytes (default 32 MiB), a sample is
-      taken at once, at high priority. A process bomb is therefore found
-      within a few ms of its first spawns, whatever the interval, and a
-      memory bomb within ~50 ms plus the time it needs to grow by the
-      threshold.
+      checked at every sample, so a breach is stopped within one interval
+      plus a sweep and the kill. The monitor runs at high priority, so
+      that processes filling the run queues do not delay it. Between
+      samples:
+
+        * the process tree of a `Sandbox.call/5` or `Sandbox.run/3` is
+          followed by its caller while the call runs
+          (`Sandbox.ResourceMonitor.Call`): when the tree alone grows past
+          the room the sandbox had at its latest sample, the monitor
+          samples at once, so a process bomb inside a call is stopped
+          within a sweep of going over;
+        * optionally (`monitor_watch_interval: ms`, off by default) the
+          monitor polls the VM's process count, and every
+          `monitor_memory_every` polls its total memory, and samples at
+          once when the count grew by more than
+          `monitor_process_threshold` (500) or the memory by more than
+          `monitor_memory_threshold` (32 MiB) since the last sample. It is
+          off because every wakeup costs the VM CPU time (idle schedulers
+          spin before they sleep again): ~4 % of a core at 5 ms, ~1.4 % at
+          20 ms, ~0.4 % at 100 ms (the sampling interval itself).
+
+      A bomb started outside a call (in a sandbox server, say), or still
+      spawning after the call that started it returned, is found by the
+      next sample: a loop spawning 100,000 processes a second gets up to
+      ~10,000 before it is stopped at the default interval. Exact
+      admission at spawn time is the spawn guards' (`admit_spawn/1`).
 
       What they do not cover: processes and memory outside the sandbox's
       group leader (a process that changes its group leader leaves the
@@ -82,9 +101,11 @@ defmodule Sandbox.ResourceMonitor do
     * `max_cpu_percentage` **throttles**: when a sample measures the
       sandbox over its share, a `Sandbox.ResourceMonitor.Throttle` suspends
       and resumes its processes on a duty cycle of one interval: the
-      sandbox runs for a fraction `f` of each interval, `f` being set at
-      every sample to `f × limit / measured` (at least 0.02, at most double
-      the previous one), and the throttle stops when `f` reaches 1. The
+      sandbox runs for a fraction `f` of each interval, `f` being set to
+      `limit / measured` when it starts, then at every sample to
+      `f × √(limit / measured)` (damped: one sample's figure is noisy; at
+      least 0.02, at most double the previous one), and the throttle stops
+      when `f` reaches 1. The
       sandbox keeps answering (its processes run every interval), only
       slower.
     * `max_execution_time` caps the timeout of every `Sandbox.call/5` and
@@ -142,7 +163,8 @@ defmodule Sandbox.ResourceMonitor do
   name, then to the value given:
 
     * `:monitor_interval` — ms between samples (100)
-    * `:monitor_watch_interval` — ms between watches (5)
+    * `:monitor_watch_interval` — ms between polls of the VM's process
+      count and memory between samples (`nil`: off)
     * `:monitor_full_sweep_every` — samples between two unconditional
       sweeps (10)
     * `:monitor_refresh_every` — samples between two measurements of every
@@ -296,6 +318,34 @@ defmodule Sandbox.ResourceMonitor do
   end
 
   @doc """
+  Asks for a sample now because sandbox `id` may be over `max_processes`
+  (see `Sandbox.ResourceMonitor.Call`, which calls this when a call's
+  process tree alone grows past the sandbox's room). Asynchronous; at
+  most one such sample per 10 ms.
+  """
+  @spec suspect(String.t()) :: :ok
+  def suspect(id) do
+    send(__MODULE__, {:suspect, id})
+    :ok
+  end
+
+  @doc """
+  The number of processes sandbox `id` may still start according to its
+  latest sample (`max_processes` minus `current_processes`), or `nil` when
+  it is not monitored or has no `max_processes`.
+  """
+  @spec room(String.t()) :: non_neg_integer | nil
+  def room(id) do
+    case :ets.lookup(@table, id) do
+      [{^id, %{limits: %{max_processes: max}}, usage}] when is_integer(max) ->
+        max(max - if(usage, do: usage.current_processes, else: 0), 0)
+
+      _ ->
+        nil
+    end
+  end
+
+  @doc """
   Takes a sample of every sandbox now, with a full sweep; returns
   `%{duration_us: us, processes: swept}`.
   """
@@ -311,7 +361,8 @@ defmodule Sandbox.ResourceMonitor do
 
   @doc """
   The monitor's own figures: `samples`, `sweeps`, `triggered` (samples
-  triggered by the watch), `busy_us` (time spent in the monitor's work,
+  taken between two regular ones, for a call's process tree or the
+  optional watch), `busy_us` (time spent in the monitor's work,
   from its start), `last_sample_us`, `last_sweep_us`,
   `last_sweep_processes`, `sandboxes`.
   """
@@ -330,7 +381,7 @@ defmodule Sandbox.ResourceMonitor do
 
     state = %{
       interval: get.(:monitor_interval, 100),
-      watch_ms: get.(:monitor_watch_interval, 5),
+      watch_ms: get.(:monitor_watch_interval, nil),
       full_every: get.(:monitor_full_sweep_every, 10),
       refresh_every: get.(:monitor_refresh_every, 100),
       proc_threshold: get.(:monitor_process_threshold, 500),
@@ -338,6 +389,7 @@ defmodule Sandbox.ResourceMonitor do
       mem_every: get.(:monitor_memory_every, 10),
       sandboxes: %{},
       monitors: %{},
+      gls: %{},
       timers: nil,
       watches: 0,
       since_full: 0,
@@ -347,13 +399,13 @@ defmodule Sandbox.ResourceMonitor do
       cpu_base: cpu_base(),
       owners: %{},
       pending: [],
+      busy: 0,
       tick_waiters: [],
       last_triggered: System.monotonic_time(:millisecond),
       stats: %{
         samples: 0,
         sweeps: 0,
         triggered: 0,
-        busy_us: 0,
         last_sample_us: 0,
         last_sweep_us: 0,
         last_sweep_processes: 0
@@ -408,28 +460,43 @@ defmodule Sandbox.ResourceMonitor do
   end
 
   def handle_call(:sweep, _from, state) do
-    {state, info} = timed(fn -> sample(state, :full) end)
+    {state, info} = timed(fn -> sample(state, :forced) end)
     {:reply, info, state}
   end
 
   def handle_call(:await_tick, from, state),
     do: {:noreply, %{state | tick_waiters: [from | state.tick_waiters]}}
 
-  def handle_call(:stats, _from, state),
-    do: {:reply, Map.put(state.stats, :sandboxes, map_size(state.sandboxes)), state}
+  def handle_call(:stats, _from, state) do
+    busy_us = System.convert_time_unit(state.busy, :native, :microsecond)
+
+    {:reply, Map.merge(state.stats, %{sandboxes: map_size(state.sandboxes), busy_us: busy_us}),
+     state}
+  end
 
   @impl true
   def handle_info({:tick, ref}, %{timers: {ref, _}} = state) do
-    Process.flag(:priority, :normal)
     {state, _} = timed(fn -> sample(state, :regular) end)
-    Process.flag(:priority, :high)
     for from <- state.tick_waiters, do: GenServer.reply(from, :ok)
     {:noreply, schedule(%{state | tick_waiters: []}, :tick)}
   end
 
   def handle_info({:watch, ref}, %{timers: {_, ref}} = state) do
-    {state, _} = timed(fn -> {watch(state), nil} end)
-    {:noreply, schedule(state, :watch)}
+    {state, _} = timed(fn -> {state |> watch() |> schedule(:watch), nil} end)
+    {:noreply, state}
+  end
+
+  def handle_info({:suspect, id}, state) do
+    # A call saw its process tree grow past what the sandbox may have.
+    now = System.monotonic_time(:millisecond)
+
+    if Map.has_key?(state.sandboxes, id) and now - state.last_triggered >= 10 do
+      {state, _} = timed(fn -> sample(state, :triggered) end)
+      stats = %{state.stats | triggered: state.stats.triggered + 1}
+      {:noreply, %{state | last_triggered: now, stats: stats}}
+    else
+      {:noreply, state}
+    end
   end
 
   def handle_info(:sample_pending, state) do
@@ -486,6 +553,8 @@ defmodule Sandbox.ResourceMonitor do
       members: [],
       usage: nil,
       sampled?: false,
+      slot: :erlang.phash2(id, 2),
+      changed_at: 0,
       ets?: false,
       reds_acc: 0,
       warned: %{},
@@ -497,7 +566,8 @@ defmodule Sandbox.ResourceMonitor do
     %{
       state
       | sandboxes: Map.put(state.sandboxes, id, sb),
-        monitors: Map.put(state.monitors, ref, id)
+        monitors: Map.put(state.monitors, ref, id),
+        gls: Map.put(state.gls, reg.gl, id)
     }
   end
 
@@ -509,7 +579,13 @@ defmodule Sandbox.ResourceMonitor do
       {sb, sandboxes} ->
         Process.demonitor(sb.monitor, [:flush])
         if sb.throttle, do: Throttle.stop(sb.throttle)
-        %{state | sandboxes: sandboxes, monitors: Map.delete(state.monitors, sb.monitor)}
+
+        %{
+          state
+          | sandboxes: sandboxes,
+            monitors: Map.delete(state.monitors, sb.monitor),
+            gls: Map.delete(state.gls, sb.gl)
+        }
     end
   end
 
@@ -523,7 +599,7 @@ defmodule Sandbox.ResourceMonitor do
         tick = make_ref()
         watch = make_ref()
         Process.send_after(self(), {:tick, tick}, state.interval)
-        Process.send_after(self(), {:watch, watch}, state.watch_ms)
+        if state.watch_ms, do: Process.send_after(self(), {:watch, watch}, state.watch_ms)
         %{state | timers: {tick, watch}}
 
       _ ->
@@ -547,11 +623,12 @@ defmodule Sandbox.ResourceMonitor do
     %{state | timers: {tick, ref}}
   end
 
+  # Time spent in the monitor's work, kept in native units.
   defp timed(fun) do
     t0 = System.monotonic_time()
     {state, result} = fun.()
-    us = System.convert_time_unit(System.monotonic_time() - t0, :native, :microsecond)
-    {%{state | stats: %{state.stats | busy_us: state.stats.busy_us + us}}, result}
+    busy = state.busy + System.monotonic_time() - t0
+    {%{state | busy: busy}, result}
   end
 
   ## Watch
@@ -582,7 +659,8 @@ defmodule Sandbox.ResourceMonitor do
   ## Sampling
 
   # One sample of every sandbox. `kind`: :regular (timer), :triggered
-  # (watch), :full (forced). Returns {state, %{duration_us, processes}}.
+  # (watch), :full (first samples asked for), :forced (sweep/0: every
+  # sandbox measured). Returns {state, %{duration_us, processes}}.
   defp sample(state, kind) do
     t0 = System.monotonic_time()
     count = :erlang.system_info(:process_count)
@@ -594,10 +672,17 @@ defmodule Sandbox.ResourceMonitor do
       kind != :regular or refresh? or since_full >= state.full_every or
         count != state.base_count
 
+    # Sandboxes idle for 10 samples are checked every other regular one.
+    skip = if kind == :regular, do: {state.stats.samples, rem(state.stats.samples, 2)}
+
+    # Between sweeps, only the known members are looked at; if any of them
+    # ran (it may have spawned) or died, that sample sweeps too.
+    full? = full? or moved?(:maps.next(:maps.iterator(state.sandboxes)), skip)
+
     # Spawns admitted from here on count in the counter or in the sweep.
     if full?, do: for({_, sb} <- state.sandboxes, do: :atomics.put(sb.admitted, 1, 0))
 
-    {groups, swept} = if full?, do: Sample.sweep(gl_index(state.sandboxes)), else: {nil, 0}
+    {groups, swept} = if full?, do: Sample.sweep(state.gls), else: {nil, 0}
 
     # CPU is computed over at least half an interval: a sample taken
     # sooner (forced, triggered) adds its reductions to the next one's.
@@ -605,7 +690,9 @@ defmodule Sandbox.ResourceMonitor do
     base = state.cpu_base
     window = System.convert_time_unit(now.at - base.at, :native, :millisecond)
     cpu? = window * 2 >= state.interval
-    due = due(state.sandboxes, groups, refresh?)
+
+    due =
+      if full?, do: due(state.sandboxes, groups, refresh?, skip), else: flagged(state.sandboxes)
 
     {by_owner, owners} =
       if due == [], do: {%{}, state.owners}, else: Sample.ets_owners(state.owners, refresh?)
@@ -657,14 +744,19 @@ defmodule Sandbox.ResourceMonitor do
   # ran (its reductions changed: a process that did not run did not change
   # its memory either), that own ETS tables (others may write to them),
   # that used CPU, are throttled or were never sampled; all on a refresh.
-  defp due(sandboxes, groups, all?) do
+  # `skip`: `{sample_number, slot}` on a regular sample, where sandboxes
+  # unchanged for 10 samples are checked only when their slot matches.
+  defp due(sandboxes, groups, all?, skip) do
     :maps.fold(
       fn id, sb, acc ->
-        members = if groups, do: Map.get(groups, id, []), else: sb.members
+        # The instance has the group leader while it starts the roots.
+        members =
+          if groups, do: List.delete(Map.get(groups, id, []), sb.instance), else: sb.members
 
         cond do
           sb.breach != nil -> acc
           all? or busy?(sb) or members != sb.members -> [{id, members} | acc]
+          resting?(sb, skip) -> acc
           Sample.unchanged?(sb.figures.pids, sb.figures.reds) -> acc
           true -> [{id, members} | acc]
         end
@@ -674,6 +766,28 @@ defmodule Sandbox.ResourceMonitor do
     )
   end
 
+  # Whether a member of a sandbox ran or died since its last sample (or a
+  # sandbox was never sampled); stops at the first.
+  defp moved?(:none, _skip), do: false
+
+  defp moved?({_id, sb, next}, skip) do
+    cond do
+      sb.breach != nil -> moved?(:maps.next(next), skip)
+      not sb.sampled? -> true
+      resting?(sb, skip) -> moved?(:maps.next(next), skip)
+      Sample.unchanged?(sb.figures.pids, sb.figures.reds) -> moved?(:maps.next(next), skip)
+      true -> true
+    end
+  end
+
+  # Without a sweep (nothing moved): the sandboxes to measure anyway.
+  defp flagged(sandboxes) do
+    for {id, sb} <- sandboxes, sb.breach == nil, busy?(sb), do: {id, sb.members}
+  end
+
+  defp resting?(%{slot: slot, changed_at: at}, {n, current}), do: slot != current and n - at >= 10
+  defp resting?(_sb, nil), do: false
+
   defp busy?(sb) do
     not sb.sampled? or sb.ets? or sb.throttle != nil or sb.reds_acc != 0 or
       sb.usage.cpu_usage != 0.0
@@ -682,23 +796,6 @@ defmodule Sandbox.ResourceMonitor do
   defp cpu_base do
     {reds, _} = :erlang.statistics(:reductions)
     %{at: System.monotonic_time(), reds: reds, sched: :erlang.statistics(:scheduler_wall_time)}
-  end
-
-  # Group leader => sandbox id, for the sandboxes' group leaders and their
-  # children (group leaders started with `upstream:` one of them).
-  defp gl_index(sandboxes) do
-    own = Map.new(sandboxes, fn {id, sb} -> {sb.gl, id} end)
-
-    :ets.foldl(
-      fn {gl, _id, upstream}, acc ->
-        case own do
-          %{^upstream => id} -> Map.put(acc, gl, id)
-          _ -> acc
-        end
-      end,
-      own,
-      Sandbox.GroupLeader
-    )
   end
 
   defp sample_sandbox(state, _id, %{breach: breach}, _members, _ctx) when breach != nil,
@@ -760,6 +857,7 @@ defmodule Sandbox.ResourceMonitor do
         members: figures.pids,
         usage: usage,
         sampled?: true,
+        changed_at: state.stats.samples,
         ets?: ets?,
         reds_acc: acc
     }
@@ -815,7 +913,9 @@ defmodule Sandbox.ResourceMonitor do
     %{sb | warned: warned}
   end
 
-  # The duty cycle: f = f × limit / measured, between 0.02 and 2f; off at 1.
+  # The duty cycle: first f = limit / measured, then f = f × √(limit /
+  # measured) (a single sample is noisy: the correction is damped), between
+  # 0.02 and 2f; off at 1.
   defp throttle(sb, _id, cpu) do
     limit = Map.get(sb.limits, :max_cpu_percentage)
     f = sb.fraction
@@ -824,8 +924,9 @@ defmodule Sandbox.ResourceMonitor do
       cond do
         not is_number(limit) -> 1.0
         f >= 1.0 and cpu <= limit -> 1.0
-        cpu <= 0.0 -> 1.0
-        true -> (f * limit / cpu) |> max(0.02) |> min(2 * f) |> min(1.0)
+        cpu <= 0.0 -> min(2 * f, 1.0)
+        f >= 1.0 -> max(limit / cpu, 0.02)
+        true -> (f * :math.sqrt(limit / cpu)) |> max(0.02) |> min(2 * f) |> min(1.0)
       end
 
     cond do
@@ -850,7 +951,6 @@ defmodule Sandbox.ResourceMonitor do
   # why), then every member is killed, in rounds until a sweep finds none
   # (a bomb spawns while it is being killed), then the instance is told.
   defp stop_sandbox(state, id, sb, limit, value) do
-    Process.flag(:priority, :high)
     if sb.throttle, do: Throttle.stop(sb.throttle)
 
     case :ets.lookup(@table, id) do
@@ -884,8 +984,7 @@ defmodule Sandbox.ResourceMonitor do
     end
 
     if left > 0 do
-      index = sandboxes |> Map.take([id]) |> gl_index()
-      {groups, _} = Sample.sweep(index)
+      {groups, _} = Sample.sweep(%{Map.fetch!(sandboxes, id).gl => id})
       kill_rounds(Map.get(groups, id, []), id, sandboxes, left - 1)
     end
   end

@@ -40,14 +40,34 @@ defmodule Sandbox.ResourceMonitor.Call do
   @doc """
   Runs `fun` in a new process whose group leader is `gl`; returns its
   result within `timeout` ms (or `:infinity`), see `Sandbox.call/5`.
+
+  ## Options
+
+    * `:sandbox` — the sandbox's id: while the call runs, a process tree
+      that grows past the room the sandbox had at its latest sample
+      (`Sandbox.ResourceMonitor.room/1`) makes the monitor sample at once
+      (`Sandbox.ResourceMonitor.suspect/1`)
   """
-  @spec run(pid, (() -> term), timeout) :: result
-  def run(gl, fun, timeout) when is_pid(gl) and is_function(fun, 0) do
+  @spec run(pid, (() -> term), timeout, keyword) :: result
+  def run(gl, fun, timeout, opts \\ []) when is_pid(gl) and is_function(fun, 0) do
     caller = self()
     ref = make_ref()
+    id = opts[:sandbox]
+    room = if id, do: Sandbox.ResourceMonitor.room(id)
     {pid, mon} = :erlang.spawn_opt(fn -> body(caller, ref, gl, fun) end, [:monitor])
     deadline = if timeout == :infinity, do: :infinity, else: now() + timeout
-    await(%{pid: pid, mon: mon, ref: ref, deadline: deadline, tree: %{pid => true}})
+
+    await(%{
+      pid: pid,
+      mon: mon,
+      ref: ref,
+      deadline: deadline,
+      tree: %{pid => true},
+      live: 1,
+      new: [],
+      sandbox: id,
+      room: room
+    })
   end
 
   defp body(caller, ref, gl, fun) do
@@ -86,13 +106,13 @@ defmodule Sandbox.ResourceMonitor.Call do
         call |> settle(:untrace) |> done({:error, {:exit, reason}})
 
       {:trace, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
-        await(%{call | tree: follow(event, tree)})
+        await(track(call, event))
 
       {:trace, _, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
-        await(%{call | tree: follow(event, tree)})
+        await(track(call, event))
 
       {:trace, _, :spawned, parent, _} = event when is_map_key(tree, parent) ->
-        await(%{call | tree: follow(event, tree)})
+        await(track(call, event))
     after
       remaining(call.deadline) ->
         call = settle(call, :kill)
@@ -119,12 +139,11 @@ defmodule Sandbox.ResourceMonitor.Call do
 
   defp finish(%{pid: pid, mon: mon, tree: tree} = call, true, result) do
     receive do
-      {:trace, ^pid, :exit, _} ->
+      {:trace, ^pid, :exit, _} = event ->
         Process.demonitor(mon, [:flush])
-        tree = Map.put(tree, pid, false)
-        call = %{call | tree: tree}
+        call = track(call, event)
 
-        if map_size(tree) == 1,
+        if map_size(call.tree) == 1,
           do: done(call, result),
           else: call |> settle(:untrace) |> done(result)
 
@@ -133,13 +152,13 @@ defmodule Sandbox.ResourceMonitor.Call do
         call |> settle(:untrace) |> done(result)
 
       {:trace, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
-        finish(%{call | tree: follow(event, tree)}, true, result)
+        finish(track(call, event), true, result)
 
       {:trace, _, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
-        finish(%{call | tree: follow(event, tree)}, true, result)
+        finish(track(call, event), true, result)
 
       {:trace, _, :spawned, parent, _} = event when is_map_key(tree, parent) ->
-        finish(%{call | tree: follow(event, tree)}, true, result)
+        finish(track(call, event), true, result)
     end
   end
 
@@ -152,23 +171,14 @@ defmodule Sandbox.ResourceMonitor.Call do
   # trace events still in flight; repeats while they reveal new processes.
   defp settle(call, action) do
     live = for {p, true} <- call.tree, do: p
-    apply_action(action, live)
-    ref = :erlang.trace_delivered(:all)
-    {tree, new} = drain(ref, call.tree, [])
-
-    if new == [] do
-      %{call | tree: tree}
-    else
-      settle_new(%{call | tree: tree}, action, new)
-    end
+    settle(%{call | new: []}, action, live)
   end
 
-  defp settle_new(call, action, new) do
-    apply_action(action, new)
+  defp settle(call, action, pids) do
+    apply_action(action, pids)
     ref = :erlang.trace_delivered(:all)
-    {tree, newer} = drain(ref, call.tree, [])
-    call = %{call | tree: tree}
-    if newer == [], do: call, else: settle_new(call, action, newer)
+    call = drain(ref, %{call | new: []})
+    if call.new == [], do: call, else: settle(call, action, call.new)
   end
 
   defp apply_action(:untrace, pids) do
@@ -195,32 +205,54 @@ defmodule Sandbox.ResourceMonitor.Call do
     end
   end
 
-  defp drain(ref, tree, new) do
+  defp drain(ref, %{tree: tree} = call) do
     receive do
       {:trace_delivered, :all, ^ref} ->
-        {tree, new}
+        call
 
       {:trace, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
-        drain(ref, follow(event, tree), new)
-
-      {:trace, _, kind, child, _} = event
-      when kind == :spawn and is_map_key(tree, elem(event, 1)) ->
-        added = if Map.has_key?(tree, child), do: new, else: [child | new]
-        drain(ref, follow(event, tree), added)
+        drain(ref, track(call, event))
 
       {:trace, _, _, _, _} = event when is_map_key(tree, elem(event, 1)) ->
-        drain(ref, follow(event, tree), new)
+        drain(ref, track(call, event))
 
-      {:trace, child, :spawned, parent, _} = event when is_map_key(tree, parent) ->
-        added = if Map.has_key?(tree, child), do: new, else: [child | new]
-        drain(ref, follow(event, tree), added)
+      {:trace, _, :spawned, parent, _} = event when is_map_key(tree, parent) ->
+        drain(ref, track(call, event))
     end
   end
 
-  defp follow({:trace, _parent, :spawn, child, _}, tree), do: Map.put_new(tree, child, true)
-  defp follow({:trace, child, :spawned, _parent, _}, tree), do: Map.put_new(tree, child, true)
-  defp follow({:trace, pid, :exit, _}, tree), do: Map.put(tree, pid, false)
-  defp follow(_event, tree), do: tree
+  # Follows one trace event of the tree: a new process (from its parent's
+  # `spawn` event or its own `spawned` one, whichever comes first) or an
+  # exit; the others (links, names) change nothing.
+  defp track(call, {:trace, _parent, :spawn, child, _}), do: add(call, child)
+  defp track(call, {:trace, child, :spawned, _parent, _}), do: add(call, child)
+
+  defp track(%{tree: tree} = call, {:trace, pid, :exit, _}) do
+    case tree do
+      %{^pid => true} -> %{call | tree: Map.put(tree, pid, false), live: call.live - 1}
+      _ -> call
+    end
+  end
+
+  defp track(call, _event), do: call
+
+  defp add(%{tree: tree} = call, child) when is_map_key(tree, child), do: call
+
+  defp add(call, child) do
+    call = %{
+      call
+      | tree: Map.put(call.tree, child, true),
+        live: call.live + 1,
+        new: [child | call.new]
+    }
+
+    if is_integer(call.room) and call.live > call.room do
+      Sandbox.ResourceMonitor.suspect(call.sandbox)
+      %{call | room: nil}
+    else
+      call
+    end
+  end
 
   defp remaining(:infinity), do: :infinity
   defp remaining(deadline), do: max(deadline - now(), 0)

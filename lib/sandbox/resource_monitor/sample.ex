@@ -47,16 +47,19 @@ defmodule Sandbox.ResourceMonitor.Sample do
   def empty, do: %{pids: [], reds: [], infos: [], proc_memory: 0, bin_memory: 0}
 
   @doc """
-  One sweep of the process table. `index` maps group leader pids to
-  sandbox ids. Returns `{%{id => [pid]}, processes_swept}`; the member
-  lists are in process-table order, so two sweeps of an unchanged sandbox
-  give equal lists.
+  One sweep of the process table. `index` maps the sandboxes' group leader
+  pids to their ids; a group leader started with one of them as its
+  upstream (`Sandbox.GroupLeader`'s children) counts as that sandbox's too
+  (looked up once per sweep for each group leader the index does not know).
+  Returns `{%{id => [pid]}, processes_swept}`; the member lists are in
+  process-table order, so two sweeps of an unchanged sandbox give equal
+  lists.
   """
   @spec sweep(%{pid => term}) :: {%{term => [pid]}, non_neg_integer}
   def sweep(index) when map_size(index) == 0, do: {%{}, 0}
-  def sweep(index), do: sweep(:erlang.processes(), index, %{}, 0)
+  def sweep(index), do: sweep(:erlang.processes(), index, %{}, %{}, 0)
 
-  defp sweep([pid | rest], index, acc, n) do
+  defp sweep([pid | rest] = all, index, acc, others, n) do
     case :erlang.process_info(pid, :group_leader) do
       {:group_leader, gl} ->
         case index do
@@ -67,18 +70,31 @@ defmodule Sandbox.ResourceMonitor.Sample do
                 _ -> Map.put(acc, id, [pid])
               end
 
-            sweep(rest, index, acc, n + 1)
+            sweep(rest, index, acc, others, n + 1)
+
+          _ when is_map_key(others, gl) ->
+            sweep(rest, index, acc, others, n + 1)
 
           _ ->
-            sweep(rest, index, acc, n + 1)
+            case child_of(gl, index) do
+              nil -> sweep(rest, index, acc, Map.put(others, gl, true), n + 1)
+              id -> sweep(all, Map.put(index, gl, id), acc, others, n)
+            end
         end
 
       _ ->
-        sweep(rest, index, acc, n + 1)
+        sweep(rest, index, acc, others, n + 1)
     end
   end
 
-  defp sweep([], _index, acc, n), do: {acc, n}
+  defp sweep([], _index, acc, _others, n), do: {acc, n}
+
+  defp child_of(gl, index) do
+    case :ets.lookup(Sandbox.GroupLeader, gl) do
+      [{^gl, _id, upstream}] -> Map.get(index, upstream)
+      _ -> nil
+    end
+  end
 
   @doc """
   Measures a sandbox's members `pids` against its previous figures.
