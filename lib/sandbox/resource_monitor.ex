@@ -727,7 +727,7 @@ defmodule Sandbox.ResourceMonitor do
         since_refresh: if(refresh?, do: 0, else: since_refresh),
         base_count: :erlang.system_info(:process_count),
         base_memory:
-          if(kind == :regular and not refresh?,
+          if(state.watch_ms == nil or (kind == :regular and not refresh?),
             do: state.base_memory,
             else: :erlang.memory(:total)
           ),

@@ -171,10 +171,11 @@ defmodule Sandbox.ResourceLimitsTest do
       create_hog!(throttled, %{max_cpu_percentage: 25.0})
       create_hog!(free, %{max_cpu_percentage: 1000.0})
 
-      # Both loops run the same 3 s of wall time, side by side.
+      # Both loops run side by side and count their iterations over the
+      # same 2 s of wall time, after 1 s in which the throttle settles.
       loops =
         for sandbox <- [throttled, free] do
-          Task.async(fn -> Sandbox.call(sandbox, Hog, :busy, [3_000], timeout: 10_000) end)
+          Task.async(fn -> Sandbox.call(sandbox, Hog, :busy, [2_000, 1_000], timeout: 10_000) end)
         end
 
       ResourceMonitor.await_tick()
