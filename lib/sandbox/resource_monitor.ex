@@ -325,7 +325,7 @@ defmodule Sandbox.ResourceMonitor do
   """
   @spec suspect(String.t()) :: :ok
   def suspect(id) do
-    send(__MODULE__, {:suspect, id})
+    if pid = Process.whereis(__MODULE__), do: send(pid, {:suspect, id})
     :ok
   end
 
