@@ -400,6 +400,8 @@ defmodule Sandbox.ResourceMonitor do
       owners: %{},
       pending: [],
       busy: 0,
+      checks: nil,
+      changed?: false,
       tick_waiters: [],
       last_triggered: System.monotonic_time(:millisecond),
       stats: %{
@@ -567,7 +569,8 @@ defmodule Sandbox.ResourceMonitor do
       state
       | sandboxes: Map.put(state.sandboxes, id, sb),
         monitors: Map.put(state.monitors, ref, id),
-        gls: Map.put(state.gls, reg.gl, id)
+        gls: Map.put(state.gls, reg.gl, id),
+        checks: nil
     }
   end
 
@@ -584,12 +587,15 @@ defmodule Sandbox.ResourceMonitor do
           state
           | sandboxes: sandboxes,
             monitors: Map.delete(state.monitors, sb.monitor),
-            gls: Map.delete(state.gls, sb.gl)
+            gls: Map.delete(state.gls, sb.gl),
+            checks: nil
         }
     end
   end
 
-  defp put_sandbox(state, id, sb), do: %{state | sandboxes: Map.put(state.sandboxes, id, sb)}
+  # A sandbox's figures changed: what samples without a sweep check too.
+  defp put_sandbox(state, id, sb),
+    do: %{state | sandboxes: Map.put(state.sandboxes, id, sb), changed?: true, checks: nil}
 
   ## Timers
 
@@ -677,7 +683,8 @@ defmodule Sandbox.ResourceMonitor do
 
     # Between sweeps, only the known members are looked at; if any of them
     # ran (it may have spawned) or died, that sample sweeps too.
-    full? = full? or moved?(:maps.next(:maps.iterator(state.sandboxes)), skip)
+    checks = if full?, do: nil, else: state.checks || checks(state)
+    full? = full? or moved?(checks, skip)
 
     # Spawns admitted from here on count in the counter or in the sweep.
     if full?, do: for({_, sb} <- state.sandboxes, do: :atomics.put(sb.admitted, 1, 0))
@@ -691,8 +698,7 @@ defmodule Sandbox.ResourceMonitor do
     window = System.convert_time_unit(now.at - base.at, :native, :millisecond)
     cpu? = window * 2 >= state.interval
 
-    due =
-      if full?, do: due(state.sandboxes, groups, refresh?, skip), else: flagged(state.sandboxes)
+    due = if full?, do: due(state.sandboxes, groups, refresh?, skip), else: elem(checks, 3)
 
     {by_owner, owners} =
       if due == [], do: {%{}, state.owners}, else: Sample.ets_owners(state.owners, refresh?)
@@ -733,6 +739,8 @@ defmodule Sandbox.ResourceMonitor do
           ),
         cpu_base: if(cpu?, do: now, else: base),
         owners: owners,
+        checks: if(full? or state.changed?, do: nil, else: checks),
+        changed?: false,
         stats: stats
     }
 
@@ -766,24 +774,48 @@ defmodule Sandbox.ResourceMonitor do
     )
   end
 
-  # Whether a member of a sandbox ran or died since its last sample (or a
-  # sandbox was never sampled); stops at the first.
-  defp moved?(:none, _skip), do: false
+  # What a sample without a sweep looks at, kept until a sandbox changes
+  # (or the next sweep): `{always, slot0, slot1, flagged, new?}`, the members and
+  # their reductions of the sandboxes to check at every sample, of those
+  # resting (unchanged for 10 samples: checked every other sample, by
+  # slot), and the sandboxes to measure anyway (see busy?/1).
+  defp checks(state) do
+    n = state.stats.samples
 
-  defp moved?({_id, sb, next}, skip) do
-    cond do
-      sb.breach != nil -> moved?(:maps.next(next), skip)
-      not sb.sampled? -> true
-      resting?(sb, skip) -> moved?(:maps.next(next), skip)
-      Sample.unchanged?(sb.figures.pids, sb.figures.reds) -> moved?(:maps.next(next), skip)
-      true -> true
-    end
+    Enum.reduce(state.sandboxes, {[], [], [], [], false}, fn {id, sb}, acc ->
+      {always, s0, s1, flagged, new?} = acc
+      check = {sb.figures.pids, sb.figures.reds}
+
+      cond do
+        sb.breach != nil -> acc
+        not sb.sampled? -> {always, s0, s1, [{id, sb.members} | flagged], true}
+        busy?(sb) -> {always, s0, s1, [{id, sb.members} | flagged], new?}
+        n - sb.changed_at < 10 -> {[check | always], s0, s1, flagged, new?}
+        sb.slot == 0 -> {always, [check | s0], s1, flagged, new?}
+        true -> {always, s0, [check | s1], flagged, new?}
+      end
+    end)
   end
 
-  # Without a sweep (nothing moved): the sandboxes to measure anyway.
-  defp flagged(sandboxes) do
-    for {id, sb} <- sandboxes, sb.breach == nil, busy?(sb), do: {id, sb.members}
+  # Whether a member of a checked sandbox ran or died since its last
+  # sample, or a sandbox was never sampled (flagged).
+  defp moved?(nil, _skip), do: false
+
+  defp moved?({always, s0, s1, _flagged, new?}, skip) do
+    resting =
+      case skip do
+        {_n, 0} -> s0
+        {_n, 1} -> s1
+        nil -> s0 ++ s1
+      end
+
+    new? or any_moved?(always) or any_moved?(resting)
   end
+
+  defp any_moved?([{pids, reds} | rest]),
+    do: not Sample.unchanged?(pids, reds) or any_moved?(rest)
+
+  defp any_moved?([]), do: false
 
   defp resting?(%{slot: slot, changed_at: at}, {n, current}), do: slot != current and n - at >= 10
   defp resting?(_sb, nil), do: false
