@@ -58,7 +58,6 @@ defmodule Sandbox.ResourceLimitsTest do
       memory: :erlang.memory(:total)
     }
 
-    if System.get_env("RM_DEBUG"), do: IO.inspect({host, event, after_, pings}, label: id)
     %{host: host, event: event, info: info, after: after_}
   end
 
