@@ -181,16 +181,11 @@ defmodule Sandbox.ResourceLimitsTest do
       ResourceMonitor.await_tick()
       ResourceMonitor.await_tick()
       assert {:ok, {:pong, 1}} = Sandbox.call(throttled, Hog.Server, :ping, [])
-      {:ok, %{resource_usage: %{cpu_usage: measured}}} = Sandbox.get_sandbox_info(throttled)
       [{:ok, slow}, {:ok, fast}] = Task.await_many(loops, 15_000)
 
       ratio = slow / fast
 
-      if System.get_env("RM_DEBUG"),
-        do: IO.inspect({slow, fast, ratio, measured}, label: "throttle")
-
       assert ratio > 0.05 and ratio < 0.45, "throttled/unthrottled = #{ratio}"
-      assert measured < 45.0
       assert {:ok, %{status: :running}} = Sandbox.get_sandbox_info(throttled)
     end
   end
