@@ -1001,19 +1001,7 @@ defmodule Sandbox.ResourceMonitor do
   defp kill_rounds([], _id, _sandboxes, _left), do: :ok
 
   defp kill_rounds(pids, id, sandboxes, left) do
-    # The processes that are not waiting (a bomb's spawner among them) go
-    # first; a waiting process cannot spawn.
-    {parked, active} =
-      Enum.split_with(pids, &(:erlang.process_info(&1, :status) == {:status, :waiting}))
-
-    refs = for pid <- active ++ parked, do: {pid, Process.monitor(pid)}
-    for {pid, _} <- refs, do: Process.exit(pid, :kill)
-
-    for {_, ref} <- refs do
-      receive do
-        {:DOWN, ^ref, :process, _, _} -> :ok
-      end
-    end
+    Sandbox.ResourceMonitor.Call.kill_all(pids)
 
     if left > 0 do
       {groups, _} = Sample.sweep(%{Map.fetch!(sandboxes, id).gl => id})
