@@ -21,6 +21,14 @@ defmodule Sandbox.ResourceMonitor.Call do
       directly or not, are killed; processes spawned while that happens are
       killed as their spawn events arrive, until a round finds none.
 
+  The caller pays for what the call spawns: about a microsecond per
+  process of the tree (two trace messages and an exit). When the tree alone
+  grows past the room its sandbox had at its latest sample (a process bomb,
+  most likely), the caller asks `Sandbox.ResourceMonitor` for a sample at
+  once and lets the tree go (untraces it): the monitor stops the sandbox if
+  it is over its `max_processes`, and from then on a timeout kills only
+  what was followed until then.
+
   Limits: a process of the tree that turns its own tracing off, or that is
   already traced by another tracer (the caller traced with `set_on_spawn`
   by a debugging tool, say), is not followed: the call then runs untraced
