@@ -396,7 +396,7 @@ defmodule Sandbox.ResourceMonitor do
       since_refresh: 0,
       base_count: :erlang.system_info(:process_count),
       base_memory: :erlang.memory(:total),
-      cpu_base: cpu_base(),
+      cpu_base: cpu_base(false),
       owners: %{},
       pending: [],
       busy: 0,
@@ -691,20 +691,25 @@ defmodule Sandbox.ResourceMonitor do
 
     {groups, swept} = if full?, do: Sample.sweep(state.gls), else: {nil, 0}
 
+    due = if full?, do: due(state.sandboxes, groups, refresh?, skip), else: elem(checks, 3)
+
     # CPU is computed over at least half an interval: a sample taken
-    # sooner (forced, triggered) adds its reductions to the next one's.
-    now = cpu_base()
+    # sooner (forced, triggered) adds its reductions to the next one's. The
+    # schedulers' busy time is read only when a sandbox is measured (the
+    # reading wakes every scheduler); the first sample after samples that
+    # measured nothing only starts a window (its reductions are dropped).
+    now = cpu_base(full? or Enum.any?(due, &cpu_due?(state.sandboxes, &1)))
     base = state.cpu_base
     window = System.convert_time_unit(now.at - base.at, :native, :millisecond)
-    cpu? = window * 2 >= state.interval
-
-    due = if full?, do: due(state.sandboxes, groups, refresh?, skip), else: elem(checks, 3)
+    restart? = now.sched == nil or base.sched == nil
+    cpu? = not restart? and window * 2 >= state.interval
 
     {by_owner, owners} =
       if due == [], do: {%{}, state.owners}, else: Sample.ets_owners(state.owners, refresh?)
 
     ctx = %{
       cpu?: cpu?,
+      restart?: restart?,
       busy: if(cpu?, do: Sample.busy(base.sched, now.sched), else: 0.0),
       vm_reds: max(now.reds - base.reds, 1),
       by_owner: by_owner,
@@ -737,7 +742,7 @@ defmodule Sandbox.ResourceMonitor do
             do: state.base_memory,
             else: :erlang.memory(:total)
           ),
-        cpu_base: if(cpu?, do: now, else: base),
+        cpu_base: if(cpu? or restart?, do: now, else: base),
         owners: owners,
         checks: if(full? or state.changed?, do: nil, else: checks),
         changed?: false,
@@ -820,14 +825,23 @@ defmodule Sandbox.ResourceMonitor do
   defp resting?(%{slot: slot, changed_at: at}, {n, current}), do: slot != current and n - at >= 10
   defp resting?(_sb, nil), do: false
 
+  # A sandbox measured without a sweep needs the CPU figures when it used
+  # CPU at its last sample or is throttled (an idle one that owns ETS
+  # tables does not).
+  defp cpu_due?(sandboxes, {id, _members}) do
+    sb = Map.fetch!(sandboxes, id)
+    sb.throttle != nil or (sb.usage != nil and sb.usage.cpu_usage != 0.0)
+  end
+
   defp busy?(sb) do
     not sb.sampled? or sb.ets? or sb.throttle != nil or sb.reds_acc != 0 or
       sb.usage.cpu_usage != 0.0
   end
 
-  defp cpu_base do
+  defp cpu_base(sched?) do
     {reds, _} = :erlang.statistics(:reductions)
-    %{at: System.monotonic_time(), reds: reds, sched: :erlang.statistics(:scheduler_wall_time)}
+    sched = if sched?, do: :erlang.statistics(:scheduler_wall_time)
+    %{at: System.monotonic_time(), reds: reds, sched: sched}
   end
 
   defp sample_sandbox(state, _id, %{breach: breach}, _members, _ctx) when breach != nil,
@@ -860,6 +874,7 @@ defmodule Sandbox.ResourceMonitor do
     {cpu, acc} =
       cond do
         not sb.sampled? -> {0.0, 0}
+        ctx.restart? -> {sb.usage.cpu_usage, 0}
         ctx.cpu? -> {round(min(acc / ctx.vm_reds, 1.0) * ctx.busy * 10_000) / 100, 0}
         true -> {sb.usage.cpu_usage, acc}
       end

@@ -73,6 +73,35 @@ defmodule Sandbox.Test.ResourceHelpers do
   end
 
   @doc """
+  The host's figures once they are back within `slack` (`%{processes: n,
+  memory: bytes}`) of `base`, read every millisecond (freed memory can
+  reach the allocators' counters late), or the last ones read after
+  `timeout` ms.
+  """
+  def await_back(base, slack, timeout \\ 30_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    back(base, slack, deadline)
+  end
+
+  defp back(base, slack, deadline) do
+    :erlang.garbage_collect()
+    now = %{processes: :erlang.system_info(:process_count), memory: :erlang.memory(:total)}
+
+    back? =
+      now.processes - base.processes < slack.processes and
+        now.memory - base.memory < slack.memory
+
+    if back? or System.monotonic_time(:millisecond) > deadline do
+      now
+    else
+      receive do
+      after
+        1 -> back(base, slack, deadline)
+      end
+    end
+  end
+
+  @doc """
   Calls `Hog.Server.ping/0` of sandbox `id` in a loop in another process
   until `stop_pinger/1`, which returns `{ok_count, other_results}`.
   """
