@@ -27,7 +27,9 @@ defmodule Sandbox do
 
   Every process spawned inside a sandbox inherits its group leader
   (`Sandbox.GroupLeader`), which is how it is counted in
-  `info.resource_usage` and killed on destroy. A process that changes its
+  `info.resource_usage` (the latest sample of `Sandbox.ResourceMonitor`,
+  taken every 100 ms), held to the sandbox's `resource_limits` and killed
+  on destroy. A process that changes its
   own group leader leaves the sandbox: it is no longer counted, and destroy
   kills it only if it is in the sandbox's supervision tree or linked to a
   process that is.
@@ -55,7 +57,7 @@ defmodule Sandbox do
   See `Sandbox.Telemetry` and `subscribe/1`.
   """
 
-  alias Sandbox.{Beam, Config, GroupLeader, Instance, Manager}
+  alias Sandbox.{Beam, Config, Instance, Manager, ResourceMonitor}
   alias Sandbox.Models.SandboxState
 
   @typedoc "A sandbox id: `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`."
@@ -98,8 +100,13 @@ defmodule Sandbox do
     * `:compile_timeout` — ms (30,000)
     * `:compile_limits` — `max_memory` (bytes, 1 GiB), `max_file_size`
       (bytes, 64 MiB), `max_processes` (64) of the compile worker
-    * `:resource_limits` — the runtime budget; only the `:medium` profile's
-      defaults are accepted for now
+    * `:resource_limits` — the runtime budget, any subset of `max_memory`
+      (bytes), `max_processes`, `max_execution_time` (ms), `max_file_size`
+      (bytes), `max_cpu_percentage` (100.0 = one scheduler); the others are
+      the profile's (`Sandbox.Config.limits/1`). Enforced by
+      `Sandbox.ResourceMonitor`: memory and processes stop the sandbox
+      (`error: {:limit_exceeded, limit}`), CPU throttles, execution time
+      caps `call/5` and `run/3`
     * `:security_profile` — `:medium` (others: not yet supported)
     * `:auto_reload` — reload automatically when the project's sources
       change (`false`; see `Sandbox.FileWatcher`)
@@ -205,11 +212,17 @@ defmodule Sandbox do
 
   ## Options
 
-    * `:timeout` — ms (5,000); on timeout the process and everything it
+    * `:timeout` — ms (5,000) or `:infinity`, capped by the sandbox's
+      `max_execution_time`; on timeout the process and everything it
       spawned are killed and the result is `{:error, :timeout}`
     * `:original_names` — map the sandbox's relocated module names in the
       result (structs, exceptions, stack traces, nested terms) back to the
       names its source uses (`false`; see `Sandbox.OriginalNames`)
+
+  The call's process and what it spawns are followed without sweeping the
+  process table (`Sandbox.ResourceMonitor.Call`): a call costs the same
+  however many processes the VM runs. Processes it leaves running stay in
+  the sandbox.
 
   An exception is `{:error, {:exception, exception, stacktrace}}`, an exit
   `{:error, {:exit, reason}}`, and an uncaught throw
@@ -221,9 +234,9 @@ defmodule Sandbox do
       check_module!(module)
       check!(is_atom(function), "a function name (atom)", function)
       check!(is_list(args), "a list of arguments", args)
-      timeout = timeout(opts)
 
       with {:ok, _pid, info} <- live(id) do
+        timeout = timeout(opts, info)
         target = module_name(id, module)
 
         info
@@ -245,10 +258,9 @@ defmodule Sandbox do
   def run(id, fun, opts \\ []) do
     with :ok <- check_id(id) do
       check!(is_function(fun, 0), "a function of arity 0", fun)
-      timeout = timeout(opts)
 
       with {:ok, _pid, info} <- live(id),
-           do: info |> run_in(fun, timeout) |> original_names(id, opts)
+           do: info |> run_in(fun, timeout(opts, info)) |> original_names(id, opts)
     end
   end
 
@@ -565,101 +577,36 @@ defmodule Sandbox do
       else: result
   end
 
-  defp timeout(opts) do
+  # `max_execution_time` caps every timeout, `:infinity` included.
+  defp timeout(opts, info) do
     check!(Keyword.keyword?(opts), "a keyword list of options", opts)
 
-    case Keyword.get(opts, :timeout, 5_000) do
-      t when (is_integer(t) and t > 0) or t == :infinity ->
-        t
+    timeout =
+      case Keyword.get(opts, :timeout, 5_000) do
+        t when (is_integer(t) and t > 0) or t == :infinity ->
+          t
 
-      other ->
-        raise ArgumentError, "expected :timeout to be a positive integer, got: #{inspect(other)}"
+        other ->
+          raise ArgumentError,
+                "expected :timeout to be a positive integer, got: #{inspect(other)}"
+      end
+
+    case info do
+      %{resource_limits: %{max_execution_time: max}} when is_integer(max) -> min(timeout, max)
+      _ -> timeout
     end
   end
 
-  # The call gets a group leader of its own under the sandbox's, so that on
-  # timeout exactly what it spawned can be found and killed; whatever it
-  # spawned and left running is handed to the sandbox's group leader.
-  defp run_in(info, fun, timeout) do
-    {:ok, sub} = GroupLeader.start_link(info.id, upstream: info.group_leader)
-    caller = self()
-    ref = make_ref()
-
-    pid =
-      GroupLeader.spawn_in(sub, fn ->
-        result =
-          try do
-            {:ok, fun.()}
-          rescue
-            e -> {:error, {:exception, e, __STACKTRACE__}}
-          catch
-            :exit, reason -> {:error, {:exit, reason}}
-            :throw, value -> {:error, {:exit, {:nocatch, value}}}
-          end
-
-        send(caller, {ref, result})
-      end)
-
-    mon = Process.monitor(pid)
-
-    result =
-      receive do
-        {^ref, result} ->
-          Process.demonitor(mon, [:flush])
-
-          for p <- GroupLeader.members(sub),
-              p != pid,
-              do: Process.group_leader(p, info.group_leader)
-
-          result
-
-        {:DOWN, ^mon, :process, ^pid, reason} ->
-          {:error, {:exit, reason}}
-      after
-        timeout ->
-          GroupLeader.kill_and_wait([pid | GroupLeader.members(sub)])
-          Process.demonitor(mon, [:flush])
-
-          receive do
-            {^ref, _} -> :ok
-          after
-            0 -> :ok
-          end
-
-          {:error, :timeout}
-      end
-
-    Process.unlink(sub)
-    GroupLeader.stop(sub)
-    result
-  end
+  # The call's process belongs to the sandbox (its group leader) and is
+  # followed, with what it spawns, without sweeping the process table (see
+  # Sandbox.ResourceMonitor.Call): on timeout it and everything it spawned
+  # are killed; what it leaves running stays in the sandbox.
+  defp run_in(info, fun, timeout),
+    do: ResourceMonitor.Call.run(info.group_leader, fun, timeout, sandbox: info.id)
 
   defp public_info(info) do
     SandboxState
     |> struct(info)
-    |> Map.put(:resource_usage, usage(info))
+    |> Map.put(:resource_usage, ResourceMonitor.usage(info.id))
   end
-
-  defp usage(%{group_leader: gl, started_at: started}) when is_pid(gl) do
-    members = GroupLeader.members(gl)
-
-    memory =
-      members
-      |> Enum.map(fn pid ->
-        case Process.info(pid, :memory) do
-          {:memory, bytes} -> bytes
-          nil -> 0
-        end
-      end)
-      |> Enum.sum()
-
-    %{
-      current_memory: memory,
-      current_processes: length(members),
-      cpu_usage: 0.0,
-      uptime: System.monotonic_time(:millisecond) - started
-    }
-  end
-
-  defp usage(_info), do: %{current_memory: 0, current_processes: 0, cpu_usage: 0.0, uptime: 0}
 end

@@ -9,8 +9,9 @@ defmodule Sandbox.Application do
   starts), the event registry (`Sandbox.Telemetry`), the file watcher of
   automatic reload (`Sandbox.FileWatcher`), the security controller's audit
   batcher (`Sandbox.SecurityController`), the sandboxes' manager
-  (`Sandbox.Manager`) and the supervisor of their instances
-  (`Sandbox.InstanceSupervisor`, one `Sandbox.Instance` per sandbox). Application environment read at start: `:compiler_pool_size`
+  (`Sandbox.Manager`), the resource monitor (`Sandbox.ResourceMonitor`) and
+  the supervisor of their instances (`Sandbox.InstanceSupervisor`, one
+  `Sandbox.Instance` per sandbox). Application environment read at start: `:compiler_pool_size`
   (default: the number of schedulers), `:compiler_cache_dir`,
   `:compiler_cache_max_bytes`, `:watch_debounce`. It also installs the
   primary `:logger` filter that tags sandbox log events
@@ -22,6 +23,7 @@ defmodule Sandbox.Application do
   def start(_type, _args) do
     # Owned by this (the application's) process, so they outlive any server.
     :ok = Sandbox.Manager.create_tables()
+    :ok = Sandbox.ResourceMonitor.create_tables()
     env = Application.get_all_env(:sandbox)
 
     children = [
@@ -33,6 +35,8 @@ defmodule Sandbox.Application do
       Sandbox.FileWatcher,
       Sandbox.SecurityController,
       Sandbox.Manager,
+      # Before the instances: it stops after them (they detach from it).
+      Sandbox.ResourceMonitor,
       {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one}
     ]
 

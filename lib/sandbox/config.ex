@@ -7,6 +7,17 @@ defmodule Sandbox.Config do
   `{:error, {:not_yet_supported, option}}` when given a non-default value:
   `:resource_limits` (the runtime budget). Security profiles are resolved by
   `Sandbox.SecurityController.resolve/1`.
+
+  ## Resource limits
+
+  `:resource_limits` may give any subset of `max_memory` (bytes),
+  `max_processes`, `max_execution_time` (ms), `max_file_size` (bytes) and
+  `max_cpu_percentage` (a number, 100.0 = one scheduler); the others come
+  from the security profile (`limits/1`). Integers must be positive, the
+  CPU percentage a positive number (kept as a float). A bad entry is
+  `{:invalid_option, {:resource_limits, {key, value}}}` (an unknown key
+  too), anything but a map `{:invalid_option, {:resource_limits, value}}`.
+  They are enforced by `Sandbox.ResourceMonitor`.
   """
 
   @mib 1024 * 1024
@@ -171,16 +182,35 @@ defmodule Sandbox.Config do
          do: {:ok, %{config | security_profile: profile}}
   end
 
+  # The profile for limits is the one given (only :medium is accepted for
+  # now, see check_profile/1).
   defp check_resource_limits(config) do
     defaults = limits(:medium)
 
-    case Map.fetch(config, :resource_limits) do
-      :error -> {:ok, Map.put(config, :resource_limits, defaults)}
-      {:ok, ^defaults} -> {:ok, config}
-      {:ok, map} when is_map(map) -> {:error, {:not_yet_supported, :resource_limits}}
-      {:ok, other} -> invalid(:resource_limits, other)
+    case Map.get(config, :resource_limits, %{}) do
+      given when is_map(given) ->
+        case Enum.find(given, &(not valid_limit?(&1))) do
+          nil ->
+            given = Map.new(given, fn {k, v} -> {k, normalise_limit(k, v)} end)
+            {:ok, Map.put(config, :resource_limits, Map.merge(defaults, given))}
+
+          entry ->
+            invalid(:resource_limits, entry)
+        end
+
+      other ->
+        invalid(:resource_limits, other)
     end
   end
+
+  @integer_limits [:max_memory, :max_processes, :max_execution_time, :max_file_size]
+
+  defp valid_limit?({k, v}) when k in @integer_limits, do: is_integer(v) and v > 0
+  defp valid_limit?({:max_cpu_percentage, v}), do: is_number(v) and v > 0
+  defp valid_limit?(_), do: false
+
+  defp normalise_limit(:max_cpu_percentage, v), do: v / 1
+  defp normalise_limit(_k, v), do: v
 
   defp check_compile_limits(config) do
     case Map.get(config, :compile_limits, %{}) do

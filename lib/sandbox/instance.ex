@@ -25,7 +25,8 @@ defmodule Sandbox.Instance do
 
   use GenServer, restart: :temporary
 
-  alias Sandbox.{ChangeSet, Env, ErrorHandler, GroupLeader, IsolatedCompiler, Manager, Telemetry}
+  alias Sandbox.{ChangeSet, Env, ErrorHandler, GroupLeader, IsolatedCompiler, Manager}
+  alias Sandbox.{ResourceMonitor, Telemetry}
   alias Sandbox.{StatePreservation, FileWatcher, SecurityController}
   alias Sandbox.Models.SandboxState
   alias Sandbox.ModuleVersionManager, as: Store
@@ -121,6 +122,18 @@ defmodule Sandbox.Instance do
   """
   @spec versions(pid, term) :: term
   def versions(pid, request), do: GenServer.call(pid, {:versions, request}, :infinity)
+
+  @doc """
+  Tells the instance that `Sandbox.ResourceMonitor` found its sandbox over
+  `limit` (with `usage`) and killed its processes: the instance stops what
+  is left, sets status `:error` with `error: {:limit_exceeded, limit}` and
+  emits `[:sandbox, :limit, :exceeded]`. Asynchronous.
+  """
+  @spec limit_exceeded(pid, atom, number) :: :ok
+  def limit_exceeded(pid, limit, usage) do
+    send(pid, {:limit_exceeded, limit, usage})
+    :ok
+  end
 
   ## Server
 
@@ -362,6 +375,15 @@ defmodule Sandbox.Instance do
 
   def handle_info({:rollback_window_closed, tref}, %{rollback: %{timer: tref}} = state),
     do: {:noreply, cancel_rollback(state)}
+
+  # Resource limits: the breach recorded by the monitor for this run (a
+  # message from an earlier run finds none, or no processes to stop).
+  def handle_info({:limit_exceeded, _limit, _usage}, state) do
+    case ResourceMonitor.breach(state.id) do
+      {limit, usage} when state.group_leader != nil -> {:noreply, limit_stop(state, limit, usage)}
+      _ -> {:noreply, state}
+    end
+  end
 
   def handle_info(_other, state), do: {:noreply, state}
 
@@ -731,19 +753,24 @@ defmodule Sandbox.Instance do
       )
 
     state = %{state | group_leader: gl, started_at: System.monotonic_time(:millisecond)}
+    :ok = ResourceMonitor.attach(state.id, gl, state.config.resource_limits)
     own_gl = Process.group_leader()
     Process.group_leader(self(), gl)
 
     try do
       Enum.reduce_while(root_starts(state), {:ok, state}, fn {label, fun}, {:ok, state} ->
         case start_root(state, label, fun) do
-          {:ok, state} -> {:cont, {:ok, state}}
-          {:error, reason} -> {:halt, {:error, reason, state}}
+          {:ok, state} ->
+            {:cont, {:ok, state}}
+
+          {:error, reason} ->
+            {:halt, {:error, ResourceMonitor.limit_reason(state.id, reason), state}}
         end
       end)
     after
       Process.group_leader(self(), own_gl)
     end
+    |> first_sample()
   end
 
   # One root (an application's `mod` callback, or the supervisor), started
@@ -807,6 +834,19 @@ defmodule Sandbox.Instance do
     end
   end
 
+  # The first sample of the run is taken as soon as the roots are up: a
+  # sandbox over its limits from the start does not start.
+  defp first_sample({:ok, state}) do
+    _ = ResourceMonitor.usage(state.id)
+
+    case ResourceMonitor.breach(state.id) do
+      {limit, _usage} -> {:error, {:limit_exceeded, limit}, state}
+      nil -> {:ok, state}
+    end
+  end
+
+  defp first_sample(error), do: error
+
   defp root_starts(%{mode: :supervisor} = state) do
     sup = Map.fetch!(state.store.renames, state.target)
     [{state.target, fn -> sup.start_link(state.config.supervisor_args) end}]
@@ -842,6 +882,25 @@ defmodule Sandbox.Instance do
   # code) and the sandbox restarted; otherwise a restart, within the
   # restart intensity; beyond it, the sandbox stops with status :error.
   defp root_died(state, pid, reason) do
+    case ResourceMonitor.breach(state.id) do
+      {limit, usage} ->
+        limit_stop(%{state | roots: List.keydelete(state.roots, pid, 1)}, limit, usage)
+
+      nil ->
+        restart_or_fail(state, pid, reason)
+    end
+  end
+
+  defp limit_stop(state, limit, usage) do
+    state = state |> cancel_rollback() |> stop_roots()
+    state = failed(%{state | last_reload: nil}, {:limit_exceeded, limit})
+    context = ErrorHandler.context(state.id, :run, :resource_monitor, %{usage: usage})
+    ErrorHandler.handle_error({:limit_exceeded, limit}, context)
+    ResourceMonitor.emit_exceeded(state.id, limit, usage, state.config.resource_limits)
+    state
+  end
+
+  defp restart_or_fail(state, pid, reason) do
     now = now_ms()
     window = state.config.max_seconds * 1000
     recent = [now | Enum.filter(state.restarts, &(now - &1 < window))]
@@ -937,6 +996,7 @@ defmodule Sandbox.Instance do
   # Stops the roots (shutdown, then kill), then every process left with the
   # sandbox's group leader, then the group leader itself.
   defp stop_roots(state) do
+    ResourceMonitor.detach(state.id)
     for {_label, pid} <- state.roots, do: shutdown(pid)
 
     if gl = state.group_leader do
@@ -1040,7 +1100,8 @@ defmodule Sandbox.Instance do
     %{
       state.info
       | app_pid: if(state.mode == :application, do: root),
-        supervisor_pid: root
+        supervisor_pid: root,
+        resource_usage: ResourceMonitor.usage(state.id)
     }
   end
 end

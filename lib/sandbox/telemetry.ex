@@ -54,6 +54,8 @@ defmodule Sandbox.Telemetry do
   | `[:sandbox, :reload, :rolled_back]` | `duration`, `processes` (migrated) | `sandbox_id`, `modules`, `versions` (`%{module => restored version}`), `reason` (`:requested`; `{:crash, pid, exit_reason}` within a rollback window; `{:root_crashed, exit_reason}` when the root supervisor died soon after a reload) |
   | `[:sandbox, :reload, :failed]` | `duration` | `sandbox_id`, `reason` (as returned; `{:compilation_failed, diagnostics}` for a compile error; `{:rollback_failed, reason}` for an automatic rollback), `trigger`, `modules` |
   | `[:sandbox, :error, :handled]` | `count` (1) | `sandbox_id` (`nil` outside a sandbox), `category`, `strategy`, `operation`, `component`, `error` (see `Sandbox.ErrorHandler`) |
+  | `[:sandbox, :limit, :warning]` | `usage`, `limit` | `sandbox_id`, `limit` (`:max_memory`, `:max_processes` or `:max_cpu_percentage`): a sample found the sandbox at 80 % of the limit or more, after one that found it below |
+  | `[:sandbox, :limit, :exceeded]` | `usage`, `limit` | `sandbox_id`, `limit` (`:max_memory` or `:max_processes`): the sandbox was stopped (`Sandbox.ResourceMonitor`) |
   """
 
   @registry Sandbox.EventRegistry

@@ -176,6 +176,8 @@ defmodule Sandbox.LifecycleTest do
 
       {:ok, spawned} = Sandbox.run(a, fn -> spawn(fn -> park() end) end)
       ref = Process.monitor(spawned)
+      # resource_usage is the latest sample: take one.
+      Sandbox.ResourceMonitor.sweep()
       {:ok, %{resource_usage: usage}} = Sandbox.get_sandbox_info(a)
       assert usage.current_processes == before.current_processes + 1
       assert usage.current_memory > 0
@@ -424,8 +426,8 @@ defmodule Sandbox.LifecycleTest do
       assert create.(sandbox_path: path, compile_timeout: 0) ==
                {:error, {:invalid_option, {:compile_timeout, 0}}}
 
-      assert create.(sandbox_path: path, resource_limits: %{max_memory: 1}) ==
-               {:error, {:not_yet_supported, :resource_limits}}
+      assert create.(sandbox_path: path, resource_limits: %{max_memory: -1}) ==
+               {:error, {:invalid_option, {:resource_limits, {:max_memory, -1}}}}
 
       assert create.(sandbox_path: path, security_profile: :extreme) ==
                {:error, {:invalid_option, {:security_profile, :extreme}}}

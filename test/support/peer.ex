@@ -32,4 +32,25 @@ defmodule Sandbox.Test.Peer do
     {value, _binding} = call(peer, Code, :eval_string, [code, binding], timeout)
     value
   end
+
+  @doc """
+  Calls `m.f(a)` in the peer: `{:ok, result}`, or `{:down, reason}` when the
+  peer died (what an attack that stops a VM shows).
+  """
+  def call_or_down(peer, m, f, a, timeout \\ 60_000) do
+    ref = Process.monitor(peer)
+
+    try do
+      {:ok, :peer.call(peer, m, f, a, timeout)}
+    catch
+      :exit, _ ->
+        receive do
+          {:DOWN, ^ref, :process, ^peer, reason} -> {:down, reason}
+        after
+          timeout -> {:down, :no_answer}
+        end
+    after
+      Process.demonitor(ref, [:flush])
+    end
+  end
 end

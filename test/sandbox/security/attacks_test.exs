@@ -50,16 +50,17 @@ defmodule Sandbox.Security.AttacksTest do
         ns = "#{ctx.ns}#{Macro.camelize(unquote(name))}"
         dir = write(Path.join(ctx.tmp_dir, unquote(name)), ns, code: code)
 
-        {peer, _} = Peer.start!()
+        peer = Peer.start!(apps: [:sandbox], args: [~c"-kernel", ~c"logger_level", ~c"error"])
 
         {:ok, {:ok, _}} =
-          Peer.call(peer, Sandbox, :create_sandbox, [
+          Peer.call_or_down(peer, Sandbox, :create_sandbox, [
             "victim",
             sup(ns),
             [sandbox_path: dir, security_profile: :low]
           ])
 
-        assert {:down, _} = Peer.call(peer, Sandbox, :call, ["victim", code(ns), :run, [arg]])
+        assert {:down, _} =
+                 Peer.call_or_down(peer, Sandbox, :call, ["victim", code(ns), :run, [arg]])
 
         id = "#{ctx.id}#{unquote(name)}"
         {:ok, _} = Sandbox.create_sandbox(id, sup(ns), sandbox_path: dir, security_profile: :high)

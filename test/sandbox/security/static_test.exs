@@ -36,10 +36,11 @@ defmodule Sandbox.Security.StaticTest do
     dir = project!(ctx, "halt", init: ":erlang.halt()")
 
     # The attack is real: in a peer node, under :low, the sandbox stops the VM.
-    {peer, _node} = Sandbox.Test.Peer.start!()
+    peer =
+      Sandbox.Test.Peer.start!(apps: [:sandbox], args: [~c"-kernel", ~c"logger_level", ~c"error"])
 
     assert {:down, _} =
-             Sandbox.Test.Peer.call(peer, Sandbox, :create_sandbox, [
+             Sandbox.Test.Peer.call_or_down(peer, Sandbox, :create_sandbox, [
                "halt",
                sup("#{ctx.ns}Halt"),
                [sandbox_path: dir, security_profile: :low]
