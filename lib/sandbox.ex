@@ -235,8 +235,10 @@ defmodule Sandbox do
       check!(is_atom(function), "a function name (atom)", function)
       check!(is_list(args), "a list of arguments", args)
 
+      timeout = timeout(opts)
+
       with {:ok, _pid, info} <- live(id) do
-        timeout = timeout(opts, info)
+        timeout = cap_timeout(timeout, info)
         target = module_name(id, module)
 
         info
@@ -258,9 +260,10 @@ defmodule Sandbox do
   def run(id, fun, opts \\ []) do
     with :ok <- check_id(id) do
       check!(is_function(fun, 0), "a function of arity 0", fun)
+      timeout = timeout(opts)
 
       with {:ok, _pid, info} <- live(id),
-           do: info |> run_in(fun, timeout(opts, info)) |> original_names(id, opts)
+           do: info |> run_in(fun, cap_timeout(timeout, info)) |> original_names(id, opts)
     end
   end
 
@@ -578,24 +581,24 @@ defmodule Sandbox do
   end
 
   # `max_execution_time` caps every timeout, `:infinity` included.
-  defp timeout(opts, info) do
+  # The requested timeout, checked before the sandbox is looked up.
+  defp timeout(opts) do
     check!(Keyword.keyword?(opts), "a keyword list of options", opts)
 
-    timeout =
-      case Keyword.get(opts, :timeout, 5_000) do
-        t when (is_integer(t) and t > 0) or t == :infinity ->
-          t
+    case Keyword.get(opts, :timeout, 5_000) do
+      t when (is_integer(t) and t > 0) or t == :infinity ->
+        t
 
-        other ->
-          raise ArgumentError,
-                "expected :timeout to be a positive integer, got: #{inspect(other)}"
-      end
-
-    case info do
-      %{resource_limits: %{max_execution_time: max}} when is_integer(max) -> min(timeout, max)
-      _ -> timeout
+      other ->
+        raise ArgumentError, "expected :timeout to be a positive integer, got: #{inspect(other)}"
     end
   end
+
+  # `max_execution_time` caps every timeout, `:infinity` included.
+  defp cap_timeout(timeout, %{resource_limits: %{max_execution_time: max}}) when is_integer(max),
+    do: min(timeout, max)
+
+  defp cap_timeout(timeout, _info), do: timeout
 
   # The call's process belongs to the sandbox (its group leader) and is
   # followed, with what it spawns, without sweeping the process table (see

@@ -119,6 +119,8 @@ defmodule Sandbox.Test.OTPHelpersTest do
 
     @tag sandbox: [path: @helpers]
     test "start a process inside a sandbox", %{sandbox: id, test: test} do
+      # Figures are the resource monitor's samples: wait for fresh ones.
+      :ok = Sandbox.ResourceMonitor.await_tick()
       {:ok, before} = Sandbox.get_sandbox_info(id)
 
       assert {:ok, pid} =
@@ -127,6 +129,7 @@ defmodule Sandbox.Test.OTPHelpersTest do
       # The relocated module runs, in the sandbox, unlinked from the test.
       assert GenServer.call(pid, :get) == 41
       assert {:ok, 42} = Sandbox.run(id, fn -> GenServer.call(pid, :bump) end)
+      :ok = Sandbox.ResourceMonitor.await_tick()
       {:ok, later} = Sandbox.get_sandbox_info(id)
       assert later.resource_usage.current_processes == before.resource_usage.current_processes + 1
       refute pid in elem(Process.info(self(), :links), 1)
@@ -136,6 +139,7 @@ defmodule Sandbox.Test.OTPHelpersTest do
 
       assert_child_count(sup, 2)
       refute sup in elem(Process.info(self(), :links), 1)
+      :ok = Sandbox.ResourceMonitor.await_tick()
       {:ok, after_sup} = Sandbox.get_sandbox_info(id)
       # The supervisor and its two children are the sandbox's.
       assert after_sup.resource_usage.current_processes ==
