@@ -10,7 +10,9 @@ defmodule Sandbox.Application do
   automatic reload (`Sandbox.FileWatcher`), the security controller's audit
   batcher (`Sandbox.SecurityController`), the sandboxes' manager
   (`Sandbox.Manager`) and the supervisor of their instances
-  (`Sandbox.InstanceSupervisor`, one `Sandbox.Instance` per sandbox). Application environment read at start: `:compiler_pool_size`
+  (`Sandbox.InstanceSupervisor`, one `Sandbox.Instance` per sandbox), and
+  the `:pg` scope `Sandbox.Cluster` (which copies of a sandbox the nodes of
+  a cluster can reach, see `Sandbox.Cluster`). Application environment read at start: `:compiler_pool_size`
   (default: the number of schedulers), `:compiler_cache_dir`,
   `:compiler_cache_max_bytes`, `:watch_debounce`.
   """
@@ -31,7 +33,9 @@ defmodule Sandbox.Application do
       Sandbox.FileWatcher,
       Sandbox.SecurityController,
       Sandbox.Manager,
-      {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one}
+      {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one},
+      # The cluster's view (Sandbox.Cluster): a :pg scope of its own.
+      %{id: Sandbox.Cluster, start: {:pg, :start_link, [Sandbox.Cluster]}}
     ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: Sandbox.Supervisor)
