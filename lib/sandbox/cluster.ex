@@ -71,11 +71,14 @@ defmodule Sandbox.Cluster do
 
   ## The cluster's view
 
-  Every confirmed copy joins the `:pg` group of its sandbox (scope
-  `Sandbox.Cluster`, started with the application). A copy leaves it when
-  it is destroyed, and when its node goes down or becomes unreachable, so
-  `nodes/1` on any node lists the copies it can reach; `monitor/1` reports
-  the changes.
+  A create makes a cluster: every copy it confirms joins the `:pg` group
+  `{:sandbox, id, cluster}` (scope `Sandbox.Cluster`, started with the
+  application), `cluster` being a term made by that create. Copies made
+  later from one of them join the same group; the same id created again
+  on other nodes is another cluster, and neither sees the other. A copy
+  leaves its group when it is destroyed, and when its node goes down or
+  becomes unreachable, so `nodes/1` lists the copies of a cluster that a
+  node can reach; `monitor/1` reports the changes.
 
   ## Reasons
 
@@ -104,31 +107,47 @@ defmodule Sandbox.Cluster do
   ## The cluster's view
 
   @doc """
-  The nodes whose copy of sandbox `id` this node can reach (copies made by
-  `create_sandbox/4`), sorted.
+  The nodes of the cluster of sandbox `id` that this node can reach,
+  sorted: the cluster of this node's copy when it has one (made by
+  `create_sandbox/4`), else the nodes of every cluster of `id` it can
+  reach.
   """
   @spec nodes(id) :: [node]
   def nodes(id) do
-    @scope |> :pg.get_members(group(id)) |> Enum.map(&node/1) |> Enum.uniq() |> Enum.sort()
+    groups =
+      case local_clusters(id) do
+        [] -> for {:sandbox, ^id, _} = g <- :pg.which_groups(@scope), do: g
+        clusters -> Enum.map(clusters, &group(id, &1))
+      end
+
+    groups
+    |> Enum.flat_map(&:pg.get_members(@scope, &1))
+    |> Enum.map(&node/1)
+    |> Enum.uniq()
+    |> Enum.sort()
   end
 
   @doc """
-  Subscribes the caller to changes of the view of sandbox `id`: returns
-  `{ref, nodes}` and then sends `{ref, :join | :leave, {:sandbox, id}, pids}`
-  (`pids`: the instances, `node/1` of each is its node) as copies join or
-  leave the view. End with `demonitor/1`.
+  Subscribes the caller to changes of the views: returns `{ref,
+  nodes(id)}`, then sends `{ref, :join | :leave, {:sandbox, id, cluster},
+  pids}` whenever copies (their instances: `node/1` of each is its node)
+  join or leave the view of any sandbox — match on the id. End with
+  `demonitor/1`.
   """
   @spec monitor(id) :: {reference, [node]}
   def monitor(id) do
-    {ref, pids} = :pg.monitor(@scope, group(id))
-    {ref, pids |> Enum.map(&node/1) |> Enum.uniq() |> Enum.sort()}
+    {ref, _groups} = :pg.monitor_scope(@scope)
+    {ref, nodes(id)}
   end
 
   @doc "Ends a subscription made with `monitor/1`."
   @spec demonitor(reference) :: :ok | false
   def demonitor(ref), do: :pg.demonitor(@scope, ref)
 
-  defp group(id), do: {:sandbox, id}
+  defp group(id, cluster), do: {:sandbox, id, cluster}
+
+  defp local_clusters(id),
+    do: for({:sandbox, ^id, cluster} <- :pg.which_local_groups(@scope), do: cluster)
 
   ## Create, destroy, info, call
 
@@ -162,8 +181,10 @@ defmodule Sandbox.Cluster do
       {from, opts} = Keyword.pop(opts, :from)
       check!(is_nil(from) or is_atom(from), "a node (atom) for :from", from)
 
-      with {:ok, build, opts} <- source(id, module_or_app, from, opts, timeout) do
-        coordinate(fn -> create_everywhere(nodes, id, module_or_app, build, opts, timeout) end)
+      with {:ok, cluster, build, opts} <- source(id, module_or_app, from, opts, timeout) do
+        coordinate(fn ->
+          create_everywhere(nodes, id, module_or_app, {cluster, build}, opts, timeout)
+        end)
       end
     end
   end
@@ -186,7 +207,7 @@ defmodule Sandbox.Cluster do
   end
 
   defp from_export(%{target: target} = export, target, opts),
-    do: {:ok, export.build, Keyword.merge(export.options, opts)}
+    do: {:ok, export.cluster, export.build, Keyword.merge(export.options, opts)}
 
   defp from_export(%{target: other}, _target, _opts), do: {:error, {:target_mismatch, other}}
 
@@ -196,7 +217,7 @@ defmodule Sandbox.Cluster do
            IsolatedCompiler.compile_sandbox(config.sandbox_path, compile_opts(config)) do
       stamp = {1, System.os_time(:microsecond), node()}
 
-      {:ok,
+      {:ok, new_cluster(),
        %{
          modules: info.modules,
          app: info.app,
@@ -218,9 +239,11 @@ defmodule Sandbox.Cluster do
     ]
   end
 
-  defp create_everywhere(nodes, id, target, build, opts, timeout) do
+  defp new_cluster, do: {node(), System.os_time(:microsecond), :erlang.unique_integer()}
+
+  defp create_everywhere(nodes, id, target, {cluster, build}, opts, timeout) do
     ref = make_ref()
-    args = [id, target, [prebuilt: build] ++ opts, self(), ref, 2 * timeout]
+    args = [id, target, [prebuilt: build] ++ opts, {self(), ref, cluster}, 2 * timeout]
     results = pcall(for(n <- nodes, do: {n, :local_create, args}), timeout)
 
     {created, failed} =
@@ -621,23 +644,23 @@ defmodule Sandbox.Cluster do
   ## On each node (called through :erpc)
 
   @doc false
-  def local_create(id, target, opts, coordinator, ref, lease) do
+  def local_create(id, target, opts, {coordinator, ref, cluster}, lease) do
     with :ok <- running(),
          {:ok, info} <- Sandbox.create_sandbox(id, target, opts),
          {:ok, instance, _} <- Manager.lookup(id) do
-      holder = spawn(fn -> hold(id, instance, coordinator, ref, lease) end)
+      holder = spawn(fn -> hold(id, instance, {coordinator, ref, cluster}, lease) end)
       {:ok, info, %{holder: holder, instance: instance}}
     end
   end
 
   # A new copy waits for the coordinator's confirmation; without it (a
   # cancel, the coordinator gone or unreachable, the lease over) it goes.
-  defp hold(id, instance, coordinator, ref, lease) do
+  defp hold(id, instance, {coordinator, ref, cluster}, lease) do
     mon = Process.monitor(coordinator)
 
     receive do
       {^ref, :confirm, from} ->
-        :ok = :pg.join(@scope, group(id), instance)
+        :ok = :pg.join(@scope, group(id, cluster), instance)
         send(from, {ref, :confirmed, node()})
 
       {^ref, :cancel} ->
@@ -672,8 +695,27 @@ defmodule Sandbox.Cluster do
     :ok
   end
 
+  # The copy's export, with its cluster: a copy that has none yet (made by
+  # Sandbox.create_sandbox/3) starts one, and joins it.
   @doc false
-  def local_export(id), do: with_local(id, &Instance.export/1)
+  def local_export(id) do
+    with_local(id, fn pid ->
+      with {:ok, export} <- Instance.export(pid) do
+        cluster =
+          case local_clusters(id) do
+            [cluster | _] ->
+              cluster
+
+            [] ->
+              cluster = new_cluster()
+              :ok = :pg.join(@scope, group(id, cluster), pid)
+              cluster
+          end
+
+        {:ok, Map.put(export, :cluster, cluster)}
+      end
+    end)
+  end
 
   @doc false
   def local_project(id), do: with_local(id, &Instance.versions(&1, :project))

@@ -50,4 +50,76 @@ defmodule Sandbox.Test.ClusterFixtures do
       :exit, reason -> {:error, {:exit, reason}}
     end
   end
+
+  @doc """
+  Makes the server registered as `name` (a Store) busy: a process of this
+  node calls it with `{:block, self()}`, which keeps it inside the call
+  until it gets `:release`. Returns the server's pid once it is blocked.
+  """
+  def block(name) do
+    me = self()
+    spawn(fn -> GenServer.call(name, {:block, me}, :infinity) end)
+
+    receive do
+      {:blocked, server} -> server
+    after
+      10_000 -> raise "#{inspect(name)} did not block"
+    end
+  end
+
+  @doc """
+  Waits until this node's view of sandbox `id` (`Sandbox.Cluster.nodes/1`)
+  is `expected` (sorted), following `Sandbox.Cluster.monitor/1`'s
+  messages. `:ok` or `{:timeout, nodes}`.
+  """
+  def await_view(id, expected, timeout \\ 10_000) do
+    {ref, nodes} = Sandbox.Cluster.monitor(id)
+    deadline = System.monotonic_time(:millisecond) + timeout
+
+    try do
+      await_view(ref, id, Enum.sort(expected), nodes, deadline)
+    after
+      Sandbox.Cluster.demonitor(ref)
+    end
+  end
+
+  defp await_view(_ref, _id, expected, expected, _deadline), do: :ok
+
+  defp await_view(ref, id, expected, nodes, deadline) do
+    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {^ref, _, {:sandbox, ^id, _}, _} ->
+        await_view(ref, id, expected, Sandbox.Cluster.nodes(id), deadline)
+    after
+      wait -> {:timeout, nodes}
+    end
+  end
+
+  @doc "Every descendant of OS process `os_pid` (from /proc), now."
+  def descendants(os_pid) do
+    parents =
+      for dir <- File.ls!("/proc"),
+          Regex.match?(~r/\A\d+\z/, dir),
+          {:ok, stat} <- [File.read("/proc/#{dir}/stat")],
+          [_, rest] <- [String.split(stat, ") ", parts: 2)],
+          [_state, ppid | _] <- [String.split(rest, " ")],
+          do: {String.to_integer(dir), String.to_integer(ppid)}
+
+    children = Enum.group_by(parents, &elem(&1, 1), &elem(&1, 0))
+    collect(Map.get(children, os_pid, []), children, [])
+  end
+
+  defp collect([], _children, acc), do: acc
+
+  defp collect([pid | rest], children, acc),
+    do: collect(Map.get(children, pid, []) ++ rest, children, [pid | acc])
+
+  @doc "The command name of OS process `os_pid` (`/proc/<pid>/comm`), or nil."
+  def comm(os_pid) do
+    case File.read("/proc/#{os_pid}/comm") do
+      {:ok, name} -> String.trim(name)
+      _ -> nil
+    end
+  end
 end

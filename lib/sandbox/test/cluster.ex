@@ -383,13 +383,15 @@ defmodule Sandbox.Test.Cluster do
       entries
       |> Enum.map(fn e ->
         Task.async(fn ->
+          tree = [e.os_pid | descendants(e.os_pid)]
+
           try do
             :peer.stop(e.peer)
           catch
             :exit, _ -> :ok
           end
 
-          wait_gone(e.os_pid)
+          Enum.each(tree, &wait_gone/1)
         end)
       end)
       |> Task.await_many(:infinity)
@@ -411,6 +413,25 @@ defmodule Sandbox.Test.Cluster do
         state
       end
     end
+
+    # The OS processes below `os_pid` (its C-node, port programs), from /proc.
+    defp descendants(os_pid) do
+      parents =
+        for dir <- File.ls!("/proc"),
+            Regex.match?(~r/\A\d+\z/, dir),
+            {:ok, stat} <- [File.read("/proc/#{dir}/stat")],
+            [_, rest] <- [String.split(stat, ") ", parts: 2)],
+            [_state, ppid | _] <- [String.split(rest, " ")],
+            do: {String.to_integer(dir), String.to_integer(ppid)}
+
+      children = Enum.group_by(parents, &elem(&1, 1), &elem(&1, 0))
+      below(Map.get(children, os_pid, []), children, [])
+    end
+
+    defp below([], _children, acc), do: acc
+
+    defp below([pid | rest], children, acc),
+      do: below(Map.get(children, pid, []) ++ rest, children, [pid | acc])
 
     # Waits (up to 10 s, then kills it) until OS process `os_pid` is gone.
     defp wait_gone(os_pid, waited \\ 0) do
