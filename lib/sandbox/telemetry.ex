@@ -21,9 +21,9 @@ defmodule Sandbox.Telemetry do
   | `[:sandbox, :manager, :destroyed]` | `duration` | `sandbox_id` |
   | `[:sandbox, :manager, :restarted]` | `restart_count` | `sandbox_id`, `reason` (`:requested` or the root supervisor's exit reason) |
   | `[:sandbox, :manager, :failed]` | `restart_count` | `sandbox_id`, `reason` (restart intensity exceeded) |
-  | `[:sandbox, :reload, :reloaded]` | `duration`, `processes` (migrated) | `sandbox_id`, `modules` (original names: added, changed and removed), `added`, `removed`, `versions` (`%{module => new version}`), `trigger` (`:api` or `:file_watcher`) |
-  | `[:sandbox, :reload, :rolled_back]` | `duration`, `processes` (migrated) | `sandbox_id`, `modules`, `versions` (`%{module => restored version}`), `reason` (`:requested`; `{:crash, pid, exit_reason}` within a rollback window; `{:root_crashed, exit_reason}` when the root supervisor died soon after a reload) |
-  | `[:sandbox, :reload, :failed]` | `duration` | `sandbox_id`, `reason` (as returned; `{:compilation_failed, diagnostics}` for a compile error; `{:rollback_failed, reason}` for an automatic rollback), `trigger`, `modules` |
+  | `[:sandbox, :reload, :reloaded]` | `duration`, `processes` (migrated) | `sandbox_id`, `modules` (original names: added, changed and removed), `added`, `removed`, `versions` (`%{module => new version}`), `trigger` (`:api`, `:file_watcher`, or `:cluster` for the commit of a `Sandbox.Cluster` reload) |
+  | `[:sandbox, :reload, :rolled_back]` | `duration`, `processes` (migrated) | `sandbox_id`, `modules`, `versions` (`%{module => restored version}`), `reason` (`:requested`; `{:crash, pid, exit_reason}` within a rollback window; `{:root_crashed, exit_reason}` when the root supervisor died soon after a reload; `:cluster_rollback` when a `Sandbox.Cluster` reload is undone because another node failed its commit) |
+  | `[:sandbox, :reload, :failed]` | `duration` | `sandbox_id`, `reason` (as returned; `{:compilation_failed, diagnostics}` for a compile error; `{:rollback_failed, reason}` for an automatic rollback; `{:aborted, why}` for a change prepared by `Sandbox.Cluster` and abandoned), `trigger`, `modules` |
   | `[:sandbox, :error, :handled]` | `count` (1) | `sandbox_id` (`nil` outside a sandbox), `category`, `strategy`, `operation`, `component`, `error` (see `Sandbox.ErrorHandler`) |
   """
 
