@@ -29,7 +29,8 @@ defmodule Sandbox.Instance do
   suspended and their states captured) and later committed (`commit/3`) or
   aborted (`abort/2`). The instance holds at most one prepared change, in
   a slot: while it is there, other changes (reloads, rollbacks, restarts,
-  other prepares) wait in order and run after it; reads are answered. The
+  other prepares, starting and stopping the sandbox's applications) wait
+  in order and run after it; reads are answered. The
   slot empties itself — the change aborted, every process resumed — when
   its lease runs out, when the coordinator process that prepared it goes
   away (or its node becomes unreachable), when a suspended process dies, or
@@ -52,12 +53,12 @@ defmodule Sandbox.Instance do
   alias Sandbox.Models.SandboxState
   alias Sandbox.ModuleVersionManager, as: Store
 
-  # Module-level redirects: every call to the host module goes to the
-  # sandbox's copy of the shim. The guard (Sandbox.Guard) is loaded with
-  # them; calls reach it through the change set's per-function redirects.
   # The calls that wait while a change is prepared (see "Two-phase changes").
   @deferred [:reload, :rollback, :prepare, :auto_reload, :revert]
 
+  # Module-level redirects: every call to the host module goes to the
+  # sandbox's copy of the shim. The guard (Sandbox.Guard) is loaded with
+  # them; calls reach it through the change set's per-function redirects.
   @shims [
     {Application, Sandbox.Shim.Application},
     {:application, Sandbox.Shim.ErlApplication},
@@ -258,6 +259,9 @@ defmodule Sandbox.Instance do
 
   def handle_call(:restart, from, %{prepared: %{}} = state),
     do: {:noreply, %{state | deferred: state.deferred ++ [{:restart, from}]}}
+
+  def handle_call({:app, op, _} = msg, from, %{prepared: %{}} = state) when op in [:start, :stop],
+    do: {:noreply, %{state | deferred: state.deferred ++ [{msg, from}]}}
 
   def handle_call(:destroy, from, %{prepared: %{}} = state),
     do: handle_call(:destroy, from, abort_prepared(state, :destroyed))
@@ -513,7 +517,7 @@ defmodule Sandbox.Instance do
   # away, one of its suspended processes dies, or its lease runs out.
   @impl true
   def handle_info({:EXIT, pid, reason} = msg, %{prepared: %{}} = state) do
-    if pid in state.roots,
+    if List.keymember?(state.roots, pid, 1),
       do: handle_info(msg, abort_prepared(state, {:root_exited, reason})),
       else: {:noreply, state}
   end

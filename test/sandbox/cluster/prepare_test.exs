@@ -159,6 +159,26 @@ defmodule Sandbox.Cluster.PrepareTest do
     assert Sandbox.hot_reload_sandbox(ctx.id, v2()) == {:ok, :hot_reloaded}
   end
 
+  test "a root that exits aborts the prepared change; the sandbox restarts as usual", ctx do
+    {instance, _server} = start!(ctx)
+    :ok = Sandbox.subscribe(ctx.id)
+    ref = make_ref()
+    assert {:ok, :prepared, _} = Instance.prepare(instance, ref, v2(), [], coordinator(), 60_000)
+    {:ok, %{supervisor_pid: sup}} = Sandbox.get_sandbox_info(ctx.id)
+    Process.exit(sup, :kill)
+
+    {_, meta} = await_event(ctx.id, :failed)
+    assert meta.reason == {:aborted, {:root_exited, :killed}}
+    {_, %{reason: :killed}} = await_event(ctx.id, :restarted)
+
+    assert Instance.commit(instance, ref, {2, 0, node()}) ==
+             {:error, {:aborted, {:root_exited, :killed}}}
+
+    server = Process.whereis(Sandbox.module_name(ctx.id, ctx.store))
+    assert GenServer.call(server, :version) == 1
+    assert versions(ctx, ctx.store) == [1]
+  end
+
   test "destroy aborts a prepared change first; revert undoes a committed one", ctx do
     {instance, server} = start!(ctx)
     ref = make_ref()
