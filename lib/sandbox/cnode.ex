@@ -678,24 +678,19 @@ defmodule Sandbox.CNode do
     _, _ -> :ok
   end
 
-  # The program keeps the pids it is given as they were encoded. One encoded
-  # before this VM became distributed (a spawn's subscriber, say) names the
-  # node `nonode@nohost`, which is this node under its old name: decoded as
-  # is, it would be a pid of a node that does not exist, and the message
-  # would be lost.
-  defp localize({dest, msg}) when is_pid(dest) and node(dest) == :nonode@nohost do
-    if Node.alive?() do
-      bin = :erlang.term_to_binary(dest)
-      # NEW_PID_EXT: tag 88, the node atom, then ID, serial and creation (4 bytes each).
-      <<id_serial::binary-size(8), _creation::32>> = binary_part(bin, byte_size(bin), -12)
-      <<131, node_atom::binary>> = :erlang.term_to_binary(node())
-      creation = :erlang.system_info(:creation)
-
-      {:erlang.binary_to_term(<<131, 88, node_atom::binary, id_serial::binary, creation::32>>),
-       msg}
-    else
-      {dest, msg}
-    end
+  # The program keeps the pids it is given as they were encoded, and sends
+  # over the port only what is for this node. A pid encoded under another
+  # name of this node — `nonode@nohost` before distribution started, or the
+  # name it had before distribution stopped — decoded as is would be a pid
+  # of a node that does not exist, and the message would be lost: it is
+  # re-encoded under the current name and creation.
+  defp localize({dest, msg}) when is_pid(dest) and node(dest) != node() do
+    bin = :erlang.term_to_binary(dest)
+    # NEW_PID_EXT: tag 88, the node atom, then ID, serial and creation (4 bytes each).
+    <<id_serial::binary-size(8), _creation::32>> = binary_part(bin, byte_size(bin), -12)
+    <<131, node_atom::binary>> = :erlang.term_to_binary(node())
+    creation = :erlang.system_info(:creation)
+    {:erlang.binary_to_term(<<131, 88, node_atom::binary, id_serial::binary, creation::32>>), msg}
   end
 
   defp localize(frame), do: frame

@@ -29,25 +29,36 @@ defmodule Sandbox.Test.ClusterFixtures do
   @doc """
   Run in a VM that is not distributed yet, with :sandbox running: spawns a
   program through the C-node, makes the VM distributed, then talks to the
-  program. Every pid the C-node knows was encoded before distribution
-  started (this process, the C-node server). `{:ok, output}` or
-  `{:error, reason}`.
+  program (every pid the C-node knew was encoded before distribution
+  started); spawns a second program, stops distribution, and talks to that
+  one (its subscriber was encoded under the node name that is gone).
+  `{:ok, [output]}` or `{:error, reason}`.
   """
-  def cnode_after_distribution(name) do
+  def cnode_across_distribution(name) do
     false = Node.alive?()
-    {:ok, %{id: id}} = CNode.spawn(["sh", "-c", "read x; echo got $x"], [])
+    echo = ["sh", "-c", "while read x; do echo got $x; done"]
+    {:ok, %{id: before}} = CNode.spawn(echo, [])
     {:ok, _} = Node.start(name, :longnames)
 
     try do
-      :ok = CNode.write_stdin(id, "hi\n")
-
-      receive do
-        {:sandbox_cnode, ^id, {:stdout, out}} -> {:ok, out}
-      after
-        10_000 -> {:error, :no_output}
+      with {:ok, first} <- echo(before, "hi"),
+           {:ok, %{id: during}} <- CNode.spawn(echo, []),
+           :ok <- Node.stop(),
+           {:ok, second} <- echo(during, "bye") do
+        {:ok, [first, second]}
       end
     catch
       :exit, reason -> {:error, {:exit, reason}}
+    end
+  end
+
+  defp echo(id, text) do
+    :ok = CNode.write_stdin(id, text <> "\n")
+
+    receive do
+      {:sandbox_cnode, ^id, {:stdout, out}} -> {:ok, out}
+    after
+      10_000 -> {:error, {:no_output, text}}
     end
   end
 
