@@ -12,7 +12,8 @@ defmodule Sandbox.Cluster do
 
       {:ok, infos} = Sandbox.Cluster.create_sandbox(nodes, "shop", :shop, sandbox_path: path)
       {:ok, 1} = Sandbox.Cluster.call(hd(nodes), "shop", Shop.Cart, :count, [])
-      {:ok, %{^node => :hot_reloaded}} = Sandbox.Cluster.hot_reload(nodes, "shop", {:file, file})
+      {:ok, _per_node} = Sandbox.Cluster.hot_reload(nodes, "shop", {:file, file})
+      {:ok, _per_node} = Sandbox.Cluster.reconcile(nodes, "shop")
 
   ## Create
 
