@@ -173,9 +173,9 @@ defmodule Sandbox.ClusterTest do
     create!(ctx, nodes)
     for {n, k} <- Enum.zip(nodes, [1, 2, 3]), do: bump(ctx, n, k)
     pids = Map.new(nodes, &{&1, store_pid(ctx, &1)})
+    v2 = store_beam(ctx, 2)
 
-    assert Cluster.hot_reload(nodes, ctx.id, store_beam(ctx, 2)) ==
-             {:ok, Map.new(nodes, &{&1, :hot_reloaded})}
+    assert Cluster.hot_reload(nodes, ctx.id, v2) == {:ok, Map.new(nodes, &{&1, :hot_reloaded})}
 
     for {n, k} <- Enum.zip(nodes, [1, 2, 3]) do
       assert state(ctx, n) == %{count: k}
@@ -190,8 +190,7 @@ defmodule Sandbox.ClusterTest do
              1
 
     # The same BEAM again changes nothing; a source is compiled once, here.
-    assert Cluster.hot_reload(nodes, ctx.id, store_beam(ctx, 2)) ==
-             {:ok, Map.new(nodes, &{&1, :unchanged})}
+    assert Cluster.hot_reload(nodes, ctx.id, v2) == {:ok, Map.new(nodes, &{&1, :unchanged})}
 
     source = {:code, ReloadFixtures.calc_source(ctx.ns, 3)}
 

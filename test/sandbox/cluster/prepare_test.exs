@@ -211,12 +211,14 @@ defmodule Sandbox.Cluster.PrepareTest do
 
   test "Sandbox.Cluster on this node alone; arguments", ctx do
     me = node()
+    # One binary: the same BEAM is :unchanged.
+    store2 = v2()
 
     assert {:ok, %{^me => %{status: :running}}} =
              Cluster.create_sandbox([me], ctx.id, ctx.sup, sandbox_path: ctx.dir)
 
-    assert Cluster.hot_reload([me], ctx.id, v2()) == {:ok, %{me => :hot_reloaded}}
-    assert Cluster.hot_reload([me], ctx.id, [v2()]) == {:ok, %{me => :unchanged}}
+    assert Cluster.hot_reload([me], ctx.id, store2) == {:ok, %{me => :hot_reloaded}}
+    assert Cluster.hot_reload([me], ctx.id, [store2]) == {:ok, %{me => :unchanged}}
     assert Cluster.call(me, ctx.id, ctx.calc, :version, []) == {:ok, 1}
     assert %{^me => [%{version: 1}, %{version: 2}]} = Cluster.versions([me], ctx.id, ctx.store)
     assert Cluster.reconcile([me], ctx.id) == {:ok, %{me => :unchanged}}
@@ -242,7 +244,7 @@ defmodule Sandbox.Cluster.PrepareTest do
     assert_raise ArgumentError, fn -> Cluster.hot_reload([me], ctx.id, <<>>, timeout: 0) end
     assert Cluster.hot_reload([me], ctx.id, []) == {:error, :no_beams}
 
-    assert Cluster.hot_reload([me], ctx.id, v2(), nope: 1) ==
+    assert Cluster.hot_reload([me], ctx.id, store2, nope: 1) ==
              {:error, {:unknown_option, :nope}}
 
     assert {:error, %{^me => {:invalid_beam, nil, _}}} =
@@ -252,7 +254,7 @@ defmodule Sandbox.Cluster.PrepareTest do
     nobody = :"nobody_#{System.unique_integer([:positive])}@127.0.0.1"
     assert Cluster.info([nobody], ctx.id) == %{nobody => {:error, {:unreachable, nobody}}}
 
-    assert Cluster.hot_reload([me, nobody], ctx.id, v2()) ==
+    assert Cluster.hot_reload([me, nobody], ctx.id, store2) ==
              {:error, %{me => :unchanged, nobody => {:unreachable, nobody}}}
 
     assert Cluster.call(nobody, ctx.id, ctx.calc, :version, []) ==
