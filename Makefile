@@ -7,6 +7,7 @@
 #   make fuzz      libFuzzer targets, FUZZ_SECONDS each (default 60)
 #   make sanitize  the C core's Criterion tests under ASan + UBSan
 #   make demo      the demo: sandboxes from examples/counter side by side
+#   make cover     every ExUnit test (incl. :slow) with per-module coverage
 #
 # Every path is a `?=` variable so mix, rebar3 and plain make share this file.
 
@@ -14,7 +15,7 @@ SHELL := /bin/bash
 
 DEB_PACKAGES ?= elixir xxhash erlang-dev erlang-tools erlang-eunit erlang-crypto rebar3 \
 	libcriterion-dev libjansson-dev libbsd-dev libxxhash-dev zlib1g-dev \
-	clang libclang-rt-14-dev
+	clang libclang-rt-14-dev graphviz
 
 PRIV_DIR ?= $(CURDIR)/priv
 BUILD_DIR ?= $(CURDIR)/_build/native
@@ -36,7 +37,9 @@ endif
 comma := ,
 
 CC ?= cc
-CFLAGS_BASE = -std=gnu11 -Wall -Wextra -Werror -fPIC -MMD -MP -Ic_src/core
+# c_src/core and each of its subfolders (c_src/core/cnode, ...) are include paths.
+CORE_INC = -Ic_src/core $(patsubst %/,-I%,$(sort $(dir $(wildcard c_src/core/*/*.h))))
+CFLAGS_BASE = -std=gnu11 -Wall -Wextra -Werror -fPIC -MMD -MP $(CORE_INC)
 ifeq ($(DEBUG),1)
 CFLAGS_OPT = -O0 -g3
 else
@@ -53,12 +56,12 @@ CORE_LIBS = -lxxhash -lz -ljansson -lbsd
 NIF_LIBS = -lxxhash -lz -ljansson
 CNODE_LIBS = -L$(ERL_EI_LIBDIR) -lei -ljansson -lbsd -lpthread
 
-CORE_SRC := $(wildcard c_src/core/*.c)
+CORE_SRC := $(wildcard c_src/core/*.c c_src/core/*/*.c)
 NIF_SRC := $(wildcard c_src/nif/*.c)
 CNODE_SRC := $(wildcard c_src/cnode/*.c)
 TEST_SRC := $(wildcard c_src/test/*.c)
 FUZZ_SRC := $(wildcard c_src/fuzz/*.c)
-C_FILES := $(wildcard c_src/*/*.c c_src/*/*.h)
+C_FILES := $(wildcard c_src/*/*.c c_src/*/*.h c_src/*/*/*.c c_src/*/*/*.h)
 
 OBJ_DIR = $(BUILD_DIR)/obj$(if $(filter 1,$(SANITIZE)),-san)
 CORE_OBJ = $(CORE_SRC:c_src/%.c=$(OBJ_DIR)/%.o)
@@ -73,7 +76,7 @@ CTEST_BIN = $(OBJ_DIR)/ctest
 NATIVE_TARGETS = $(NIF_SO) $(if $(CNODE_SRC),$(CNODE_BIN))
 
 .PHONY: all setup native compile test test-run ctest eunit mix-test format-check format \
-	sanitize fuzz bench demo clean
+	sanitize fuzz bench demo cover clean
 
 all: compile
 
@@ -151,7 +154,7 @@ sanitize: setup
 FUZZ_BIN = $(FUZZ_SRC:c_src/fuzz/%.c=$(BUILD_DIR)/fuzz/%)
 $(BUILD_DIR)/fuzz/%: c_src/fuzz/%.c $(CORE_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=gnu11 -O1 -g -Ic_src/core -fsanitize=fuzzer,address,undefined \
+	clang -std=gnu11 -O1 -g $(CORE_INC) -fsanitize=fuzzer,address,undefined \
 	  -fno-sanitize-recover=undefined -o $@ $< $(CORE_SRC) $(CORE_LIBS)
 
 # Each target runs FUZZ_SECONDS seconds with the installed .beam files as seed corpus.
@@ -177,7 +180,14 @@ bench: setup native
 demo: setup native
 	MIX_ENV=demo $(MIX) run examples/demo.exs
 
+# Per-module coverage of the library (threshold and exclusions: mix.exs,
+# test_coverage); the HTML report goes to cover/. Cover-compiled code runs
+# slower, hence the longer default test timeout.
+cover: setup native
+	MIX_ENV=test $(MIX) test --cover --include slow --timeout 600000
+
 clean:
 	rm -rf $(BUILD_DIR) $(NIF_SO) $(CNODE_BIN)
 
--include $(wildcard $(BUILD_DIR)/obj/*/*.d $(BUILD_DIR)/obj-san/*/*.d)
+-include $(wildcard $(BUILD_DIR)/obj/*/*.d $(BUILD_DIR)/obj-san/*/*.d $(BUILD_DIR)/obj/*/*/*.d \
+  $(BUILD_DIR)/obj-san/*/*/*.d)

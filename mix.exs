@@ -55,7 +55,34 @@ defmodule Sandbox.MixProject do
       # bench and demo environments do not consolidate.
       consolidate_protocols: Mix.env() not in [:test, :bench, :demo],
       deps: [],
-      docs: [main: "Sandbox"]
+      docs: [main: "Sandbox"],
+      test_coverage: test_coverage()
+    ]
+  end
+
+  # `make cover` (mix test --cover): per-module figures of the library.
+  # Left out: the test suite's own support modules, and the modules that
+  # never run in this VM's cover-compiled form — the compile worker (it runs
+  # in worker VMs) and the shims (each sandbox loads its own relocated copy
+  # of the plain .beam) — whose tests exercise them all the same.
+  defp test_coverage do
+    [
+      summary: [threshold: 70],
+      ignore_modules: [
+        Sandbox.IsolatedCompiler.Worker,
+        Sandbox.Shim.Application,
+        Sandbox.Shim.ErlApplication,
+        Sandbox.Test.BeamHelpers,
+        Sandbox.CNodeHelpers,
+        Sandbox.Test.CollectFormatter,
+        Sandbox.IsolatedCompilerTestHelpers,
+        Sandbox.Test.Peer,
+        Sandbox.Test.ReloadFixtures,
+        Sandbox.Test.Fixtures,
+        Sandbox.Test.TelemetrySink,
+        Sandbox.TestJSON,
+        Sandbox.Test.WatchFixtures
+      ]
     ]
   end
 

@@ -132,10 +132,22 @@ defmodule Sandbox do
   """
   @spec create_sandbox(id, atom, keyword) :: {:ok, info} | {:error, term}
   def create_sandbox(id, module_or_app, opts) do
+    with :ok <- check_id(id) do
+      # The [:sandbox, :create, _] span (Sandbox.Telemetry).
+      path = if Keyword.keyword?(opts), do: opts[:sandbox_path]
+      meta = %{sandbox_id: id, module_or_app: module_or_app, sandbox_path: path}
+
+      Sandbox.Telemetry.span(:create, meta, fn ->
+        result = do_create_sandbox(id, module_or_app, opts)
+        {result, Sandbox.Telemetry.outcome(result)}
+      end)
+    end
+  end
+
+  defp do_create_sandbox(id, module_or_app, opts) do
     {build, opts} = if Keyword.keyword?(opts), do: Keyword.pop(opts, :prebuilt), else: {nil, opts}
 
-    with :ok <- check_id(id),
-         :ok <- check_target(module_or_app),
+    with :ok <- check_target(module_or_app),
          {:ok, config} <- Config.validate(opts),
          :ok <- check_build(build),
          :ok <- Manager.reserve(id) do

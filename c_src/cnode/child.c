@@ -1,68 +1,92 @@
-/* Spawning and supervising OS processes: pipes, process groups, limits,
- * timeouts, sampling from /proc, and the exit event. */
+/* Jobs: spawning and supervising OS processes through their leaders (see
+ * leader.c), pipes, limits, timeouts, sampling, and the exit event.
+ *
+ * The C-node forks a leader per job, which forks the command. The leader is
+ * a subreaper, so the job's tree is exactly the leader's descendants in
+ * /proc (and, with containment by cgroup, the members of the job's
+ * cgroup): no pid is remembered across samples, none is probed after it
+ * was reaped. The job ends when its leader exits: the leader has then
+ * killed and reaped everything the command left behind. */
 #define _GNU_SOURCE
-#include <bsd/unistd.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "child.h"
+#include "cn_limits.h"
 #include "cn_proc.h"
-#include "cnode.h"
+#include "cn_time.h"
+#include "contain.h"
+#include "leader.h"
+#include "reply.h"
 
 extern char **environ;
 
 #define PROC_ROOT "/proc"
 #define READ_CHUNK 65536
+/* After a leader died without its report: how long to wait for what it left. */
+#define ORPHAN_WAIT_MS 5000
+#define RECHECK_MS 5
 
-typedef struct child {
-    struct child *next;
+typedef struct job {
+    struct job *next;
     int64_t id;
-    pid_t pid;
-    int in_fd, out_fd, err_fd;
+    pid_t leader; /* our child */
+    pid_t pid;    /* the command, the leader's child */
+    int in_fd, out_fd, err_fd, rep_fd;
     cn_dest sub;
-    cn_limits limits;
+    cn_joblimits lim;
+    cn_cgjob cg;
     int64_t timeout_at;  /* -1: none */
     int64_t sample_ms;   /* interval */
     int64_t next_sample; /* -1: not sampling */
     int64_t grace_ms;
     int64_t kill_at; /* SIGKILL due; -1: none */
     const char *kill_reason;
-    int *known; /* descendants seen at the last sample */
-    size_t nknown;
     uint8_t *inq; /* stdin bytes not yet written */
     size_t inq_len;
     int close_in_after;
-    int exited; /* reaped; the exit event waits for the leftovers to die */
-    int status;
-    struct rusage ru;
-    int64_t exit_deadline; /* give up waiting for leftovers */
-    int64_t recheck_at;    /* -1: none */
-} child;
+    int leader_done; /* the leader was reaped */
+    int have_status; /* the command's status is known */
+    int status;      /* the command's wait status */
+    int64_t cpu_us;  /* the command's CPU time */
+    int leader_status;
+    int64_t orphan_deadline; /* after an abnormal leader exit */
+    int64_t recheck_at;      /* -1: none */
+    int finished;            /* the exit event went out; freed by cn_child_gc */
+} job;
 
-static child *g_children;
+static job *g_jobs;
+static job *g_dead; /* finished in this round */
 static int64_t g_next_id = (int64_t)1 << 40;
 static long g_page_size;
 static long g_clk_tck;
+static pid_t g_self;
+static struct rlimit g_nofile = {RLIM_INFINITY, RLIM_INFINITY};
+
+void cn_child_init(pid_t self, const struct rlimit *nofile) {
+    g_self = self;
+    g_nofile = *nofile;
+}
 
 int cn_child_count(void) {
     int n = 0;
-    for (child *c = g_children; c; c = c->next) {
+    for (job *j = g_jobs; j; j = j->next) {
         n++;
     }
     return n;
 }
 
-static child *find_id(int64_t id) {
-    for (child *c = g_children; c; c = c->next) {
-        if (c->id == id) {
-            return c;
+static job *find_id(int64_t id) {
+    for (job *j = g_jobs; j; j = j->next) {
+        if (j->id == id) {
+            return j;
         }
     }
     return NULL;
@@ -78,6 +102,18 @@ static void close_fd(int *fd) {
 static int set_nonblock(int fd) {
     int fl = fcntl(fd, F_GETFL);
     return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* Moves a descriptor of ours to 1024 or above: libei waits on its epmd
+ * sockets with select(), which cannot take descriptors from FD_SETSIZE on,
+ * so the low numbers are kept for it however many jobs run. */
+static int high_fd(int fd) {
+    int h = fcntl(fd, F_DUPFD_CLOEXEC, 1024);
+    if (h < 0) {
+        return fd;
+    }
+    close(fd);
+    return h;
 }
 
 /* The environment of the child: ours with the request's changes applied. */
@@ -118,71 +154,41 @@ static char **build_env(char **changes) {
     return env;
 }
 
-static rlim_t as_backstop(int64_t memory) {
-    /* A BEAM reserves about 1 GB of address space at start: the address-space
-     * limit only catches runaways well beyond the sampled resident limit. */
-    uint64_t m = (uint64_t)memory;
-    uint64_t a = 2 * m, b = m + (4ull << 30);
-    return (rlim_t)(a > b ? a : b);
+static int needs_sampling(const job *j) {
+    return j->lim.limits.memory >= 0 || j->lim.limits.processes >= 0 || j->timeout_at >= 0;
 }
 
-/* In the forked child: never returns. Only async-signal-safe calls. */
-static void child_exec(const cn_spawn_req *req, char **env, int in_r, int out_w, int err_w,
-                       int errpipe, pid_t parent) {
-    sigset_t all;
-    sigemptyset(&all);
-    sigprocmask(SIG_SETMASK, &all, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) {
-        _exit(127); /* the C-node died before the flag was set */
-    }
-    int err;
-    if (dup2(in_r, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0) {
-        goto fail;
-    }
-    /* The error pipe becomes fd 3, closed by exec; everything above goes. */
-    if (errpipe != 3 && dup3(errpipe, 3, O_CLOEXEC) < 0) {
-        goto fail;
-    }
-    closefrom(4);
-    if (req->cd && chdir(req->cd) != 0) {
-        goto fail;
-    }
-    struct rlimit rl = {0, 0};
-    setrlimit(RLIMIT_CORE, &rl);
-    if (req->limits.cpu_seconds >= 0) {
-        rl.rlim_cur = (rlim_t)req->limits.cpu_seconds;
-        rl.rlim_max = (rlim_t)req->limits.cpu_seconds + 1;
-        if (setrlimit(RLIMIT_CPU, &rl) != 0) {
-            goto fail;
+/* Reads the exec pipe to its end: the command's pid, or why it did not run. */
+static void read_exec_records(int fd, pid_t *pid, int *err, int *cgroup_err) {
+    cn_exrec buf[4];
+    size_t have = 0;
+    for (;;) {
+        ssize_t n = read(fd, (char *)buf + have, sizeof buf - have);
+        if (n < 0 && errno == EINTR) {
+            continue;
         }
-    }
-    if (req->limits.file_size >= 0) {
-        rl.rlim_cur = rl.rlim_max = (rlim_t)req->limits.file_size;
-        if (setrlimit(RLIMIT_FSIZE, &rl) != 0) {
-            goto fail;
+        if (n <= 0) {
+            break;
         }
+        have += (size_t)n;
+        size_t whole = have / sizeof *buf;
+        for (size_t i = 0; i < whole; i++) {
+            if (buf[i].kind == CN_EXREC_PID) {
+                *pid = buf[i].value;
+            } else if (buf[i].kind == CN_EXREC_ERRNO) {
+                *err = buf[i].value ? buf[i].value : EIO;
+            } else if (buf[i].kind == CN_EXREC_CGROUP_ERRNO) {
+                *cgroup_err = buf[i].value ? buf[i].value : EIO;
+            }
+        }
+        memmove(buf, buf + whole, have - whole * sizeof *buf);
+        have -= whole * sizeof *buf;
     }
-    if (req->limits.memory >= 0) {
-        rl.rlim_cur = rl.rlim_max = as_backstop(req->limits.memory);
-        setrlimit(RLIMIT_AS, &rl);
-    }
-    execvpe(req->argv[0], req->argv, env);
-fail:
-    err = errno;
-    while (write(3, &err, sizeof err) < 0 && errno == EINTR) {
-    }
-    _exit(127);
 }
 
-static int pipe_cloexec(int p[2]) {
-    return pipe2(p, O_CLOEXEC);
-}
-
-static int needs_sampling(const child *c) {
-    return c->limits.memory >= 0 || c->limits.processes >= 0 || c->timeout_at >= 0;
+static void reap_blocking(pid_t pid) {
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
 }
 
 void cn_child_spawn(const cn_request *r) {
@@ -192,69 +198,97 @@ void cn_child_spawn(const cn_request *r) {
         cn_reply_error(r, &err);
         return;
     }
+    cn_limits_plan plan;
+    if (cn_limits_at_spawn(&req.limits, &req.ceiling, &plan, &err) != 0) {
+        cn_reply_error(r, &err);
+        cn_spawn_req_free(&req);
+        return;
+    }
     if (req.id && find_id(req.id)) {
         cn_reply_error_atom(r, "id_in_use");
         cn_spawn_req_free(&req);
         return;
     }
-    int in[2] = {-1, -1}, out[2] = {-1, -1}, errp[2] = {-1, -1}, ex[2] = {-1, -1};
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, errp[2] = {-1, -1}, ex[2] = {-1, -1},
+        rep[2] = {-1, -1};
     char **env = NULL;
-    child *c = calloc(1, sizeof *c);
-    if (!c || pipe_cloexec(in) || pipe_cloexec(out) || pipe_cloexec(errp) || pipe_cloexec(ex) ||
-        !(env = build_env(req.env)) ||
-        cn_dest_copy(&c->sub, req.subscriber ? req.subscriber : r->from) != 0) {
+    int64_t id = req.id ? req.id : g_next_id++;
+    job *j = calloc(1, sizeof *j);
+    if (j) {
+        cn_cgjob_init(&j->cg);
+    }
+    errno = 0;
+    if (!j || pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC) ||
+        pipe2(ex, O_CLOEXEC) || pipe2(rep, O_CLOEXEC) || !(env = build_env(req.env)) ||
+        cn_dest_copy(&j->sub, req.subscriber ? req.subscriber : r->from) != 0) {
         int e = errno ? errno : ENOMEM;
         cn_reply_errno(r, "spawn_failed", e);
         goto cleanup;
     }
-    pid_t pid = fork();
-    if (pid < 0) {
+    int cge = cn_cgjob_create(&j->cg, id);
+    if (cge) {
+        cn_error ce = {"spawn_failed", "cgroup"};
+        (void)cge;
+        cn_reply_error(r, &ce);
+        goto cleanup;
+    }
+    cn_leader_args la = {in[0],         out[1],
+                         errp[1],       ex[1],
+                         rep[1],        j->cg.dir_fd,
+                         j->cg.kill_fd, cn_cgjob_active(&j->cg) ? cn_contain_base_fd() : -1,
+                         j->cg.name,    g_self,
+                         req.argv,      env,
+                         req.cd,        plan,
+                         g_nofile};
+    pid_t leader = fork();
+    if (leader < 0) {
         cn_reply_errno(r, "spawn_failed", errno);
         goto cleanup;
     }
-    if (pid == 0) {
-        close(in[1]);
-        close(out[0]);
-        close(errp[0]);
-        close(ex[0]);
-        child_exec(&req, env, in[0], out[1], errp[1], ex[1], cn_self);
+    if (leader == 0) {
+        cn_leader_run(&la);
     }
-    setpgid(pid, pid); /* also done by the child: whichever runs first */
     close_fd(&in[0]);
     close_fd(&out[1]);
     close_fd(&errp[1]);
     close_fd(&ex[1]);
-    int child_errno = 0;
-    ssize_t got;
-    do {
-        got = read(ex[0], &child_errno, sizeof child_errno);
-    } while (got < 0 && errno == EINTR);
+    close_fd(&rep[1]);
+    pid_t pid = 0;
+    int exec_err = 0, cg_err = 0;
+    read_exec_records(ex[0], &pid, &exec_err, &cg_err);
     close_fd(&ex[0]);
-    if (got == (ssize_t)sizeof child_errno) {
-        /* exec failed: the child has exited with 127; reap it here */
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    if (pid <= 0 || exec_err || cg_err) {
+        /* the command did not start: its leader exits at once */
+        reap_blocking(leader);
+        if (cg_err) {
+            cn_error ce = {"spawn_failed", "cgroup"};
+            cn_reply_error(r, &ce);
+        } else {
+            cn_reply_errno(r, "spawn_failed", exec_err ? exec_err : EIO);
         }
-        cn_reply_errno(r, "spawn_failed", child_errno);
         goto cleanup;
     }
-    set_nonblock(in[1]);
-    set_nonblock(out[0]);
-    set_nonblock(errp[0]);
-    c->id = req.id ? req.id : g_next_id++;
-    c->pid = pid;
-    c->in_fd = in[1];
-    c->out_fd = out[0];
-    c->err_fd = errp[0];
-    c->limits = req.limits;
+    j->id = id;
+    j->leader = leader;
+    j->pid = pid;
+    j->in_fd = high_fd(in[1]);
+    j->out_fd = high_fd(out[0]);
+    j->err_fd = high_fd(errp[0]);
+    j->rep_fd = high_fd(rep[0]);
+    set_nonblock(j->in_fd);
+    set_nonblock(j->out_fd);
+    set_nonblock(j->err_fd);
+    set_nonblock(j->rep_fd);
+    j->lim = plan.result;
     int64_t now = cn_now_ms();
-    c->timeout_at = req.timeout_ms >= 0 ? now + req.timeout_ms : -1;
-    c->sample_ms = req.sample_ms;
-    c->grace_ms = req.grace_ms;
-    c->kill_at = -1;
-    c->recheck_at = -1;
-    c->next_sample = needs_sampling(c) ? now : -1;
-    c->next = g_children;
-    g_children = c;
+    j->timeout_at = cn_deadline_add(now, req.timeout_ms);
+    j->sample_ms = req.sample_ms;
+    j->grace_ms = req.grace_ms;
+    j->kill_at = -1;
+    j->recheck_at = -1;
+    j->next_sample = needs_sampling(j) ? now : -1;
+    j->next = g_jobs;
+    g_jobs = j;
 
     ei_x_buff x;
     cn_reply_begin(r, &x);
@@ -262,7 +296,7 @@ void cn_child_spawn(const cn_request *r) {
     ei_x_encode_atom(&x, "ok");
     ei_x_encode_map_header(&x, 2);
     ei_x_encode_atom(&x, "id");
-    ei_x_encode_longlong(&x, c->id);
+    ei_x_encode_longlong(&x, j->id);
     ei_x_encode_atom(&x, "os_pid");
     ei_x_encode_long(&x, pid);
     cn_reply_end(r, &x);
@@ -279,131 +313,143 @@ cleanup:
     close_fd(&errp[1]);
     close_fd(&ex[0]);
     close_fd(&ex[1]);
-    if (c) {
-        cn_dest_free(&c->sub);
-        free(c);
+    close_fd(&rep[0]);
+    close_fd(&rep[1]);
+    if (j) {
+        cn_cgjob_remove(&j->cg);
+        cn_dest_free(&j->sub);
+        free(j);
     }
     free(env);
     cn_spawn_req_free(&req);
 }
 
-/* ---- process tree ---- */
+/* ---- process trees ---- */
 
-/* A snapshot of the processes below the C-node itself: only those can be
- * ours to signal or count, whatever pids were remembered. */
 typedef struct {
     cn_procstat *tab;
     size_t n;
 } snapshot;
 
 static int snapshot_take(snapshot *s) {
-    cn_procstat *all;
-    size_t n;
     s->tab = NULL;
     s->n = 0;
-    if (cn_proc_scan(PROC_ROOT, &all, &n) != 0) {
-        return -1;
-    }
-    int *sub = malloc((n ? n : 1) * sizeof *sub);
-    cn_procstat *mine = malloc((n ? n : 1) * sizeof *mine);
-    if (!sub || !mine) {
-        free(all);
-        free(sub);
-        free(mine);
-        return -1;
-    }
-    int root = cn_self;
-    size_t k = cn_proc_descendants(all, n, &root, 1, sub);
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < k; j++) {
-            if (all[i].pid == sub[j] && sub[j] != cn_self) {
-                mine[m++] = all[i];
-                break;
-            }
-        }
-    }
-    free(all);
-    free(sub);
-    s->tab = mine;
-    s->n = m;
-    return 0;
+    return cn_proc_scan(PROC_ROOT, &s->tab, &s->n);
 }
 
-/* The child's tree in the snapshot: its own descendants, plus remembered
- * ones that were reparented to the C-node after their parent died. */
-static size_t tree_of(const child *c, const snapshot *s, int *out) {
-    size_t nroots = 1 + c->nknown;
-    int *roots = malloc(nroots * sizeof *roots);
-    if (!roots) {
+/* The indices of the job's tree in the snapshot, its leader left out
+ * (room for s->n). */
+static size_t job_tree(const job *j, const snapshot *s, size_t *idx) {
+    int root = j->leader;
+    size_t k = cn_proc_descendants_idx(s->tab, s->n, &root, 1, idx);
+    size_t m = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (s->tab[idx[i]].pid != j->leader) {
+            idx[m++] = idx[i];
+        }
+    }
+    return m;
+}
+
+/* Signals every process of the job's tree (not its leader): the pids that
+ * got it in *out (malloc'd, may hold duplicates of none), their number
+ * returned. The tree is the leader's descendants in /proc, and with a
+ * cgroup also the cgroup's members; SIGKILL then goes through cgroup.kill
+ * as well, which catches processes forked while the signal is being sent. */
+static size_t signal_job(job *j, int sig, int **out) {
+    if (out) {
+        *out = NULL;
+    }
+    if (j->leader_done) {
         return 0;
     }
-    roots[0] = c->pid;
-    for (size_t i = 0; i < c->nknown; i++) {
-        roots[1 + i] = c->known[i];
-    }
-    size_t n = cn_proc_descendants(s->tab, s->n, roots, nroots, out);
-    free(roots);
-    return n;
-}
-
-static void remember(child *c, const int *pids, size_t n) {
-    int *k = realloc(c->known, (n ? n : 1) * sizeof *k);
-    if (!k) {
-        return;
-    }
-    memcpy(k, pids, n * sizeof *k);
-    c->known = k;
-    c->nknown = n;
-}
-
-/* Signals the child's process group and every process of its tree. */
-static void signal_tree(child *c, int sig) {
-    kill(-c->pid, sig);
     snapshot s;
     if (snapshot_take(&s) != 0) {
-        return;
+        s.tab = NULL;
+        s.n = 0;
     }
-    int *pids = malloc((s.n ? s.n : 1) * sizeof *pids);
-    if (pids) {
-        size_t n = tree_of(c, &s, pids);
-        for (size_t i = 0; i < n; i++) {
-            kill(pids[i], sig);
+    int *members = NULL;
+    long nm = cn_cgjob_active(&j->cg) ? cn_cgjob_procs(&j->cg, &members) : 0;
+    if (nm < 0) {
+        nm = 0;
+    }
+    size_t room = s.n + (size_t)nm + 1;
+    size_t *idx = malloc(room * sizeof *idx);
+    int *pids = malloc(room * sizeof *pids);
+    size_t n = 0, done = 0;
+    if (idx && pids) {
+        size_t k = job_tree(j, &s, idx);
+        for (size_t i = 0; i < k; i++) {
+            pids[n++] = s.tab[idx[i]].pid;
         }
-        remember(c, pids, n);
+        for (long i = 0; i < nm; i++) {
+            int dup = 0;
+            for (size_t t = 0; t < k && !dup; t++) {
+                dup = pids[t] == members[i];
+            }
+            if (!dup && members[i] != j->leader) {
+                pids[n++] = members[i];
+            }
+        }
+        if (sig == SIGKILL && cn_cgjob_active(&j->cg)) {
+            cn_cgjob_kill(&j->cg);
+        }
+        /* deepest first: the command last, so that its leader does not start
+         * killing (and reaping) the rest while we are still signalling it */
+        for (size_t i = n; i-- > 0;) {
+            /* a member already taken by cgroup.kill got the signal too */
+            int ok = kill(pids[i], sig) == 0 || (sig == SIGKILL && cn_cgjob_active(&j->cg));
+            if (!ok) {
+                pids[i] = 0;
+            }
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (pids[i] != 0) {
+                pids[done++] = pids[i];
+            }
+        }
+    } else if (sig == SIGKILL) {
+        cn_cgjob_kill(&j->cg);
+    }
+    free(idx);
+    free(members);
+    free(s.tab);
+    if (out) {
+        *out = pids;
+    } else {
         free(pids);
     }
-    free(s.tab);
+    return done;
 }
 
-static void begin_kill(child *c, const char *reason) {
-    if (c->kill_reason) {
+static void begin_kill(job *j, const char *reason) {
+    if (j->kill_reason) {
         return;
     }
-    c->kill_reason = reason;
-    signal_tree(c, SIGTERM);
-    c->kill_at = cn_now_ms() + c->grace_ms;
+    j->kill_reason = reason;
+    signal_job(j, SIGTERM, NULL);
+    j->kill_at = cn_deadline_add(cn_now_ms(), j->grace_ms);
 }
 
 /* ---- events ---- */
 
-static void send_output(child *c, const char *stream, const uint8_t *buf, size_t n) {
+static void send_output(job *j, const char *stream, const uint8_t *buf, size_t n) {
     ei_x_buff x;
-    cn_event_begin(&x, c->id);
+    cn_event_begin(&x, j->id);
     ei_x_encode_tuple_header(&x, 2);
     ei_x_encode_atom(&x, stream);
     ei_x_encode_binary(&x, buf, (long)n);
-    cn_send_raw(c->sub.raw, c->sub.len, &x);
+    cn_send_raw(j->sub.raw, j->sub.len, &x);
     ei_x_free(&x);
 }
 
 /* Reads what is available; closes the fd at end of file. */
-static void pump(child *c, int *fd, const char *stream) {
+static void pump(job *j, int *fd, const char *stream) {
     static uint8_t buf[READ_CHUNK];
     for (int rounds = 0; *fd >= 0 && rounds < 16; rounds++) {
         ssize_t n = read(*fd, buf, sizeof buf);
         if (n > 0) {
-            send_output(c, stream, buf, (size_t)n);
+            send_output(j, stream, buf, (size_t)n);
             continue;
         }
         if (n < 0 && errno == EINTR) {
@@ -416,22 +462,22 @@ static void pump(child *c, int *fd, const char *stream) {
     }
 }
 
-static void send_exit(child *c, int status, const struct rusage *ru) {
+static void send_exit(job *j) {
+    int status = j->have_status ? j->status : j->leader_status;
     ei_x_buff x;
-    cn_event_begin(&x, c->id);
+    cn_event_begin(&x, j->id);
     ei_x_encode_tuple_header(&x, 2);
     ei_x_encode_atom(&x, "exit");
     const char *limit = NULL;
-    if (c->kill_reason && strcmp(c->kill_reason, "timeout") == 0) {
+    if (j->kill_reason && strcmp(j->kill_reason, "timeout") == 0) {
         ei_x_encode_atom(&x, "timeout");
-    } else if (c->kill_reason) {
-        limit = c->kill_reason;
+    } else if (j->kill_reason) {
+        limit = j->kill_reason;
     } else if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
-        double cpu = (double)ru->ru_utime.tv_sec + (double)ru->ru_stime.tv_sec +
-                     (ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
-        if (sig == SIGXCPU || (sig == SIGKILL && c->limits.cpu_seconds >= 0 &&
-                               cpu >= (double)c->limits.cpu_seconds)) {
+        int64_t cpu_limit = j->lim.limits.cpu_seconds;
+        if (sig == SIGXCPU || (sig == SIGKILL && cpu_limit >= 0 && j->have_status &&
+                               j->cpu_us >= cn_sat_mul(cpu_limit, 1000000))) {
             limit = "cpu";
         } else if (sig == SIGXFSZ) {
             limit = "file_size";
@@ -450,65 +496,128 @@ static void send_exit(child *c, int status, const struct rusage *ru) {
         ei_x_encode_atom(&x, "limit");
         ei_x_encode_atom(&x, limit);
     }
-    cn_send_raw(c->sub.raw, c->sub.len, &x);
+    cn_send_raw(j->sub.raw, j->sub.len, &x);
     ei_x_free(&x);
 }
 
-static void unlink_child(child *c) {
-    for (child **p = &g_children; *p; p = &(*p)->next) {
-        if (*p == c) {
-            *p = c->next;
+static void unlink_job(job *j) {
+    for (job **p = &g_jobs; *p; p = &(*p)->next) {
+        if (*p == j) {
+            *p = j->next;
             return;
         }
     }
 }
 
-static void free_child(child *c) {
-    close_fd(&c->in_fd);
-    close_fd(&c->out_fd);
-    close_fd(&c->err_fd);
-    cn_dest_free(&c->sub);
-    free(c->known);
-    free(c->inq);
-    free(c);
+static void free_job(job *j) {
+    close_fd(&j->in_fd);
+    close_fd(&j->out_fd);
+    close_fd(&j->err_fd);
+    close_fd(&j->rep_fd);
+    cn_cgjob_remove(&j->cg);
+    cn_dest_free(&j->sub);
+    free(j->inq);
+    free(j);
 }
 
-/* Whether anything the child left behind still exists (zombies included:
- * they are ours to reap). Cheap when the child was never sampled. */
-static int leftovers(const child *c) {
-    if (kill(-c->pid, 0) == 0) {
-        return 1;
+/* The job is over: its output, then the exit event. The job is freed at
+ * the end of the round (a poll entry may still point at it). */
+static void finish(job *j) {
+    pump(j, &j->out_fd, "stdout");
+    pump(j, &j->err_fd, "stderr");
+    /* the tree is gone: so goes its cgroup, before anyone hears of the end */
+    cn_cgjob_remove(&j->cg);
+    send_exit(j);
+    j->finished = 1;
+    j->timeout_at = j->kill_at = j->next_sample = j->recheck_at = -1;
+    unlink_job(j);
+    j->next = g_dead;
+    g_dead = j;
+}
+
+void cn_child_gc(void) {
+    while (g_dead) {
+        job *j = g_dead;
+        g_dead = j->next;
+        free_job(j);
     }
-    for (size_t i = 0; i < c->nknown; i++) {
-        if (c->known[i] != c->pid && kill(c->known[i], 0) == 0) {
+}
+
+static int is_live_leader(int pid) {
+    for (job *j = g_jobs; j; j = j->next) {
+        if (j->leader == pid && !j->leader_done) {
             return 1;
         }
     }
     return 0;
 }
 
-static void finish_exit(child *c) {
-    pump(c, &c->out_fd, "stdout");
-    pump(c, &c->err_fd, "stderr");
-    send_exit(c, c->status, &c->ru);
-    unlink_child(c);
-    free_child(c);
+/* SIGKILL to every process below the C-node that no live leader holds: what
+ * a leader that died without cleaning up (SIGKILLed by its own job) left.
+ * Returns how many of them are still running (zombies are ours to reap). */
+static size_t kill_orphans(void) {
+    snapshot s;
+    if (snapshot_take(&s) != 0) {
+        return 0;
+    }
+    int *roots = malloc((s.n ? s.n : 1) * sizeof *roots);
+    size_t *idx = malloc((s.n ? s.n : 1) * sizeof *idx);
+    size_t nroots = 0, live = 0;
+    if (roots && idx) {
+        for (size_t i = 0; i < s.n; i++) {
+            if (s.tab[i].ppid == g_self && !is_live_leader(s.tab[i].pid)) {
+                roots[nroots++] = s.tab[i].pid;
+            }
+        }
+        size_t k = cn_proc_descendants_idx(s.tab, s.n, roots, nroots, idx);
+        for (size_t i = 0; i < k; i++) {
+            const cn_procstat *p = &s.tab[idx[i]];
+            kill(p->pid, SIGKILL);
+            live += p->state != 'Z';
+        }
+    }
+    free(roots);
+    free(idx);
+    free(s.tab);
+    return live;
 }
 
-/* The direct child is gone: whatever it left behind is killed; once that is
- * gone too, its output is delivered, then the exit event. */
-static void child_exited(child *c, int status, const struct rusage *ru) {
-    c->exited = 1;
-    c->status = status;
-    c->ru = *ru;
-    c->timeout_at = c->kill_at = c->next_sample = -1;
-    if (!leftovers(c)) {
-        finish_exit(c);
+/* Whether what an abnormally ended leader left is gone (killing it again). */
+static int orphans_gone(job *j) {
+    int gone = 1;
+    if (cn_cgjob_active(&j->cg)) {
+        cn_cgjob_kill(&j->cg);
+        gone = cn_cgjob_populated(&j->cg) == 0;
+    }
+    return kill_orphans() == 0 && gone;
+}
+
+static void leader_exited(job *j, int status) {
+    j->leader_done = 1;
+    j->leader_status = status;
+    j->timeout_at = j->kill_at = j->next_sample = -1;
+    cn_exitrec rec;
+    ssize_t n;
+    do {
+        n = read(j->rep_fd, &rec, sizeof rec);
+    } while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof rec) {
+        j->have_status = 1;
+        j->status = rec.status;
+        j->cpu_us = rec.utime_us + rec.stime_us;
+        finish(j);
         return;
     }
-    signal_tree(c, SIGKILL);
-    c->exit_deadline = cn_now_ms() + 5000;
-    c->recheck_at = cn_now_ms() + 2;
+    /* The leader died without its report (SIGKILLed: by its own job, or
+     * by someone else): what it held came to us. Kill it, and end the job
+     * once it is gone. */
+    if (orphans_gone(j)) {
+        finish(j);
+        return;
+    }
+    int64_t now = cn_now_ms();
+    j->orphan_deadline = cn_deadline_add(now, ORPHAN_WAIT_MS);
+    j->recheck_at = cn_deadline_add(now, RECHECK_MS);
 }
 
 void cn_child_reap(void) {
@@ -522,37 +631,63 @@ void cn_child_reap(void) {
         if (pid <= 0) {
             return;
         }
-        for (child *c = g_children; c; c = c->next) {
-            if (c->pid == pid && !c->exited) {
-                child_exited(c, status, &ru);
+        for (job *j = g_jobs; j; j = j->next) {
+            if (j->leader == pid && !j->leader_done) {
+                leader_exited(j, status);
+                break;
+            }
+            if (j->pid == pid && j->leader_done && !j->have_status) {
+                /* the command outlived its leader and came to us */
+                j->have_status = 1;
+                j->status = status;
+                j->cpu_us = (int64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
+                            ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
                 break;
             }
         }
-        /* anything else is an orphaned descendant that came to us */
+        /* anything else: an orphan of a dead leader, killed by kill_orphans */
     }
 }
 
 /* ---- poll ---- */
 
+static job **g_pollmap;
+static size_t g_pollcap;
+
 int cn_child_pollfds(struct pollfd *fds, int max) {
+    if ((size_t)max > g_pollcap) {
+        job **m = realloc(g_pollmap, (size_t)max * sizeof *m);
+        if (!m) {
+            return 0;
+        }
+        g_pollmap = m;
+        g_pollcap = (size_t)max;
+    }
     int n = 0;
-    for (child *c = g_children; c && n + 3 <= max; c = c->next) {
-        if (c->out_fd >= 0) {
-            fds[n++] = (struct pollfd){c->out_fd, POLLIN, 0};
+    for (job *j = g_jobs; j && n + 3 <= max; j = j->next) {
+        if (j->out_fd >= 0) {
+            g_pollmap[n] = j;
+            fds[n++] = (struct pollfd){j->out_fd, POLLIN, 0};
         }
-        if (c->err_fd >= 0) {
-            fds[n++] = (struct pollfd){c->err_fd, POLLIN, 0};
+        if (j->err_fd >= 0) {
+            g_pollmap[n] = j;
+            fds[n++] = (struct pollfd){j->err_fd, POLLIN, 0};
         }
-        if (c->in_fd >= 0 && c->inq_len > 0) {
-            fds[n++] = (struct pollfd){c->in_fd, POLLOUT, 0};
+        if (j->in_fd >= 0 && j->inq_len > 0) {
+            g_pollmap[n] = j;
+            fds[n++] = (struct pollfd){j->in_fd, POLLOUT, 0};
         }
     }
     return n;
 }
 
-static void flush_stdin(child *c) {
-    while (c->in_fd >= 0 && c->inq_len > 0) {
-        ssize_t w = write(c->in_fd, c->inq, c->inq_len);
+int cn_child_pollfds_needed(void) {
+    return 3 * cn_child_count();
+}
+
+static void flush_stdin(job *j) {
+    while (j->in_fd >= 0 && j->inq_len > 0) {
+        ssize_t w = write(j->in_fd, j->inq, j->inq_len);
         if (w < 0) {
             if (errno == EINTR) {
                 continue;
@@ -561,38 +696,32 @@ static void flush_stdin(child *c) {
                 return;
             }
             /* EPIPE: the child closed its stdin; the rest is dropped */
-            c->inq_len = 0;
-            close_fd(&c->in_fd);
+            j->inq_len = 0;
+            close_fd(&j->in_fd);
             return;
         }
-        memmove(c->inq, c->inq + w, c->inq_len - (size_t)w);
-        c->inq_len -= (size_t)w;
+        memmove(j->inq, j->inq + w, j->inq_len - (size_t)w);
+        j->inq_len -= (size_t)w;
     }
-    if (c->inq_len == 0 && c->close_in_after) {
-        close_fd(&c->in_fd);
+    if (j->inq_len == 0 && j->close_in_after) {
+        close_fd(&j->in_fd);
     }
 }
 
 void cn_child_handle_poll(struct pollfd *fds, int n) {
-    /* A pollfd may be stale (its child gone, the fd number reused): only
-     * what read/write actually return is acted on. */
+    /* Jobs are freed only after this (cn_child_gc); a descriptor is acted on
+     * only while it is still the job's. */
     for (int i = 0; i < n; i++) {
-        if (!fds[i].revents) {
+        job *j = g_pollmap[i];
+        if (!fds[i].revents || j->finished) {
             continue;
         }
-        for (child *c = g_children; c; c = c->next) {
-            if (fds[i].fd == c->out_fd) {
-                pump(c, &c->out_fd, "stdout");
-                break;
-            }
-            if (fds[i].fd == c->err_fd) {
-                pump(c, &c->err_fd, "stderr");
-                break;
-            }
-            if (fds[i].fd == c->in_fd) {
-                flush_stdin(c);
-                break;
-            }
+        if (fds[i].fd == j->out_fd) {
+            pump(j, &j->out_fd, "stdout");
+        } else if (fds[i].fd == j->err_fd) {
+            pump(j, &j->err_fd, "stderr");
+        } else if (fds[i].fd == j->in_fd) {
+            flush_stdin(j);
         }
     }
 }
@@ -601,105 +730,119 @@ void cn_child_handle_poll(struct pollfd *fds, int n) {
 
 int64_t cn_child_next_deadline(void) {
     int64_t d = -1;
-    for (child *c = g_children; c; c = c->next) {
-        int64_t t[4] = {c->timeout_at, c->kill_at, c->next_sample, c->recheck_at};
-        for (int i = 0; i < 4; i++) {
-            if (t[i] >= 0 && (d < 0 || t[i] < d)) {
-                d = t[i];
-            }
-        }
+    for (job *j = g_jobs; j; j = j->next) {
+        d = cn_deadline_min(d, j->timeout_at);
+        d = cn_deadline_min(d, j->kill_at);
+        d = cn_deadline_min(d, j->next_sample);
+        d = cn_deadline_min(d, j->recheck_at);
     }
     return d;
 }
 
-static void sample_child(child *c, const snapshot *s) {
-    int *pids = malloc((s->n ? s->n : 1) * sizeof *pids);
-    if (!pids) {
-        return;
-    }
-    size_t n = tree_of(c, s, pids);
-    int64_t rss = 0, procs = 0;
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < s->n; j++) {
-            if (s->tab[j].pid == pids[i]) {
-                if (s->tab[j].state != 'Z') {
-                    rss += s->tab[j].rss_pages * g_page_size;
-                    procs++;
+/* Resident bytes and live processes of the job. With a cgroup, its members
+ * (no scan of /proc); otherwise the leader's tree in the round's snapshot,
+ * taken once for every job sampled in the round. */
+static int measure(job *j, snapshot *s, int *have, int64_t *rss, int64_t *procs) {
+    *rss = *procs = 0;
+    if (cn_cgjob_active(&j->cg)) {
+        int *pids;
+        long n = cn_cgjob_procs(&j->cg, &pids);
+        if (n >= 0) {
+            for (long i = 0; i < n; i++) {
+                cn_procstat st;
+                if (cn_proc_read_stat(PROC_ROOT, pids[i], &st) == 0 && st.state != 'Z') {
+                    *rss += st.rss_pages * g_page_size;
+                    (*procs)++;
                 }
-                break;
             }
+            free(pids);
+            return 0;
         }
     }
-    remember(c, pids, n);
-    free(pids);
-    if (c->limits.memory >= 0 && rss > c->limits.memory) {
-        begin_kill(c, "memory");
-    } else if (c->limits.processes >= 0 && procs > c->limits.processes) {
-        begin_kill(c, "processes");
+    if (!*have) {
+        *have = snapshot_take(s) == 0;
     }
+    if (!*have) {
+        return -1;
+    }
+    size_t *idx = malloc((s->n ? s->n : 1) * sizeof *idx);
+    if (!idx) {
+        return -1;
+    }
+    size_t k = job_tree(j, s, idx);
+    for (size_t i = 0; i < k; i++) {
+        const cn_procstat *p = &s->tab[idx[i]];
+        if (p->state != 'Z') {
+            *rss += p->rss_pages * g_page_size;
+            (*procs)++;
+        }
+    }
+    free(idx);
+    return 0;
 }
 
 void cn_child_timers(void) {
     int64_t now = cn_now_ms();
     snapshot s = {NULL, 0};
     int have = 0;
-    for (child *c = g_children, *next; c; c = next) {
-        next = c->next;
-        if (c->exited) {
-            if (c->recheck_at >= 0 && c->recheck_at <= now) {
-                if (!leftovers(c) || now >= c->exit_deadline) {
-                    finish_exit(c);
+    for (job *j = g_jobs, *next; j; j = next) {
+        next = j->next;
+        if (j->leader_done) {
+            if (j->recheck_at >= 0 && j->recheck_at <= now) {
+                if (orphans_gone(j) || now >= j->orphan_deadline) {
+                    finish(j);
                 } else {
-                    kill(-c->pid, SIGKILL);
-                    c->recheck_at = now + 2;
+                    j->recheck_at = cn_deadline_add(now, RECHECK_MS);
                 }
             }
             continue;
         }
-        if (c->next_sample >= 0 && c->next_sample <= now && !c->kill_reason) {
-            if (!have) {
-                have = snapshot_take(&s) == 0;
+        if (j->next_sample >= 0 && j->next_sample <= now && !j->kill_reason) {
+            int64_t rss, procs;
+            if (measure(j, &s, &have, &rss, &procs) == 0) {
+                if (j->lim.limits.memory >= 0 && rss > j->lim.limits.memory) {
+                    begin_kill(j, "memory");
+                } else if (j->lim.limits.processes >= 0 && procs > j->lim.limits.processes) {
+                    begin_kill(j, "processes");
+                }
             }
-            if (have) {
-                sample_child(c, &s);
-            }
-            /* on a grid, so that children with the same interval share one scan */
-            c->next_sample = (now / c->sample_ms + 1) * c->sample_ms;
-        } else if (c->kill_reason) {
-            c->next_sample = -1;
+            /* on a grid, so that jobs with the same interval share one scan */
+            j->next_sample = cn_grid_next(now, j->sample_ms);
+        } else if (j->kill_reason) {
+            j->next_sample = -1;
         }
-        if (c->timeout_at >= 0 && c->timeout_at <= now) {
-            c->timeout_at = -1;
-            begin_kill(c, "timeout");
+        if (j->timeout_at >= 0 && j->timeout_at <= now) {
+            j->timeout_at = -1;
+            begin_kill(j, "timeout");
         }
-        if (c->kill_at >= 0 && c->kill_at <= now) {
-            c->kill_at = -1;
-            signal_tree(c, SIGKILL);
+        if (j->kill_at >= 0 && j->kill_at <= now) {
+            j->kill_at = -1;
+            signal_job(j, SIGKILL, NULL);
         }
     }
     free(s.tab);
 }
 
-/* ---- commands on a running child ---- */
+/* ---- commands on a running job ---- */
 
-static child *child_arg(const cn_request *r) {
+static job *job_arg(const cn_request *r) {
     int64_t id;
     if (cn_int_opt(cn_term_get(r->args, "id"), 1, 0, &id) != 0) {
         cn_error e = {"bad_option", "id"};
         cn_reply_error(r, &e);
         return NULL;
     }
-    child *c = find_id(id);
-    if (!c || c->exited) {
-        c = NULL;
+    job *j = find_id(id);
+    if (!j || j->leader_done) {
+        j = NULL;
         cn_reply_error_atom(r, "not_found");
     }
-    return c;
+    return j;
 }
 
 void cn_child_write_stdin(const cn_request *r) {
-    child *c = child_arg(r);
-    if (!c) {
+    job *j = job_arg(r);
+    if (!j) {
         return;
     }
     const cn_term *d = cn_term_get(r->args, "data");
@@ -709,96 +852,120 @@ void cn_child_write_stdin(const cn_request *r) {
         cn_reply_error(r, &e);
         return;
     }
-    if (c->in_fd < 0 || c->close_in_after) {
+    if (j->in_fd < 0 || j->close_in_after) {
         cn_reply_error_atom(r, "closed");
         return;
     }
     size_t n = d->type == CN_T_LIST ? 0 : d->u.s.n;
     if (n) {
-        uint8_t *q = realloc(c->inq, c->inq_len + n);
+        uint8_t *q = realloc(j->inq, j->inq_len + n);
         if (!q) {
             cn_reply_error_atom(r, "enomem");
             return;
         }
-        memcpy(q + c->inq_len, d->u.s.p, n);
-        c->inq = q;
-        c->inq_len += n;
-        flush_stdin(c);
+        memcpy(q + j->inq_len, d->u.s.p, n);
+        j->inq = q;
+        j->inq_len += n;
+        flush_stdin(j);
     }
     cn_reply_ok(r);
 }
 
 void cn_child_close_stdin(const cn_request *r) {
-    child *c = child_arg(r);
-    if (!c) {
+    job *j = job_arg(r);
+    if (!j) {
         return;
     }
-    c->close_in_after = 1;
-    flush_stdin(c);
-    if (c->inq_len == 0) {
-        close_fd(&c->in_fd);
+    j->close_in_after = 1;
+    flush_stdin(j);
+    if (j->inq_len == 0) {
+        close_fd(&j->in_fd);
     }
     cn_reply_ok(r);
 }
 
-static int set_rlimit(pid_t pid, int resource, int64_t soft, int64_t hard) {
-    struct rlimit rl;
-    rl.rlim_cur = soft < 0 ? RLIM_INFINITY : (rlim_t)soft;
-    rl.rlim_max = hard < 0 ? RLIM_INFINITY : (rlim_t)hard;
-    return prlimit(pid, resource, &rl, NULL);
+/* Applies one rlimit of a plan; the previous value goes to *old. 0 or an
+ * errno value. */
+static int apply_rlim(pid_t pid, int resource, cn_rlim want, struct rlimit *old) {
+    struct rlimit cur;
+    if (prlimit(pid, resource, NULL, &cur) != 0) {
+        return errno;
+    }
+    *old = cur;
+    struct rlimit nl = cur;
+    if (want.hard != CN_RLIM_KEEP) {
+        nl.rlim_max = want.hard < 0 ? RLIM_INFINITY : (rlim_t)want.hard;
+    }
+    nl.rlim_cur = want.soft < 0 ? RLIM_INFINITY : (rlim_t)want.soft;
+    if (nl.rlim_max != RLIM_INFINITY &&
+        (nl.rlim_cur == RLIM_INFINITY || nl.rlim_cur > nl.rlim_max)) {
+        nl.rlim_cur = nl.rlim_max; /* the job lowered its own ceiling */
+    }
+    return prlimit(pid, resource, &nl, NULL) == 0 ? 0 : errno;
 }
 
 void cn_child_set_limits(const cn_request *r) {
-    child *c = child_arg(r);
-    if (!c) {
+    job *j = job_arg(r);
+    if (!j) {
         return;
     }
-    cn_limits l = c->limits;
     cn_error err;
-    const cn_term *lt = cn_term_get(r->args, "limits");
-    if (cn_limits_parse(lt, &l, &err) != 0) {
+    cn_procstat st;
+    if (cn_proc_read_stat(PROC_ROOT, j->pid, &st) != 0) {
+        cn_reply_errno(r, "prlimit", ESRCH);
+        return;
+    }
+    /* cpu_seconds count from the CPU time already used, rounded up */
+    int64_t used = (int64_t)((st.utime + st.stime + (uint64_t)g_clk_tck - 1) / (uint64_t)g_clk_tck);
+    cn_limits_plan plan;
+    if (cn_limits_plan_change(&j->lim, cn_term_get(r->args, "limits"), used, &plan, &err) != 0) {
         cn_reply_error(r, &err);
         return;
     }
-    if (cn_term_get(lt, "cpu_seconds")) {
-        int64_t soft = -1, hard = -1;
-        if (l.cpu_seconds >= 0) {
-            cn_procstat st;
-            if (cn_proc_read_stat(PROC_ROOT, c->pid, &st) != 0) {
-                cn_reply_errno(r, "prlimit", ESRCH);
-                return;
-            }
-            /* relative to the CPU time already used, rounded up */
-            int64_t used =
-                (int64_t)((st.utime + st.stime + (uint64_t)g_clk_tck - 1) / (uint64_t)g_clk_tck);
-            soft = used + l.cpu_seconds;
-            hard = soft + 1;
+    /* all or nothing: what was applied is put back when a later one fails */
+    struct {
+        int set, resource;
+        cn_rlim want;
+        struct rlimit old;
+        int applied;
+    } steps[] = {{plan.cpu_set, RLIMIT_CPU, plan.cpu, {0, 0}, 0},
+                 {plan.fsize_set, RLIMIT_FSIZE, plan.fsize, {0, 0}, 0},
+                 {plan.as_set, RLIMIT_AS, plan.as, {0, 0}, 0}};
+    size_t nsteps = sizeof steps / sizeof *steps;
+    for (size_t i = 0; i < nsteps; i++) {
+        if (!steps[i].set) {
+            continue;
         }
-        if (set_rlimit(c->pid, RLIMIT_CPU, soft, hard) != 0) {
-            cn_reply_errno(r, "prlimit", errno);
+        int e = apply_rlim(j->pid, steps[i].resource, steps[i].want, &steps[i].old);
+        if (e && steps[i].resource == RLIMIT_AS) {
+            continue; /* the address-space backstop is best effort */
+        }
+        if (e) {
+            for (size_t k = i; k-- > 0;) {
+                if (steps[k].applied) {
+                    prlimit(j->pid, steps[k].resource, &steps[k].old, NULL);
+                }
+            }
+            cn_reply_errno(r, "prlimit", e);
             return;
         }
+        steps[i].applied = 1;
     }
-    if (cn_term_get(lt, "file_size") &&
-        set_rlimit(c->pid, RLIMIT_FSIZE, l.file_size, l.file_size) != 0) {
-        cn_reply_errno(r, "prlimit", errno);
-        return;
-    }
-    if (cn_term_get(lt, "memory") && l.memory >= 0) {
-        rlim_t b = as_backstop(l.memory);
-        /* best effort: the sampled limit is what counts */
-        set_rlimit(c->pid, RLIMIT_AS, (int64_t)b, (int64_t)b);
-    }
-    c->limits = l;
-    if (needs_sampling(c) && c->next_sample < 0 && !c->kill_reason) {
-        c->next_sample = cn_now_ms();
+    j->lim = plan.result;
+    if (needs_sampling(j) && j->next_sample < 0 && !j->kill_reason) {
+        j->next_sample = cn_now_ms();
     }
     cn_reply_ok(r);
 }
 
+static int cmp_int(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
 void cn_child_kill(const cn_request *r) {
-    child *c = child_arg(r);
-    if (!c) {
+    job *j = job_arg(r);
+    if (!j) {
         return;
     }
     const cn_term *st = cn_term_get(r->args, "signal");
@@ -808,11 +975,26 @@ void cn_child_kill(const cn_request *r) {
         cn_reply_error(r, &e);
         return;
     }
-    if (kill(-c->pid, sig) != 0 && errno != ESRCH) {
-        cn_reply_errno(r, "kill", errno);
-        return;
+    int *pids;
+    size_t n = signal_job(j, sig, &pids);
+    if (pids) {
+        qsort(pids, n, sizeof *pids, cmp_int);
     }
-    cn_reply_ok(r);
+    ei_x_buff x;
+    cn_reply_begin(r, &x);
+    ei_x_encode_tuple_header(&x, 2);
+    ei_x_encode_atom(&x, "ok");
+    ei_x_encode_map_header(&x, 1);
+    ei_x_encode_atom(&x, "signalled");
+    if (n) {
+        ei_x_encode_list_header(&x, (long)n);
+        for (size_t i = 0; i < n; i++) {
+            ei_x_encode_long(&x, pids[i]);
+        }
+    }
+    ei_x_encode_empty_list(&x);
+    cn_reply_end(r, &x);
+    free(pids);
 }
 
 /* ---- sample ---- */
@@ -897,7 +1079,7 @@ void cn_child_sample(const cn_request *r) {
         }
     }
     ei_x_encode_map_header(&x, (long)count);
-    int *tree = malloc((nall ? nall : 1) * sizeof *tree);
+    size_t *tree = malloc((nall ? nall : 1) * sizeof *tree);
     for (size_t i = 0; sts && present && i < np; i++) {
         if (!present[i]) {
             continue;
@@ -907,7 +1089,7 @@ void cn_child_sample(const cn_request *r) {
             encode_stats(&x, &sts[i], 1);
             continue;
         }
-        size_t nt = cn_proc_descendants(all, nall, &want[i], 1, tree);
+        size_t nt = cn_proc_descendants_idx(all, nall, &want[i], 1, tree);
         ei_x_encode_map_header(&x, 3);
         ei_x_encode_atom(&x, "self");
         encode_stats(&x, &sts[i], 1);
@@ -916,21 +1098,16 @@ void cn_child_sample(const cn_request *r) {
         double user = 0, sys = 0;
         int64_t rss = 0, threads = 0, procs = 0;
         for (size_t k = 0; k < nt; k++) {
-            for (size_t j = 0; j < nall; j++) {
-                if (all[j].pid != tree[k]) {
-                    continue;
-                }
-                if (tree[k] != want[i]) {
-                    ei_x_encode_long(&x, tree[k]);
-                    encode_stats(&x, &all[j], 0);
-                }
-                user += (double)all[j].utime / (double)g_clk_tck;
-                sys += (double)all[j].stime / (double)g_clk_tck;
-                rss += all[j].rss_pages * g_page_size;
-                threads += all[j].num_threads;
-                procs++;
-                break;
+            const cn_procstat *p = &all[tree[k]];
+            if (p->pid != want[i]) {
+                ei_x_encode_long(&x, p->pid);
+                encode_stats(&x, p, 0);
             }
+            user += (double)p->utime / (double)g_clk_tck;
+            sys += (double)p->stime / (double)g_clk_tck;
+            rss += p->rss_pages * g_page_size;
+            threads += p->num_threads;
+            procs++;
         }
         ei_x_encode_atom(&x, "total");
         ei_x_encode_map_header(&x, 5);
@@ -958,20 +1135,28 @@ void cn_child_sample(const cn_request *r) {
 /* Kills every descendant (by SIGKILL, repeatedly, since a process may fork
  * while it is being killed) and reaps them all. */
 void cn_child_kill_all(void) {
-    for (child *c = g_children; c; c = c->next) {
-        kill(-c->pid, SIGKILL);
+    for (job *j = g_jobs; j; j = j->next) {
+        cn_cgjob_kill(&j->cg);
     }
+    int root = g_self;
     for (int round = 0; round < 1000; round++) {
         snapshot s;
         if (snapshot_take(&s) != 0) {
             break;
         }
-        size_t live = 0;
-        for (size_t i = 0; i < s.n; i++) {
-            kill(s.tab[i].pid, SIGKILL);
-            live += s.tab[i].state != 'Z';
+        size_t *idx = malloc((s.n ? s.n : 1) * sizeof *idx);
+        size_t k = idx ? cn_proc_descendants_idx(s.tab, s.n, &root, 1, idx) : 0;
+        size_t live = 0, total = 0;
+        for (size_t i = 0; i < k; i++) {
+            const cn_procstat *p = &s.tab[idx[i]];
+            if (p->pid == g_self) {
+                continue;
+            }
+            kill(p->pid, SIGKILL);
+            live += p->state != 'Z';
+            total++;
         }
-        size_t total = s.n;
+        free(idx);
         free(s.tab);
         for (;;) {
             pid_t p = waitpid(-1, NULL, WNOHANG);
@@ -989,11 +1174,15 @@ void cn_child_kill_all(void) {
             nanosleep(&ts, NULL);
         }
     }
-    while (g_children) {
-        child *c = g_children;
-        g_children = c->next;
-        free_child(c);
+    while (g_jobs) {
+        job *j = g_jobs;
+        g_jobs = j->next;
+        free_job(j);
     }
+    cn_child_gc();
+    free(g_pollmap);
+    g_pollmap = NULL;
+    g_pollcap = 0;
 }
 
 __attribute__((constructor)) static void child_init(void) {

@@ -2,9 +2,12 @@
  * term format from the port (stdin/stdout, {packet, 4}) and, once the host VM
  * is distributed, from Erlang nodes over the distribution protocol.
  *
- * Usage: sandbox_cnode [--max-frame BYTES] [--audit-log PATH]
+ * Usage: sandbox_cnode [--max-frame BYTES] [--audit-log PATH] [--audit-private-dir]
  *                      [--audit-max-bytes BYTES] [--audit-keep N]
- * The cookie for distribution only ever arrives in a request on the port. */
+ *                      [--containment auto|subreaper]
+ * The cookie for distribution only ever arrives in a request on the port.
+ * SANDBOX_CNODE_CONTAINMENT=subreaper in the environment forces the
+ * fallback as --containment subreaper does. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -13,53 +16,37 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "audit.h"
+#include "child.h"
 #include "cn_frame.h"
-#include "cnode.h"
+#include "cn_time.h"
+#include "contain.h"
+#include "dist.h"
+#include "reply.h"
+#include "watch.h"
 
-int cn_stopping = 0;
-size_t cn_max_frame = CN_FRAME_DEFAULT_MAX;
-pid_t cn_self;
+/* Whether the port side is gone or SIGTERM came: the loop ends. */
+static int g_stopping = 0;
+static pid_t g_self;
 
 static cn_framebuf g_in;
 static int g_sigfd = -1;
 
-int64_t cn_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int cn_dest_copy(cn_dest *d, const cn_term *pid) {
-    d->raw = malloc(pid->raw_len);
-    if (!d->raw) {
-        d->len = 0;
-        return -1;
-    }
-    memcpy(d->raw, pid->raw, pid->raw_len);
-    d->len = pid->raw_len;
-    return 0;
-}
-
-void cn_dest_free(cn_dest *d) {
-    free(d->raw);
-    d->raw = NULL;
-    d->len = 0;
-}
-
 /* Writes all of iov to stdout; a broken pipe means the VM is gone. */
 static void port_write(struct iovec *iov, int n) {
-    while (n > 0 && !cn_stopping) {
+    while (n > 0 && !g_stopping) {
         ssize_t w = writev(STDOUT_FILENO, iov, n);
         if (w < 0) {
             if (errno == EINTR || errno == EAGAIN) {
                 continue;
             }
-            cn_stopping = 1;
+            g_stopping = 1;
             return;
         }
         while (n > 0 && (size_t)w >= iov->iov_len) {
@@ -99,96 +86,33 @@ static void port_notice(const ei_x_buff *info) {
     port_write(iov, 2);
 }
 
-void cn_send_raw(const uint8_t *raw, size_t len, const ei_x_buff *msg) {
-    cn_arena a;
-    cn_arena_init(&a);
-    cn_term pid;
-    size_t pos = 0;
-    if (cn_term_decode_one(raw, len, &pos, &a, &pid) != CN_TERM_OK || pid.type != CN_T_PID) {
-        cn_arena_free(&a);
-        return;
-    }
-    const uint8_t *node = pid.u.s.p;
-    size_t nlen = pid.u.s.n;
-    int fd = -1;
-    if (!cn_dist_is_host(node, nlen)) {
-        fd = cn_dist_conn_for(node, nlen);
-    }
-    cn_arena_free(&a);
-    if (fd >= 0) {
-        cn_dist_send(fd, raw, len, msg);
-    } else if (cn_dist_is_host(node, nlen)) {
-        port_send(raw, len, msg);
-    }
-}
-
-void cn_reply_begin(const cn_request *r, ei_x_buff *x) {
-    ei_x_new(x);
-    ei_x_encode_tuple_header(x, 2);
-    ei_x_append_buf(x, (const char *)r->ref->raw, (int)r->ref->raw_len);
-}
-
-void cn_reply_end(const cn_request *r, ei_x_buff *x) {
-    cn_send_raw(r->from->raw, r->from->raw_len, x);
-    ei_x_free(x);
-}
-
-void cn_reply_ok(const cn_request *r) {
+static void reply_info(const cn_request *r) {
     ei_x_buff x;
     cn_reply_begin(r, &x);
+    ei_x_encode_tuple_header(&x, 2);
     ei_x_encode_atom(&x, "ok");
-    cn_reply_end(r, &x);
-}
-
-void cn_encode_error(ei_x_buff *x, const cn_error *e) {
-    ei_x_encode_tuple_header(x, 2);
-    ei_x_encode_atom(x, "error");
-    if (e->detail) {
-        ei_x_encode_tuple_header(x, 2);
-        ei_x_encode_atom(x, e->reason);
-        ei_x_encode_atom(x, e->detail);
+    ei_x_encode_map_header(&x, 8);
+    ei_x_encode_atom(&x, "os_pid");
+    ei_x_encode_long(&x, (long)g_self);
+    ei_x_encode_atom(&x, "containment");
+    ei_x_encode_atom(&x, cn_contain_name());
+    ei_x_encode_atom(&x, "containment_reason");
+    ei_x_encode_atom(&x, cn_contain_reason());
+    ei_x_encode_atom(&x, "cgroup");
+    if (cn_contain_base()) {
+        ei_x_encode_binary(&x, cn_contain_base(), (long)strlen(cn_contain_base()));
     } else {
-        ei_x_encode_atom(x, e->reason);
+        ei_x_encode_atom(&x, "nil");
     }
-}
-
-void cn_reply_error(const cn_request *r, const cn_error *e) {
-    ei_x_buff x;
-    cn_reply_begin(r, &x);
-    cn_encode_error(&x, e);
+    ei_x_encode_atom(&x, "jobs");
+    ei_x_encode_long(&x, cn_child_count());
+    ei_x_encode_atom(&x, "watches");
+    ei_x_encode_long(&x, cn_watch_count());
+    ei_x_encode_atom(&x, "dist");
+    cn_dist_info(&x);
+    ei_x_encode_atom(&x, "audit");
+    cn_audit_info(&x);
     cn_reply_end(r, &x);
-}
-
-void cn_reply_error_atom(const cn_request *r, const char *reason) {
-    cn_error e = {reason, NULL};
-    cn_reply_error(r, &e);
-}
-
-const char *cn_errno_atom(int err, char buf[32]) {
-    const char *name = strerrorname_np(err);
-    if (!name) {
-        snprintf(buf, 32, "errno_%d", err);
-        return buf;
-    }
-    size_t i = 0;
-    for (; name[i] && i < 31; i++) {
-        buf[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] - 'A' + 'a' : name[i]);
-    }
-    buf[i] = 0;
-    return buf;
-}
-
-void cn_reply_errno(const cn_request *r, const char *reason, int err) {
-    char buf[32];
-    cn_error e = {reason, cn_errno_atom(err, buf)};
-    cn_reply_error(r, &e);
-}
-
-void cn_event_begin(ei_x_buff *x, int64_t id) {
-    ei_x_new(x);
-    ei_x_encode_tuple_header(x, 3);
-    ei_x_encode_atom(x, "sandbox_cnode");
-    ei_x_encode_longlong(x, id);
 }
 
 static void reply_ping(const cn_request *r) {
@@ -196,7 +120,7 @@ static void reply_ping(const cn_request *r) {
     cn_reply_begin(r, &x);
     ei_x_encode_tuple_header(&x, 2);
     ei_x_encode_atom(&x, "pong");
-    ei_x_encode_long(&x, (long)cn_self);
+    ei_x_encode_long(&x, (long)g_self);
     cn_reply_end(r, &x);
 }
 
@@ -217,19 +141,11 @@ static const struct {
     {"unwatch", cn_watch_remove, 0},
     {"audit", cn_audit_request, 0},
     {"ping", reply_ping, 0},
+    {"info", reply_info, 0},
     {"distribute", cn_dist_start, 1},
 };
 
-static void notice_error(const char *reason, const char *detail) {
-    ei_x_buff x;
-    ei_x_new(&x);
-    cn_error e = {reason, detail};
-    cn_encode_error(&x, &e);
-    port_notice(&x);
-    ei_x_free(&x);
-}
-
-void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
+static void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
     cn_arena a;
     cn_arena_init(&a);
     cn_term *t = NULL;
@@ -246,7 +162,7 @@ void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
             cn_error e = {"malformed_request", s != CN_TERM_OK ? cn_term_status_name(s) : NULL};
             cn_reply_error(&pr, &e);
         } else if (from_dist_fd < 0) {
-            notice_error("malformed_request", s != CN_TERM_OK ? cn_term_status_name(s) : NULL);
+            cn_notice_error("malformed_request", s != CN_TERM_OK ? cn_term_status_name(s) : NULL);
         }
         cn_arena_free(&b);
         cn_arena_free(&a);
@@ -273,50 +189,29 @@ void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
     cn_arena_free(&a);
 }
 
-void cn_refuse_too_big(const uint8_t *prefix, size_t len, uint64_t declared) {
-    cn_arena a;
-    cn_arena_init(&a);
-    cn_term from, ref;
-    if (cn_request_peek(prefix, len, &a, &from, &ref) == 0) {
-        cn_request r = {&from, &ref, NULL, NULL};
-        ei_x_buff x;
-        cn_reply_begin(&r, &x);
-        ei_x_encode_tuple_header(&x, 2);
-        ei_x_encode_atom(&x, "error");
-        ei_x_encode_tuple_header(&x, 3);
-        ei_x_encode_atom(&x, "frame_too_large");
-        ei_x_encode_ulonglong(&x, declared);
-        ei_x_encode_ulonglong(&x, cn_max_frame);
-        cn_reply_end(&r, &x);
-    } else {
-        notice_error("frame_too_large", NULL);
-    }
-    cn_arena_free(&a);
-}
-
 static void read_port(void) {
     static uint8_t buf[65536];
     ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
     if (n < 0) {
         if (errno != EINTR && errno != EAGAIN) {
-            cn_stopping = 1;
+            g_stopping = 1;
         }
         return;
     }
     if (n == 0) {
-        cn_stopping = 1; /* the VM went away */
+        g_stopping = 1; /* the VM went away */
         return;
     }
     if (cn_frame_append(&g_in, buf, (size_t)n) != 0) {
-        notice_error("enomem", NULL);
-        cn_stopping = 1;
+        cn_notice_error("enomem", NULL);
+        g_stopping = 1;
         return;
     }
     const uint8_t *frame;
     size_t len;
     uint64_t declared;
     cn_frame_status st;
-    while (!cn_stopping && (st = cn_frame_next(&g_in, &frame, &len, &declared)) != CN_FRAME_NONE) {
+    while (!g_stopping && (st = cn_frame_next(&g_in, &frame, &len, &declared)) != CN_FRAME_NONE) {
         if (st == CN_FRAME_TOO_BIG) {
             cn_refuse_too_big(frame, len, declared);
         } else {
@@ -339,34 +234,68 @@ static void read_signals(void) {
             break;
         }
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT || si.ssi_signo == SIGHUP) {
-            cn_stopping = 1;
+            g_stopping = 1;
         }
     }
     cn_child_reap();
 }
 
-static int64_t min_deadline(int64_t a, int64_t b) {
-    if (a < 0) {
-        return b;
-    }
-    if (b < 0) {
-        return a;
-    }
-    return a < b ? a : b;
-}
-
 static void usage(void) {
     fprintf(stderr, "usage: sandbox_cnode [--max-frame BYTES] [--audit-log PATH] "
-                    "[--audit-max-bytes BYTES] [--audit-keep N]\n");
+                    "[--audit-private-dir] [--audit-max-bytes BYTES] [--audit-keep N] "
+                    "[--containment auto|subreaper]\n");
     exit(2);
+}
+
+/* A poll array that grows with what there is to poll. */
+static struct pollfd *g_fds;
+static int g_fdcap;
+
+static int reserve_fds(int n) {
+    if (n <= g_fdcap) {
+        return 0;
+    }
+    int cap = g_fdcap ? g_fdcap : 64;
+    while (cap < n) {
+        cap *= 2;
+    }
+    struct pollfd *f = realloc(g_fds, (size_t)cap * sizeof *f);
+    if (!f) {
+        return -1;
+    }
+    g_fds = f;
+    g_fdcap = cap;
+    return 0;
+}
+
+/* More descriptors for many jobs (four each); the children get the limit we
+ * were started with back. */
+static struct rlimit raise_nofile(void) {
+    struct rlimit rl, orig = {RLIM_INFINITY, RLIM_INFINITY};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        return orig;
+    }
+    orig = rl;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return orig;
 }
 
 int main(int argc, char **argv) {
     size_t max_frame = CN_FRAME_DEFAULT_MAX;
     const char *audit_log = NULL;
+    int audit_private = 0;
     int64_t audit_max = 64ll * 1024 * 1024;
     int audit_keep = 5;
+    const char *env_contain = getenv("SANDBOX_CNODE_CONTAINMENT");
+    int allow_cgroup = !(env_contain && strcmp(env_contain, "subreaper") == 0);
     for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--audit-private-dir") == 0) {
+            audit_private = 1;
+            continue;
+        }
         if (i + 1 >= argc) {
             usage();
         }
@@ -388,15 +317,28 @@ int main(int argc, char **argv) {
             if (*end || audit_keep < 0) {
                 usage();
             }
+        } else if (strcmp(argv[i], "--containment") == 0) {
+            const char *m = argv[++i];
+            if (strcmp(m, "subreaper") == 0) {
+                allow_cgroup = 0;
+            } else if (strcmp(m, "auto") != 0) {
+                usage();
+            }
         } else {
             usage();
         }
     }
 
-    cn_self = getpid();
-    /* Descendants that lose their parent (even after setsid) become ours. */
+    g_self = getpid();
+    /* Descendants that lose their parent (even after setsid) become ours;
+     * with job leaders, that happens only when a leader itself was killed. */
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     signal(SIGPIPE, SIG_IGN);
+    struct rlimit nofile = raise_nofile();
+    cn_child_init(g_self, &nofile);
+    cn_routes routes = {port_send, port_notice, cn_dist_route};
+    cn_reply_set_routes(&routes);
+    cn_dist_set_handler(cn_dispatch);
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
@@ -417,31 +359,31 @@ int main(int argc, char **argv) {
     }
     cn_frame_init(&g_in, max_frame);
     cn_max_frame = max_frame;
-    if (audit_log && cn_audit_setup(audit_log, audit_max, audit_keep) != 0) {
-        fprintf(stderr, "sandbox_cnode: cannot open audit log %s: %s\n", audit_log,
-                strerror(errno));
+    cn_contain_init(allow_cgroup);
+    if (audit_log && cn_audit_setup(audit_log, audit_max, audit_keep, audit_private) != 0) {
+        fprintf(stderr, "sandbox_cnode: cannot set up the audit log %s\n", audit_log);
         return 1;
     }
 
-    enum { MAXFDS = 1024 };
-    static struct pollfd fds[MAXFDS];
-    while (!cn_stopping) {
+    while (!g_stopping) {
+        int need = 2 + cn_dist_pollfds_needed() + 1 + cn_child_pollfds_needed();
+        if (reserve_fds(need) != 0) {
+            perror("sandbox_cnode: poll array");
+            break;
+        }
+        struct pollfd *fds = g_fds;
         int n = 0;
         fds[n++] = (struct pollfd){STDIN_FILENO, POLLIN, 0};
         fds[n++] = (struct pollfd){g_sigfd, POLLIN, 0};
-        int c0 = n;
-        n += cn_child_pollfds(fds + n, MAXFDS - n);
-        int w0 = n;
-        n += cn_watch_pollfds(fds + n, MAXFDS - n);
         int d0 = n;
-        n += cn_dist_pollfds(fds + n, MAXFDS - n);
+        n += cn_dist_pollfds(fds + n, need - n);
+        int w0 = n;
+        n += cn_watch_pollfds(fds + n, need - n);
+        int c0 = n;
+        n += cn_child_pollfds(fds + n, need - n);
 
-        int64_t deadline = min_deadline(cn_child_next_deadline(), cn_watch_next_deadline());
-        int timeout = -1;
-        if (deadline >= 0) {
-            int64_t d = deadline - cn_now_ms();
-            timeout = d < 0 ? 0 : d > 60000 ? 60000 : (int)d;
-        }
+        int64_t deadline = cn_deadline_min(cn_child_next_deadline(), cn_watch_next_deadline());
+        int timeout = cn_poll_timeout(deadline, cn_now_ms(), 60000);
         int rc = poll(fds, (nfds_t)n, timeout);
         if (rc < 0) {
             if (errno == EINTR) {
@@ -456,22 +398,25 @@ int main(int argc, char **argv) {
         if (fds[0].revents) {
             read_port();
         }
-        if (!cn_stopping) {
-            cn_child_handle_poll(fds + c0, w0 - c0);
-            cn_watch_handle_poll(fds + w0, d0 - w0);
-            cn_dist_handle_poll(fds + d0, n - d0);
+        if (!g_stopping) {
+            cn_dist_handle_poll(fds + d0, w0 - d0);
+            cn_watch_handle_poll(fds + w0, c0 - w0);
+            cn_child_handle_poll(fds + c0, n - c0);
             cn_child_timers();
             cn_watch_timers();
         }
+        cn_child_gc();
         /* One fsync for every audit line appended in this round. */
         cn_audit_round();
     }
     cn_audit_round();
     cn_child_kill_all();
+    cn_contain_stop();
     cn_watch_stop();
     cn_dist_stop();
     cn_audit_stop();
     cn_frame_free(&g_in);
+    free(g_fds);
     close(g_sigfd);
     return 0;
 }

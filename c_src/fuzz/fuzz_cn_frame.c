@@ -8,6 +8,7 @@
 
 #include "cn_audit.h"
 #include "cn_frame.h"
+#include "cn_limits.h"
 #include "cn_request.h"
 #include "cn_term.h"
 
@@ -32,9 +33,19 @@ static void handle(const uint8_t *frame, size_t len, int too_big) {
         if (cn_watch_parse(r.args, &w, &e) == 0) {
             cn_watch_req_free(&w);
         }
-        cn_limits l;
+        cn_limits l, c;
         cn_limits_init(&l);
         (void)cn_limits_parse(cn_term_get(r.args, "limits"), &l, &e);
+        /* set_limits: a plan against the limits of a job spawned with them */
+        cn_limits_plan plan;
+        if (cn_ceiling_parse(cn_term_get(r.args, "ceiling"), &c, &e) != 0) {
+            cn_limits_init(&c);
+        }
+        if (cn_limits_at_spawn(&l, &c, &plan, &e) == 0) {
+            cn_joblimits j = plan.result;
+            (void)cn_limits_plan_change(&j, cn_term_get(r.args, "limits"), INT64_MAX - 1, &plan,
+                                        &e);
+        }
         (void)cn_signal_parse(cn_term_get(r.args, "signal"));
         const char *why;
         free(cn_json_encode(r.args, &why));

@@ -3,10 +3,12 @@
  * covers its line, and rotation. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
-#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cn_audit.h"
 #include "cn_term.h"
@@ -50,7 +52,7 @@ Test(cn_json, refuses_what_json_cannot_hold) {
 
 /* ---- the audit writer with recorded I/O ---- */
 
-enum { OP_OPEN, OP_WRITE, OP_FSYNC, OP_CLOSE, OP_RENAME, OP_ACK };
+enum { OP_OPEN, OP_WRITE, OP_FSYNC, OP_CLOSE, OP_RENAME, OP_ACK, OP_FSYNC_DIR, OP_UNLINK };
 
 typedef struct {
     int ops[4096];
@@ -60,6 +62,8 @@ typedef struct {
     int fail_fsync;
     int fail_write_after; /* fail writes once this many bytes were written; -1 never */
     int64_t written;
+    int fail_opens; /* the next this many opens fail with EMFILE */
+    int opens;
 } rec;
 
 static void log_op(rec *r, int op, long arg) {
@@ -67,10 +71,17 @@ static void log_op(rec *r, int op, long arg) {
     r->ops[r->nops] = op;
     r->arg[r->nops++] = arg;
 }
-static int r_open(void *ctx, const char *path) {
+static int r_open(void *ctx, const char *path, int *created) {
     (void)path;
     rec *r = ctx;
     log_op(r, OP_OPEN, 0);
+    r->opens++;
+    if (r->fail_opens > 0) {
+        r->fail_opens--;
+        errno = EMFILE;
+        return -1;
+    }
+    *created = 1;
     r->size = 0;
     return 7;
 }
@@ -110,6 +121,16 @@ static int r_rename(void *ctx, const char *from, const char *to) {
     log_op(ctx, OP_RENAME, 0);
     return 0;
 }
+static int r_unlink(void *ctx, const char *path) {
+    (void)path;
+    log_op(ctx, OP_UNLINK, 0);
+    return 0;
+}
+static int r_fsync_dir(void *ctx, const char *path) {
+    (void)path;
+    log_op(ctx, OP_FSYNC_DIR, 0);
+    return 0;
+}
 static int64_t r_size(void *ctx, int fd) {
     (void)fd;
     return ((rec *)ctx)->size;
@@ -119,7 +140,8 @@ static void r_ack(void *ctx, void *token, int err) {
 }
 
 static cn_audit_io rec_io(rec *r) {
-    cn_audit_io io = {r_open, r_write, r_fsync, r_close, r_rename, r_size, NULL, r};
+    cn_audit_io io = {r_open,   r_write,     r_fsync, r_close, r_rename,
+                      r_unlink, r_fsync_dir, r_size,  NULL,    r};
     return io;
 }
 
@@ -206,12 +228,14 @@ Test(cn_audit, rotates_by_size_before_acknowledging) {
     cr_assert_eq(cn_audit_open(&a, &io, "/log", 20, 3, r_ack, &r), 0);
     cn_audit_append(&a, "{\"pad\":\"xxxxxxxxxxxx\"}", 22, (void *)(intptr_t)1);
     cn_audit_commit(&a);
-    /* fsync, close, renames (.2->.3, .1->.2, log->.1), open, then the ack */
+    /* fsync, close, renames (.2->.3, .1->.2, log->.1), open, the directory's
+     * fsync (the renames and the new file), then the ack */
     int i = 0;
     while (r.ops[i] != OP_FSYNC) {
         i++;
     }
-    int want[] = {OP_FSYNC, OP_CLOSE, OP_RENAME, OP_RENAME, OP_RENAME, OP_OPEN, OP_ACK};
+    int want[] = {OP_FSYNC,  OP_CLOSE, OP_RENAME,    OP_RENAME,
+                  OP_RENAME, OP_OPEN,  OP_FSYNC_DIR, OP_ACK};
     for (size_t k = 0; k < sizeof want / sizeof *want; k++) {
         cr_assert_eq(r.ops[i + (int)k], want[k], "op %zu", k);
     }
@@ -255,4 +279,134 @@ Test(cn_audit, a_line_cut_short_by_a_crash_does_not_swallow_the_next) {
     cr_assert_eq(acks, 2);
     cr_assert_str_eq(slurp(path), "{\"a\":1}\n{\"part\n{\"b\":2}\n{}\n");
     unlink(path);
+}
+
+Test(cn_audit, a_new_file_is_made_durable_in_its_directory) {
+    rec r = {.fail_write_after = -1};
+    cn_audit_io io = rec_io(&r);
+    cn_audit a;
+    cr_assert_eq(cn_audit_open(&a, &io, "/log", 0, 0, r_ack, &r), 0);
+    cr_assert_eq(r.nops, 2);
+    cr_assert_eq(r.ops[0], OP_OPEN);
+    cr_assert_eq(r.ops[1], OP_FSYNC_DIR);
+    cn_audit_close(&a);
+}
+
+Test(cn_audit, a_failed_reopen_after_rotation_recovers) {
+    /* The reopen after a rotation fails (EMFILE); it used to leave fd -1 and
+     * every later append failing with EBADF for good. */
+    rec r = {.fail_write_after = -1};
+    cn_audit_io io = rec_io(&r);
+    cn_audit a;
+    cr_assert_eq(cn_audit_open(&a, &io, "/log", 10, 1, r_ack, &r), 0);
+    cr_assert_eq(cn_audit_append(&a, "{\"pad\":\"xxxxxxxx\"}", 18, (void *)(intptr_t)1), 0);
+    r.fail_opens = 1;
+    cn_audit_commit(&a); /* rotates; the reopen fails */
+    cr_assert_eq(r.ops[r.nops - 1], OP_ACK);
+    cr_assert_eq(r.arg[r.nops - 1], 1000); /* the line itself was on disk */
+    /* the next append opens the file again and is acknowledged */
+    cr_assert_eq(cn_audit_append(&a, "{}", 2, (void *)(intptr_t)2), 0);
+    cn_audit_commit(&a);
+    cr_assert_eq(r.ops[r.nops - 1], OP_ACK);
+    cr_assert_eq(r.arg[r.nops - 1], 2000);
+    /* an open failing at start is retried the same way */
+    cn_audit_close(&a);
+    r.fail_opens = 2;
+    cr_assert_eq(cn_audit_open(&a, &io, "/log", 0, 0, r_ack, &r), EMFILE);
+    cr_assert_eq(cn_audit_append(&a, "{}", 2, (void *)(intptr_t)3), EMFILE);
+    cr_assert_eq(cn_audit_append(&a, "{}", 2, (void *)(intptr_t)4), 0);
+    cn_audit_commit(&a);
+    cr_assert_eq(r.arg[r.nops - 1], 4000);
+    cn_audit_close(&a);
+}
+
+static void tmpdir(char *buf) {
+    strcpy(buf, "/tmp/cn_audit_dir_XXXXXX");
+    cr_assert_not_null(mkdtemp(buf));
+}
+
+Test(cn_audit, posix_open_refuses_links_and_foreign_files) {
+    char dir[64], path[128], victim[128], other[160];
+    tmpdir(dir);
+    snprintf(path, sizeof path, "%s/audit.log", dir);
+    snprintf(victim, sizeof victim, "%s/victim", dir);
+    snprintf(other, sizeof other, "%s/other", dir);
+    int fd = open(victim, O_CREAT | O_WRONLY, 0644);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    int acks = 0;
+    cn_audit a;
+    /* a symbolic link planted where the log goes is never followed */
+    cr_assert_eq(symlink(victim, path), 0);
+    cr_assert_eq(cn_audit_open(&a, &cn_audit_posix_io, path, 0, 0, noop_ack, &acks), ELOOP);
+    cr_assert_eq(cn_audit_append(&a, "{}", 2, NULL), ELOOP);
+    cn_audit_close(&a);
+    struct stat st;
+    cr_assert_eq(stat(victim, &st), 0);
+    cr_assert_eq(st.st_size, 0);
+    unlink(path);
+    /* nor a hard link to another file */
+    cr_assert_eq(link(victim, path), 0);
+    cr_assert_eq(cn_audit_open(&a, &cn_audit_posix_io, path, 0, 0, noop_ack, &acks), EMLINK);
+    cn_audit_close(&a);
+    unlink(path);
+    /* nor a file of another user (checkable as root only) */
+    if (geteuid() == 0) {
+        fd = open(path, O_CREAT | O_WRONLY, 0644);
+        cr_assert_eq(fchown(fd, 65534, 65534), 0);
+        close(fd);
+        cr_assert_eq(cn_audit_open(&a, &cn_audit_posix_io, path, 0, 0, noop_ack, &acks), EPERM);
+        cn_audit_close(&a);
+        unlink(path);
+    }
+    /* a fresh file is ours alone */
+    cr_assert_eq(cn_audit_open(&a, &cn_audit_posix_io, path, 0, 0, noop_ack, &acks), 0);
+    cr_assert_eq(cn_audit_append(&a, "{}", 2, NULL), 0);
+    cn_audit_close(&a);
+    cr_assert_eq(acks, 1);
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600);
+    /* and a rotation through the real file system keeps going */
+    cr_assert_eq(cn_audit_open(&a, &cn_audit_posix_io, path, 4, 2, noop_ack, &acks), 0);
+    cr_assert_eq(cn_audit_append(&a, "{\"a\":1}", 7, NULL), 0);
+    cn_audit_commit(&a); /* rotates: .1 */
+    cr_assert_eq(cn_audit_append(&a, "{\"b\":2}", 7, NULL), 0);
+    cn_audit_close(&a); /* rotates again: .2 and .1 */
+    cr_assert_eq(acks, 3);
+    snprintf(other, sizeof other, "%s.2", path);
+    cr_assert_str_eq(slurp(other), "{}\n{\"a\":1}\n");
+    unlink(other);
+    snprintf(other, sizeof other, "%s.1", path);
+    cr_assert_str_eq(slurp(other), "{\"b\":2}\n");
+    unlink(other);
+    cr_assert_str_eq(slurp(path), "");
+    unlink(path);
+    unlink(victim);
+    rmdir(dir);
+}
+
+Test(cn_audit, private_directories) {
+    char base[64], dir[128], link_path[128];
+    tmpdir(base);
+    snprintf(dir, sizeof dir, "%s/vm", base);
+    cr_assert_eq(cn_audit_private_dir(dir), 0);
+    struct stat st;
+    cr_assert_eq(lstat(dir, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0700);
+    cr_assert_eq(cn_audit_private_dir(dir), 0); /* a second run finds it */
+    chmod(dir, 0755);
+    cr_assert_eq(cn_audit_private_dir(dir), EACCES);
+    rmdir(dir);
+    /* a symbolic link to a directory (of ours, even) is refused */
+    snprintf(link_path, sizeof link_path, "%s/ln", base);
+    cr_assert_eq(symlink(base, link_path), 0);
+    cr_assert_eq(cn_audit_private_dir(link_path), ENOTDIR);
+    unlink(link_path);
+    if (geteuid() == 0) {
+        cr_assert_eq(mkdir(dir, 0700), 0);
+        cr_assert_eq(chown(dir, 65534, 65534), 0);
+        cr_assert_eq(cn_audit_private_dir(dir), EPERM);
+        rmdir(dir);
+    }
+    rmdir(base);
 }

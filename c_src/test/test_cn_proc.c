@@ -1,7 +1,9 @@
 /* Criterion tests of the /proc parsers and the process-tree walk, on the
  * fixture tree in c_src/test/fixtures/proc. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "cn_proc.h"
@@ -106,4 +108,76 @@ Test(cn_proc, descendants_survive_a_ppid_cycle) {
 Test(cn_proc, state_names) {
     cr_assert_str_eq(cn_proc_state_name('Z'), "zombie");
     cr_assert_str_eq(cn_proc_state_name('?'), "unknown");
+}
+
+Test(cn_proc, walk_gives_indices_breadth_first) {
+    /* 1 <- 10 <- 11 <- 12, 10 <- 13, 2 unrelated, 14's parent unknown */
+    int pids[] = {12, 1, 11, 10, 2, 13, 14};
+    int ppids[] = {11, 0, 10, 1, 0, 10, 999};
+    size_t scratch[64], out[7];
+    cr_assert_geq(64, cn_proc_walk_scratch(7));
+    int root = 10;
+    size_t k = cn_proc_walk(pids, ppids, 7, &root, 1, scratch, out);
+    cr_assert_eq(k, 4);
+    cr_assert_eq(pids[out[0]], 10);
+    /* the children of 10 before the grandchild */
+    cr_assert_eq(pids[out[3]], 12);
+    int roots[] = {10, 14, 77};
+    cr_assert_eq(cn_proc_walk(pids, ppids, 7, roots, 3, scratch, out), 5);
+}
+
+Test(cn_proc, walk_handles_a_deep_chain_and_a_wide_fan) {
+    /* a fork bomb's shapes: a chain of 50,000 and a fan of 50,000 */
+    enum { N = 50000 };
+    int *pids = malloc(2 * N * sizeof *pids), *ppids = malloc(2 * N * sizeof *ppids);
+    size_t *scratch = malloc(cn_proc_walk_scratch(2 * N) * sizeof *scratch);
+    size_t *out = malloc(2 * N * sizeof *out);
+    for (int i = 0; i < N; i++) {
+        pids[i] = 100 + i; /* chain: 100 <- 101 <- ... */
+        ppids[i] = i == 0 ? 1 : 99 + i;
+        pids[N + i] = 200000 + i; /* fan under 100 */
+        ppids[N + i] = 100;
+    }
+    int root = 100;
+    cr_assert_eq(cn_proc_walk(pids, ppids, 2 * N, &root, 1, scratch, out), 2 * N);
+    root = 100 + N / 2;
+    cr_assert_eq(cn_proc_walk(pids, ppids, 2 * N, &root, 1, scratch, out), N / 2);
+    free(pids);
+    free(ppids);
+    free(scratch);
+    free(out);
+}
+
+Test(cn_proc, raw_scan_without_allocation) {
+    int pids[16], ppids[16];
+    cr_assert_eq(cn_proc_scan_raw(FIXTURES, pids, ppids, 16), 7);
+    int found = 0;
+    for (int i = 0; i < 7; i++) {
+        if (pids[i] == 202) {
+            cr_assert_eq(ppids[i], 201);
+            found = 1;
+        }
+    }
+    cr_assert(found);
+    errno = 0;
+    cr_assert_eq(cn_proc_scan_raw(FIXTURES, pids, ppids, 3), -1);
+    cr_assert_eq(errno, ERANGE);
+    cr_assert_eq(cn_proc_scan_raw("/nonexistent", pids, ppids, 16), -1);
+}
+
+Test(cn_proc, raw_scan_of_the_real_proc_finds_us) {
+    size_t cap = 1 << 16;
+    int *pids = malloc(cap * sizeof *pids), *ppids = malloc(cap * sizeof *ppids);
+    long n = cn_proc_scan_raw("/proc", pids, ppids, cap);
+    cr_assert_gt(n, 0);
+    int found = 0;
+    for (long i = 0; i < n; i++) {
+        if (pids[i] == getpid()) {
+            cr_assert_eq(ppids[i], getppid());
+            found = 1;
+        }
+    }
+    cr_assert(found);
+    free(pids);
+    free(ppids);
 }

@@ -14,7 +14,9 @@ defmodule Sandbox.Application do
   the `:pg` scope `Sandbox.Cluster` (which copies of a sandbox the nodes of
   a cluster can reach, see `Sandbox.Cluster`). Application environment read at start: `:compiler_pool_size`
   (default: the number of schedulers), `:compiler_cache_dir`,
-  `:compiler_cache_max_bytes`, `:watch_debounce`.
+  `:compiler_cache_max_bytes`, `:watch_debounce`. It also installs the
+  primary `:logger` filter that tags sandbox log events
+  (`Sandbox.LoggerFilter`).
   """
   use Application
 
@@ -38,6 +40,11 @@ defmodule Sandbox.Application do
       %{id: Sandbox.Cluster, start: {:pg, :start_link, [Sandbox.Cluster]}}
     ]
 
+    # Log events from sandbox processes carry sandbox_id (Sandbox.LoggerFilter).
+    :ok = Sandbox.LoggerFilter.install()
     Supervisor.start_link(children, strategy: :one_for_one, name: Sandbox.Supervisor)
   end
+
+  @impl true
+  def stop(_state), do: Sandbox.LoggerFilter.uninstall()
 end

@@ -8,8 +8,8 @@ defmodule Sandbox.CNode do
   distributed it is also a hidden C-node that other nodes can reach (see
   "Distribution"). If the program dies, this server restarts it: requests in
   flight get `{:error, :cnode_down}`, every running spawn's subscriber gets
-  `{:sandbox_cnode, id, {:exit, :cnode_down}}` (its processes were killed), and
-  watches are re-established under the same ids.
+  `{:sandbox_cnode, id, {:exit, :cnode_down}}` (its processes were killed, see
+  "Process trees"), and watches are re-established under the same ids.
 
       iex> {:ok, %{id: id}} = Sandbox.CNode.spawn(["/bin/echo", "hi"], [])
       iex> receive do {:sandbox_cnode, ^id, {:stdout, out}} -> out end
@@ -17,26 +17,61 @@ defmodule Sandbox.CNode do
       iex> receive do {:sandbox_cnode, ^id, {:exit, reason}} -> reason end
       {:status, 0}
 
+  ## Process trees
+
+  Every spawn gets a *job leader*: a small process of the C-node between it
+  and the command, which is a child subreaper of the command's tree. Whatever
+  the command's processes do (`setsid`, double forks, daemonising), they stay
+  below their leader, so the job's tree is always known exactly:
+
+    * when the command exits, every process it left behind is killed with
+      SIGKILL, and the exit event is sent once they are all gone;
+    * `kill/3` signals every process of the tree (not only the command's
+      process group) and returns the pids it signalled;
+    * when the C-node dies, even by SIGKILL, every job dies with it: each
+      leader has a parent-death signal on the C-node and then kills its tree,
+      and each command has a parent-death signal (SIGKILL) on its leader; a
+      leader killed by its own job leaves its processes to the C-node, which
+      kills them.
+
+  The mechanism that holds a job together is reported by `info/1` as
+  `:containment`: `:cgroup` when the C-node could create a cgroup v2 per job
+  below its own cgroup (then `cgroup.kill` stops a whole job at once, even
+  while it forks, and memory and process counts come from the job's cgroup
+  instead of a scan of `/proc`), else `:subreaper` (the leaders alone). The
+  C-node falls back to `:subreaper` by itself when cgroups are not available
+  or not writable (`:containment_reason` says why); option `:containment`,
+  `config :sandbox, cnode_containment: :subreaper` or the environment
+  variable `SANDBOX_CNODE_CONTAINMENT=subreaper` force it. Directories of a
+  run whose C-node was killed together with its leaders are emptied and
+  removed by the next C-node started in the same cgroup. A privileged job
+  (root) can still leave its cgroup, never its leader's tree.
+
   ## Events
 
   Sent to the subscriber of a spawn (default: the caller):
 
     * `{:sandbox_cnode, id, {:stdout, binary}}` and `{:sandbox_cnode, id, {:stderr, binary}}`
     * `{:sandbox_cnode, id, {:exit, reason}}` — the last event of a spawn, sent after all of
-      its output. `reason` is `{:status, n}`, `{:signal, n}`, `:timeout`,
-      `{:limit, :memory | :processes | :cpu | :file_size}`, or `:cnode_down` (the C-node
-      died; its children died with it).
+      its output and after every process of its tree is gone. `reason` is `{:status, n}`,
+      `{:signal, n}`, `:timeout`, `{:limit, :memory | :processes | :cpu | :file_size}`, or
+      `:cnode_down` (the C-node died; its jobs died with it).
 
-  When a spawned process exits, whatever it left behind in its process group or among its
-  descendants (descendants are tracked while the spawn has a timeout or a memory or
-  process limit) is killed with SIGKILL, and the exit event is sent once those are gone.
-  On a timeout or a memory/process limit the group and every descendant get SIGTERM, then
+  On a timeout or a memory/process limit every process of the tree gets SIGTERM, then
   SIGKILL after the grace period (option `:grace`).
 
   Sent to the subscriber of a watch:
 
     * `{:sandbox_cnode, watch_id, {:changed, [path]}}` — the absolute paths changed in one
       debounce window, sorted, each once.
+    * `{:sandbox_cnode, watch_id, {:not_watched, path, reason}}` — a directory created
+      (or moved in) later could not be watched: `reason` is `:too_deep` (more than
+      `:max_depth` levels below the root) or an errno atom (`:enospc` when the inotify
+      watch limit is reached). The rest of the tree stays watched.
+    * `{:sandbox_cnode, watch_id, {:watch_lost, reason}}` — after a restart of the
+      program the watch could not be re-established (`reason` as `watch/2`'s errors),
+      or the program died again while re-establishing it (`:cnode_down`); the watch is
+      gone.
 
   ## Error reasons
 
@@ -56,22 +91,36 @@ defmodule Sandbox.CNode do
 
   | command | args | result |
   |---|---|---|
-  | `:spawn` | `%{argv: [binary], env: [{binary, binary \\| nil}], cd: binary, limits: map, timeout: ms \\| :infinity, sample_interval: ms, grace: ms, id: pos_integer, subscriber: pid}` | `{:ok, %{id: id, os_pid: n}}` |
+  | `:spawn` | `%{argv: [binary], env: [{binary, binary \\| nil}], cd: binary, limits: map, ceiling: map, timeout: ms \\| :infinity, sample_interval: ms, grace: ms, id: pos_integer, subscriber: pid}` | `{:ok, %{id: id, os_pid: n}}` |
   | `:write_stdin` | `%{id: id, data: binary}` | `:ok` \\| `{:error, :closed}` |
   | `:close_stdin` | `%{id: id}` | `:ok` |
-  | `:set_limits` | `%{id: id, limits: map}` | `:ok` \\| `{:error, {:prlimit, errno}}` |
-  | `:kill` | `%{id: id, signal: atom \\| integer}` | `:ok` |
+  | `:set_limits` | `%{id: id, limits: map}` | `:ok` \\| `{:error, {:prlimit, errno}}` \\| `{:error, {:above_ceiling, key}}` |
+  | `:kill` | `%{id: id, signal: atom \\| integer}` | `{:ok, %{signalled: [os_pid]}}` |
   | `:sample` | `%{pids: [os_pid], descendants: boolean}` | `{:ok, %{os_pid => stats}}` |
-  | `:watch` | `%{dir: binary, include: [binary], ignore: [binary], debounce: ms, id: pos_integer, subscriber: pid}` | `{:ok, id}` |
+  | `:watch` | `%{dir: binary, include: [binary], ignore: [binary], debounce: ms, max_depth: n, id: pos_integer, subscriber: pid}` | `{:ok, id}` |
   | `:unwatch` | `%{id: id}` | `:ok` |
   | `:audit` | `%{event: map}` | `:ok` (after fsync) |
   | `:ping` | `%{}` | `{:pong, os_pid}` |
-  | `:distribute` | `%{node: binary, cookie: binary, name: binary}` (port only) | `{:ok, cnode_node}` |
+  | `:info` | `%{}` | `{:ok, map}` (see `info/1`) |
+  | `:distribute` | `%{node: binary, cookie: binary, name: binary, bind: binary, handshake_timeout: ms}` (port only) | `{:ok, cnode_node}` |
 
-  Limits maps take `:memory` (resident bytes of the whole tree, sampled from `/proc`),
-  `:processes` (processes in the tree, sampled), `:cpu_seconds` (`RLIMIT_CPU`; relative to
-  the CPU already used when set with `set_limits/2`) and `:file_size` (`RLIMIT_FSIZE`,
-  bytes); `:infinity` removes a limit.
+  ## Limits
+
+  Limits maps take `:memory` (resident bytes of the whole tree, sampled), `:processes`
+  (processes in the tree, sampled), `:cpu_seconds` (`RLIMIT_CPU` of the command) and
+  `:file_size` (`RLIMIT_FSIZE` of the command, bytes). The sampled limits can be changed
+  freely with `set_limits/3`; `:infinity` removes one.
+
+  `:cpu_seconds` and `:file_size` are kernel limits with a *soft* value (what is
+  enforced) and a *hard* one (the ceiling). A job's hard limits are fixed when it is
+  spawned: option `:ceiling` when given, else its spawn-time limits, else unlimited.
+  `set_limits/3` moves the soft limits anywhere up to that ceiling: it can lower,
+  raise and (with `:infinity`) remove a limit set later, but a value above the ceiling
+  is `{:error, {:above_ceiling, key}}`, and `:infinity` on a limit given at spawn puts
+  it back at its spawn-time value. A process may raise its own soft limits up to the
+  ceiling: a limit that must hold against a hostile process belongs in `:limits` or
+  `:ceiling` at spawn. A refused `set_limits/3` changes nothing (limits already
+  applied by the same call are put back).
 
   ## Distribution
 
@@ -83,18 +132,46 @@ defmodule Sandbox.CNode do
   requests to `{:sandbox_cnode, cnode_node}`; replies and events go to the pids in the
   request (pids of the host travel through the port).
 
+  Its listener binds to the loopback address unless option `:dist_bind` names another
+  (`"0.0.0.0"` for every interface: needed for nodes on other machines). Connections
+  are accepted without blocking the program, and each handshake runs on its own under
+  a deadline (`:handshake_timeout`, default 5,000 ms): a client that connects and then
+  stays silent or trickles bytes delays no request and is dropped at its deadline.
+
+  ## Audit log
+
+  `audit/2` appends to the file given by option `:audit_log`, else `config :sandbox,
+  audit_log: path`, else a file in a private directory of this VM under the system's
+  temporary directory: `sandbox-<VM os pid>-<random>` (created 0700 by the C-node; an
+  existing one must be ours with no access for others), holding `audit.log` for the
+  server registered as `Sandbox.CNode` and `audit-<n>.log` for others. The file is
+  opened without following symbolic links; it is created exclusively (0600) when absent,
+  and an existing one must be a regular file of ours with a single link. Renames of a
+  rotation and new files are made durable by an fsync of the directory. If the file
+  cannot be opened (at start or after a rotation), the program keeps running, `audit/2`
+  returns `{:error, {:audit_failed, errno}}`, and each later event tries again.
+
   ## Options of `start_link/1`
 
     * `:name` — registered name, default `Sandbox.CNode`
     * `:max_frame` — the largest request frame in bytes, default 64 MiB
-    * `:audit_log` — the audit log's path, default `Application.get_env(:sandbox,
-      :audit_log)` or `sandbox_audit.log` in the system's temporary directory
+    * `:audit_log` — the audit log's path (see "Audit log")
     * `:audit_max_bytes` — rotation size, default 64 MiB; `:audit_keep` — rotated files
       kept, default 5
+    * `:containment` — `:auto` (default, or `config :sandbox, cnode_containment:`) or
+      `:subreaper` (see "Process trees")
     * `:cnode_name` — the alive part of the C-node's node name (see "Distribution")
+    * `:dist_bind` — the IPv4 address the C-node's distribution listener binds to,
+      default `"127.0.0.1"`
+    * `:handshake_timeout` — ms a distribution handshake may take, default 5,000
+    * `:executable` — the program, default `priv/sandbox_cnode` of this application
 
-  The program is restarted at most 5 times within 5 s; beyond that the server stops
-  with `{:cnode_exited, status}` and its supervisor decides.
+  When the program dies it is restarted. When it dies more than 5 times in a row
+  within 10 s of being started, the server stops with `{:cnode_exited, status}` and its
+  supervisor decides. Watches re-established after a restart must be confirmed by the
+  new program: one that fails, or whose re-establishment was in flight when the program
+  died again, is dropped and its subscriber told (`{:watch_lost, reason}`), so no watch
+  can keep the program in a crash loop.
   """
   use GenServer
   require Logger
@@ -103,7 +180,8 @@ defmodule Sandbox.CNode do
   @dist_check_ms 500
   @call_timeout 60_000
   @max_restarts 5
-  @restart_period_ms 5_000
+  @stable_ms 10_000
+  @default_handshake_ms 5_000
 
   @type id :: pos_integer
   @type server :: GenServer.server()
@@ -112,6 +190,16 @@ defmodule Sandbox.CNode do
           optional(:processes) => pos_integer | :infinity,
           optional(:cpu_seconds) => non_neg_integer | :infinity,
           optional(:file_size) => non_neg_integer | :infinity
+        }
+  @type info :: %{
+          os_pid: pos_integer,
+          containment: :cgroup | :subreaper,
+          containment_reason: atom,
+          cgroup: String.t() | nil,
+          jobs: non_neg_integer,
+          watches: non_neg_integer,
+          dist: map,
+          audit: %{path: String.t() | nil, status: :ok | :none | {:error, atom}}
         }
   @type exit_reason ::
           {:status, non_neg_integer}
@@ -143,9 +231,10 @@ defmodule Sandbox.CNode do
   end
 
   @doc """
-  Spawns an OS process under supervision. It gets its own process group, no inherited
-  file descriptors beyond stdin/stdout/stderr (pipes to the C-node), `PR_SET_PDEATHSIG`,
-  and its limits.
+  Spawns an OS process under supervision, below a job leader of its own (see "Process
+  trees"). It gets its own process group, no inherited file descriptors beyond
+  stdin/stdout/stderr (pipes to the C-node), `PR_SET_PDEATHSIG` on its leader, and its
+  limits. `os_pid` in the result is the command's pid.
 
   ## Options
 
@@ -153,6 +242,9 @@ defmodule Sandbox.CNode do
       C-node's environment
     * `:cd` — working directory
     * `:limits` — `%{memory: bytes, processes: n, cpu_seconds: s, file_size: bytes}`
+    * `:ceiling` — `%{cpu_seconds: s, file_size: bytes}`: the hard limits, above the
+      limits in force, up to which `set_limits/3` may raise them (see "Limits");
+      default: the spawn-time `:limits`
     * `:timeout` — wall-clock ms, or `:infinity` (default)
     * `:subscriber` — pid receiving the events, default `self()`
     * `:sample_interval` — ms between `/proc` samples for the memory and process
@@ -160,8 +252,9 @@ defmodule Sandbox.CNode do
     * `:grace` — ms between SIGTERM and SIGKILL on a timeout or limit, default 500
     * `:server` — the `Sandbox.CNode` server, default `Sandbox.CNode`
 
-  Errors: `{:spawn_failed, errno}` (for example `{:spawn_failed, :enoent}`),
-  `{:bad_option, key}`, `{:bad_limit, key}`, `:unknown_limit`.
+  Errors: `{:spawn_failed, errno}` (for example `{:spawn_failed, :enoent}`;
+  `{:spawn_failed, :cgroup}` when the job's cgroup could not be set up),
+  `{:bad_option, key}`, `{:bad_limit, key}`, `:unknown_limit`, `{:above_ceiling, key}`.
   """
   @spec spawn([String.t()], keyword) ::
           {:ok, %{id: id, os_pid: pos_integer}} | {:error, reason}
@@ -184,6 +277,9 @@ defmodule Sandbox.CNode do
 
         {:limits, l}, acc ->
           Map.put(acc, :limits, check_limits!(l))
+
+        {:ceiling, l}, acc ->
+          Map.put(acc, :ceiling, check_ceiling!(l))
 
         {:timeout, t}, acc ->
           Map.put(acc, :timeout, check_timeout!(t))
@@ -217,9 +313,12 @@ defmodule Sandbox.CNode do
   end
 
   @doc """
-  Changes the limits of a running process (merged into its current ones; `:infinity`
-  removes one). `:cpu_seconds` counts from the CPU time the process has already used.
-  Errors: `{:prlimit, errno}`, `{:bad_limit, key}`, `:not_found`.
+  Changes the limits of a running job, merged into its current ones: sampled limits
+  (`:memory`, `:processes`) freely, `:infinity` removing one; `:cpu_seconds` and
+  `:file_size` up to the job's ceiling (see "Limits"). `:cpu_seconds` counts from the
+  CPU time the command has already used. All or nothing: a refused call changes no
+  limit. Errors: `{:above_ceiling, key}`, `{:prlimit, errno}`, `{:bad_limit, key}`,
+  `:not_found`.
   """
   @spec set_limits(id, limits, server) :: :ok | {:error, reason}
   def set_limits(id, limits, server \\ __MODULE__) do
@@ -227,10 +326,15 @@ defmodule Sandbox.CNode do
   end
 
   @doc """
-  Sends a signal to the process's group: an atom (`:sigterm`, `:sigkill`, `:sigint`, ...)
-  or a signal number. Errors: `:not_found`, `{:bad_option, :signal}`.
+  Sends a signal to every process of the job's tree (see "Process trees"), whatever
+  process group or session they are in: an atom (`:sigterm`, `:sigkill`, `:sigint`,
+  ...) or a signal number. Returns the pids that were signalled, sorted (`[]` when the
+  job is already ending). SIGKILL also goes through the job's cgroup when it has one,
+  which catches processes forked while the signal was being sent.
+  Errors: `:not_found`, `{:bad_option, :signal}`.
   """
-  @spec kill(id, atom | pos_integer, server) :: :ok | {:error, reason}
+  @spec kill(id, atom | pos_integer, server) ::
+          {:ok, %{signalled: [pos_integer]}} | {:error, reason}
   def kill(id, signal \\ :sigkill, server \\ __MODULE__) do
     unless is_atom(signal) or (is_integer(signal) and signal > 0) do
       raise ArgumentError, "signal must be an atom or a positive integer"
@@ -290,10 +394,17 @@ defmodule Sandbox.CNode do
       "*.hrl"]`; `[]` means every file
     * `:ignore` — directory names never entered, default `["_build", "deps", ".git"]`
     * `:debounce` — ms, default 50
+    * `:max_depth` — directory levels below `dir` that are watched, default 64 (at
+      most 4,096); a deeper directory found now fails the watch, one created later is
+      left out with a `{:not_watched, path, :too_deep}` event
     * `:subscriber` — default `self()`
     * `:server`
 
-  Errors: `{:watch_failed, errno}`, `{:bad_option, key}`.
+  The tree is walked without recursion, one directory open at a time. A directory
+  renamed within the tree is followed: later changes below it carry the new path.
+
+  Errors: `{:watch_failed, errno}` (`:enametoolong` for paths beyond `PATH_MAX`,
+  `:enospc` at the inotify watch limit), `{:too_deep, path}`, `{:bad_option, key}`.
   """
   @spec watch(Path.t(), keyword) :: {:ok, id} | {:error, reason}
   def watch(dir, opts \\ []) do
@@ -315,6 +426,7 @@ defmodule Sandbox.CNode do
           {:include, l}, acc -> Map.put(acc, :include, check_strings!(l, :include))
           {:ignore, l}, acc -> Map.put(acc, :ignore, check_strings!(l, :ignore))
           {:debounce, ms}, acc -> Map.put(acc, :debounce, check_nonneg!(ms, :debounce))
+          {:max_depth, n}, acc -> Map.put(acc, :max_depth, check_nonneg!(n, :max_depth))
           {:subscriber, pid}, acc -> Map.put(acc, :subscriber, check_pid!(pid))
           {key, _}, _ -> raise ArgumentError, "unknown option #{inspect(key)}"
         end
@@ -352,6 +464,15 @@ defmodule Sandbox.CNode do
   def node_name(server \\ __MODULE__) do
     GenServer.call(server, :node_name, @call_timeout)
   end
+
+  @doc """
+  What the running program works with: `:os_pid`, `:containment` (`:cgroup` or
+  `:subreaper`, see "Process trees") and `:containment_reason`, `:cgroup` (the run's
+  cgroup directory, or `nil`), `:jobs` and `:watches` (how many), `:dist` (`%{node:,
+  bind:, port:, connections:, handshakes_dropped:}`) and `:audit` (`%{path:, status:}`).
+  """
+  @spec info(server) :: {:ok, info} | {:error, reason}
+  def info(server \\ __MODULE__), do: request(server, :info, %{})
 
   @doc "The OS pid of the running program."
   @spec os_pid(server) :: pos_integer
@@ -431,6 +552,18 @@ defmodule Sandbox.CNode do
 
   defp check_limits!(l), do: raise(ArgumentError, "limits must be a map, got: #{inspect(l)}")
 
+  defp check_ceiling!(l) when is_map(l) do
+    Enum.each(l, fn
+      {k, v} when k in [:cpu_seconds, :file_size] and is_integer(v) and v >= 0 -> :ok
+      kv -> raise ArgumentError, "bad ceiling #{inspect(kv)}"
+    end)
+
+    l
+  end
+
+  defp check_ceiling!(l),
+    do: raise(ArgumentError, "ceiling must be a map, got: #{inspect(l)}")
+
   defp json_safe(m) when is_map(m) and not is_struct(m) do
     Map.new(m, fn {k, v} -> {json_key(k), json_safe(v)} end)
   end
@@ -463,8 +596,10 @@ defmodule Sandbox.CNode do
     state = %{
       opts: opts,
       max_frame: Keyword.get(opts, :max_frame, @default_max_frame),
+      audit: nil,
       port: nil,
       os_pid: nil,
+      started_at: nil,
       pending: %{},
       spawns: %{},
       watches: %{},
@@ -472,10 +607,12 @@ defmodule Sandbox.CNode do
       dist_host: nil,
       dist_waiters: [],
       dist_pending: false,
-      restarts: []
+      restarts: 0
     }
 
     with :ok <- check_max_frame(state.max_frame),
+         :ok <- check_opts(opts),
+         state = %{state | audit: audit_log(opts)},
          {:ok, state} <- open_port(state) do
       Process.send_after(self(), :check_dist, @dist_check_ms)
       {:ok, state}
@@ -487,30 +624,101 @@ defmodule Sandbox.CNode do
   defp check_max_frame(n) when is_integer(n) and n >= 64 and n < 4_294_967_296, do: :ok
   defp check_max_frame(_), do: {:error, {:bad_option, :max_frame}}
 
-  defp executable do
-    Path.join(:code.priv_dir(:sandbox), "sandbox_cnode")
+  defp check_opts(opts) do
+    cond do
+      containment(opts) not in [:auto, :subreaper] ->
+        {:error, {:bad_option, :containment}}
+
+      not valid_ipv4?(Keyword.get(opts, :dist_bind, "127.0.0.1")) ->
+        {:error, {:bad_option, :dist_bind}}
+
+      not match?(n when is_integer(n) and n > 0 and n <= 3_600_000, handshake_ms(opts)) ->
+        {:error, {:bad_option, :handshake_timeout}}
+
+      true ->
+        :ok
+    end
   end
 
-  defp audit_log(opts) do
-    Keyword.get_lazy(opts, :audit_log, fn ->
-      Application.get_env(:sandbox, :audit_log) ||
-        Path.join(System.tmp_dir!(), "sandbox_audit.log")
+  defp containment(opts) do
+    Keyword.get_lazy(opts, :containment, fn ->
+      Application.get_env(:sandbox, :cnode_containment, :auto)
     end)
+  end
+
+  defp handshake_ms(opts), do: Keyword.get(opts, :handshake_timeout, @default_handshake_ms)
+
+  defp dist_bind(opts) do
+    case Keyword.get(opts, :dist_bind, "127.0.0.1") do
+      t when is_tuple(t) -> t |> :inet.ntoa() |> List.to_string()
+      b -> to_string(b)
+    end
+  end
+
+  defp valid_ipv4?(t) when is_tuple(t), do: match?({_, _, _, _}, t) and :inet.is_ipv4_address(t)
+
+  defp valid_ipv4?(b) when is_binary(b) or is_list(b),
+    do: match?({:ok, _}, :inet.parse_ipv4strict_address(to_charlist(b)))
+
+  defp valid_ipv4?(_), do: false
+
+  defp executable(opts) do
+    Keyword.get_lazy(opts, :executable, fn ->
+      Path.join(:code.priv_dir(:sandbox), "sandbox_cnode")
+    end)
+  end
+
+  # {path, private_dir?}: a configured path as given; the default in this
+  # VM's private directory, which the program creates 0700.
+  defp audit_log(opts) do
+    case Keyword.get(opts, :audit_log) || Application.get_env(:sandbox, :audit_log) do
+      nil ->
+        file =
+          if opts[:registered] == __MODULE__,
+            do: "audit.log",
+            else: "audit-#{System.unique_integer([:positive])}.log"
+
+        {Path.join(vm_audit_dir(), file), true}
+
+      path ->
+        {to_string(path), false}
+    end
+  end
+
+  # One directory per VM: its OS pid and a random part (unguessable, so it
+  # cannot be created beforehand by someone else).
+  defp vm_audit_dir do
+    key = {__MODULE__, :audit_dir}
+
+    case :persistent_term.get(key, nil) do
+      nil ->
+        rand = File.open!("/dev/urandom", [:read, :binary], &IO.binread(&1, 8))
+        rand = Base.encode16(rand, case: :lower)
+        dir = Path.join(System.tmp_dir!(), "sandbox-#{System.pid()}-#{rand}")
+        :persistent_term.put(key, dir)
+        dir
+
+      dir ->
+        dir
+    end
   end
 
   defp open_port(state) do
     opts = state.opts
+    {audit_path, private?} = state.audit
 
     args =
       ["--max-frame", Integer.to_string(state.max_frame)] ++
-        ["--audit-log", audit_log(opts)] ++
+        ["--audit-log", audit_path] ++
+        if(private?, do: ["--audit-private-dir"], else: []) ++
         [
           "--audit-max-bytes",
           Integer.to_string(Keyword.get(opts, :audit_max_bytes, 64 * 1024 * 1024))
         ] ++
-        ["--audit-keep", Integer.to_string(Keyword.get(opts, :audit_keep, 5))]
+        ["--audit-keep", Integer.to_string(Keyword.get(opts, :audit_keep, 5))] ++
+        ["--containment", Atom.to_string(containment(opts))]
 
-    exe = executable()
+    exe = executable(opts)
 
     if File.exists?(exe) do
       port =
@@ -523,7 +731,17 @@ defmodule Sandbox.CNode do
         ])
 
       {:os_pid, os_pid} = Port.info(port, :os_pid)
-      state = %{state | port: port, os_pid: os_pid, dist: nil, dist_pending: false}
+      now = System.monotonic_time(:millisecond)
+
+      state = %{
+        state
+        | port: port,
+          os_pid: os_pid,
+          started_at: now,
+          dist: nil,
+          dist_pending: false
+      }
+
       {:ok, maybe_distribute(state)}
     else
       {:error, {:no_executable, exe}}
@@ -609,7 +827,9 @@ defmodule Sandbox.CNode do
       args = %{
         node: Atom.to_string(node()),
         cookie: Atom.to_string(Node.get_cookie()),
-        name: name
+        name: name,
+        bind: dist_bind(state.opts),
+        handshake_timeout: handshake_ms(state.opts)
       }
 
       case send_request(state, :distribute, args, :distribute) do
@@ -657,11 +877,15 @@ defmodule Sandbox.CNode do
 
   def handle_info(_msg, state), do: {:noreply, state}
 
+  # A program that dies within @stable_ms of its start counts towards a crash
+  # loop, however long each run takes; one that ran longer starts the count
+  # again.
   defp program_down(state, status) do
     now = System.monotonic_time(:millisecond)
-    restarts = [now | Enum.take_while(state.restarts, &(now - &1 < @restart_period_ms))]
+    stable? = state.started_at != nil and now - state.started_at >= @stable_ms
+    restarts = if stable?, do: 1, else: state.restarts + 1
 
-    if length(restarts) > @max_restarts do
+    if restarts > @max_restarts do
       Logger.error("sandbox_cnode exited (#{inspect(status)}) too often; giving up")
       {:stop, {:cnode_exited, status}, %{fail_in_flight(state) | port: nil}}
     else
@@ -709,6 +933,9 @@ defmodule Sandbox.CNode do
 
           :distribute ->
             dist_done(result, state)
+
+          {:rewatch, id} ->
+            rewatch_done(id, result, state)
 
           :ignore ->
             state
@@ -764,6 +991,11 @@ defmodule Sandbox.CNode do
   end
 
   defp fail_in_flight(state) do
+    # a watch whose re-establishment was in flight may be what kills the
+    # program: it is not tried again
+    lost = for {_ref, {:rewatch, id}} <- state.pending, do: id
+    state = Enum.reduce(lost, state, &lose_watch(&2, &1, :cnode_down))
+
     Enum.each(state.pending, fn
       {_ref, {:call, from, _}} -> GenServer.reply(from, {:error, :cnode_down})
       _ -> :ok
@@ -778,11 +1010,27 @@ defmodule Sandbox.CNode do
   end
 
   defp rewatch(state) do
-    Enum.reduce(state.watches, state, fn {_id, args}, st ->
-      case send_request(st, :watch, args, :ignore) do
+    Enum.reduce(state.watches, state, fn {id, args}, st ->
+      case send_request(st, :watch, args, {:rewatch, id}) do
         {:ok, st} -> st
-        _ -> st
+        {:error, reason} -> lose_watch(st, id, reason)
       end
     end)
+  end
+
+  defp rewatch_done(id, {:ok, id}, state), do: state
+  defp rewatch_done(id, {:error, reason}, state), do: lose_watch(state, id, reason)
+  defp rewatch_done(id, other, state), do: lose_watch(state, id, other)
+
+  defp lose_watch(state, id, reason) do
+    case Map.pop(state.watches, id) do
+      {nil, _} ->
+        state
+
+      {args, watches} ->
+        Logger.warning("sandbox_cnode: watch #{id} lost: #{inspect(reason)}")
+        send(args.subscriber, {:sandbox_cnode, id, {:watch_lost, reason}})
+        %{state | watches: watches}
+    end
   end
 end

@@ -63,7 +63,8 @@ defmodule Sandbox.FileWatcher do
 
   @doc """
   The watched projects: `%{root => %{sandboxes: [id], folders: [path],
-  compiling: boolean}}`.
+  compiling: boolean, task: pid | nil}}` (`task`: the process compiling
+  and applying the current change, to monitor until it is done).
   """
   @spec watched() :: %{Path.t() => map}
   def watched, do: GenServer.call(__MODULE__, :watched)
@@ -123,7 +124,8 @@ defmodule Sandbox.FileWatcher do
          %{
            sandboxes: Enum.sort(r.sandboxes),
            folders: Enum.sort(Map.values(r.folders)),
-           compiling: r.task != nil
+           compiling: r.task != nil,
+           task: with({pid, _ref} <- r.task, do: pid)
          }}
       end)
 

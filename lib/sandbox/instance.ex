@@ -350,38 +350,15 @@ defmodule Sandbox.Instance do
 
   def handle_call({:app, :started}, _from, state), do: {:reply, state.started, state}
 
-  def handle_call({:reload, beams, opts}, _from, state) do
-    {trigger, opts} = Keyword.pop(opts, :trigger, :api)
-    {stamps, opts} = Keyword.pop(opts, :cluster_stamps)
-    t0 = System.monotonic_time()
-
-    case reload_change(state, beams, opts) do
-      {:change, change, opts} ->
-        meta = %{trigger: trigger, t0: t0, stamp: stamps}
-        {reply, state} = change(state, change, opts, meta)
-        {:reply, reply, state}
-
-      {:ok, :unchanged} ->
-        {:reply, {:ok, :unchanged}, state}
-
-      {:error, reason} ->
-        emit_failed(state.id, reason, t0, trigger, [])
-        audit(state, :refused, %{operation: :reload, reason: reason})
-        {:reply, {:error, reason}, state}
-    end
+  # Reloads and rollbacks are [:sandbox, :reload, _] spans (Sandbox.Telemetry).
+  def handle_call({:reload, _beams, opts} = request, from, state) do
+    meta = %{sandbox_id: state.id, kind: :reload, trigger: Keyword.get(opts, :trigger, :api)}
+    reload_span(meta, fn -> do_reload(request, from, state) end)
   end
 
-  def handle_call({:rollback, module, version}, _from, state) do
-    t0 = System.monotonic_time()
-
-    case ChangeSet.rollback(state.store, module, version) do
-      {:ok, change} ->
-        {reply, state} = change(state, change, [], %{reason: :requested, t0: t0})
-        {:reply, reply, state}
-
-      {:error, reason} ->
-        {:reply, {:error, reason}, state}
-    end
+  def handle_call({:rollback, _module, _version} = request, from, state) do
+    meta = %{sandbox_id: state.id, kind: :rollback, trigger: :api}
+    reload_span(meta, fn -> do_rollback(request, from, state) end)
   end
 
   def handle_call({:auto_reload, on?}, _from, state) do
@@ -460,19 +437,10 @@ defmodule Sandbox.Instance do
     end
   end
 
-  def handle_call({:commit, ref, stamp}, _from, %{prepared: %{ref: ref} = p} = state) do
-    state = release_slot(state)
-    result = StatePreservation.commit(p.handle)
-    meta = %{trigger: :cluster, t0: p.t0, stamp: stamp}
-    {reply, state} = changed(state, p.change, result, p.opts, p.env, meta, p.previous)
-
-    state =
-      case reply do
-        {:ok, _} -> %{state | cluster_last: {ref, p.change, p.env.timeout}}
-        _ -> state
-      end
-
-    {:reply, reply, state}
+  # The commit is a [:sandbox, :reload, _] span, as a reload is.
+  def handle_call({:commit, ref, _stamp} = request, from, %{prepared: %{ref: ref}} = state) do
+    meta = %{sandbox_id: state.id, kind: :reload, trigger: :cluster}
+    reload_span(meta, fn -> do_commit(request, from, state) end)
   end
 
   def handle_call({:commit, ref, _stamp}, _from, state) do
@@ -501,6 +469,62 @@ defmodule Sandbox.Instance do
     do: {:reply, {:ok, :not_committed}, state}
 
   def handle_call(:export, _from, state), do: {:reply, {:ok, export_state(state)}, state}
+
+  defp reload_span(meta, fun) do
+    Telemetry.span(:reload, meta, fn ->
+      {:reply, reply, _state} = result = fun.()
+      {result, Telemetry.outcome(reply)}
+    end)
+  end
+
+  defp do_reload({:reload, beams, opts}, _from, state) do
+    {trigger, opts} = Keyword.pop(opts, :trigger, :api)
+    {stamps, opts} = Keyword.pop(opts, :cluster_stamps)
+    t0 = System.monotonic_time()
+
+    case reload_change(state, beams, opts) do
+      {:change, change, opts} ->
+        meta = %{trigger: trigger, t0: t0, stamp: stamps}
+        {reply, state} = change(state, change, opts, meta)
+        {:reply, reply, state}
+
+      {:ok, :unchanged} ->
+        {:reply, {:ok, :unchanged}, state}
+
+      {:error, reason} ->
+        emit_failed(state.id, reason, t0, trigger, [])
+        audit(state, :refused, %{operation: :reload, reason: reason})
+        {:reply, {:error, reason}, state}
+    end
+  end
+
+  defp do_rollback({:rollback, module, version}, _from, state) do
+    t0 = System.monotonic_time()
+
+    case ChangeSet.rollback(state.store, module, version) do
+      {:ok, change} ->
+        {reply, state} = change(state, change, [], %{reason: :requested, t0: t0})
+        {:reply, reply, state}
+
+      {:error, reason} ->
+        {:reply, {:error, reason}, state}
+    end
+  end
+
+  defp do_commit({:commit, ref, stamp}, _from, %{prepared: p} = state) do
+    state = release_slot(state)
+    result = StatePreservation.commit(p.handle)
+    meta = %{trigger: :cluster, t0: p.t0, stamp: stamp}
+    {reply, state} = changed(state, p.change, result, p.opts, p.env, meta, p.previous)
+
+    state =
+      case reply do
+        {:ok, _} -> %{state | cluster_last: {ref, p.change, p.env.timeout}}
+        _ -> state
+      end
+
+    {:reply, reply, state}
+  end
 
   # A violation under :high (Sandbox.ErrorHandler's :isolate): every
   # process goes, the sandbox stays for inspection with status :error.

@@ -180,6 +180,10 @@ defmodule Sandbox.IsolatedCompiler do
   """
   @spec compile_sandbox(String.t(), compile_opts) :: {:ok, compile_info} | {:error, reason}
   def compile_sandbox(sandbox_path, opts \\ []) do
+    compile_span(sandbox_path, :compile_sandbox, fn -> do_compile_sandbox(sandbox_path, opts) end)
+  end
+
+  defp do_compile_sandbox(sandbox_path, opts) do
     path = expand_path!(sandbox_path)
     opts = normalize_opts!(opts)
 
@@ -234,6 +238,10 @@ defmodule Sandbox.IsolatedCompiler do
   """
   @spec compile_file(String.t(), compile_opts) :: {:ok, compile_info} | {:error, reason}
   def compile_file(file_path, opts \\ []) do
+    compile_span(file_path, :compile_file, fn -> do_compile_file(file_path, opts) end)
+  end
+
+  defp do_compile_file(file_path, opts) do
     path = expand_path!(file_path)
     opts = normalize_opts!(opts)
 
@@ -317,6 +325,12 @@ defmodule Sandbox.IsolatedCompiler do
   @spec incremental_compile(String.t(), [String.t()], compile_opts) ::
           {:ok, compile_info} | {:error, reason}
   def incremental_compile(sandbox_path, changed_files, opts \\ []) do
+    compile_span(sandbox_path, :incremental_compile, fn ->
+      do_incremental_compile(sandbox_path, changed_files, opts)
+    end)
+  end
+
+  defp do_incremental_compile(sandbox_path, changed_files, opts) do
     path = expand_path!(sandbox_path)
     opts = normalize_opts!(opts)
 
@@ -335,6 +349,18 @@ defmodule Sandbox.IsolatedCompiler do
     else
       {:error, {:no_such_directory, sandbox_path}}
     end
+  end
+
+  # The [:sandbox, :compile, _] span (Sandbox.Telemetry) of each entry point.
+  defp compile_span(path, entry, fun) do
+    Sandbox.Telemetry.span(:compile, %{sandbox_id: nil, path: path, entry: entry}, fn ->
+      result = fun.()
+
+      case result do
+        {:ok, info} -> {result, %{result: :ok, cached: info.cached == true}}
+        other -> {result, Sandbox.Telemetry.outcome(other)}
+      end
+    end)
   end
 
   @doc """
@@ -474,6 +500,14 @@ defmodule Sandbox.IsolatedCompiler do
     for {k, v} <- limits,
         not (is_nil(v) or (is_integer(v) and v > 0)),
         do: raise(ArgumentError, "invalid :compile_limits #{k}: #{inspect(v)}")
+
+    # A worker's hard file-size limit is fixed when it starts (Pool.ceiling/0).
+    with max when is_integer(max) <- limits[:max_file_size],
+         true <- max > Pool.ceiling().file_size do
+      raise ArgumentError,
+            ":compile_limits max_file_size #{max} is above the workers' ceiling " <>
+              "#{Pool.ceiling().file_size} (config :sandbox, :compiler_file_size_ceiling)"
+    end
 
     env = Keyword.get(opts, :env, %{})
 

@@ -14,6 +14,11 @@ defmodule Mix.Tasks.Sandbox.RunTest do
     assert_raise OptionParser.ParseError, fn -> Mix.Tasks.Sandbox.Run.run(["x", "--bogus"]) end
   end
 
+  test "--help prints the documentation" do
+    out = ExUnit.CaptureIO.capture_io(fn -> Mix.Tasks.Sandbox.Run.run(["--help"]) end)
+    assert out =~ "mix sandbox.run PATH [--target APP_OR_MODULE] [--id ID] [--watch]"
+  end
+
   test "formats compile errors as file:line: message" do
     reason = {:compilation_failed, [%{file: "lib/a.ex", line: 3, message: "boom"}]}
     assert Mix.Tasks.Sandbox.Run.format_reason(reason) == "compilation failed\nlib/a.ex:3: boom"

@@ -33,11 +33,15 @@ defmodule Mix.Tasks.Sandbox.ScanTest do
   test "bad arguments raise Mix.Error", ctx do
     assert_raise Mix.Error, ~r/expected one PATH/, fn -> Mix.Tasks.Sandbox.Scan.run([]) end
 
+    assert_raise Mix.Error, ~r/no such directory/, fn ->
+      Mix.Tasks.Sandbox.Scan.run(["/no/such"])
+    end
+
     assert_raise Mix.Error, ~r/--profile/, fn ->
       Mix.Tasks.Sandbox.Scan.run([ctx.tmp_dir, "--profile", "extreme"])
     end
 
-    assert_raise Mix.Error, ~r/--format/, fn ->
+    assert_raise Mix.Error, ~r/unknown --format/, fn ->
       Mix.Tasks.Sandbox.Scan.run([ctx.tmp_dir, "--format", "xml"])
     end
   end

@@ -98,6 +98,41 @@ defmodule Sandbox.IsolatedCompilerHardeningTest do
     end
   end
 
+  describe "the worker's limits" do
+    test "its hard file-size limit is the pool's ceiling, its soft one the job's", %{opts: opts} do
+      dir =
+        project!("limits", %{
+          "l.ex" => """
+          defmodule LimitsProbe do
+            @limits "/proc/self/limits" |> File.read!() |> String.split("\\n")
+                    |> Enum.find(&String.starts_with?(&1, "Max file size"))
+                    |> String.split() |> Enum.slice(3, 2)
+            def limits, do: @limits
+          end
+          """
+        })
+
+      limits = %{max_file_size: 16 * 1024 * 1024}
+
+      assert {:ok, info} =
+               IsolatedCompiler.compile_sandbox(
+                 dir,
+                 [cache: false, compile_limits: limits] ++ opts
+               )
+
+      load_modules!(info.modules)
+      [soft, hard] = apply(LimitsProbe, :limits, [])
+      assert String.to_integer(soft) == 16 * 1024 * 1024
+      assert String.to_integer(hard) == Pool.ceiling().file_size
+
+      assert_raise ArgumentError, ~r/ceiling/, fn ->
+        IsolatedCompiler.compile_sandbox(dir,
+          compile_limits: %{max_file_size: Pool.ceiling().file_size + 1}
+        )
+      end
+    end
+  end
+
   describe "the worker's result" do
     # config/config.exs runs in the worker; what it configures comes back.
     defp atom_flood!(n) do

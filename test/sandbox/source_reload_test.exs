@@ -4,16 +4,16 @@ defmodule Sandbox.SourceReloadTest do
 
   import Sandbox.Test.WatchFixtures
   import Sandbox.Test.Fixtures, only: [loaded_modules: 1]
+  import Sandbox.Test.Helpers, only: [setup_test_sandbox: 3]
 
   @moduletag :tmp_dir
 
   setup ctx do
     hash = :erlang.phash2(ctx.test)
     ns = "S#{hash}"
-    id = "s#{hash}"
     dir = write_project(Path.join(ctx.tmp_dir, "project"), ns, :"s#{hash}_app")
-    on_exit(fn -> Sandbox.destroy_sandbox(id) end)
-    {:ok, _} = Sandbox.create_sandbox(id, :"s#{hash}_app", sandbox_path: dir)
+    # A sandbox of the test's own, destroyed when it exits.
+    {:ok, %{id: id}} = setup_test_sandbox(ctx.test, :"s#{hash}_app", sandbox_path: dir)
     m = fn name -> Module.concat(ns, name) end
     %{ns: ns, id: id, dir: dir, shape: m.(Shape), calc: m.(Calc), server: m.(Server), m: m}
   end

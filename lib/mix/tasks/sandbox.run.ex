@@ -15,6 +15,7 @@ defmodule Mix.Tasks.Sandbox.Run do
     * `--id` — the sandbox id (default: made from the directory's name)
     * `--watch` — reload automatically when the sources change
       (`Sandbox.FileWatcher`)
+    * `--help` — this text
 
   Each reload is printed as it happens (`reloaded: Mod1, Mod2`), and each
   compile error as `file:line: message`. The exit status is 1 when the
@@ -23,12 +24,15 @@ defmodule Mix.Tasks.Sandbox.Run do
 
   use Mix.Task
 
-  @switches [target: :string, id: :string, watch: :boolean]
+  @switches [target: :string, id: :string, watch: :boolean, help: :boolean]
 
   @impl Mix.Task
   def run(args) do
-    {opts, argv} = OptionParser.parse!(args, strict: @switches)
+    {opts, argv} = OptionParser.parse!(args, strict: @switches, aliases: [h: :help])
+    if opts[:help], do: Mix.shell().info(@moduledoc), else: start(opts, argv)
+  end
 
+  defp start(opts, argv) do
     path =
       case argv do
         [path] -> Path.expand(path)

@@ -11,6 +11,7 @@ defmodule Mix.Tasks.Sandbox.Scan do
   ## Options
 
     * `--profile` — the security profile (default `medium`)
+    * `--help` — this text
     * `--format` — `text` (default; one line per call site,
       `caller (file line): target [class]`) or `json`
       (`{"profile":..., "violations":[...], "guarded":[...]}`, each
@@ -22,40 +23,45 @@ defmodule Mix.Tasks.Sandbox.Scan do
 
   use Mix.Task
 
-  @switches [profile: :string, format: :string]
+  alias Sandbox.Tools.{JSON, MixTask}
+
+  @usage "mix sandbox.scan PATH [--profile high|medium|low] [--format text|json]"
 
   @impl Mix.Task
   def run(args) do
-    {opts, argv} = OptionParser.parse!(args, strict: @switches)
+    case MixTask.parse(
+           args,
+           [profile: :string, format: :string],
+           @usage,
+           @moduledoc,
+           ~w(text json)
+         ) do
+      :help ->
+        :ok
 
-    path =
-      case argv do
-        [path] -> Path.expand(path)
-        _ -> Mix.raise("expected one PATH: mix sandbox.scan PATH [--profile P] [--format F]")
-      end
+      {opts, path} ->
+        scan(Path.expand(path), profile(Keyword.get(opts, :profile, "medium")), opts[:format])
+    end
+  end
 
-    profile = profile(Keyword.get(opts, :profile, "medium"))
-    format = Keyword.get(opts, :format, "text")
-    unless format in ["text", "json"], do: Mix.raise("--format must be text or json")
-    unless File.dir?(path), do: Mix.raise("no such directory: #{path}")
-
-    Mix.Task.run("app.start")
+  defp scan(path, profile, format) do
+    MixTask.start()
 
     case Sandbox.SecurityController.scan(path, profile) do
       {:ok, result} ->
         print(format, profile, result)
-        if result.violations != [], do: exit({:shutdown, 1})
+        if result.violations != [], do: MixTask.fail()
 
       {:error, reason} ->
         Mix.shell().error("cannot scan #{path}: #{inspect(reason)}")
-        exit({:shutdown, 1})
+        MixTask.fail()
     end
   end
 
   defp profile(name) when name in ["high", "medium", "low"], do: String.to_atom(name)
   defp profile(other), do: Mix.raise("--profile must be high, medium or low, got: #{other}")
 
-  defp print("json", profile, result) do
+  defp print(:json, profile, result) do
     entry = fn v ->
       %{
         caller: Tuple.to_list(v.caller),
@@ -66,7 +72,7 @@ defmodule Mix.Tasks.Sandbox.Scan do
     end
 
     Mix.shell().info(
-      Sandbox.JSON.encode!(%{
+      JSON.encode!(%{
         profile: profile,
         violations: Enum.map(result.violations, entry),
         guarded: Enum.map(result.guarded, entry)
@@ -74,7 +80,7 @@ defmodule Mix.Tasks.Sandbox.Scan do
     )
   end
 
-  defp print("text", profile, result) do
+  defp print(:text, profile, result) do
     for v <- result.violations, do: Mix.shell().info("refused: " <> line(v))
     for v <- result.guarded, do: Mix.shell().info("guarded: " <> line(v))
 

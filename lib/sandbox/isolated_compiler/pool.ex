@@ -109,11 +109,22 @@ defmodule Sandbox.IsolatedCompiler.Pool do
         app |> :code.lib_dir(:ebin) |> List.to_string()
       end
 
-    worker_dir = Worker |> :code.which() |> List.to_string() |> Path.dirname()
-
     [erl, "-noshell", "+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"] ++
-      Enum.flat_map(paths ++ [worker_dir], &["-pa", &1]) ++
+      Enum.flat_map(paths ++ [worker_dir()], &["-pa", &1]) ++
       ["-s", Atom.to_string(Worker), "main"]
+  end
+
+  # The directory of the worker's .beam file. Looked up on the code path by
+  # file name, not with :code.which/1, which answers :cover_compiled for a
+  # module that `mix test --cover` has cover-compiled (the worker VM loads
+  # the plain .beam, which is still in the ebin directory).
+  @doc false
+  @spec worker_dir() :: String.t()
+  def worker_dir do
+    case :code.where_is_file(~c"#{Worker}.beam") do
+      path when is_list(path) -> path |> List.to_string() |> Path.dirname()
+      :non_existing -> raise "#{inspect(Worker)}.beam is not on the code path"
+    end
   end
 
   ## Server
@@ -290,8 +301,26 @@ defmodule Sandbox.IsolatedCompiler.Pool do
     %{state | backoff: backoff}
   end
 
+  @doc """
+  The hard limits a worker is spawned with (`Sandbox.CNode`'s `:ceiling`):
+  a job's own limits are set under them at hand-over, and the job's code
+  cannot raise its limits above them. File size: the application
+  environment's `:compiler_file_size_ceiling` (default 1 GiB).
+  """
+  @spec ceiling() :: %{file_size: pos_integer}
+  def ceiling,
+    do: %{
+      file_size: Application.get_env(:sandbox, :compiler_file_size_ceiling, 1024 * 1024 * 1024)
+    }
+
   defp start_worker(state) do
-    opts = [subscriber: self(), timeout: :infinity, grace: 0, env: worker_env()]
+    opts = [
+      subscriber: self(),
+      timeout: :infinity,
+      grace: 0,
+      env: worker_env(),
+      ceiling: ceiling()
+    ]
 
     case state.launcher.spawn(worker_argv(), opts) do
       {:ok, %{id: id, os_pid: os_pid}} ->

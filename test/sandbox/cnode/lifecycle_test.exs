@@ -75,6 +75,23 @@ defmodule Sandbox.CNode.LifecycleTest do
     end)
   end
 
+  @tag :slow
+  test "a program that keeps dying soon after its start is given up on, however slowly it dies" do
+    # each run lasts longer than the old policy's window allowed for
+    dir = Path.join(System.tmp_dir!(), "cnode_dies_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    exe = Path.join(dir, "dies_slowly")
+    File.write!(exe, "#!/bin/sh\nsleep 1.2\nexit 3\n")
+    File.chmod!(exe, 0o755)
+    server = private(executable: exe)
+    ref = Process.monitor(server)
+
+    capture_log(fn ->
+      assert_receive {:DOWN, ^ref, _, _, {:cnode_exited, 3}}, 30_000
+    end)
+  end
+
   test "malformed and unknown requests get error replies and the program keeps serving" do
     server = private(max_frame: 4096)
     port = :sys.get_state(server).port

@@ -84,9 +84,9 @@ defmodule Sandbox.CNode.SpawnTest do
       assert String.trim(out) == Integer.to_string(os_pid)
     end
 
-    test "kill sends a signal to the group" do
-      {:ok, %{id: id}} = CNode.spawn(["sleep", "60"], [])
-      assert :ok = CNode.kill(id, :sigterm)
+    test "kill sends a signal to the job's processes and names them" do
+      {:ok, %{id: id, os_pid: os_pid}} = CNode.spawn(["sleep", "60"], [])
+      assert {:ok, %{signalled: [^os_pid]}} = CNode.kill(id, :sigterm)
       assert %{exit: {:signal, 15}} = collect(id)
       assert {:error, :not_found} = CNode.kill(id)
     end

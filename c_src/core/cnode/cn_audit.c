@@ -9,10 +9,42 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int posix_open(void *ctx, const char *path) {
+static int posix_open(void *ctx, const char *path, int *created) {
     (void)ctx;
     /* O_RDWR: the last byte is read back after a crash (see `torn`) */
-    return open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    const int flags = O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY;
+    int fd = open(path, flags | O_CREAT | O_EXCL, 0600);
+    if (fd >= 0) {
+        *created = 1;
+        return fd;
+    }
+    if (errno != EEXIST) {
+        return -1;
+    }
+    *created = 0;
+    fd = open(path, flags | O_NONBLOCK);
+    if (fd < 0) {
+        return -1; /* ELOOP: a symbolic link */
+    }
+    struct stat st;
+    int err = 0;
+    if (fstat(fd, &st) != 0) {
+        err = errno;
+    } else if (!S_ISREG(st.st_mode)) {
+        err = EINVAL;
+    } else if (st.st_uid != geteuid()) {
+        err = EPERM;
+    } else if (st.st_nlink != 1) {
+        err = EMLINK; /* a hard link to someone else's file */
+    } else if (fcntl(fd, F_SETFL, O_APPEND) != 0) {
+        err = errno;
+    }
+    if (err) {
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    return fd;
 }
 static ssize_t posix_write(void *ctx, int fd, const void *buf, size_t n) {
     (void)ctx;
@@ -30,6 +62,50 @@ static int posix_rename(void *ctx, const char *from, const char *to) {
     (void)ctx;
     return rename(from, to);
 }
+static int posix_unlink(void *ctx, const char *path) {
+    (void)ctx;
+    return unlink(path);
+}
+
+/* The directory part of path ("." when there is none), in a new string. */
+static char *dir_of(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) {
+        return strdup(".");
+    }
+    size_t n = slash == path ? 1 : (size_t)(slash - path);
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, path, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+static int fsync_dir_path(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
+static int posix_fsync_dir(void *ctx, const char *path) {
+    (void)ctx;
+    char *d = dir_of(path);
+    if (!d) {
+        errno = ENOMEM;
+        return -1;
+    }
+    int rc = fsync_dir_path(d);
+    free(d);
+    return rc;
+}
+
 static int64_t posix_size(void *ctx, int fd) {
     (void)ctx;
     struct stat st;
@@ -51,9 +127,60 @@ const cn_audit_io cn_audit_posix_io = {posix_open,
                                        posix_fsync,
                                        posix_close,
                                        posix_rename,
+                                       posix_unlink,
+                                       posix_fsync_dir,
                                        posix_size,
                                        posix_ends_with_newline,
                                        NULL};
+
+int cn_audit_private_dir(const char *dir) {
+    if (mkdir(dir, 0700) == 0) {
+        char *parent = dir_of(dir);
+        if (parent) {
+            (void)fsync_dir_path(parent);
+            free(parent);
+        }
+        return 0;
+    }
+    if (errno != EEXIST) {
+        return errno;
+    }
+    struct stat st;
+    if (lstat(dir, &st) != 0) {
+        return errno;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        return ENOTDIR; /* a symbolic link, too */
+    }
+    if (st.st_uid != geteuid()) {
+        return EPERM;
+    }
+    if (st.st_mode & 077) {
+        return EACCES;
+    }
+    return 0;
+}
+
+/* (Re)opens the file: 0 or an errno value. A file this creates is made
+ * durable in its directory at once. */
+static int reopen(cn_audit *a) {
+    int created = 0;
+    int fd = a->io.open(a->io.ctx, a->path, &created);
+    if (fd < 0) {
+        return errno ? errno : EIO;
+    }
+    a->fd = fd;
+    if (created && a->io.fsync_dir) {
+        (void)a->io.fsync_dir(a->io.ctx, a->path);
+    }
+    a->size = a->io.size(a->io.ctx, a->fd);
+    if (a->size < 0) {
+        a->size = 0;
+    }
+    /* a line cut short by a crash must not swallow the next one */
+    a->torn = !created;
+    return 0;
+}
 
 int cn_audit_open(cn_audit *a, const cn_audit_io *io, const char *path, int64_t max_bytes, int keep,
                   cn_audit_ack ack, void *ack_ctx) {
@@ -63,23 +190,12 @@ int cn_audit_open(cn_audit *a, const cn_audit_io *io, const char *path, int64_t 
     a->ack_ctx = ack_ctx;
     a->max_bytes = max_bytes;
     a->keep = keep;
+    a->fd = -1;
     a->path = strdup(path);
     if (!a->path) {
-        return -1;
+        return ENOMEM;
     }
-    a->fd = a->io.open(a->io.ctx, path);
-    if (a->fd < 0) {
-        free(a->path);
-        a->path = NULL;
-        return -1;
-    }
-    a->size = a->io.size(a->io.ctx, a->fd);
-    if (a->size < 0) {
-        a->size = 0;
-    }
-    /* a line cut short by a crash must not swallow the next one */
-    a->torn = 1;
-    return 0;
+    return reopen(a);
 }
 
 static int write_all(cn_audit *a, const char *buf, size_t n) {
@@ -102,8 +218,14 @@ static int write_all(cn_audit *a, const char *buf, size_t n) {
 }
 
 int cn_audit_append(cn_audit *a, const char *line, size_t len, void *token) {
-    if (a->fd < 0) {
+    if (!a->path) {
         return EBADF;
+    }
+    if (a->fd < 0) {
+        int e = reopen(a);
+        if (e) {
+            return e;
+        }
     }
     if (a->ntokens == a->cap) {
         size_t cap = a->cap ? 2 * a->cap : 64;
@@ -146,6 +268,10 @@ size_t cn_audit_pending(const cn_audit *a) {
     return a->ntokens;
 }
 
+/* Renames path to path.1 (path.1 to path.2, ...) and opens a new file. The
+ * renames and the new file are made durable by one fsync of the directory.
+ * When the new file cannot be opened, fd stays -1 and the next append tries
+ * again. */
 static void rotate(cn_audit *a) {
     size_t pl = strlen(a->path);
     char *from = malloc(pl + 16), *to = malloc(pl + 16);
@@ -165,13 +291,16 @@ static void rotate(cn_audit *a) {
         snprintf(to, pl + 16, "%s.1", a->path);
         a->io.rename(a->io.ctx, a->path, to);
     } else {
-        unlink(a->path);
+        a->io.unlink(a->io.ctx, a->path);
     }
     free(from);
     free(to);
-    a->fd = a->io.open(a->io.ctx, a->path);
     a->size = 0;
     a->torn = 0;
+    if (reopen(a) != 0 && a->io.fsync_dir) {
+        /* no new file: the renames still have to be durable */
+        (void)a->io.fsync_dir(a->io.ctx, a->path);
+    }
 }
 
 void cn_audit_commit(cn_audit *a) {
@@ -179,7 +308,7 @@ void cn_audit_commit(cn_audit *a) {
         return;
     }
     int err = 0;
-    while (a->io.fsync(a->io.ctx, a->fd) != 0) {
+    while (a->fd >= 0 && a->io.fsync(a->io.ctx, a->fd) != 0) {
         if (errno != EINTR) {
             err = errno ? errno : EIO;
             break;

@@ -1,5 +1,7 @@
 #include "cn_request.h"
 
+#include "cn_limits.h"
+
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +210,7 @@ static int owner_opts(const cn_term *args, int64_t *id, const cn_term **subscrib
 int cn_spawn_parse(const cn_term *args, cn_spawn_req *r, cn_error *err) {
     memset(r, 0, sizeof *r);
     cn_limits_init(&r->limits);
+    cn_limits_init(&r->ceiling);
     r->timeout_ms = -1;
     r->sample_ms = CN_DEFAULT_SAMPLE_MS;
     r->grace_ms = CN_DEFAULT_GRACE_MS;
@@ -231,6 +234,15 @@ int cn_spawn_parse(const cn_term *args, cn_spawn_req *r, cn_error *err) {
     }
     if ((t = cn_term_get(args, "limits")) && cn_limits_parse(t, &r->limits, err) != 0) {
         goto error;
+    }
+    if ((t = cn_term_get(args, "ceiling")) && cn_ceiling_parse(t, &r->ceiling, err) != 0) {
+        goto error;
+    }
+    {
+        cn_limits_plan plan;
+        if (cn_limits_at_spawn(&r->limits, &r->ceiling, &plan, err) != 0) {
+            goto error;
+        }
     }
     if ((t = cn_term_get(args, "timeout")) && cn_int_opt(t, 0, 1, &r->timeout_ms) != 0) {
         fail(err, "bad_option", "timeout");
@@ -266,6 +278,7 @@ void cn_spawn_req_free(cn_spawn_req *r) {
 int cn_watch_parse(const cn_term *args, cn_watch_req *r, cn_error *err) {
     memset(r, 0, sizeof *r);
     r->debounce_ms = CN_DEFAULT_DEBOUNCE_MS;
+    r->max_depth = CN_DEFAULT_MAX_DEPTH;
     if (!args_ok(args)) {
         return fail(err, "bad_args", NULL);
     }
@@ -285,6 +298,11 @@ int cn_watch_parse(const cn_term *args, cn_watch_req *r, cn_error *err) {
     }
     if ((t = cn_term_get(args, "debounce")) && cn_int_opt(t, 0, 0, &r->debounce_ms) != 0) {
         fail(err, "bad_option", "debounce");
+        goto error;
+    }
+    if ((t = cn_term_get(args, "max_depth")) &&
+        (cn_int_opt(t, 0, 0, &r->max_depth) != 0 || r->max_depth > CN_MAX_MAX_DEPTH)) {
+        fail(err, "bad_option", "max_depth");
         goto error;
     }
     if (owner_opts(args, &r->id, &r->subscriber, err) != 0) {

@@ -16,6 +16,8 @@
 #define CN_DEFAULT_SAMPLE_MS 50
 #define CN_DEFAULT_GRACE_MS 500
 #define CN_DEFAULT_DEBOUNCE_MS 50
+#define CN_DEFAULT_MAX_DEPTH 64
+#define CN_MAX_MAX_DEPTH 4096
 
 typedef struct {
     const char *reason; /* an atom name */
@@ -56,6 +58,7 @@ typedef struct {
     size_t nenv;
     char *cd; /* NULL: inherit */
     cn_limits limits;
+    cn_limits ceiling;  /* the hard rlimits (cpu_seconds, file_size); -1: from limits */
     int64_t timeout_ms; /* -1: infinity */
     int64_t sample_ms;
     int64_t grace_ms;
@@ -63,7 +66,8 @@ typedef struct {
     const cn_term *subscriber;
 } cn_spawn_req;
 
-/* Reasons: bad_option (detail: the key), bad_limit, unknown_limit, enomem. */
+/* Reasons: bad_option (detail: the key), bad_limit, unknown_limit,
+ * above_ceiling, enomem. */
 int cn_spawn_parse(const cn_term *args, cn_spawn_req *out, cn_error *err);
 void cn_spawn_req_free(cn_spawn_req *r);
 
@@ -74,6 +78,7 @@ typedef struct {
     char **ignore; /* directory names never entered */
     size_t nignore;
     int64_t debounce_ms;
+    int64_t max_depth; /* directory levels below dir that are watched */
     int64_t id;
     const cn_term *subscriber;
 } cn_watch_req;
