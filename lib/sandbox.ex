@@ -117,6 +117,14 @@ defmodule Sandbox do
     * `:max_versions` — versions kept per module (10)
     * `:capture_output` — keep a copy of the sandbox's output in its group
       leader (`false`)
+    * `:prebuilt` — internal (used by `Sandbox.Cluster` to create copies on
+      other nodes without compiling there): the compiled project instead of
+      a compile of `sandbox_path`, `%{modules: [{module, beam}], app:
+      app_spec | nil, app_env: keyword, config: [{app, keyword}]}` as
+      `Sandbox.IsolatedCompiler.compile_sandbox/2` returns them (plus an
+      optional `stamps: %{module => stamp}`, see `Sandbox.Instance`);
+      `sandbox_path` is then only recorded. A malformed one is
+      `{:invalid_option, {:prebuilt, value}}`.
 
   ## Errors
 
@@ -144,15 +152,18 @@ defmodule Sandbox do
   end
 
   defp do_create_sandbox(id, module_or_app, opts) do
+    {build, opts} = if Keyword.keyword?(opts), do: Keyword.pop(opts, :prebuilt), else: {nil, opts}
+
     with :ok <- check_target(module_or_app),
          {:ok, config} <- Config.validate(opts),
+         :ok <- check_build(build),
          :ok <- Manager.reserve(id) do
       case DynamicSupervisor.start_child(
              Sandbox.InstanceSupervisor,
              {Instance, {id, module_or_app, config}}
            ) do
         {:ok, pid} ->
-          Instance.setup(pid)
+          Instance.setup(pid, build)
 
         {:error, reason} ->
           Manager.release(id, self())
@@ -413,7 +424,24 @@ defmodule Sandbox do
     end
   end
 
-  defp compile_source({:file, path}, root, opts) when is_binary(path) do
+  # The :prebuilt create option (Sandbox.Cluster).
+  defp check_build(nil), do: :ok
+
+  defp check_build(%{modules: modules, app: app, app_env: env, config: config} = build)
+       when is_list(modules) and (is_nil(app) or is_map(app)) and is_list(env) and
+              is_list(config) do
+    if Enum.all?(modules, &match?({m, beam} when is_atom(m) and is_binary(beam), &1)) and
+         is_map(Map.get(build, :stamps, %{})),
+       do: :ok,
+       else: {:error, {:invalid_option, {:prebuilt, build}}}
+  end
+
+  defp check_build(other), do: {:error, {:invalid_option, {:prebuilt, other}}}
+
+  @doc false
+  # Compiles a reload's source in the context of the project at `root`
+  # (also used by Sandbox.Cluster, which compiles once for every node).
+  def compile_source({:file, path}, root, opts) when is_binary(path) do
     file = Path.expand(path)
 
     if String.starts_with?(file, root <> "/") do
@@ -423,7 +451,7 @@ defmodule Sandbox do
     end
   end
 
-  defp compile_source({:code, code}, root, opts) when is_binary(code) do
+  def compile_source({:code, code}, root, opts) when is_binary(code) do
     dir = Path.join(System.tmp_dir!(), "sandbox-source-#{System.unique_integer([:positive])}")
     File.mkdir_p!(dir)
 
@@ -436,7 +464,7 @@ defmodule Sandbox do
     end
   end
 
-  defp compile_source(other, _root, _opts),
+  def compile_source(other, _root, _opts),
     do: raise(ArgumentError, "expected {:file, path} or {:code, string}, got: #{inspect(other)}")
 
   @doc """

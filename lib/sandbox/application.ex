@@ -9,9 +9,11 @@ defmodule Sandbox.Application do
   starts), the event registry (`Sandbox.Telemetry`), the file watcher of
   automatic reload (`Sandbox.FileWatcher`), the security controller's audit
   batcher (`Sandbox.SecurityController`), the sandboxes' manager
-  (`Sandbox.Manager`), the resource monitor (`Sandbox.ResourceMonitor`) and
+  (`Sandbox.Manager`), the resource monitor (`Sandbox.ResourceMonitor`),
   the supervisor of their instances (`Sandbox.InstanceSupervisor`, one
-  `Sandbox.Instance` per sandbox). Application environment read at start: `:compiler_pool_size`
+  `Sandbox.Instance` per sandbox), and the `:pg` scope `Sandbox.Cluster`
+  (which copies of a sandbox the nodes of a cluster can reach, see
+  `Sandbox.Cluster`). Application environment read at start: `:compiler_pool_size`
   (default: the number of schedulers), `:compiler_cache_dir`,
   `:compiler_cache_max_bytes`, `:watch_debounce`. It also installs the
   primary `:logger` filter that tags sandbox log events
@@ -37,7 +39,9 @@ defmodule Sandbox.Application do
       Sandbox.Manager,
       # Before the instances: it stops after them (they detach from it).
       Sandbox.ResourceMonitor,
-      {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one}
+      {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one},
+      # The cluster's view (Sandbox.Cluster): a :pg scope of its own.
+      %{id: Sandbox.Cluster, start: {:pg, :start_link, [Sandbox.Cluster]}}
     ]
 
     # Log events from sandbox processes carry sandbox_id (Sandbox.LoggerFilter).

@@ -845,7 +845,7 @@ defmodule Sandbox.CNode do
 
   @impl true
   def handle_info({port, {:data, data}}, %{port: port} = state) do
-    {:noreply, handle_frame(:erlang.binary_to_term(data), state)}
+    {:noreply, handle_frame(localize(:erlang.binary_to_term(data)), state)}
   end
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
@@ -901,6 +901,23 @@ defmodule Sandbox.CNode do
   catch
     _, _ -> :ok
   end
+
+  # The program keeps the pids it is given as they were encoded, and sends
+  # over the port only what is for this node. A pid encoded under another
+  # name of this node — `nonode@nohost` before distribution started, or the
+  # name it had before distribution stopped — decoded as is would be a pid
+  # of a node that does not exist, and the message would be lost: it is
+  # re-encoded under the current name and creation.
+  defp localize({dest, msg}) when is_pid(dest) and node(dest) != node() do
+    bin = :erlang.term_to_binary(dest)
+    # NEW_PID_EXT: tag 88, the node atom, then ID, serial and creation (4 bytes each).
+    <<id_serial::binary-size(8), _creation::32>> = binary_part(bin, byte_size(bin), -12)
+    <<131, node_atom::binary>> = :erlang.term_to_binary(node())
+    creation = :erlang.system_info(:creation)
+    {:erlang.binary_to_term(<<131, 88, node_atom::binary, id_serial::binary, creation::32>>), msg}
+  end
+
+  defp localize(frame), do: frame
 
   defp handle_frame({dest, msg}, state) when dest == self() do
     case msg do

@@ -21,6 +21,29 @@ defmodule Sandbox.Instance do
   sandbox. They are linked to it: when one exits, the instance kills the
   rest and starts them again, up to `max_restarts` times within
   `max_seconds`; after that the sandbox's status is `:error`.
+
+  ## Two-phase changes (`Sandbox.Cluster`)
+
+  A reload can also be prepared (`prepare/6`: built, validated, relocated,
+  `StatePreservation.prepare/2`: code prepared for loading, processes
+  suspended and their states captured) and later committed (`commit/3`) or
+  aborted (`abort/2`). The instance holds at most one prepared change, in
+  a slot: while it is there, other changes (reloads, rollbacks, restarts,
+  other prepares, starting and stopping the sandbox's applications) wait
+  in order and run after it; reads are answered. The
+  slot empties itself — the change aborted, every process resumed — when
+  its lease runs out, when the coordinator process that prepared it goes
+  away (or its node becomes unreachable), when a suspended process dies, or
+  when a root of the sandbox exits; destroy aborts it first. A committed
+  change can be reverted by the same coordinator (`revert/3`) as long as no
+  other change came after it.
+
+  Every change records a *stamp* for the modules it adds or changes,
+  `{counter, microseconds, node}`, compared as a tuple: a cluster change
+  gets the coordinator's (one higher than the counter of every copy it
+  prepared), a change made on this node alone one higher than this
+  sandbox's highest counter. `Sandbox.Cluster.reconcile/2` brings every
+  copy of a module to the copy with the highest stamp.
   """
 
   use GenServer, restart: :temporary
@@ -30,6 +53,9 @@ defmodule Sandbox.Instance do
   alias Sandbox.{StatePreservation, FileWatcher, SecurityController}
   alias Sandbox.Models.SandboxState
   alias Sandbox.ModuleVersionManager, as: Store
+
+  # The calls that wait while a change is prepared (see "Two-phase changes").
+  @deferred [:reload, :rollback, :prepare, :auto_reload, :revert]
 
   # Module-level redirects: every call to the host module goes to the
   # sandbox's copy of the shim. The guard (Sandbox.Guard) is loaded with
@@ -49,9 +75,17 @@ defmodule Sandbox.Instance do
   @spec start_link({String.t(), atom, Sandbox.Config.t()}) :: GenServer.on_start()
   def start_link({id, target, config}), do: GenServer.start_link(__MODULE__, {id, target, config})
 
-  @doc "Compiles, loads and starts the sandbox. On failure the instance cleans up and stops."
-  @spec setup(pid) :: {:ok, SandboxState.t()} | {:error, term}
-  def setup(pid), do: GenServer.call(pid, :setup, :infinity)
+  @doc """
+  Compiles, loads and starts the sandbox. On failure the instance cleans up
+  and stops.
+
+  With `build` (see `Sandbox.create_sandbox/3`'s `:prebuilt` option:
+  `%{modules: [{module, beam}], app: app_spec | nil, app_env: keyword,
+  config: [{app, keyword}]}`, optionally `stamps: %{module => stamp}`),
+  nothing is compiled: those modules are loaded and that environment given.
+  """
+  @spec setup(pid, map | nil) :: {:ok, SandboxState.t()} | {:error, term}
+  def setup(pid, build \\ nil), do: GenServer.call(pid, {:setup, build}, :infinity)
 
   @doc "Stops and starts the sandbox's processes again, with the same code."
   @spec restart(pid) :: {:ok, SandboxState.t()} | {:error, term}
@@ -135,6 +169,53 @@ defmodule Sandbox.Instance do
     :ok
   end
 
+  ## Cluster: two-phase changes (see "Two-phase changes" above)
+
+  @doc """
+  Prepares a reload of `beams` under `ref` (the reload options `opts`, as
+  `hot_reload/3`), held for `coordinator` (a pid, monitored) for at most
+  `lease` ms. Returns `{:ok, :prepared, counter}` or `{:ok, :unchanged,
+  counter}` (`counter`: the highest stamp counter of the sandbox), or
+  `{:error, reason}` (the reload's errors; nothing changed).
+  """
+  @spec prepare(pid, reference, binary | [binary], keyword, pid, pos_integer) ::
+          {:ok, :prepared | :unchanged, non_neg_integer} | {:error, term}
+  def prepare(pid, ref, beams, opts, coordinator, lease),
+    do: GenServer.call(pid, {:prepare, ref, beams, opts, coordinator, lease}, :infinity)
+
+  @doc """
+  Commits the change prepared under `ref`, recording `stamp` for its
+  modules: `{:ok, :hot_reloaded}`, the errors of a reload (everything
+  restored), `{:error, {:aborted, why}}` when the slot emptied itself, or
+  `{:error, :not_prepared}`.
+  """
+  @spec commit(pid, reference, tuple) :: {:ok, :hot_reloaded} | {:error, term}
+  def commit(pid, ref, stamp), do: GenServer.call(pid, {:commit, ref, stamp}, :infinity)
+
+  @doc "Aborts the change prepared under `ref` (`:ok` also when there is none)."
+  @spec abort(pid, reference) :: :ok
+  def abort(pid, ref), do: GenServer.call(pid, {:abort, ref}, :infinity)
+
+  @doc """
+  Undoes the change of `ref`: aborted when still prepared
+  (`{:ok, :aborted}`), reverted when it was the last change committed
+  (`{:ok, :rolled_back}`, recording `stamp`; or the errors of a rollback),
+  else `{:ok, :not_committed}`.
+  """
+  @spec revert(pid, reference, tuple) ::
+          {:ok, :aborted | :rolled_back | :not_committed} | {:error, term}
+  def revert(pid, ref, stamp), do: GenServer.call(pid, {:revert, ref, stamp}, :infinity)
+
+  @doc """
+  What another node needs to create a copy of this sandbox as it is now:
+  `%{target: module_or_app, build: build, options: keyword}`, `build` as
+  `setup/2` takes it (the current version of every module, the application
+  spec, the current environment, the stamps) and `options` the create
+  options.
+  """
+  @spec export(pid) :: {:ok, map}
+  def export(pid), do: GenServer.call(pid, :export, :infinity)
+
   ## Server
 
   @impl true
@@ -163,7 +244,15 @@ defmodule Sandbox.Instance do
       restarts: [],
       started_at: nil,
       rollback: nil,
-      last_reload: nil
+      last_reload: nil,
+      # Two-phase changes (Sandbox.Cluster): the prepared slot, the calls
+      # waiting for it, the last committed one (revertible), the last
+      # aborted one and why, and each module's stamp.
+      prepared: nil,
+      deferred: [],
+      cluster_last: nil,
+      aborted: nil,
+      stamps: %{}
     }
 
     SecurityController.register(id, config.security_profile, config.resource_limits)
@@ -171,12 +260,30 @@ defmodule Sandbox.Instance do
     {:ok, state}
   end
 
+  # While a change is prepared, other changes wait for it (in order); a
+  # revert of the prepared change itself aborts it.
   @impl true
-  def handle_call(:setup, _from, state) do
+  def handle_call({:revert, ref, _stamp}, _from, %{prepared: %{ref: ref}} = state),
+    do: {:reply, {:ok, :aborted}, abort_prepared(state, :aborted)}
+
+  def handle_call(msg, from, %{prepared: %{}} = state) when elem(msg, 0) in @deferred do
+    {:noreply, %{state | deferred: state.deferred ++ [{msg, from}]}}
+  end
+
+  def handle_call(:restart, from, %{prepared: %{}} = state),
+    do: {:noreply, %{state | deferred: state.deferred ++ [{:restart, from}]}}
+
+  def handle_call({:app, op, _} = msg, from, %{prepared: %{}} = state) when op in [:start, :stop],
+    do: {:noreply, %{state | deferred: state.deferred ++ [{msg, from}]}}
+
+  def handle_call(:destroy, from, %{prepared: %{}} = state),
+    do: handle_call(:destroy, from, abort_prepared(state, :destroyed))
+
+  def handle_call({:setup, build}, _from, state) do
     t0 = System.monotonic_time()
 
-    with {:ok, state, modules} <- compile(state),
-         {:ok, state} <- load(state, modules),
+    with {:ok, state, modules} <- compile(state, build),
+         {:ok, state} <- load(state, modules, build),
          {:ok, state} <- start_roots(state),
          {:ok, state} <- start_watch(state, state.config.auto_reload) do
       state = status(state, :running)
@@ -288,10 +395,93 @@ defmodule Sandbox.Instance do
         :dependency_graph -> {:ok, Store.dependency_graph(store)}
         {:reload_order, modules} -> Store.reload_order(store, modules)
         :project -> {:ok, {state.config.sandbox_path, compile_opts(state.config)}}
+        # Sandbox.Cluster: each module's current checksum, stamp and load
+        # time, and the current BEAMs of some modules.
+        :cluster -> {:ok, cluster_versions(state)}
+        {:current_beams, modules} -> {:ok, current_beams(store, modules)}
       end
 
     {:reply, reply, state}
   end
+
+  ## Cluster: two-phase changes
+
+  def handle_call({:prepare, ref, beams, opts, coordinator, lease}, _from, state) do
+    t0 = System.monotonic_time()
+
+    case reload_change(state, beams, opts) do
+      {:change, change, opts} ->
+        state = cancel_rollback(state)
+        previous = state.info.status
+        env = change_env(state, opts)
+        publish(status(state, :reloading), listed: true)
+
+        case StatePreservation.prepare(change, env) do
+          {:ok, handle} ->
+            prepared = %{
+              ref: ref,
+              change: change,
+              handle: handle,
+              opts: opts,
+              env: env,
+              previous: previous,
+              t0: t0,
+              monitor: Process.monitor(coordinator),
+              timer: Process.send_after(self(), {:prepared_expired, ref}, lease)
+            }
+
+            state = %{status(state, :reloading) | prepared: prepared, aborted: nil}
+            publish(state, listed: true)
+            {:reply, {:ok, :prepared, counter(state)}, state}
+
+          {:error, _} = error ->
+            meta = %{trigger: :cluster, t0: t0}
+            {reply, state} = changed(state, change, error, opts, env, meta, previous)
+            {:reply, reply, state}
+        end
+
+      {:ok, :unchanged} ->
+        {:reply, {:ok, :unchanged, counter(state)}, state}
+
+      {:error, reason} ->
+        emit_failed(state.id, reason, t0, :cluster, [])
+        audit(state, :refused, %{operation: :reload, reason: reason})
+        {:reply, {:error, reason}, state}
+    end
+  end
+
+  # The commit is a [:sandbox, :reload, _] span, as a reload is.
+  def handle_call({:commit, ref, _stamp} = request, from, %{prepared: %{ref: ref}} = state) do
+    meta = %{sandbox_id: state.id, kind: :reload, trigger: :cluster}
+    reload_span(meta, fn -> do_commit(request, from, state) end)
+  end
+
+  def handle_call({:commit, ref, _stamp}, _from, state) do
+    case state.aborted do
+      {^ref, why} -> {:reply, {:error, {:aborted, why}}, state}
+      _ -> {:reply, {:error, :not_prepared}, state}
+    end
+  end
+
+  def handle_call({:abort, ref}, _from, %{prepared: %{ref: ref}} = state),
+    do: {:reply, :ok, abort_prepared(state, :aborted)}
+
+  def handle_call({:abort, _ref}, _from, state), do: {:reply, :ok, state}
+
+  def handle_call({:revert, ref, stamp}, _from, %{cluster_last: {ref, applied, timeout}} = state) do
+    {:ok, change} = ChangeSet.revert(state.store, applied)
+    meta = %{reason: :cluster_rollback, t0: System.monotonic_time(), stamp: stamp}
+
+    {reply, state} =
+      change(%{state | cluster_last: nil}, change, [suspend_timeout: timeout], meta)
+
+    {:reply, with({:ok, _} <- reply, do: {:ok, :rolled_back}), state}
+  end
+
+  def handle_call({:revert, _ref, _stamp}, _from, state),
+    do: {:reply, {:ok, :not_committed}, state}
+
+  def handle_call(:export, _from, state), do: {:reply, {:ok, export_state(state)}, state}
 
   defp reload_span(meta, fun) do
     Telemetry.span(:reload, meta, fn ->
@@ -302,26 +492,13 @@ defmodule Sandbox.Instance do
 
   defp do_reload({:reload, beams, opts}, _from, state) do
     {trigger, opts} = Keyword.pop(opts, :trigger, :api)
-    {removing, opts} = Keyword.pop(opts, :removing)
+    {stamps, opts} = Keyword.pop(opts, :cluster_stamps)
     t0 = System.monotonic_time()
-    remove = removing(state.store, removing)
 
-    result =
-      with {:ok, opts} <- Sandbox.Config.reload_options(opts) do
-        case {List.wrap(beams), remove, removing} do
-          # A compile that changed nothing of this sandbox.
-          {[], [], {_, _}} -> {:ok, :unchanged}
-          {beams, remove, _} -> ChangeSet.reload(state.store, beams, remove: remove)
-        end
-        |> case do
-          {:ok, %ChangeSet{} = change} -> {:change, change, opts}
-          other -> other
-        end
-      end
-
-    case result do
+    case reload_change(state, beams, opts) do
       {:change, change, opts} ->
-        {reply, state} = change(state, change, opts, %{trigger: trigger, t0: t0})
+        meta = %{trigger: trigger, t0: t0, stamp: stamps}
+        {reply, state} = change(state, change, opts, meta)
         {:reply, reply, state}
 
       {:ok, :unchanged} ->
@@ -347,15 +524,53 @@ defmodule Sandbox.Instance do
     end
   end
 
+  defp do_commit({:commit, ref, stamp}, _from, %{prepared: p} = state) do
+    state = release_slot(state)
+    result = StatePreservation.commit(p.handle)
+    meta = %{trigger: :cluster, t0: p.t0, stamp: stamp}
+    {reply, state} = changed(state, p.change, result, p.opts, p.env, meta, p.previous)
+
+    state =
+      case reply do
+        {:ok, _} -> %{state | cluster_last: {ref, p.change, p.env.timeout}}
+        _ -> state
+      end
+
+    {:reply, reply, state}
+  end
+
   # A violation under :high (Sandbox.ErrorHandler's :isolate): every
   # process goes, the sandbox stays for inspection with status :error.
   @impl true
+  def handle_cast(msg, %{prepared: %{}} = state),
+    do: handle_cast(msg, abort_prepared(state, :stopped))
+
   def handle_cast({:security_stop, reason}, state) do
     state = state |> cancel_rollback() |> stop_roots()
     {:noreply, failed(%{state | last_reload: nil}, reason)}
   end
 
+  # A prepared change is aborted when a root exits, its coordinator goes
+  # away, one of its suspended processes dies, or its lease runs out.
   @impl true
+  def handle_info({:EXIT, pid, reason} = msg, %{prepared: %{}} = state) do
+    if List.keymember?(state.roots, pid, 1),
+      do: handle_info(msg, abort_prepared(state, {:root_exited, reason})),
+      else: {:noreply, state}
+  end
+
+  def handle_info({:DOWN, ref, :process, _, reason}, %{prepared: %{monitor: ref}} = state),
+    do: {:noreply, abort_prepared(state, {:coordinator_down, reason})}
+
+  def handle_info({:DOWN, ref, :process, pid, reason}, %{prepared: %{} = p} = state)
+      when is_map_key(p.handle.monitors, ref),
+      do: {:noreply, abort_prepared(state, {:process_died, pid, reason})}
+
+  def handle_info({:prepared_expired, ref}, %{prepared: %{ref: ref}} = state),
+    do: {:noreply, abort_prepared(state, :expired)}
+
+  def handle_info(:replay_deferred, state), do: replay(state)
+
   def handle_info({:EXIT, pid, reason}, state) do
     if List.keymember?(state.roots, pid, 1) do
       {:noreply, root_died(state, pid, reason)}
@@ -396,7 +611,10 @@ defmodule Sandbox.Instance do
 
   ## Compile and load
 
-  defp compile(state) do
+  # A build from another node (Sandbox.Cluster): nothing to compile.
+  defp compile(state, %{} = build), do: resolve_target(state, build)
+
+  defp compile(state, nil) do
     publish(status(state, :compiling))
     config = state.config
 
@@ -448,13 +666,14 @@ defmodule Sandbox.Instance do
   end
 
   # Create: a change from nothing, with the shims.
-  defp load(state, modules) do
+  defp load(state, modules, build) do
     publish(status(state, :starting))
     shim_renames = %{__sandbox_shim_id__: state.env_id}
 
     with {:ok, change} <- ChangeSet.create(state.store, modules, @shims, shim_renames),
          :ok <- ensure_host_apps(state),
-         {:ok, state, _migrated} <- apply_and_record(state, change, %{group_leader: nil}) do
+         {:ok, state, _migrated} <-
+           apply_and_record(state, change, %{group_leader: nil}, build && build[:stamps]) do
       Env.put_specs(state.env_id, app_specs(state))
       {:ok, state}
     else
@@ -466,10 +685,15 @@ defmodule Sandbox.Instance do
   # Applies a change and records it; then brings the consolidated host
   # protocols the sandbox's types implement up to date (Sandbox.Protocols),
   # reverting the change if that fails.
-  defp apply_and_record(state, change, env) do
-    case StatePreservation.apply(change, env) do
+  defp apply_and_record(state, change, env, stamp \\ nil),
+    do: record_applied(state, change, StatePreservation.apply(change, env), env, stamp)
+
+  # The same once the change is applied (`result`: at once, or the commit
+  # of a prepared change), recording `stamp` (see `record/3`).
+  defp record_applied(state, change, result, env, stamp) do
+    case result do
       {:ok, %{migrated: n}} ->
-        state = %{state | store: Store.record(state.store, change)}
+        state = record(state, change, stamp)
 
         case Sandbox.Protocols.sync(change.from_protocols, change.protocols) do
           :ok ->
@@ -588,17 +812,27 @@ defmodule Sandbox.Instance do
     state = cancel_rollback(state)
     previous = state.info.status
     publish(status(state, :reloading), listed: true)
+    env = change_env(state, opts)
+    changed(state, change, StatePreservation.apply(change, env), opts, env, meta, previous)
+  end
 
-    env = %{
+  defp change_env(state, opts) do
+    %{
       group_leader: state.group_leader,
       migration: migration(opts, state.config),
       timeout: Keyword.get(opts, :suspend_timeout, 5_000)
     }
+  end
 
+  # What follows applying `change` (`result`), whether at once or as the
+  # commit of a prepared change: recorded (with `meta[:stamp]`), events,
+  # audit, the rollback window; or the failure reported. The status goes
+  # back to `previous`.
+  defp changed(state, change, result, opts, env, meta, previous) do
     {reply, state} =
-      case apply_and_record(state, change, env) do
+      case record_applied(state, change, result, env, meta[:stamp]) do
         {:ok, state, n} ->
-          state = %{state | last_reload: nil}
+          state = %{state | last_reload: nil, cluster_last: nil}
           emit_applied(state.id, change, n, meta)
 
           audit(state, change.kind, %{
@@ -635,6 +869,148 @@ defmodule Sandbox.Instance do
     state = status(state, previous)
     publish(state, listed: true)
     {reply, state}
+  end
+
+  # The change a reload makes: `{:change, change, opts}` (`opts` validated),
+  # `{:ok, :unchanged}` or `{:error, reason}`. `opts` may hold `:removing`
+  # (see `apply_compile/3`).
+  defp reload_change(state, beams, opts) do
+    {removing, opts} = Keyword.pop(opts, :removing)
+    remove = removing(state.store, removing)
+
+    with {:ok, opts} <- Sandbox.Config.reload_options(opts) do
+      case {List.wrap(beams), remove, removing} do
+        # A compile that changed nothing of this sandbox.
+        {[], [], {_, _}} -> {:ok, :unchanged}
+        {beams, remove, _} -> ChangeSet.reload(state.store, beams, remove: remove)
+      end
+      |> case do
+        {:ok, %ChangeSet{} = change} -> {:change, change, opts}
+        other -> other
+      end
+    end
+  end
+
+  # Records an applied change in the store, and the stamp of every module it
+  # added or changed: `stamp` (one for all), `%{module => stamp}` (missing
+  # ones get a local stamp), or `nil` (a local stamp).
+  defp record(state, change, stamp) do
+    local = {counter(state) + 1, System.os_time(:microsecond), node()}
+    removed = Enum.map(change.removed, & &1.module)
+
+    stamps =
+      change
+      |> ChangeSet.versions()
+      |> Map.keys()
+      |> Enum.reduce(Map.drop(state.stamps, removed), fn m, acc ->
+        Map.put(acc, m, if(is_map(stamp), do: Map.get(stamp, m, local), else: stamp || local))
+      end)
+
+    %{state | store: Store.record(state.store, change), stamps: stamps}
+  end
+
+  # The highest stamp counter of the sandbox.
+  defp counter(state) do
+    state.stamps |> Map.values() |> Enum.map(&elem(&1, 0)) |> Enum.max(fn -> 0 end)
+  end
+
+  defp cluster_versions(state) do
+    for {module, slot} <- state.store.modules, into: %{} do
+      current = Store.current(state.store, module)
+
+      {module,
+       %{
+         version: slot.current,
+         checksum: current.checksum,
+         loaded_at: current.loaded_at,
+         stamp: Map.get(state.stamps, module, {0, 0, node()})
+       }}
+    end
+  end
+
+  defp current_beams(store, modules) do
+    for m <- modules,
+        current = Store.current(store, m),
+        current != nil,
+        into: %{},
+        do: {m, current.beam_data}
+  end
+
+  # The sandbox as it is now, for a copy on another node: the current
+  # versions, the application spec, the current environment, the stamps
+  # and the create options.
+  defp export_state(state) do
+    apps =
+      for [app] <- :ets.match(Env.table(), {{state.env_id, :"$1"}, true}),
+          do: {app, Env.all(state.env_id, app)}
+
+    own = state.app && state.app.name
+    modules = for {m, _} <- state.store.modules, do: {m, Store.current(state.store, m).beam_data}
+    config = state.config
+
+    options = [
+      sandbox_path: config.sandbox_path,
+      supervisor_args: config.supervisor_args,
+      compile_timeout: config.compile_timeout,
+      compile_limits: config.compile_limits,
+      resource_limits: config.resource_limits,
+      security_profile: config.security_profile,
+      state_migration: config.state_migration,
+      max_restarts: config.max_restarts,
+      max_seconds: config.max_seconds,
+      max_versions: config.max_versions,
+      capture_output: config.capture_output
+    ]
+
+    %{
+      target: state.target,
+      options: options,
+      build: %{
+        modules: modules,
+        app: state.app,
+        app_env: (own && Keyword.get(apps, own)) || [],
+        config: Enum.reject(apps, fn {app, _} -> app == own end),
+        stamps: state.stamps
+      }
+    }
+  end
+
+  # Empties the prepared slot (its lease and coordinator monitor go) and
+  # lets the changes that waited for it run.
+  defp release_slot(%{prepared: p} = state) do
+    Process.cancel_timer(p.timer)
+    Process.demonitor(p.monitor, [:flush])
+    if state.deferred != [], do: send(self(), :replay_deferred)
+    %{state | prepared: nil}
+  end
+
+  defp abort_prepared(%{prepared: p} = state, why) do
+    state = release_slot(state)
+    :ok = StatePreservation.abort(p.handle)
+    emit_failed(state.id, {:aborted, why}, p.t0, :cluster, ChangeSet.modules(p.change))
+    state = status(%{state | aborted: {p.ref, why}}, p.previous)
+    publish(state, listed: true)
+    state
+  end
+
+  # Runs the calls that waited for a prepared change, in order, until one
+  # of them prepares a change again.
+  defp replay(%{deferred: []} = state), do: {:noreply, state}
+  defp replay(%{prepared: %{}} = state), do: {:noreply, state}
+
+  defp replay(%{deferred: [{msg, from} | rest]} = state) do
+    case handle_call(msg, from, %{state | deferred: rest}) do
+      {:reply, reply, state} ->
+        GenServer.reply(from, reply)
+        replay(state)
+
+      {:noreply, state} ->
+        replay(state)
+
+      {:stop, reason, reply, state} ->
+        GenServer.reply(from, reply)
+        {:stop, reason, state}
+    end
   end
 
   defp migration(opts, config) do

@@ -31,6 +31,11 @@ defmodule Sandbox.StatePreservation do
   A create is a change from nothing (no process to suspend); a destroy is a
   change to nothing, applied after the sandbox's processes are gone.
 
+  `apply/2` is two halves that can also be called apart (a cluster's
+  two-phase reload, `Sandbox.Cluster`): `prepare/2` does steps 1–3 and
+  holds the processes suspended; `commit/1` does steps 4–5, `abort/1`
+  resumes everything and loads nothing.
+
   ## Which processes
 
   A sandbox's processes are the members of its group leader
@@ -292,25 +297,104 @@ defmodule Sandbox.StatePreservation do
   end
 
   def apply(%ChangeSet{} = change, env) do
+    with {:ok, prepared} <- prepare(change, env), do: commit(prepared)
+  end
+
+  ## Two phases: prepare, then commit or abort (Sandbox.Cluster)
+
+  defmodule Prepared do
+    @moduledoc """
+    A change prepared by `Sandbox.StatePreservation.prepare/2` and not yet
+    committed or aborted: its code prepared for loading, the processes it
+    suspended, their captured states and the monitors on them (which belong
+    to the process that prepared it).
+    """
+    @enforce_keys [:change, :env, :code]
+    defstruct [:change, :env, :code, suspended: [], alive: [], monitors: %{}, captured: %{}]
+
+    @type t :: %__MODULE__{
+            change: Sandbox.ChangeSet.t(),
+            env: Sandbox.StatePreservation.env(),
+            code: term,
+            suspended: [Sandbox.StatePreservation.target()],
+            alive: [{Sandbox.StatePreservation.target(), map}],
+            monitors: %{reference => pid},
+            captured: %{pid => term}
+          }
+  end
+
+  @doc """
+  The first half of `apply/2`: everything up to and including the
+  suspension and the capture of states. The change's code is prepared for
+  loading (`:code.prepare_loading/1`), the old code soft-purged, removed
+  modules checked unused, and the affected `:sys` processes suspended
+  (callers first) with the states of those to migrate captured. Nothing is
+  loaded yet.
+
+  Returns `{:ok, prepared}`, holding the processes suspended until
+  `commit/1` or `abort/1` (which must run in the same process: the
+  monitors on the suspended processes are its own, see
+  `Sandbox.StatePreservation.Prepared`), or `{:error, reason}` (the errors
+  of `apply/2` up to that point) with every process resumed. `apply/2` is
+  `prepare/2` followed at once by `commit/1`.
+  """
+  @spec prepare(ChangeSet.t(), env) :: {:ok, Prepared.t()} | {:error, term}
+  def prepare(%ChangeSet{kind: kind} = change, env) when kind != :destroy do
     load = change.shims ++ change.order
     replaced = change.changed ++ change.relinked
     gl = env.group_leader
     members = if is_pid(gl) and Process.alive?(gl), do: GroupLeader.members(gl), else: []
 
-    with {:ok, prepared} <- prepare(load, :binary),
+    with {:ok, code} <- prepare_code(load, :binary),
          :ok <- soft_purge(replaced ++ change.removed),
          :ok <- not_in_use(change.removed, members) do
-      result =
-        if members == [] or change.changed == [] do
-          finish(prepared, change)
-        else
-          under_suspension(change, prepared, members, env)
-        end
+      prepared = %Prepared{change: change, env: env, code: code}
 
-      with {:ok, _} <- result, do: remove(change.removed)
-      result
+      if members == [] or change.changed == [],
+        do: {:ok, prepared},
+        else: suspend_and_capture(prepared, members)
     end
   end
+
+  @doc """
+  The second half of `apply/2`: loads the prepared code
+  (`:code.finish_loading/1`), migrates the captured processes, resumes
+  everything and removes the removed modules. Results as `apply/2`; on
+  failure the previous code and the captured states are restored.
+  """
+  @spec commit(Prepared.t()) :: {:ok, %{migrated: non_neg_integer}} | {:error, term}
+  def commit(%Prepared{change: change} = prepared) do
+    result =
+      if prepared.monitors == %{} and prepared.suspended == [],
+        do: finish(prepared.code, change),
+        else: migrate_suspended(prepared)
+
+    demonitor(prepared.monitors)
+    with {:ok, _} <- result, do: remove(change.removed)
+    result
+  end
+
+  @doc """
+  Abandons a prepared change: nothing is loaded, every suspended process
+  is resumed (asynchronously when it does not answer in time) and the
+  monitors go. Always `:ok`.
+  """
+  @spec abort(Prepared.t()) :: :ok
+  def abort(%Prepared{env: env} = prepared) do
+    resume_all(prepared.suspended, env.timeout, env.group_leader)
+    demonitor(prepared.monitors)
+    :ok
+  end
+
+  @doc """
+  The monitors a prepared change holds on its suspended processes
+  (`%{reference => pid}`): a `:DOWN` for one of them means a process died
+  while suspended, after which the change can only be aborted.
+  """
+  @spec monitors(Prepared.t()) :: %{reference => pid}
+  def monitors(%Prepared{monitors: monitors}), do: monitors
+
+  defp demonitor(monitors), do: for({ref, _} <- monitors, do: Process.demonitor(ref, [:flush]))
 
   defp finish(prepared, change) do
     case :code.finish_loading(prepared) do
@@ -322,7 +406,7 @@ defmodule Sandbox.StatePreservation do
     end
   end
 
-  defp under_suspension(change, prepared, members, env) do
+  defp suspend_and_capture(%Prepared{change: change, env: env} = prepared, members) do
     %{group_leader: gl, timeout: timeout} = env
     suspend_names = suspend_set(change)
     originals = Map.new(change.renames, fn {original, name} -> {name, original} end)
@@ -341,67 +425,74 @@ defmodule Sandbox.StatePreservation do
 
     monitors = Map.new(sys, &{Process.monitor(&1.pid), &1.pid})
 
-    result =
-      case suspend_all(sys, timeout, gl) do
-        {:ok, suspended} ->
-          alive =
-            Enum.filter(to_migrate, fn {p, _} -> Enum.any?(suspended, &(&1.pid == p.pid)) end)
+    case suspend_all(sys, timeout, gl) do
+      {:ok, suspended} ->
+        alive = Enum.filter(to_migrate, fn {p, _} -> Enum.any?(suspended, &(&1.pid == p.pid)) end)
 
-          migrate_suspended(change, prepared, suspended, alive, monitors, env)
+        case capture(Enum.map(alive, &elem(&1, 0)), timeout) do
+          {:ok, captured} ->
+            {:ok,
+             %{
+               prepared
+               | suspended: suspended,
+                 alive: alive,
+                 monitors: monitors,
+                 captured: captured
+             }}
 
-        {:error, _} = error ->
-          error
-      end
+          {:error, {:process_died, pid, _}} ->
+            resume_all(suspended, timeout, gl)
+            reason = down_reason(monitors, pid)
+            demonitor(monitors)
+            {:error, {:process_died, pid, reason}}
 
-    for {ref, _} <- monitors, do: Process.demonitor(ref, [:flush])
-    result
+          {:error, reason} ->
+            resume_all(suspended, timeout, gl)
+            demonitor(monitors)
+            {:error, reason}
+        end
+
+      {:error, _} = error ->
+        demonitor(monitors)
+        error
+    end
   end
 
-  defp migrate_suspended(change, prepared, suspended, alive, mons, env) do
+  defp migrate_suspended(%Prepared{change: change, env: env} = prepared) do
     %{group_leader: gl, timeout: timeout, migration: migration} = env
-    undo = fn captured, kill -> restore(change, captured, suspended, kill, timeout, gl) end
+    %{suspended: suspended, alive: alive, monitors: mons, captured: captured} = prepared
+    undo = fn kill -> restore(change, captured, suspended, kill, timeout, gl) end
 
-    case capture(Enum.map(alive, &elem(&1, 0)), timeout) do
-      {:error, {:process_died, pid, _}} ->
-        resume_all(suspended, timeout, gl)
-        {:error, {:process_died, pid, down_reason(mons, pid)}}
-
-      {:error, reason} ->
-        resume_all(suspended, timeout, gl)
-        {:error, reason}
-
-      {:ok, captured} ->
-        case :code.finish_loading(prepared) do
+    case :code.finish_loading(prepared.code) do
+      :ok ->
+        case migrate_all(alive, migration, timeout) do
           :ok ->
-            case migrate_all(alive, migration, timeout) do
-              :ok ->
-                case died(mons) do
-                  nil ->
-                    resume_all(suspended, timeout, gl)
-                    {:ok, %{migrated: length(alive)}}
+            case died(mons) do
+              nil ->
+                resume_all(suspended, timeout, gl)
+                {:ok, %{migrated: length(alive)}}
 
-                  {pid, reason} ->
-                    undo.(captured, [])
-                    {:error, {:process_died, pid, reason}}
-                end
-
-              {:error, {:migration_timeout, module, pid}} ->
-                undo.(captured, [pid])
-                {:error, {:migration_timeout, module, pid, :killed}}
-
-              {:error, {:process_died, pid, _}} ->
-                undo.(captured, [])
-                {:error, {:process_died, pid, down_reason(mons, pid)}}
-
-              {:error, reason} ->
-                undo.(captured, [])
-                {:error, reason}
+              {pid, reason} ->
+                undo.([])
+                {:error, {:process_died, pid, reason}}
             end
 
-          {:error, failures} ->
-            resume_all(suspended, timeout, gl)
-            {:error, {:load_failed, originals(failures, change)}}
+          {:error, {:migration_timeout, module, pid}} ->
+            undo.([pid])
+            {:error, {:migration_timeout, module, pid, :killed}}
+
+          {:error, {:process_died, pid, _}} ->
+            undo.([])
+            {:error, {:process_died, pid, down_reason(mons, pid)}}
+
+          {:error, reason} ->
+            undo.([])
+            {:error, reason}
         end
+
+      {:error, failures} ->
+        resume_all(suspended, timeout, gl)
+        {:error, {:load_failed, originals(failures, change)}}
     end
   end
 
@@ -448,7 +539,7 @@ defmodule Sandbox.StatePreservation do
     back = change.changed ++ change.relinked
 
     for e <- change.order, do: wait_soft_purge(e.name, deadline)
-    {:ok, prepared} = prepare(back, :old_binary)
+    {:ok, prepared} = prepare_code(back, :old_binary)
     :ok = :code.finish_loading(prepared)
 
     for e <- change.added do
@@ -480,7 +571,7 @@ defmodule Sandbox.StatePreservation do
     end
   end
 
-  defp prepare(entries, key) do
+  defp prepare_code(entries, key) do
     loads = for e <- entries, do: {e.name, ~c"sandbox:#{e.name}", Map.fetch!(e, key)}
 
     case :code.prepare_loading(loads) do
