@@ -44,6 +44,11 @@ defmodule Sandbox.IsolatedCompiler do
       (`Sandbox.IsolatedCompiler.Pool.base_env/0`: the host's `PATH`,
       `HOME` and locale, nothing else)
     * `:memory_limit` — the seed's name for `compile_limits.max_memory`
+    * `:tests` — (a mix project) also compile its tests, `test/**/*_test.exs`
+      after `test/test_helper.exs`, with ExUnit in the worker: the result's
+      `test_modules` (`[{module, beam}]`) and `async_tests` (the modules of
+      `use ExUnit.Case, async: true`); `:mix_env` is usually `:test` with it
+      (default `false`)
     * `:context` — (`compile_file/2`) a project directory: the file is
       compiled against that project's last build (compiled first if there
       is none), with its modules loaded and its config applied, so that it
@@ -466,6 +471,7 @@ defmodule Sandbox.IsolatedCompiler do
     :cache,
     :max_new_atoms,
     :context,
+    :tests,
     :artifacts_dir,
     :pool,
     :cache_server
@@ -518,7 +524,7 @@ defmodule Sandbox.IsolatedCompiler do
     mix_env = Keyword.get(opts, :mix_env, :prod)
     unless is_atom(mix_env), do: raise(ArgumentError, "expected :mix_env as an atom")
 
-    for key <- [:write_artifacts, :validate_beams, :incremental, :cache],
+    for key <- [:write_artifacts, :validate_beams, :incremental, :cache, :tests],
         value = Keyword.get(opts, key, true),
         not is_boolean(value),
         do: raise(ArgumentError, "expected #{inspect(key)} as a boolean, got: #{inspect(value)}")
@@ -542,6 +548,7 @@ defmodule Sandbox.IsolatedCompiler do
       validate: Keyword.get(opts, :validate_beams, true),
       write_artifacts: Keyword.get(opts, :write_artifacts, true),
       incremental: Keyword.get(opts, :incremental, false),
+      tests: Keyword.get(opts, :tests, false),
       cache: Keyword.get(opts, :cache, true),
       max_new_atoms: max_atoms || @default_max_new_atoms,
       context: context!(Keyword.get(opts, :context)),
@@ -579,7 +586,8 @@ defmodule Sandbox.IsolatedCompiler do
             files: files || source_files(kind, inputs),
             mix_env: opts.mix_env,
             env: env,
-            erl_include: [Path.join(root, "include"), root]
+            erl_include: [Path.join(root, "include"), root],
+            tests: opts.tests and kind == :project
           }
 
           with {:ok, result, info} <- run_job(job, opts) do
@@ -628,7 +636,9 @@ defmodule Sandbox.IsolatedCompiler do
       config: result.config,
       sources: result.sources,
       files_read: result.files_read,
-      app_files: app_files
+      app_files: app_files,
+      test_modules: Map.get(result, :test_modules, []),
+      async_tests: Map.get(result, :async_tests, [])
     }
   end
 
@@ -709,6 +719,8 @@ defmodule Sandbox.IsolatedCompiler do
       removed_modules: Keyword.get(extra, :removed_modules, []),
       recompiled_files: Keyword.get(extra, :recompiled, []),
       recompiled_modules: Keyword.get(extra, :recompiled_modules, payload.modules),
+      test_modules: Map.get(payload, :test_modules, []),
+      async_tests: Map.get(payload, :async_tests, []),
       os_pid: extra[:os_pid]
     }
   end
@@ -1159,7 +1171,7 @@ defmodule Sandbox.IsolatedCompiler do
     files = for {_abs, rel, sum} <- inputs, do: {rel, sum}
 
     Sandbox.Beam.checksum(
-      :erlang.term_to_binary({:v1, kind, root, opts.mix_env, versions, files})
+      :erlang.term_to_binary({:v1, kind, root, opts.mix_env, opts.tests, versions, files})
     )
   end
 

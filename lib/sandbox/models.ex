@@ -173,6 +173,8 @@ defmodule Sandbox.Models.CompilationResult do
           removed_modules: [module],
           recompiled_files: [String.t()],
           recompiled_modules: [{module, binary}],
+          test_modules: [{module, binary}],
+          async_tests: [module],
           os_pid: pos_integer | nil
         }
 
@@ -193,5 +195,7 @@ defmodule Sandbox.Models.CompilationResult do
             removed_modules: [],
             recompiled_files: [],
             recompiled_modules: [],
+            test_modules: [],
+            async_tests: [],
             os_pid: nil
 end

@@ -105,7 +105,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
     erl = Path.join([List.to_string(:code.root_dir()), "bin", "erl"])
 
     paths =
-      for app <- [:elixir, :eex, :mix, :logger] do
+      for app <- [:elixir, :eex, :mix, :logger, :ex_unit] do
         app |> :code.lib_dir(:ebin) |> List.to_string()
       end
 

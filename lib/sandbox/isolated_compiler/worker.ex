@@ -212,8 +212,9 @@ defmodule Sandbox.IsolatedCompiler.Worker do
 
   defp compile_job(%{kind: :project} = job) do
     with {:ok, apps} <- load_projects(job),
-         {:ok, config} <- read_config(job) do
-      compile_apps(apps, config, job)
+         {:ok, config} <- read_config(job),
+         {:ok, result} <- compile_apps(apps, config, job) do
+      if job[:tests], do: compile_tests(result, job), else: {:ok, result}
     end
   end
 
@@ -235,6 +236,55 @@ defmodule Sandbox.IsolatedCompiler.Worker do
 
     with {:ok, compiled} <- compile_sources(files, job[:erl_include] || [], job) do
       {:ok, Map.merge(compiled, %{app: nil, config: [], sources: files})}
+    end
+  end
+
+  # The project's test files (`test/**/*_test.exs`, after `test_helper.exs`),
+  # compiled in memory against the project just compiled, with ExUnit
+  # running here so that each test module registers itself: the result
+  # gains `test_modules` ([{module, beam}]) and `async_tests` (the modules
+  # of `use ExUnit.Case, async: true`).
+  defp compile_tests(result, job) do
+    test_dir = Path.join(job.root, "test")
+    helper = Path.join(test_dir, "test_helper.exs")
+    files = Path.wildcard(Path.join(test_dir, "**/*_test.exs"))
+    {:ok, _} = Application.ensure_all_started(:ex_unit)
+    ExUnit.start(autorun: false)
+    Code.prepend_path(job.out_dir)
+
+    me = self()
+    each_module = fn _file, module, beam -> send(me, {:test_module, module, beam}) end
+
+    try do
+      if File.regular?(helper), do: Code.require_file(helper)
+
+      case Kernel.ParallelCompiler.compile(files, each_module: each_module) do
+        {:ok, _modules, warnings} ->
+          test_modules = drain_test_modules([])
+          ExUnit.Server.modules_loaded()
+          async = ExUnit.Server.take_async_modules(length(test_modules) + 1)
+          _sync = ExUnit.Server.take_sync_modules()
+
+          {:ok,
+           Map.merge(result, %{
+             test_modules: test_modules,
+             async_tests: async,
+             warnings: result.warnings ++ Enum.map(warnings, &ex_diag(&1, :warning, job))
+           })}
+
+        {:error, errors, _warnings} ->
+          {:error, {:compilation_failed, Enum.map(errors, &ex_diag(&1, :compile, job))}}
+      end
+    rescue
+      e -> {:error, {:compilation_failed, [exception_diagnostic(e, helper, job.root)]}}
+    end
+  end
+
+  defp drain_test_modules(acc) do
+    receive do
+      {:test_module, module, beam} -> drain_test_modules([{module, beam} | acc])
+    after
+      0 -> Enum.reverse(acc)
     end
   end
 
