@@ -91,8 +91,19 @@ defmodule Sandbox.CNode.DistListenerTest do
         })
 
       try do
-        # code the peer can run without this module: evaluated there
+        # code the peer can run without this module: evaluated there. While
+        # every handshake slot is taken, a new connection is closed at once
+        # (the peer's send is then dropped): the peer connects first, trying
+        # again until the stalled clients' deadline frees a slot.
         code = ~c"""
+        Connect = fun Connect(0) -> false;
+                      Connect(N) ->
+                          case net_kernel:connect_node(CNode) of
+                              true -> true;
+                              false -> receive after 200 -> Connect(N - 1) end
+                          end
+                  end,
+        true = Connect(50),
         Ref = make_ref(),
         {sandbox_cnode, CNode} ! {self(), Ref, ping, \#{}},
         receive {Ref, Reply} -> Reply after 10000 -> timeout end.
