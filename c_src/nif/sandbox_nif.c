@@ -22,7 +22,7 @@ static ERL_NIF_TERM am_ok, am_error, am_true, am_false, am_truncated, am_form, a
     am_unsupported_opcode, am_out_of_memory, am_module, am_atoms, am_atom_encoding, am_utf8,
     am_latin1, am_chunks, am_attributes, am_compile_info, am_has_literals, am_has_debug_info,
     am_has_docs, am_has_exck, am_external_funs, am_atom_too_long, am_duplicate_map_key,
-    am_too_large, am_too_many_atoms;
+    am_too_large, am_too_many_atoms, am_bad_code;
 
 static ERL_NIF_TERM mk_atom(ErlNifEnv *env, const char *name) {
     ERL_NIF_TERM a;
@@ -73,6 +73,7 @@ static void make_atoms(ErlNifEnv *env) {
     A(duplicate_map_key);
     A(too_large);
     A(too_many_atoms);
+    A(bad_code);
 #undef A
 }
 
@@ -153,7 +154,10 @@ static ERL_NIF_TERM error_reason(ErlNifEnv *env, const beam_error *e) {
     case BEAM_E_TOO_LARGE:
         return enif_make_tuple4(env, am_too_large, chunk_id(env, e->chunk),
                                 enif_make_uint64(env, e->a), enif_make_uint64(env, e->b));
+    case BEAM_E_BAD_CODE:
+        return enif_make_tuple2(env, am_bad_code, enif_make_uint64(env, e->a));
     case BEAM_E_NOMEM:
+    case BEAM_E_STOPPED:
     case BEAM_OK:
         break;
     }
@@ -294,6 +298,7 @@ static ERL_NIF_TERM fa_list(ErlNifEnv *env, const uint8_t *table, uint32_t n,
 #define COST_ENTRY 60  /* per import, export or local listed */
 #define COST_FUN 150   /* per external fun listed, besides its atoms */
 #define COST_NAME 300  /* per name of a relocation's renames and redirects */
+#define COST_CODE 20   /* per byte of the Code chunk decoded and checked */
 
 static int on_normal_scheduler(void) {
     return enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
@@ -596,7 +601,9 @@ static ERL_NIF_TERM validate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         if (beam_parse_limited(bin.data, bin.size, max_inflated, &m, &err) != BEAM_OK) {
             return error_tuple(env, &err);
         }
-        int dirty = walk_cost(&m, NULL) > NORMAL_SCHEDULER_BUDGET_NS;
+        const beam_chunk *code = beam_find_chunk(&m, "Code");
+        uint64_t cost = walk_cost(&m, NULL) + (code ? COST_CODE * (uint64_t)code->size : 0);
+        int dirty = cost > NORMAL_SCHEDULER_BUDGET_NS;
         beam_module_free(&m);
         if (dirty) {
             return enif_schedule_nif(env, "validate_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
