@@ -78,7 +78,23 @@ defmodule Sandbox.Beam do
     * `{:unsupported_instruction_set, n}` — the code header's instruction set
       is not 0
     * `{:unsupported_opcode, n}` — the module uses opcodes up to `n`, above
-      the highest opcode of the running system
+      the highest opcode of the running system, or its code has opcode `n`,
+      which the running system does not load (above its highest, or retired)
+    * `{:bad_code, offset}` — the instruction stream of the `Code` chunk is
+      not what the compiler emits, at byte `offset` of the chunk: an operand
+      of the wrong kind for its instruction (a list where it takes none, a
+      register where it takes a label), a list whose count its bytes cannot
+      hold or that an instruction needs in pairs, an index outside its table
+      (atoms, literals, labels, imports, lambdas, line items, types, `StrT`),
+      an x or y register at or above 1024, a function not laid out as the
+      loader expects (label, `func_info`, entry label), or bytes after
+      `int_code_end`
+    * `{:bad_chunk, "Code" | "ExpT" | "FunT" | "Line" | "Type"}` (from
+      `validate/2`) — besides contradicting its size: the code header's label
+      or function count disagrees with the code, a label is used but never
+      defined, a local call or an export or lambda does not name a
+      function's entry (with its arity); or the `Line` or `Type` chunk is
+      malformed
     * `:out_of_memory`
   """
 
@@ -100,6 +116,7 @@ defmodule Sandbox.Beam do
           | {:too_many_atoms, pos_integer, pos_integer}
           | {:unsupported_instruction_set, non_neg_integer}
           | {:unsupported_opcode, non_neg_integer}
+          | {:bad_code, non_neg_integer}
           | :out_of_memory
 
   @typedoc """
@@ -208,9 +225,17 @@ defmodule Sandbox.Beam do
   Beyond `parse/2`: the required chunks (`Code`, `StrT`, `ImpT`, `ExpT`)
   are present, the literal table inflates and every literal is one valid
   external term, every term chunk (`Attr`, `CInf`, `Dbgi`, `Docs`, `ExCk`,
-  `Meta`) is one valid external term, and the code header names
-  instruction set 0 and no opcode above the running system's highest.
-  Returns `:ok` or `{:error, reason}`. Creates no atoms.
+  `Meta`) is one valid external term, the code header names instruction
+  set 0 and no opcode above the running system's highest, and the whole
+  instruction stream decodes: every instruction is one OTP 25's loader
+  takes, every operand has the kind its instruction expects and refers
+  within its table, lists occur only where an instruction takes one, and
+  the functions, exports (`ExpT`), lambdas (`FunT`) and line table (`Line`)
+  agree with the code. The loader trusts operand shapes (it allocates a
+  list's count before reading the list, indexes tables by operand values),
+  so a binary that `validate/2` accepts is either loaded or refused by
+  `:code.load_binary/3`, never a crash of the VM. Returns `:ok` or
+  `{:error, reason}`. Creates no atoms; linear in the size of the binary.
 
       iex> Sandbox.Beam.validate("FOR1")
       {:error, {:truncated, :header}}
