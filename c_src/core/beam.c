@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "bytes.h"
 #include "code.h"
@@ -451,6 +452,42 @@ beam_errcode beam_literals_load(const beam_module *m, beam_literals *lits, beam_
         lits->size = usize;
     }
     return frame_literals(lits, err);
+}
+
+beam_errcode beam_literal_count(const beam_module *m, uint32_t *count, beam_error *err) {
+    const beam_chunk *c = beam_find_chunk(m, "LitT");
+    *count = 0;
+    if (!c) {
+        return BEAM_OK;
+    }
+    const uint8_t *p = m->data + c->offset;
+    if (c->size < 8) {
+        return fail(err, c->size < 4 ? BEAM_E_TRUNCATED : BEAM_E_BAD_CHUNK, "LitT", 0);
+    }
+    if (rd_u32(p) == 0) {
+        *count = rd_u32(p + 4);
+        return BEAM_OK;
+    }
+    /* Only the count: the first four bytes of the stream. */
+    uint8_t head[4];
+    z_stream zs = {0};
+    if (inflateInit(&zs) != Z_OK) {
+        return fail(err, BEAM_E_NOMEM, NULL, 0);
+    }
+    zs.next_in = (Bytef *)(uintptr_t)(p + 4);
+    zs.avail_in = c->size - 4;
+    zs.next_out = head;
+    zs.avail_out = 4;
+    int zr = Z_OK;
+    while (zs.avail_out > 0 && zr == Z_OK) {
+        zr = inflate(&zs, Z_SYNC_FLUSH);
+    }
+    inflateEnd(&zs);
+    if (zs.avail_out > 0) {
+        return fail(err, BEAM_E_ZLIB, "LitT", 0);
+    }
+    *count = rd_u32(head);
+    return BEAM_OK;
 }
 
 beam_errcode beam_literals_adopt(uint8_t *owned, size_t size, beam_literals *lits,

@@ -138,6 +138,10 @@ typedef struct {
  * checks its framing: every literal's size fits and nothing trails. */
 beam_errcode beam_literals_load(const beam_module *m, beam_literals *lits, beam_error *err);
 
+/* The literal table's count alone (0 without a LitT), inflating no more
+ * than its first bytes; the table itself is not checked. */
+beam_errcode beam_literal_count(const beam_module *m, uint32_t *count, beam_error *err);
+
 /* beam_literals_load's framing checks on a table the caller inflated
  * itself: `owned` (malloc'd, `size` bytes) belongs to *lits afterwards, and
  * is freed on error too. */
