@@ -229,7 +229,7 @@ defmodule Sandbox.Node do
       ~w(+S 1:1 +SDcpu 1:1 +SDio 1 +A 1 +sbwt none +sbwtdcpu none +sbwtdio none) ++
       ~w(+P 1024 +Q 1024) ++
       ["+MMscs", Integer.to_string(max(mb, 64))] ++
-      ~w(+MMsco true +Musac false +MMscrpm false) ++
+      ~w(+MMsco true +Musac false +MMscrpm false +MMmcs 0) ++
       Enum.flat_map(ebins(), &["-pa", &1]) ++
       ~w(-sandbox agent true -s Elixir.Sandbox.Node.Agent main)
   end

@@ -136,7 +136,7 @@ defmodule Sandbox.Node.Agent do
 
   @impl true
   def handle_call(:announce, _from, state) do
-    preload()
+    if Application.get_env(:sandbox, :agent_preload, true), do: preload()
     :ok = Sandbox.Telemetry.subscribe(:all)
     # The sync frame: a bare payload (not a term), see Sandbox.Node.Wire.
     Port.command(state.port, Wire.magic())

@@ -287,16 +287,18 @@ defmodule Sandbox.Node.Conn do
 
   def handle_info({:sandbox_cnode, id, {:exit, reason}}, %{id: id} = state) do
     down = state.killed || classify(reason, state.stderr)
-    fail_pending(state, down)
     if state.sandbox, do: Node.delete_usage(state.sandbox)
     File.rm_rf(state.dir)
 
+    # The owner first: a caller told that the VM is down and asking the
+    # sandbox again finds its instance knowing it.
     case {state.owner, state.notify} do
       {owner, _} when is_pid(owner) -> send(owner, {:node_down, self(), down})
       {nil, notify} when is_pid(notify) -> send(notify, {:node_down, self(), down})
       _ -> :ok
     end
 
+    fail_pending(state, down)
     {:stop, :normal, state}
   end
 

@@ -216,7 +216,9 @@ defmodule Sandbox.Node.Wire do
       not agent_module?(info[:module], id) -> t
       info[:type] == :external -> nil
       Enum.any?(info[:env], &has_identity?/1) -> t
-      true -> Enum.find_value(info[:env], &find_unsendable(&1, id))
+      # The fun given is named, whatever it holds that cannot be sent.
+      find_in_list(info[:env], id) != nil -> t
+      true -> nil
     end
   end
 
@@ -262,7 +264,7 @@ defmodule Sandbox.Node.Wire do
         true
 
       path when is_list(path) and path != [] ->
-        path = List.to_string(path)
+        path = path |> List.to_string() |> Path.expand()
         Enum.any?(Sandbox.Node.code_dirs(), &String.starts_with?(path, &1 <> "/"))
 
       _ ->
