@@ -80,6 +80,7 @@ defmodule Sandbox.Node.WireTest do
       # A closure of this test module: its code is not in the sandbox VM.
       closure = fn -> :host end
       assert Wire.check_serialisable(closure, "x") == {:error, {:not_serialisable, closure}}
+
       assert Wire.check_serialisable([a: {1, closure}], "x") ==
                {:error, {:not_serialisable, closure}}
 
