@@ -231,6 +231,7 @@ defmodule Sandbox.Node do
       ["+MMscs", Integer.to_string(max(mb, 64))] ++
       ~w(+MMsco true +Musac false +MMscrpm false +MMmcs 0) ++
       Enum.flat_map(ebins(), &["-pa", &1]) ++
+      ["-sandbox", "agent_preload", to_string(Application.get_env(:sandbox, :node_preload, true))] ++
       ~w(-sandbox agent true -s Elixir.Sandbox.Node.Agent main)
   end
 

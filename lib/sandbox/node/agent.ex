@@ -41,11 +41,12 @@ defmodule Sandbox.Node.Agent do
 
   `{:reply, ref, result, summary}`, `{:event, name, measurements, metadata,
   summary}` (every event of the sandbox, `Sandbox.Telemetry`),
-  `{:usage, summary}` (every second once a sandbox exists), `{:io,
+  `{:usage, summary}` (every second once a sandbox exists, with the
+  sandbox's `Sandbox.ResourceMonitor` usage), `{:io,
   binary}` (output), `{:audit, n, line}`. `summary` is the sandbox's
   status as the VM sees it: `%{status, error, restart_count, app_name,
-  supervisor_module, app_pid, supervisor_pid, usage}` (or `nil` before
-  it is created). Funs in anything sent are replaced by their text
+  supervisor_module, app_pid, supervisor_pid}` (or `nil` before it is
+  created; replies to calls and runs carry none). Funs in anything sent are replaced by their text
   (`Sandbox.Node.Wire.portable/1`).
   """
 
@@ -169,7 +170,7 @@ defmodule Sandbox.Node.Agent do
   end
 
   def handle_info(:usage, state) do
-    if state.id, do: send_frame({:usage, summary(state.id)})
+    if state.id, do: send_frame({:usage, summary(state.id, true)})
     Process.send_after(self(), :usage, @usage_ms)
     {:noreply, state}
   end
@@ -227,9 +228,14 @@ defmodule Sandbox.Node.Agent do
         kind, reason -> {:error, {:agent_failed, {kind, reason}}}
       end
 
+    # Calls and runs change no status: they go without one.
     summary =
       try do
-        summary(request_id(request))
+        case request do
+          {:create, id, _, _} -> summary(id, true)
+          {:instance, id, _} -> summary(id)
+          _ -> nil
+        end
       catch
         _, _ -> nil
       end
@@ -241,12 +247,6 @@ defmodule Sandbox.Node.Agent do
         send_frame({:reply, ref, {:error, {:agent_failed, {kind, inspect(reason)}}}, nil})
     end
   end
-
-  defp request_id({:create, id, _, _}), do: id
-  defp request_id({:call, id, _, _, _, _}), do: id
-  defp request_id({:run, id, _, _}), do: id
-  defp request_id({:instance, id, _}), do: id
-  defp request_id(_), do: nil
 
   defp handle_request({:create, id, target, opts}), do: Sandbox.create_sandbox(id, target, opts)
   defp handle_request({:call, id, m, f, a, opts}), do: Sandbox.call(id, m, f, a, opts)
@@ -269,10 +269,12 @@ defmodule Sandbox.Node.Agent do
 
   defp handle_request(other), do: {:error, {:unknown_request, other}}
 
-  # The sandbox's status as this VM sees it.
-  defp summary(nil), do: nil
+  # The sandbox's status as this VM sees it; with its usage (which may
+  # take a sample) only in the periodic push.
+  defp summary(id, usage? \\ false)
+  defp summary(nil, _usage?), do: nil
 
-  defp summary(id) do
+  defp summary(id, usage?) do
     case Sandbox.Manager.lookup(id) do
       {:ok, _pid, info} ->
         info
@@ -285,7 +287,7 @@ defmodule Sandbox.Node.Agent do
           :app_pid,
           :supervisor_pid
         ])
-        |> Map.put(:usage, Sandbox.ResourceMonitor.usage(id))
+        |> then(&if usage?, do: Map.put(&1, :usage, Sandbox.ResourceMonitor.usage(id)), else: &1)
 
       {:error, :not_found} ->
         nil

@@ -21,7 +21,8 @@ defmodule Sandbox.Node.Pool do
 
   Application environment: `:node_pool_size` (1), `:node_pool_prestart`
   (`false`: fill at first use), `:node_boot_timeout` (ms a VM may take to
-  become ready, 30,000).
+  become ready, 30,000), `:node_refill_delay` (ms after a VM is taken
+  before its replacement starts booting, 250).
   """
 
   use GenServer
@@ -151,6 +152,7 @@ defmodule Sandbox.Node.Pool do
       booting: %{},
       waiting: :queue.new(),
       warmers: [],
+      refill: nil,
       started: 0,
       failed: 0,
       backoff: 0
@@ -166,7 +168,7 @@ defmodule Sandbox.Node.Pool do
     case :queue.out(state.idle) do
       {{:value, conn}, idle} ->
         Process.demonitor(elem(conn, 1), [:flush])
-        {:reply, {:ok, elem(conn, 0)}, fill(%{state | idle: idle})}
+        {:reply, {:ok, elem(conn, 0)}, refill_later(%{state | idle: idle})}
 
       {:empty, _} ->
         state = %{state | waiting: :queue.in(from, state.waiting)}
@@ -221,7 +223,7 @@ defmodule Sandbox.Node.Pool do
   def handle_info({:DOWN, _ref, :process, conn, _reason}, state),
     do: {:noreply, lost(state, conn)}
 
-  def handle_info(:fill, state), do: {:noreply, fill(state)}
+  def handle_info(:fill, state), do: {:noreply, fill(%{state | refill: nil})}
   def handle_info(_other, state), do: {:noreply, state}
 
   @impl true
@@ -243,6 +245,16 @@ defmodule Sandbox.Node.Pool do
         fill(%{state | idle: idle})
     end
   end
+
+  # The replacement of a VM just taken boots a moment later: booting takes
+  # CPU (and the C-node's attention) that the sandbox being created needs
+  # right now. A caller that finds no VM idle does not wait for it.
+  defp refill_later(%{refill: nil} = state) do
+    delay = Application.get_env(:sandbox, :node_refill_delay, 250)
+    %{state | refill: Process.send_after(self(), :fill, delay)}
+  end
+
+  defp refill_later(state), do: state
 
   defp backoff(state) do
     backoff = min(max(state.backoff * 2, 50), @max_backoff)
