@@ -57,7 +57,8 @@ defmodule Sandbox.Config do
     max_restarts: 3,
     max_seconds: 5,
     max_versions: 10,
-    capture_output: false
+    capture_output: false,
+    isolation: :vm
   ]
 
   @type t :: %{
@@ -72,7 +73,8 @@ defmodule Sandbox.Config do
           max_restarts: non_neg_integer,
           max_seconds: pos_integer,
           max_versions: pos_integer,
-          capture_output: boolean
+          capture_output: boolean,
+          isolation: :vm | :node
         }
 
   @doc "The security profile map of a profile name (see `Sandbox.SecurityController`)."
@@ -115,7 +117,8 @@ defmodule Sandbox.Config do
           &check_migration/1,
           &check_restarts/1,
           &check_versions/1,
-          &check_capture/1
+          &check_capture/1,
+          &check_isolation/1
         ],
         {:ok, config},
         fn check, {:ok, config} ->
@@ -251,6 +254,10 @@ defmodule Sandbox.Config do
 
   defp check_capture(%{capture_output: c} = config) when is_boolean(c), do: {:ok, config}
   defp check_capture(%{capture_output: c}), do: invalid(:capture_output, c)
+
+  # isolation: :node runs the sandbox in a VM of its own (Sandbox.Node).
+  defp check_isolation(%{isolation: i} = config) when i in [:vm, :node], do: {:ok, config}
+  defp check_isolation(%{isolation: i}), do: invalid(:isolation, i)
 
   defp invalid(key, value), do: {:error, {:invalid_option, {key, value}}}
 end
