@@ -173,7 +173,8 @@ defmodule Sandbox.Models.CompilationResult do
           removed_modules: [module],
           recompiled_files: [String.t()],
           recompiled_modules: [{module, binary}],
-          os_pid: pos_integer | nil
+          os_pid: pos_integer | nil,
+          confinement: Sandbox.IsolatedCompiler.Confinement.t()
         }
 
   defstruct status: :success,
@@ -193,5 +194,6 @@ defmodule Sandbox.Models.CompilationResult do
             removed_modules: [],
             recompiled_files: [],
             recompiled_modules: [],
-            os_pid: nil
+            os_pid: nil,
+            confinement: :none
 end
