@@ -246,6 +246,9 @@ defmodule Sandbox.IsolatedCompilerConfinementTest do
       assert jobs(opts[:pool]) == 0
       assert connection(ctx.listener) == :none
       refute File.exists?(ctx.target)
+
+      assert Sandbox.ErrorHandler.classify_error({:confinement_unavailable, :forced_off}) ==
+               :system_error
     end
 
     test ":preferred compiles unconfined, reports it and logs it once", ctx do
