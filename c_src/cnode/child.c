@@ -251,10 +251,25 @@ void cn_child_spawn(const cn_request *r) {
         goto cleanup;
     }
     cn_leader_args la = {
-        in[0],  out[1],       errp[1],       ex[1],
-        rep[1], j->cg.dir_fd, j->cg.kill_fd, cn_cgjob_active(&j->cg) ? cn_contain_base_fd() : -1,
-        ll_fd,  j->cg.name,   g_self,        req.argv,
-        env,    req.cd,       plan,          g_nofile};
+        .in_r = in[0],
+        .out_w = out[1],
+        .err_w = errp[1],
+        .ex_w = ex[1],
+        .rep_w = rep[1],
+        .cg_dir = j->cg.dir_fd,
+        .cg_kill = j->cg.kill_fd,
+        .cg_base = cn_cgjob_active(&j->cg) ? cn_contain_base_fd() : -1,
+        .ll_fd = ll_fd,
+        .ll_proc_self =
+            req.landlock && req.landlock->proc_self ? cn_ll_access(CN_LL_READ, ll_plan.abi, 1) : 0,
+        .cg_name = j->cg.name,
+        .cnode = g_self,
+        .argv = req.argv,
+        .env = env,
+        .cd = req.cd,
+        .rl = plan,
+        .nofile = g_nofile,
+    };
     pid_t leader = fork();
     if (leader < 0) {
         cn_reply_errno(r, "spawn_failed", errno);

@@ -33,6 +33,9 @@
 #include "cn_proc.h"
 #include "leader.h"
 
+#ifndef SYS_landlock_add_rule
+#define SYS_landlock_add_rule 445
+#endif
 #ifndef SYS_landlock_restrict_self
 #define SYS_landlock_restrict_self 446
 #endif
@@ -118,6 +121,25 @@ static int set_rlim(int resource, int64_t soft, int64_t hard) {
     return setrlimit(resource, &rl);
 }
 
+/* The kernel's struct landlock_path_beneath_attr (packed). */
+struct ll_path_beneath {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
+
+static int add_proc_self(uint64_t access) {
+    int p = open("/proc/self", O_PATH | O_CLOEXEC);
+    if (p < 0) {
+        return -1;
+    }
+    struct ll_path_beneath pb = {access, p};
+    long rc = syscall(SYS_landlock_add_rule, FD_LL, 1 /* LANDLOCK_RULE_PATH_BENEATH */, &pb, 0);
+    int e = errno;
+    close(p);
+    errno = e;
+    return rc == 0 ? 0 : -1;
+}
+
 /* The command, in the leader's child: never returns. in_cgroup: it was
  * created in the job's cgroup already. */
 static void command(const cn_leader_args *a, pid_t leader, int in_cgroup) {
@@ -165,6 +187,12 @@ static void command(const cn_leader_args *a, pid_t leader, int in_cgroup) {
     /* the C-node raised its descriptor limit; the command gets the original */
     setrlimit(RLIMIT_NOFILE, &a->nofile);
     if (a->ll_fd >= 0) {
+        /* Its own /proc/<pid> (which stays its pid across exec): only this
+         * process can name it. */
+        if (a->ll_proc_self && add_proc_self(a->ll_proc_self) != 0) {
+            report(CN_EXREC_LANDLOCK_ERRNO, errno);
+            _exit(127);
+        }
         /* Last, so that nothing above needs a right the ruleset withholds:
          * from here on this process, and everything it starts, is confined. */
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||

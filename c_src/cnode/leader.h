@@ -32,6 +32,7 @@ typedef struct {
     int cg_dir, cg_kill;    /* the job cgroup's directory and cgroup.kill, or -1 */
     int cg_base;            /* the run's cgroup directory, or -1 */
     int ll_fd;              /* a Landlock ruleset the command enforces before exec, or -1 */
+    uint64_t ll_proc_self;  /* rights on its own /proc/<pid> it adds first (0: none) */
     const char *cg_name;    /* the job's directory in it */
     pid_t cnode;
     char **argv, **env;

@@ -83,10 +83,13 @@ Test(cn_landlock, parses_paths_by_class_with_tcp_and_scope_closed_by_default) {
     cr_assert_eq(s.rules[2].cls, CN_LL_WRITE);
     cr_assert_eq(s.deny_tcp, 1);
     cr_assert_eq(s.scope, 1);
+    cr_assert_eq(s.proc_self, 0);
     cn_ll_spec_free(&s);
 }
 
-Test(cn_landlock, tcp_allow_and_scope_false_are_honoured) {
+static void expect_refused(const cn_term *t);
+
+Test(cn_landlock, tcp_allow_scope_false_and_proc_self_are_honoured) {
     const char *r[] = {"/usr"};
     cn_ll_spec s;
     cn_error e;
@@ -98,6 +101,14 @@ Test(cn_landlock, tcp_allow_and_scope_false_are_honoured) {
     cr_assert_eq(cn_ll_parse(spec_term(r, 1, NULL, 0, "scope", "false"), &s, &e), 0);
     cr_assert_eq(s.scope, 0);
     cn_ll_spec_free(&s);
+    free(g_b.data);
+    memset(&g_b, 0, sizeof g_b);
+    cr_assert_eq(cn_ll_parse(spec_term(r, 1, NULL, 0, "proc_self", "true"), &s, &e), 0);
+    cr_assert_eq(s.proc_self, 1);
+    cn_ll_spec_free(&s);
+    free(g_b.data);
+    memset(&g_b, 0, sizeof g_b);
+    expect_refused(spec_term(r, 1, NULL, 0, "proc_self", "yes"));
 }
 
 static void expect_refused(const cn_term *t) {
@@ -193,7 +204,7 @@ static cn_ll_spec one_rule(cn_ll_class c) {
     static cn_ll_rule rule;
     rule.path = (char *)"/x";
     rule.cls = c;
-    cn_ll_spec s = {&rule, 1, 1, 1};
+    cn_ll_spec s = {&rule, 1, 1, 1, 0};
     return s;
 }
 

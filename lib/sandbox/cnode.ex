@@ -281,8 +281,10 @@ defmodule Sandbox.CNode do
     * `:landlock` — confine the command with Landlock (see "Landlock"): a map of
       `read`, `exec` and `write` (lists of absolute paths: directories, whose whole
       tree the right covers, or files), `tcp` (`:deny`, the default, or `:allow`)
-      and `scope` (`true`, the default: no signals to and no abstract unix sockets
-      of processes outside the ruleset)
+      `scope` (`true`, the default: no signals to and no abstract unix sockets
+      of processes outside the ruleset) and `proc_self` (`false` by default: with
+      `true` the command may read its own `/proc/<pid>`, which the ruleset cannot
+      name before the command exists)
     * `:server` — the `Sandbox.CNode` server, default `Sandbox.CNode`
 
   With `:landlock` the result also holds `landlock: %{abi: n, missing: [atom]}`:
@@ -622,7 +624,7 @@ defmodule Sandbox.CNode do
       {:tcp, v} when v in [:deny, :allow] ->
         :ok
 
-      {:scope, v} when is_boolean(v) ->
+      {k, v} when k in [:scope, :proc_self] and is_boolean(v) ->
         :ok
 
       kv ->

@@ -10,6 +10,14 @@ defmodule Sandbox.IsolatedCompiler do
   on disk (`Sandbox.IsolatedCompiler.Cache`), keyed by the checksum of every
   input.
 
+  Where the kernel allows it, the worker is confined with Landlock (option
+  `:confine`, see `Sandbox.IsolatedCompiler.Confinement`): the project's
+  code can read only the project, the Erlang/Elixir installation and the
+  job's directory, write only to the job's directory, and neither bind nor
+  connect TCP sockets. Its OS environment is a fixed minimal set (option
+  `:env`; every variable of it is part of the cache key), and its result is
+  decoded without creating atoms from it beyond `:max_new_atoms`.
+
       {:ok, info} = Sandbox.IsolatedCompiler.compile_sandbox("path/to/project")
       info.app.name        #=> :my_app
       info.modules         #=> [{MyApp, <<70, 79, 82, 49, ...>>}, ...]
@@ -66,6 +74,18 @@ defmodule Sandbox.IsolatedCompiler do
     * `:cache` — use the compile cache (default `true`)
     * `:artifacts_dir` — where this compile's `temp_dir` is created
       (default `artifacts_root/0`)
+    * `:confine` — kernel confinement of the worker:
+      `:required` (a compile that cannot be confined with Landlock — not
+      available, or an ABI below 4, which cannot close TCP — is refused
+      with `{:error, {:confinement_unavailable, reason}}` before anything
+      runs, even a cache lookup), `:preferred` (confined where possible,
+      otherwise unconfined; either way the result's `confinement` says
+      which, and a compile less confined than asked is logged once) or
+      `:none`. Default: the application environment's
+      `:compile_confinement`, else `:preferred`. `Sandbox.create_sandbox/3`
+      takes it from the security profile (`Sandbox.Config.compile_confinement/1`:
+      `:high` → `:required`, `:medium` → `:preferred`, `:low` → `:none`).
+      Confined and unconfined compiles never share cache entries or builds.
     * `:pool`, `:cache_server` — the pool and cache servers (defaults: the
       application's)
 
@@ -94,6 +114,13 @@ defmodule Sandbox.IsolatedCompiler do
     * `recompiled_files` — the absolute paths of the sources the worker
       compiled (`[]` on a cache hit)
     * `os_pid` — the worker's OS pid (`nil` on a cache hit)
+    * `confinement` — how the worker was confined (for a cache hit: how the
+      compile that filled the cache was): `:landlock`; `{:landlock,
+      missing}` when the kernel's Landlock ABI could not enforce `missing`
+      (`:tcp`, `:truncate`, `:refer`, `:ioctl_dev`, `:scope`, see
+      `Sandbox.CNode`'s "Landlock"); `{:unavailable, reason}` (`:preferred`
+      without Landlock: `:not_supported`, `:disabled`, `:forced_off`,
+      `:cnode_down`); `:none`
 
   A diagnostic (warning or error) is `%{file, line, column, message, type}`:
   `file` relative to the compiled directory when inside it, `line` and
@@ -114,6 +141,9 @@ defmodule Sandbox.IsolatedCompiler do
     * `{:no_mix_exs, dir}` — a path dependency without `mix.exs`
     * `{:compile_timeout, ms}`
     * `{:compile_resource_limit, :memory | :processes | :cpu | :file_size}`
+    * `{:confinement_unavailable, reason}` — `confine: :required` and
+      Landlock unavailable (`reason` as for `confinement`) or too old
+      (`{:landlock_abi, n}`)
     * `{:worker_crashed, reason}` — the worker died without a result (a
       job whose C-node died under it, `:cnode_down`, is run once more on the
       restarted C-node first: `Sandbox.ErrorHandler`'s `:retry`)
@@ -166,6 +196,7 @@ defmodule Sandbox.IsolatedCompiler do
           | {:compile_resource_limit, :memory | :processes | :cpu | :file_size}
           | {:worker_crashed, term}
           | {:invalid_beam, module, term}
+          | {:confinement_unavailable, term}
           | term
 
   @doc """

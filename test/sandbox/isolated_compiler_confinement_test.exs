@@ -219,6 +219,55 @@ defmodule Sandbox.IsolatedCompilerConfinementTest do
     end
   end
 
+  describe "workers per project" do
+    test "a worker confined to one project serves it again, never another project", ctx do
+      opts = private_compiler!("conf_affinity")
+      a = attack_project!(ctx, Path.join(ctx.host, "sibling"))
+      b = tmp_dir!("confinement-other")
+      a_source = Path.join(a, "attack.ex")
+
+      File.write!(Path.join(b, "peek.ex"), """
+      defmodule ConfinementPeek do
+        @peeked (case File.read(#{inspect(a_source)}) do
+                   {:ok, _} -> :read
+                   {:error, reason} -> reason
+                 end)
+        def peeked, do: @peeked
+      end
+      """)
+
+      compile = fn dir, confine ->
+        assert {:ok, info} =
+                 IsolatedCompiler.compile_sandbox(dir, [confine: confine, cache: false] ++ opts)
+
+        info
+      end
+
+      compile.(a, :required)
+      # The worker that replaced the one that served `a` is `a`'s: the next
+      # compile of `a` starts no worker but that one's replacement.
+      started = Pool.stats(opts[:pool]).workers_started
+      compile.(a, :required)
+      assert Pool.stats(opts[:pool]).workers_started == started + 1
+
+      # `b` gets a worker of its own, in the place of `a`'s idle one, and
+      # its macro cannot read `a`'s sources.
+      evicted = Pool.stats(opts[:pool]).evicted
+      info = compile.(b, :required)
+      assert Pool.stats(opts[:pool]).evicted == evicted + 1
+      [{ConfinementPeek, beam}] = info.modules
+      load_modules!([{ConfinementPeek, beam}])
+      assert apply(ConfinementPeek, :peeked, []) == :eacces
+
+      # (Unconfined, it could.)
+      info = compile.(b, :none)
+      [{ConfinementPeek, beam}] = info.modules
+      :code.purge(ConfinementPeek)
+      {:module, _} = :code.load_binary(ConfinementPeek, ~c"peek.beam", beam)
+      assert apply(ConfinementPeek, :peeked, []) == :read
+    end
+  end
+
   describe "Landlock unavailable or too old (a C-node started with landlock: :off or 3)" do
     defp compiler_on_cnode!(label, landlock) do
       cnode = :"#{label}_cnode_#{System.unique_integer([:positive])}"

@@ -74,7 +74,7 @@ static int bool_opt(const cn_term *t, int dflt, int *out) {
 }
 
 static int known_key(const cn_term *k) {
-    static const char *const keys[] = {"read", "exec", "write", "tcp", "scope"};
+    static const char *const keys[] = {"read", "exec", "write", "tcp", "scope", "proc_self"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
         if (cn_term_is_atom(k, keys[i])) {
             return 1;
@@ -113,7 +113,8 @@ int cn_ll_parse(const cn_term *t, cn_ll_spec *s, cn_error *err) {
     } else {
         goto error;
     }
-    if (bool_opt(cn_term_get(t, "scope"), 1, &s->scope) != 0) {
+    if (bool_opt(cn_term_get(t, "scope"), 1, &s->scope) != 0 ||
+        bool_opt(cn_term_get(t, "proc_self"), 0, &s->proc_self) != 0) {
         goto error;
     }
     if (s->n == 0) {

@@ -10,7 +10,8 @@ defmodule Sandbox.IsolatedCompiler.Confinement do
       libraries the VM is linked with, the compile worker's own `.beam`
       file, and a few harmless system files: `/etc/ld.so.cache`,
       `/dev/null`, `/dev/urandom`, the CPU topology under
-      `/sys/devices/system`) and its job directory;
+      `/sys/devices/system`), its own `/proc/<pid>` (its limits, its
+      environment: nobody else's) and its job directory;
     * write only to its job directory (and `/dev/null`); it cannot create
       device nodes, and executes only files of the installation;
     * neither bind nor connect a TCP socket (Landlock ABI 4 and later), nor
@@ -23,25 +24,28 @@ defmodule Sandbox.IsolatedCompiler.Confinement do
   processes it creates *afterwards*; it cannot be applied to a running
   process from outside, and on kernels before Landlock's `TSYNC` flag (ABI
   8) not even to the other threads of one's own process. A worker VM is
-  multi-threaded from its first instruction (schedulers, dirty I/O threads
-  that do the file operations) and starts `erl_child_setup`, the process
-  that forks every port and `os:cmd/1`, while it boots. A ruleset applied by
-  the worker to itself when a job arrives would therefore leave the other
-  threads and `erl_child_setup` — and every program spawned through it —
-  unconfined.
+  multi-threaded from its first instruction (schedulers, and the dirty I/O
+  threads that do its file operations), and while it boots it starts
+  `erl_child_setup`, the separate process that forks every port and
+  `os:cmd/1`. A ruleset the worker applied to itself when a job arrives (a
+  NIF, or a helper) would leave the other threads — and, even with `TSYNC`,
+  `erl_child_setup` and every program started through it, such as a second
+  VM — outside it.
 
   So the whole ruleset is enforced *before the VM starts*: the supervising
   C-node builds it and the worker's process applies it to itself just
   before `exec` (`Sandbox.CNode.spawn/2`, option `:landlock`). Everything
-  in it must be known then, including the job directory (the pool creates
-  one per worker when it starts it) and the project. A confined worker is
-  therefore started *for one project*: the pool keys its workers by what
-  they are confined to (`Sandbox.IsolatedCompiler.Pool`). After a job, the
-  worker that replaces it is started for the same project, so the next
-  compile of that project (a reload, the file watcher's incremental
-  compiles) finds a warm worker. The first compile of a project the pool
-  has no worker for waits for a worker to start (about a second), which
-  skips its warm-up.
+  in it must be known then: the job directory (the pool creates one per
+  worker when it starts it, and the job is written into it at hand-over)
+  and the project. A confined worker is therefore started *for one
+  project*: the pool keys its workers by what they are confined to
+  (`Sandbox.IsolatedCompiler.Pool`), and a worker that served a job is
+  replaced by one for the same project, so that the next compile of it (a
+  reload, the file watcher's incremental compiles) finds a warm worker. The
+  first compile of a project the pool has no worker for waits for one to
+  start, without the warm-up compile (about a second on a two-core
+  machine), in the place of the longest-idle worker of another key when the
+  pool is full.
 
   ## Availability
 
@@ -128,7 +132,8 @@ defmodule Sandbox.IsolatedCompiler.Confinement do
       read: runtime.read ++ existing(read),
       write: [job_dir | runtime.write],
       tcp: :deny,
-      scope: true
+      scope: true,
+      proc_self: true
     }
   end
 

@@ -68,15 +68,15 @@ defmodule Sandbox.IsolatedCompiler.Worker do
   end
 
   # A worker started for a job that is already waiting (`-sandbox_lazy`)
-  # skips the warm-up compile: the job itself is the warm-up.
+  # skips the warm-up: loading every module of the compilers and compiling
+  # a throwaway module would only delay the job, which loads what it needs.
   defp preload(warm_up?) do
     {:ok, _} = Application.ensure_all_started(:elixir)
     {:ok, _} = Application.ensure_all_started(:logger)
     :ok = Application.load(:eex) |> ok_or_loaded()
     {:ok, _} = Application.ensure_all_started(:mix)
 
-    for app <- @preload_apps,
-        {:ok, modules} <- [:application.get_key(app, :modules)] do
+    for app <- @preload_apps, warm_up?, {:ok, modules} <- [:application.get_key(app, :modules)] do
       :code.ensure_modules_loaded(modules)
     end
 

@@ -76,6 +76,20 @@ defmodule Sandbox.CNode.LandlockTest do
              CNode.spawn(["/bin/sh", "-c", "true"], server: server, landlock: %{read: @system})
   end
 
+  test "proc_self: the command reads its own /proc/<pid>, never another's", ctx do
+    server = private_cnode()
+    script = "head -1 /proc/$$/status; echo own=$?; head -c 1 /proc/1/environ; echo other=$?"
+    rules = %{exec: @system, write: [ctx.job]}
+
+    {_, r} = sh(server, script, Map.put(rules, :proc_self, true))
+    assert r.stdout =~ "own=0"
+    assert r.stdout =~ "other=1"
+
+    {_, r} = sh(server, script, rules)
+    assert r.stdout =~ "own=1"
+    assert r.stdout =~ "other=1"
+  end
+
   test "the job's directory is writable but no device node can be made in it", ctx do
     server = private_cnode()
     script = "mknod #{ctx.job}/null c 1 3; echo mknod=$?; mkdir #{ctx.job}/d; echo mkdir=$?"
