@@ -51,6 +51,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   @max_output 65_536
   @max_backoff 5_000
   @replace_delay 100
+  @max_keys 1024
 
   @typedoc "How a job ended."
   @type outcome ::
@@ -231,6 +232,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
       landlock: nil,
       workers: %{},
       lost: %{},
+      uses: %{},
       dying: %{},
       queue: :queue.new(),
       jobs: 0,
@@ -430,7 +432,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
     state = dispatch(state)
 
     if map_size(state.workers) < state.size and :queue.is_empty(state.queue) do
-      {_, state} = start_worker(state, key, false)
+      {_, state} = start_worker(state, key, lazy_replacement?(state, key))
       {:noreply, state}
     else
       {:noreply, state}
@@ -508,6 +510,12 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   # waiting for a worker of another key. While another worker is idle and
   # nothing waits, the replacement starts a moment later: booting a VM takes
   # CPU the caller needs right now to read the job's result.
+  #
+  # A confined key's replacement is fully warmed (compilers loaded, a
+  # warm-up compile) once the key has served two jobs; after its first, it
+  # is started lazily: most projects are compiled once (many sandboxes of
+  # one project share the compile cache), and a warm-up nobody uses costs
+  # a second of CPU that compiles in progress need.
   defp replace(key, state) do
     state = dispatch(state)
 
@@ -523,9 +531,18 @@ defmodule Sandbox.IsolatedCompiler.Pool do
         state
 
       true ->
-        {_, state} = start_worker(state, key, false)
+        {_, state} = start_worker(state, key, lazy_replacement?(state, key))
         state
     end
+  end
+
+  defp lazy_replacement?(_state, %{mode: :none}), do: false
+  defp lazy_replacement?(state, key), do: Map.get(state.uses, key, 0) < 2
+
+  # Jobs served per key (forgotten all at once past @max_keys keys).
+  defp count_use(state, key) do
+    uses = if map_size(state.uses) >= @max_keys, do: %{}, else: state.uses
+    %{state | uses: Map.update(uses, key, 1, &(&1 + 1))}
   end
 
   defp backoff(state) do
@@ -726,7 +743,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
       timer = if is_integer(timeout), do: Process.send_after(self(), {:job_timeout, id}, timeout)
       # The caller of run/6 is the one that checked out: its monitor stays.
       w = %{w | status: :busy, from: from, timer: timer, marker: marker, buf: ""}
-      %{state | workers: Map.put(state.workers, id, w), jobs: state.jobs + 1}
+      count_use(%{state | workers: Map.put(state.workers, id, w), jobs: state.jobs + 1}, w.key)
     else
       {:error, reason} ->
         # The worker is gone or unusable.
