@@ -91,7 +91,7 @@ defmodule Sandbox.CNode do
 
   | command | args | result |
   |---|---|---|
-  | `:spawn` | `%{argv: [binary], env: [{binary, binary \\| nil}], cd: binary, limits: map, ceiling: map, timeout: ms \\| :infinity, sample_interval: ms, grace: ms, id: pos_integer, subscriber: pid}` | `{:ok, %{id: id, os_pid: n}}` |
+  | `:spawn` | `%{argv: [binary], env: [{binary, binary \\| nil}], cd: binary, limits: map, ceiling: map, timeout: ms \\| :infinity, sample_interval: ms, grace: ms, id: pos_integer, subscriber: pid, landlock: map}` | `{:ok, %{id: id, os_pid: n}}` (with `landlock: %{abi: n, missing: [atom]}` when confined) |
   | `:write_stdin` | `%{id: id, data: binary}` | `:ok` \\| `{:error, :closed}` |
   | `:close_stdin` | `%{id: id}` | `:ok` |
   | `:set_limits` | `%{id: id, limits: map}` | `:ok` \\| `{:error, {:prlimit, errno}}` \\| `{:error, {:above_ceiling, key}}` |

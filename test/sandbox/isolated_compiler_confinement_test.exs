@@ -355,6 +355,17 @@ defmodule Sandbox.IsolatedCompilerConfinementTest do
   end
 
   describe "the security profile of a sandbox" do
+    test "chooses the compile confinement" do
+      assert Sandbox.Config.compile_confinement(:high) == :required
+      assert Sandbox.Config.compile_confinement(:medium) == :preferred
+      assert Sandbox.Config.compile_confinement(:low) == :none
+
+      for level <- [:high, :medium, :low] do
+        assert Sandbox.Config.compile_confinement(Sandbox.Config.profile(level)) ==
+                 Sandbox.Config.compile_confinement(level)
+      end
+    end
+
     test ":low compiles unconfined, :high confined", ctx do
       project = attack_project!(ctx, Path.join(tmp_dir!("confinement-elsewhere"), "sibling"))
       before_host = snapshot(ctx.host)

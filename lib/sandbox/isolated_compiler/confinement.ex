@@ -13,7 +13,8 @@ defmodule Sandbox.IsolatedCompiler.Confinement do
       `/sys/devices/system`), its own `/proc/<pid>` (its limits, its
       environment: nobody else's) and its job directory;
     * write only to its job directory (and `/dev/null`); it cannot create
-      device nodes, and executes only files of the installation;
+      device nodes, and executes only the emulator's own binaries (and
+      whatever of the shared library directories is executable);
     * neither bind nor connect a TCP socket (Landlock ABI 4 and later), nor
       signal processes outside it or reach their abstract unix sockets
       (ABI 6 and later).
@@ -46,6 +47,15 @@ defmodule Sandbox.IsolatedCompiler.Confinement do
   start, without the warm-up compile (about a second on a two-core
   machine), in the place of the longest-idle worker of another key when the
   pool is full.
+
+  ## What it does not cover
+
+  Landlock (up to ABI 7) does not restrict UDP or raw sockets, nor
+  connecting to a unix socket by its path (abstract ones are covered by the
+  signal and socket scope from ABI 6): compile-time code can still talk to
+  a unix-socket service of the host it has the file permissions for (as
+  root, any). Closing that needs a seccomp filter on socket families, which
+  is not built. The worker runs as the host VM's user.
 
   ## Availability
 
@@ -168,12 +178,17 @@ defmodule Sandbox.IsolatedCompiler.Confinement do
 
     worker = Sandbox.IsolatedCompiler.Pool.worker_dir()
 
+    # Executable: the emulator's binaries (erlexec, beam.smp,
+    # erl_child_setup) and the dynamic loader among the shared libraries;
+    # the rest of the Erlang root is only read.
+    bin = Path.join([root, "erts-#{:erlang.system_info(:version)}", "bin"])
+
     %{
-      exec: Enum.uniq(existing([root | shared_library_dirs(root)])),
+      exec: Enum.uniq(existing([bin | shared_library_dirs(root)])),
       read:
         Enum.uniq(
           existing(
-            elixir ++
+            [root | elixir] ++
               [
                 worker,
                 "/etc/ld.so.cache",
