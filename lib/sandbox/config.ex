@@ -86,6 +86,22 @@ defmodule Sandbox.Config do
   def limits(name), do: Map.fetch!(@limits, name)
 
   @doc """
+  How a sandbox's compiles are confined (`Sandbox.IsolatedCompiler`'s
+  `:confine` option), from its security profile (a name or a resolved
+  profile map, by its `isolation_level`): `:high` → `:required` (a compile,
+  and so the create, is refused with `{:error, {:confinement_unavailable,
+  reason}}` where the kernel cannot confine compile workers), `:medium` →
+  `:preferred` (confined where possible; otherwise the compile goes on, and
+  the missing confinement is logged once and reported in the compile's
+  `confinement`), `:low` → `:none`.
+  """
+  @spec compile_confinement(:high | :medium | :low | map) :: :required | :preferred | :none
+  def compile_confinement(%{isolation_level: level}), do: compile_confinement(level)
+  def compile_confinement(:high), do: :required
+  def compile_confinement(:medium), do: :preferred
+  def compile_confinement(:low), do: :none
+
+  @doc """
   Validates create options. Returns `{:ok, config}` or `{:error, reason}`:
   `{:missing_option, :sandbox_path}`, `{:unknown_option, key}`,
   `{:invalid_option, {key, value}}` or `{:not_yet_supported, key}`.

@@ -182,7 +182,8 @@ defmodule Sandbox.Models.CompilationResult do
           recompiled_modules: [{module, binary}],
           test_modules: [{module, binary}],
           async_tests: [module],
-          os_pid: pos_integer | nil
+          os_pid: pos_integer | nil,
+          confinement: Sandbox.IsolatedCompiler.Confinement.t()
         }
 
   defstruct status: :success,
@@ -204,5 +205,6 @@ defmodule Sandbox.Models.CompilationResult do
             recompiled_modules: [],
             test_modules: [],
             async_tests: [],
-            os_pid: nil
+            os_pid: nil,
+            confinement: :none
 end
