@@ -13,6 +13,7 @@
  *   L  label, f >= 1                      F  fail label, f >= 0 (0: raise)
  *   s  source: x, y, atom or [], integer, literal, typed register
  *   d  destination: x, y                  Y  y register
+ *   S  register source: x, y, typed register
  *   a  atom (not [])                      k  select_val value: integer, atom, literal
  *   R  float register                     q  s or R      w  d or R
  *   z  s or u (bit syntax sizes, string offsets)
@@ -180,7 +181,7 @@ static const op_info ops[CODE_OTP25_MAX_OPCODE + 1] = {
     [175] = {"recv_marker_reserve", "d", NULL, 0},
     [176] = {"recv_marker_use", "s", NULL, 0},
     [177] = {"bs_create_bin", "Fhnud*", "auuszs", LR_SIX},
-    [178] = {"call_fun2", "trs", NULL, 0},
+    [178] = {"call_fun2", "trS", NULL, 0},
     [179] = {"nif_start", "", NULL, 0},
     [180] = {"badrecord", "s", NULL, 0},
 };
@@ -692,6 +693,11 @@ static int check_kind(walker *w, char k, const code_arg *a) {
         break;
     case 'd':
         if (a->tag != CODE_X && a->tag != CODE_Y) {
+            return -1;
+        }
+        break;
+    case 'S':
+        if (a->tag != CODE_X && a->tag != CODE_Y && a->tag != CODE_TREG) {
             return -1;
         }
         break;

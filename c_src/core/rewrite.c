@@ -32,20 +32,33 @@ static int put(rw_ctx *x, const void *d, size_t n) {
     return 0;
 }
 
-static int op(rw_ctx *x, uint8_t o) {
+/* An instruction under construction: a few small operands, written out
+ * with one buf_put. */
+typedef struct {
+    uint8_t b[64];
+    size_t n;
+} ibuf;
+
+static void ib_op(rw_ctx *x, ibuf *i, uint8_t o) {
     if (o > x->max_op) {
         x->max_op = o;
     }
-    return put(x, &o, 1);
+    i->b[i->n++] = o;
 }
 
-static int arg(rw_ctx *x, uint8_t tag, uint64_t v) {
-    uint8_t b[16];
-    return put(x, b, code_encode(tag, v, b));
+static void ib_arg(ibuf *i, uint8_t tag, uint64_t v) {
+    i->n += code_encode(tag, v, i->b + i->n);
 }
 
-static int copy_arg(rw_ctx *x, const code_arg *a) {
-    return put(x, x->c->chunk + a->off, a->len);
+static int ib_put(rw_ctx *x, const ibuf *i) {
+    return put(x, i->b, i->n);
+}
+
+/* call_ext Arity, Import (or another call of that shape). */
+static void ib_call(rw_ctx *x, ibuf *i, uint8_t o, uint32_t arity, uint32_t imp) {
+    ib_op(x, i, o);
+    ib_arg(i, CODE_U, arity);
+    ib_arg(i, CODE_U, imp);
 }
 
 /* The import of Guard:fn/arity into *imp, given an index on first use;
@@ -68,20 +81,22 @@ static int guard_import_index(rw_ctx *x, guard_fn fn, uint32_t arity, uint32_t o
     return 0;
 }
 
-/* call_ext Arity, Import (or its _only form). */
-static int call_ext(rw_ctx *x, uint8_t o, uint32_t arity, uint32_t imp) {
-    return op(x, o) || arg(x, CODE_U, arity) || arg(x, CODE_U, imp);
-}
-
 static int flush_send(rw_ctx *x, int then_return) {
     x->pending_send = 0;
     uint32_t imp;
+    ibuf i = {{0}, 0};
     guard_import_index(x, GUARD_FN_SEND, 2, 0, &imp);
     if (then_return) {
-        return call_ext(x, CODE_OP_CALL_EXT_ONLY, 2, imp);
+        ib_call(x, &i, CODE_OP_CALL_EXT_ONLY, 2, imp);
+    } else {
+        ib_op(x, &i, CODE_OP_ALLOCATE);
+        ib_arg(&i, CODE_U, 0);
+        ib_arg(&i, CODE_U, 2);
+        ib_call(x, &i, CODE_OP_CALL_EXT, 2, imp);
+        ib_op(x, &i, CODE_OP_DEALLOCATE);
+        ib_arg(&i, CODE_U, 0);
     }
-    return op(x, CODE_OP_ALLOCATE) || arg(x, CODE_U, 0) || arg(x, CODE_U, 2) ||
-           call_ext(x, CODE_OP_CALL_EXT, 2, imp) || op(x, CODE_OP_DEALLOCATE) || arg(x, CODE_U, 0);
+    return ib_put(x, &i);
 }
 
 static int is_terminal(uint8_t o) {
@@ -187,6 +202,7 @@ static int rewrite(rw_ctx *x, const code_instr *ins) {
     const code_arg *a = ins->args;
     unsigned k = x->r->kinds;
     uint32_t imp, arity;
+    ibuf i = {{0}, 0};
     switch (ins->op) {
     case CODE_OP_APPLY:
     case CODE_OP_APPLY_LAST:
@@ -198,9 +214,17 @@ static int rewrite(rw_ctx *x, const code_instr *ins) {
             return -1;
         }
         if (ins->op == CODE_OP_APPLY) {
-            return call_ext(x, CODE_OP_CALL_EXT, arity + 2, imp) ? -1 : 1;
+            ib_call(x, &i, CODE_OP_CALL_EXT, arity + 2, imp);
+        } else {
+            ib_call(x, &i, CODE_OP_CALL_EXT_LAST, arity + 2, imp);
+            /* D, a u operand: at most 9 bytes. */
+            if (a[1].len > sizeof i.b - i.n) {
+                return -1;
+            }
+            memcpy(i.b + i.n, x->c->chunk + a[1].off, a[1].len);
+            i.n += a[1].len;
         }
-        return call_ext(x, CODE_OP_CALL_EXT_LAST, arity + 2, imp) || copy_arg(x, &a[1]) ? -1 : 1;
+        break;
     case CODE_OP_CALL_FUN:
     case CODE_OP_CALL_FUN2: {
         if (!(k & GUARD_CALL_FUN)) {
@@ -215,11 +239,20 @@ static int rewrite(rw_ctx *x, const code_instr *ins) {
             const code_arg *fun = &a[2];
             int in_place = (fun->tag == CODE_X || (fun->tag == CODE_TREG && fun->reg == CODE_X)) &&
                            fun->val == arity;
-            if (!in_place && (op(x, CODE_OP_MOVE) || copy_arg(x, fun) || arg(x, CODE_X, arity))) {
-                return -1;
+            if (!in_place) {
+                /* move Fun, x(Arity): Fun, a register (code.c's kind S), as it
+                 * is encoded: at most 19 bytes. */
+                if (fun->len > sizeof i.b - 24) {
+                    return -1;
+                }
+                ib_op(x, &i, CODE_OP_MOVE);
+                memcpy(i.b + i.n, x->c->chunk + fun->off, fun->len);
+                i.n += fun->len;
+                ib_arg(&i, CODE_X, arity);
             }
         }
-        return call_ext(x, CODE_OP_CALL_EXT, arity + 1, imp) ? -1 : 1;
+        ib_call(x, &i, CODE_OP_CALL_EXT, arity + 1, imp);
+        break;
     }
     case CODE_OP_SEND:
         if (!(k & GUARD_SEND)) {
@@ -230,10 +263,12 @@ static int rewrite(rw_ctx *x, const code_instr *ins) {
             return 1;
         }
         guard_import_index(x, GUARD_FN_SEND, 2, 0, &imp);
-        return call_ext(x, CODE_OP_CALL_EXT, 2, imp) ? -1 : 1;
+        ib_call(x, &i, CODE_OP_CALL_EXT, 2, imp);
+        break;
     default:
         return 0;
     }
+    return ib_put(x, &i) ? -1 : 1;
 }
 
 static int visit(void *ctx, const code_instr *ins) {
