@@ -117,6 +117,9 @@ defmodule Sandbox do
     * `:max_versions` — versions kept per module (10)
     * `:capture_output` — keep a copy of the sandbox's output in its group
       leader (`false`)
+    * `:isolation` — `:vm` (default: in this VM) or `:node`: in an Erlang
+      VM of its own, started and held to hard limits by the supervising
+      C-node, behind the same API (see `Sandbox.Node`)
     * `:prebuilt` — internal (used by `Sandbox.Cluster` to create copies on
       other nodes without compiling there): the compiled project instead of
       a compile of `sandbox_path`, `%{modules: [{module, beam}], app:
@@ -158,9 +161,12 @@ defmodule Sandbox do
          {:ok, config} <- Config.validate(opts),
          :ok <- check_build(build),
          :ok <- Manager.reserve(id) do
+      # isolation: :node — the host's side of a sandbox VM (Sandbox.Node).
+      instance = if config.isolation == :node, do: Sandbox.Node.Instance, else: Instance
+
       case DynamicSupervisor.start_child(
              Sandbox.InstanceSupervisor,
-             {Instance, {id, module_or_app, config}}
+             {instance, {id, module_or_app, config}}
            ) do
         {:ok, pid} ->
           Instance.setup(pid, build)
@@ -250,33 +256,58 @@ defmodule Sandbox do
 
       with {:ok, _pid, info} <- live(id) do
         timeout = cap_timeout(timeout, info)
-        target = module_name(id, module)
 
-        info
-        |> run_in(fn -> apply(target, function, args) end, timeout)
-        |> original_names(id, opts)
+        if info[:isolation] == :node do
+          Sandbox.Node.call(info, module, function, args, timeout, opts)
+        else
+          target = module_name(id, module)
+
+          info
+          |> run_in(fn -> apply(target, function, args) end, timeout)
+          |> original_names(id, opts)
+        end
       end
     end
   end
 
   @doc """
-  Runs `fun` in a new process of sandbox `id` (options and results as
-  `call/5`).
+  Runs `fun` (a function of arity 0, or `{module, function, args}`) in a
+  new process of sandbox `id` (options and results as `call/5`).
 
   `fun` is host code: it is not relocated, so `Application` inside it reads
   the host's environment; the sandbox modules it calls (by their relocated
   names, see `module_name/2`) see the sandbox's own.
+
+  On a sandbox with `isolation: :node`, `fun` runs in the sandbox's VM: an
+  MFA, or a fun whose code that VM has (see `Sandbox.Node`); a closure of
+  host code is `{:error, {:not_serialisable, fun}}`.
   """
-  @spec run(id, (() -> term), keyword) :: result
+  @spec run(id, (() -> term) | {module, atom, [term]}, keyword) :: result
   def run(id, fun, opts \\ []) do
     with :ok <- check_id(id) do
-      check!(is_function(fun, 0), "a function of arity 0", fun)
+      check!(is_function(fun, 0) or mfa?(fun), "a function of arity 0 or an MFA", fun)
       timeout = timeout(opts)
 
-      with {:ok, _pid, info} <- live(id),
-           do: info |> run_in(fun, cap_timeout(timeout, info)) |> original_names(id, opts)
+      with {:ok, _pid, info} <- live(id) do
+        timeout = cap_timeout(timeout, info)
+
+        cond do
+          info[:isolation] == :node ->
+            Sandbox.Node.run(info, fun, timeout, opts)
+
+          is_function(fun) ->
+            info |> run_in(fun, timeout) |> original_names(id, opts)
+
+          true ->
+            {m, f, a} = fun
+            info |> run_in(fn -> apply(m, f, a) end, timeout) |> original_names(id, opts)
+        end
+      end
     end
   end
+
+  defp mfa?({m, f, a}), do: is_atom(m) and is_atom(f) and is_list(a)
+  defp mfa?(_), do: false
 
   @doc """
   Subscribes the caller to the events of sandbox `id`, or of all sandboxes
@@ -598,6 +629,8 @@ defmodule Sandbox do
   defp live(id) do
     case Manager.lookup(id) do
       {:ok, pid, %{group_leader: gl} = info} when is_pid(gl) -> {:ok, pid, info}
+      # isolation: :node — while it has a VM (Sandbox.Node).
+      {:ok, pid, %{node_conn: conn} = info} when is_pid(conn) -> {:ok, pid, info}
       _ -> {:error, :not_found}
     end
   end
@@ -636,8 +669,13 @@ defmodule Sandbox do
     do: ResourceMonitor.Call.run(info.group_leader, fun, timeout, sandbox: info.id)
 
   defp public_info(info) do
+    usage =
+      if info[:isolation] == :node,
+        do: Sandbox.Node.usage(info),
+        else: ResourceMonitor.usage(info.id)
+
     SandboxState
     |> struct(info)
-    |> Map.put(:resource_usage, ResourceMonitor.usage(info.id))
+    |> Map.put(:resource_usage, usage)
   end
 end

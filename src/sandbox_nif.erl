@@ -12,8 +12,8 @@
 %% error reasons.
 -module(sandbox_nif).
 
--export([parse/1, parse/2, validate/1, validate/2, checksum/1, relocate/4, relocate/5,
-         dirty_thresholds/0, limits/1]).
+-export([parse/1, parse/2, validate/1, validate/2, call_sites/1, call_sites/2, checksum/1,
+         relocate/4, relocate/5, relocate/6, dirty_thresholds/0, limits/1]).
 -export([reload_order/1, dependency_graph/1]).
 
 -on_load(init/0).
@@ -30,6 +30,7 @@
 %% 1 MiB checksums in 55-65 us.
 -define(PARSE_DIRTY_BYTES, 64 * 1024).
 -define(VALIDATE_DIRTY_BYTES, 64 * 1024).
+-define(CALL_SITES_DIRTY_BYTES, 64 * 1024).
 -define(CHECKSUM_DIRTY_BYTES, 1024 * 1024).
 %% Relocation rewrites and recompresses term chunks (zlib at about 20 MB/s
 %% for deflate): above this size it runs dirty.
@@ -96,6 +97,21 @@ validate(Bin, Opts) when is_binary(Bin) ->
     end;
 validate(Other, Opts) -> erlang:error(badarg, [Other, Opts]).
 
+%% @doc Every call site of a module's code: a map of `caller' (`{F, A}', or
+%% `nil' for a fun literal no instruction uses), `line' (or `nil'), `kind'
+%% (`call', `bif', `fun', `apply', `call_fun', `send') and `target'.
+-spec call_sites(binary()) -> {ok, [map()]} | {error, term()}.
+call_sites(Bin) -> call_sites(Bin, #{}).
+
+-spec call_sites(binary(), limits()) -> {ok, [map()]} | {error, term()}.
+call_sites(Bin, Opts) when is_binary(Bin) ->
+    {MaxInflated, MaxAtoms} = limits(Opts),
+    case byte_size(Bin) > ?CALL_SITES_DIRTY_BYTES of
+        true -> call_sites_dirty(Bin, MaxInflated, MaxAtoms);
+        false -> call_sites_nif(Bin, MaxInflated, MaxAtoms)
+    end;
+call_sites(Other, Opts) -> erlang:error(badarg, [Other, Opts]).
+
 %% @doc XXH3-128 of iodata, 16 bytes in canonical (big-endian) order.
 -spec checksum(iodata()) -> <<_:128>>.
 checksum(Bin) when is_binary(Bin), byte_size(Bin) > ?CHECKSUM_DIRTY_BYTES -> checksum_dirty(Bin);
@@ -121,25 +137,67 @@ relocate(Bin, Renames, Redirects, Strip) -> relocate(Bin, Renames, Redirects, St
 -spec relocate(binary(), #{atom() | binary() => atom() | binary()},
                #{atom() | binary() => atom() | binary()}, boolean(), limits()) ->
     {ok, binary()} | {error, term()}.
-relocate(Bin, Renames, Redirects, Strip, Opts)
-  when is_binary(Bin), is_map(Renames), is_map(Redirects), is_boolean(Strip) ->
+relocate(Bin, Renames, Redirects, Strip, Opts) ->
+    relocate(Bin, Renames, Redirects, Strip, #{}, Opts).
+
+-type guards() :: #{import_redirects => #{mfa() => {atom(), atom()}},
+                    dynamic_guard => {atom(), [apply | call_fun | send]}}.
+
+%% @doc relocate/5 with capability guards: `import_redirects' repoints the
+%% imports and external fun literals of single functions (`{M, F, A} =>
+%% {M2, F2}'), `dynamic_guard' rewrites the code's apply, call_fun and send
+%% instructions of the kinds given into calls of the guard module's
+%% `$apply'/N+2, `$call_fun'/N+1 and `$send'/2.
+-spec relocate(binary(), #{atom() | binary() => atom() | binary()},
+               #{atom() | binary() => atom() | binary()}, boolean(), guards(), limits()) ->
+    {ok, binary()} | {error, term()}.
+relocate(Bin, Renames, Redirects, Strip, Guards, Opts)
+  when is_binary(Bin), is_map(Renames), is_map(Redirects), is_boolean(Strip), is_map(Guards) ->
     Limits = limits(Opts),
-    case relocate_call(Bin, Renames, Redirects, Strip, Limits) of
+    G = guards(Guards),
+    case relocate_call(Bin, Renames, Redirects, Strip, G, Limits) of
         {error, badarg} ->
             %% badarg from the NIF: retry with every name as a binary, which
             %% reaches non-latin-1 atoms; other bad arguments fail again.
-            relocate_call(Bin, as_binaries(Renames), as_binaries(Redirects), Strip, Limits);
+            relocate_call(Bin, as_binaries(Renames), as_binaries(Redirects), Strip, G, Limits);
         Result ->
             Result
     end;
-relocate(Bin, Renames, Redirects, Strip, Opts) ->
-    erlang:error(badarg, [Bin, Renames, Redirects, Strip, Opts]).
+relocate(Bin, Renames, Redirects, Strip, Guards, Opts) ->
+    erlang:error(badarg, [Bin, Renames, Redirects, Strip, Guards, Opts]).
 
-relocate_call(Bin, Renames, Redirects, Strip, {MaxInflated, MaxAtoms}) ->
+%% The guards as the NIF takes them: {[{M, F, A, M2, F2}], Guard | undefined,
+%% Kinds}, names as UTF-8 binaries, Kinds a bit mask (apply 1, call_fun 2,
+%% send 4).
+guards(Guards) ->
+    Mfas = maps:get(import_redirects, Guards, #{}),
+    is_map(Mfas) orelse erlang:error(badarg, [Guards]),
+    List = [case Entry of
+                {{M, F, A}, {M2, F2}} when is_atom(M), is_atom(F), is_integer(A), A >= 0, A =< 255,
+                                           is_atom(M2), is_atom(F2) ->
+                    {name(M), name(F), A, name(M2), name(F2)};
+                _ ->
+                    erlang:error(badarg, [Guards])
+            end || Entry <- maps:to_list(Mfas)],
+    case maps:get(dynamic_guard, Guards, undefined) of
+        undefined ->
+            {List, undefined, 0};
+        {Guard, Kinds} when is_atom(Guard), is_list(Kinds) ->
+            {List, name(Guard), lists:foldl(fun(K, Acc) -> Acc bor kind(K, Guards) end, 0, Kinds)};
+        _ ->
+            erlang:error(badarg, [Guards])
+    end.
+
+kind(apply, _) -> 1;
+kind(call_fun, _) -> 2;
+kind(send, _) -> 4;
+kind(_, Guards) -> erlang:error(badarg, [Guards]).
+
+relocate_call(Bin, Renames, Redirects, Strip, Guards, {MaxInflated, MaxAtoms}) ->
     try
         case byte_size(Bin) > ?RELOCATE_DIRTY_BYTES of
-            true -> relocate_dirty(Bin, Renames, Redirects, Strip, MaxInflated, MaxAtoms);
-            false -> relocate_nif(Bin, Renames, Redirects, Strip, MaxInflated, MaxAtoms)
+            true -> relocate_dirty(Bin, Renames, Redirects, Strip, Guards, MaxInflated, MaxAtoms);
+            false -> relocate_nif(Bin, Renames, Redirects, Strip, Guards, MaxInflated, MaxAtoms)
         end
     catch
         error:badarg -> {error, badarg}
@@ -189,10 +247,12 @@ dependency_graph_dirty(_, _) -> erlang:nif_error(nif_not_loaded).
 %% @doc The input sizes (bytes) above which each function runs dirty.
 %% (`graph' is in nodes + edges.)
 -spec dirty_thresholds() -> #{parse := pos_integer(), validate := pos_integer(),
+                              call_sites := pos_integer(),
                               checksum := pos_integer(), relocate := pos_integer(),
                               graph := pos_integer()}.
 dirty_thresholds() ->
     #{parse => ?PARSE_DIRTY_BYTES, validate => ?VALIDATE_DIRTY_BYTES,
+      call_sites => ?CALL_SITES_DIRTY_BYTES,
       checksum => ?CHECKSUM_DIRTY_BYTES, relocate => ?RELOCATE_DIRTY_BYTES,
       graph => ?GRAPH_DIRTY_WORK}.
 
@@ -227,8 +287,10 @@ highest_opcode(N) ->
 parse_nif(_, _, _) -> erlang:nif_error(nif_not_loaded).
 parse_dirty(_, _, _) -> erlang:nif_error(nif_not_loaded).
 validate_nif(_, _) -> erlang:nif_error(nif_not_loaded).
+call_sites_nif(_, _, _) -> erlang:nif_error(nif_not_loaded).
+call_sites_dirty(_, _, _) -> erlang:nif_error(nif_not_loaded).
 validate_dirty(_, _) -> erlang:nif_error(nif_not_loaded).
 checksum_nif(_) -> erlang:nif_error(nif_not_loaded).
 checksum_dirty(_) -> erlang:nif_error(nif_not_loaded).
-relocate_nif(_, _, _, _, _, _) -> erlang:nif_error(nif_not_loaded).
-relocate_dirty(_, _, _, _, _, _) -> erlang:nif_error(nif_not_loaded).
+relocate_nif(_, _, _, _, _, _, _) -> erlang:nif_error(nif_not_loaded).
+relocate_dirty(_, _, _, _, _, _, _) -> erlang:nif_error(nif_not_loaded).

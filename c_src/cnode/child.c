@@ -23,6 +23,7 @@
 #include "cn_proc.h"
 #include "cn_time.h"
 #include "contain.h"
+#include "landlock.h"
 #include "leader.h"
 #include "reply.h"
 
@@ -159,7 +160,7 @@ static int needs_sampling(const job *j) {
 }
 
 /* Reads the exec pipe to its end: the command's pid, or why it did not run. */
-static void read_exec_records(int fd, pid_t *pid, int *err, int *cgroup_err) {
+static void read_exec_records(int fd, pid_t *pid, int *err, int *cgroup_err, int *ll_err) {
     cn_exrec buf[4];
     size_t have = 0;
     for (;;) {
@@ -179,6 +180,8 @@ static void read_exec_records(int fd, pid_t *pid, int *err, int *cgroup_err) {
                 *err = buf[i].value ? buf[i].value : EIO;
             } else if (buf[i].kind == CN_EXREC_CGROUP_ERRNO) {
                 *cgroup_err = buf[i].value ? buf[i].value : EIO;
+            } else if (buf[i].kind == CN_EXREC_LANDLOCK_ERRNO) {
+                *ll_err = buf[i].value ? buf[i].value : EIO;
             }
         }
         memmove(buf, buf + whole, have - whole * sizeof *buf);
@@ -211,6 +214,21 @@ void cn_child_spawn(const cn_request *r) {
     }
     int in[2] = {-1, -1}, out[2] = {-1, -1}, errp[2] = {-1, -1}, ex[2] = {-1, -1},
         rep[2] = {-1, -1};
+    int ll_fd = -1;
+    cn_ll_plan ll_plan;
+    memset(&ll_plan, 0, sizeof ll_plan);
+    if (req.landlock) {
+        int ll_errno;
+        if (cn_landlock_build(req.landlock, &ll_fd, &ll_plan, &err, &ll_errno) != 0) {
+            if (ll_errno) {
+                cn_reply_errno(r, err.reason, ll_errno);
+            } else {
+                cn_reply_error(r, &err);
+            }
+            cn_spawn_req_free(&req);
+            return;
+        }
+    }
     char **env = NULL;
     int64_t id = req.id ? req.id : g_next_id++;
     job *j = calloc(1, sizeof *j);
@@ -232,14 +250,26 @@ void cn_child_spawn(const cn_request *r) {
         cn_reply_error(r, &ce);
         goto cleanup;
     }
-    cn_leader_args la = {in[0],         out[1],
-                         errp[1],       ex[1],
-                         rep[1],        j->cg.dir_fd,
-                         j->cg.kill_fd, cn_cgjob_active(&j->cg) ? cn_contain_base_fd() : -1,
-                         j->cg.name,    g_self,
-                         req.argv,      env,
-                         req.cd,        plan,
-                         g_nofile};
+    cn_leader_args la = {
+        .in_r = in[0],
+        .out_w = out[1],
+        .err_w = errp[1],
+        .ex_w = ex[1],
+        .rep_w = rep[1],
+        .cg_dir = j->cg.dir_fd,
+        .cg_kill = j->cg.kill_fd,
+        .cg_base = cn_cgjob_active(&j->cg) ? cn_contain_base_fd() : -1,
+        .ll_fd = ll_fd,
+        .ll_proc_self =
+            req.landlock && req.landlock->proc_self ? cn_ll_access(CN_LL_READ, ll_plan.abi, 1) : 0,
+        .cg_name = j->cg.name,
+        .cnode = g_self,
+        .argv = req.argv,
+        .env = env,
+        .cd = req.cd,
+        .rl = plan,
+        .nofile = g_nofile,
+    };
     pid_t leader = fork();
     if (leader < 0) {
         cn_reply_errno(r, "spawn_failed", errno);
@@ -253,16 +283,19 @@ void cn_child_spawn(const cn_request *r) {
     close_fd(&errp[1]);
     close_fd(&ex[1]);
     close_fd(&rep[1]);
+    close_fd(&ll_fd);
     pid_t pid = 0;
-    int exec_err = 0, cg_err = 0;
-    read_exec_records(ex[0], &pid, &exec_err, &cg_err);
+    int exec_err = 0, cg_err = 0, ll_err = 0;
+    read_exec_records(ex[0], &pid, &exec_err, &cg_err, &ll_err);
     close_fd(&ex[0]);
-    if (pid <= 0 || exec_err || cg_err) {
+    if (pid <= 0 || exec_err || cg_err || ll_err) {
         /* the command did not start: its leader exits at once */
         reap_blocking(leader);
         if (cg_err) {
             cn_error ce = {"spawn_failed", "cgroup"};
             cn_reply_error(r, &ce);
+        } else if (ll_err) {
+            cn_reply_errno(r, "landlock", ll_err);
         } else {
             cn_reply_errno(r, "spawn_failed", exec_err ? exec_err : EIO);
         }
@@ -294,17 +327,27 @@ void cn_child_spawn(const cn_request *r) {
     cn_reply_begin(r, &x);
     ei_x_encode_tuple_header(&x, 2);
     ei_x_encode_atom(&x, "ok");
-    ei_x_encode_map_header(&x, 2);
+    ei_x_encode_map_header(&x, req.landlock ? 3 : 2);
     ei_x_encode_atom(&x, "id");
     ei_x_encode_longlong(&x, j->id);
     ei_x_encode_atom(&x, "os_pid");
     ei_x_encode_long(&x, pid);
+    if (req.landlock) {
+        /* what the ruleset enforces, and what this ABI could not */
+        ei_x_encode_atom(&x, "landlock");
+        ei_x_encode_map_header(&x, 2);
+        ei_x_encode_atom(&x, "abi");
+        ei_x_encode_long(&x, ll_plan.abi);
+        ei_x_encode_atom(&x, "missing");
+        cn_landlock_encode_missing(&x, ll_plan.missing);
+    }
     cn_reply_end(r, &x);
     free(env);
     cn_spawn_req_free(&req);
     return;
 
 cleanup:
+    close_fd(&ll_fd);
     close_fd(&in[0]);
     close_fd(&in[1]);
     close_fd(&out[0]);

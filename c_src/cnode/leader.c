@@ -33,8 +33,23 @@
 #include "cn_proc.h"
 #include "leader.h"
 
+#ifndef SYS_landlock_add_rule
+#define SYS_landlock_add_rule 445
+#endif
+#ifndef SYS_landlock_restrict_self
+#define SYS_landlock_restrict_self 446
+#endif
+
 /* The leader's descriptors. */
-enum { FD_EX = 3, FD_REP = 4, FD_CGDIR = 5, FD_CGKILL = 6, FD_CGBASE = 7, FD_FIRST_FREE = 8 };
+enum {
+    FD_EX = 3,
+    FD_REP = 4,
+    FD_CGDIR = 5,
+    FD_CGKILL = 6,
+    FD_CGBASE = 7,
+    FD_LL = 8,
+    FD_FIRST_FREE = 9
+};
 
 static void write_all(int fd, const void *buf, size_t n) {
     const char *p = buf;
@@ -106,6 +121,25 @@ static int set_rlim(int resource, int64_t soft, int64_t hard) {
     return setrlimit(resource, &rl);
 }
 
+/* The kernel's struct landlock_path_beneath_attr (packed). */
+struct ll_path_beneath {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
+
+static int add_proc_self(uint64_t access) {
+    int p = open("/proc/self", O_PATH | O_CLOEXEC);
+    if (p < 0) {
+        return -1;
+    }
+    struct ll_path_beneath pb = {access, p};
+    long rc = syscall(SYS_landlock_add_rule, FD_LL, 1 /* LANDLOCK_RULE_PATH_BENEATH */, &pb, 0);
+    int e = errno;
+    close(p);
+    errno = e;
+    return rc == 0 ? 0 : -1;
+}
+
 /* The command, in the leader's child: never returns. in_cgroup: it was
  * created in the job's cgroup already. */
 static void command(const cn_leader_args *a, pid_t leader, int in_cgroup) {
@@ -152,6 +186,22 @@ static void command(const cn_leader_args *a, pid_t leader, int in_cgroup) {
     (void)set_rlim(RLIMIT_AS, a->rl.as.soft, CN_RLIM_KEEP);
     /* the C-node raised its descriptor limit; the command gets the original */
     setrlimit(RLIMIT_NOFILE, &a->nofile);
+    if (a->ll_fd >= 0) {
+        /* Its own /proc/<pid> (which stays its pid across exec): only this
+         * process can name it. */
+        if (a->ll_proc_self && add_proc_self(a->ll_proc_self) != 0) {
+            report(CN_EXREC_LANDLOCK_ERRNO, errno);
+            _exit(127);
+        }
+        /* Last, so that nothing above needs a right the ruleset withholds:
+         * from here on this process, and everything it starts, is confined. */
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+            syscall(SYS_landlock_restrict_self, FD_LL, 0) != 0) {
+            report(CN_EXREC_LANDLOCK_ERRNO, errno);
+            _exit(127);
+        }
+        close(FD_LL);
+    }
     execvpe(a->argv[0], a->argv, a->env);
 fail:
     err = errno;
@@ -240,8 +290,8 @@ void cn_leader_run(const cn_leader_args *a) {
     }
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     prctl(PR_SET_NAME, "sandbox_leader");
-    int want[FD_FIRST_FREE] = {a->in_r,  a->out_w,  a->err_w,   a->ex_w,
-                               a->rep_w, a->cg_dir, a->cg_kill, a->cg_base};
+    int want[FD_FIRST_FREE] = {a->in_r,   a->out_w,   a->err_w,   a->ex_w, a->rep_w,
+                               a->cg_dir, a->cg_kill, a->cg_base, a->ll_fd};
     if (place_fds(want, FD_FIRST_FREE) != 0) {
         _exit(1);
     }
@@ -272,6 +322,7 @@ void cn_leader_run(const cn_leader_args *a) {
     /* the command holds the job's pipes; the leader none of them */
     close(FD_EX);
     close(FD_CGDIR);
+    close(FD_LL);
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
     for (int fd = 0; fd < 3; fd++) {
         if (null >= 0) {

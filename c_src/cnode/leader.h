@@ -11,7 +11,12 @@
 
 /* Records on the exec pipe (command -> C-node) and the report pipe
  * (leader -> C-node). */
-enum { CN_EXREC_PID = 1, CN_EXREC_ERRNO = 2, CN_EXREC_CGROUP_ERRNO = 3 };
+enum {
+    CN_EXREC_PID = 1,
+    CN_EXREC_ERRNO = 2,
+    CN_EXREC_CGROUP_ERRNO = 3,
+    CN_EXREC_LANDLOCK_ERRNO = 4
+};
 typedef struct {
     int32_t kind, value;
 } cn_exrec;
@@ -26,6 +31,8 @@ typedef struct {
     int rep_w;              /* the report pipe's write end */
     int cg_dir, cg_kill;    /* the job cgroup's directory and cgroup.kill, or -1 */
     int cg_base;            /* the run's cgroup directory, or -1 */
+    int ll_fd;              /* a Landlock ruleset the command enforces before exec, or -1 */
+    uint64_t ll_proc_self;  /* rights on its own /proc/<pid> it adds first (0: none) */
     const char *cg_name;    /* the job's directory in it */
     pid_t cnode;
     char **argv, **env;

@@ -4,10 +4,12 @@
  *
  * Usage: sandbox_cnode [--max-frame BYTES] [--audit-log PATH] [--audit-private-dir]
  *                      [--audit-max-bytes BYTES] [--audit-keep N]
- *                      [--containment auto|subreaper]
+ *                      [--containment auto|subreaper] [--landlock auto|off|ABI]
  * The cookie for distribution only ever arrives in a request on the port.
  * SANDBOX_CNODE_CONTAINMENT=subreaper in the environment forces the
- * fallback as --containment subreaper does. */
+ * fallback as --containment subreaper does; SANDBOX_CNODE_LANDLOCK=off (or
+ * an ABI number) does what --landlock does: Landlock reported unavailable,
+ * or used as if the kernel's ABI were at most that number. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +30,7 @@
 #include "cn_time.h"
 #include "contain.h"
 #include "dist.h"
+#include "landlock.h"
 #include "reply.h"
 #include "watch.h"
 
@@ -91,7 +94,7 @@ static void reply_info(const cn_request *r) {
     cn_reply_begin(r, &x);
     ei_x_encode_tuple_header(&x, 2);
     ei_x_encode_atom(&x, "ok");
-    ei_x_encode_map_header(&x, 8);
+    ei_x_encode_map_header(&x, 9);
     ei_x_encode_atom(&x, "os_pid");
     ei_x_encode_long(&x, (long)g_self);
     ei_x_encode_atom(&x, "containment");
@@ -112,6 +115,8 @@ static void reply_info(const cn_request *r) {
     cn_dist_info(&x);
     ei_x_encode_atom(&x, "audit");
     cn_audit_info(&x);
+    ei_x_encode_atom(&x, "landlock");
+    cn_landlock_info(&x);
     cn_reply_end(r, &x);
 }
 
@@ -243,7 +248,7 @@ static void read_signals(void) {
 static void usage(void) {
     fprintf(stderr, "usage: sandbox_cnode [--max-frame BYTES] [--audit-log PATH] "
                     "[--audit-private-dir] [--audit-max-bytes BYTES] [--audit-keep N] "
-                    "[--containment auto|subreaper]\n");
+                    "[--containment auto|subreaper] [--landlock auto|off|ABI]\n");
     exit(2);
 }
 
@@ -291,6 +296,10 @@ int main(int argc, char **argv) {
     int audit_keep = 5;
     const char *env_contain = getenv("SANDBOX_CNODE_CONTAINMENT");
     int allow_cgroup = !(env_contain && strcmp(env_contain, "subreaper") == 0);
+    int landlock_max = -1;
+    if (cn_ll_setting_parse(getenv("SANDBOX_CNODE_LANDLOCK"), &landlock_max) != 0) {
+        usage();
+    }
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--audit-private-dir") == 0) {
             audit_private = 1;
@@ -322,6 +331,10 @@ int main(int argc, char **argv) {
             if (strcmp(m, "subreaper") == 0) {
                 allow_cgroup = 0;
             } else if (strcmp(m, "auto") != 0) {
+                usage();
+            }
+        } else if (strcmp(argv[i], "--landlock") == 0) {
+            if (cn_ll_setting_parse(argv[++i], &landlock_max) != 0) {
                 usage();
             }
         } else {
@@ -360,6 +373,7 @@ int main(int argc, char **argv) {
     cn_frame_init(&g_in, max_frame);
     cn_max_frame = max_frame;
     cn_contain_init(allow_cgroup);
+    cn_landlock_init(landlock_max);
     if (audit_log && cn_audit_setup(audit_log, audit_max, audit_keep, audit_private) != 0) {
         fprintf(stderr, "sandbox_cnode: cannot set up the audit log %s\n", audit_log);
         return 1;

@@ -2,8 +2,10 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "bytes.h"
+#include "code.h"
 #include "etf.h"
 
 /* `chunk`, when not NULL, is a 4-byte chunk id. */
@@ -452,6 +454,42 @@ beam_errcode beam_literals_load(const beam_module *m, beam_literals *lits, beam_
     return frame_literals(lits, err);
 }
 
+beam_errcode beam_literal_count(const beam_module *m, uint32_t *count, beam_error *err) {
+    const beam_chunk *c = beam_find_chunk(m, "LitT");
+    *count = 0;
+    if (!c) {
+        return BEAM_OK;
+    }
+    const uint8_t *p = m->data + c->offset;
+    if (c->size < 8) {
+        return fail(err, c->size < 4 ? BEAM_E_TRUNCATED : BEAM_E_BAD_CHUNK, "LitT", 0);
+    }
+    if (rd_u32(p) == 0) {
+        *count = rd_u32(p + 4);
+        return BEAM_OK;
+    }
+    /* Only the count: the first four bytes of the stream. */
+    uint8_t head[4];
+    z_stream zs = {0};
+    if (inflateInit(&zs) != Z_OK) {
+        return fail(err, BEAM_E_NOMEM, NULL, 0);
+    }
+    zs.next_in = (Bytef *)(uintptr_t)(p + 4);
+    zs.avail_in = c->size - 4;
+    zs.next_out = head;
+    zs.avail_out = 4;
+    int zr = Z_OK;
+    while (zs.avail_out > 0 && zr == Z_OK) {
+        zr = inflate(&zs, Z_SYNC_FLUSH);
+    }
+    inflateEnd(&zs);
+    if (zs.avail_out > 0) {
+        return fail(err, BEAM_E_ZLIB, "LitT", 0);
+    }
+    *count = rd_u32(head);
+    return BEAM_OK;
+}
+
 beam_errcode beam_literals_adopt(uint8_t *owned, size_t size, beam_literals *lits,
                                  beam_error *err) {
     memset(lits, 0, sizeof *lits);
@@ -480,7 +518,7 @@ void beam_literals_free(beam_literals *lits) {
     memset(lits, 0, sizeof *lits);
 }
 
-static beam_errcode validate_literals(const beam_module *m, beam_error *err) {
+static beam_errcode validate_literals(const beam_module *m, uint32_t *count, beam_error *err) {
     const beam_chunk *c = beam_find_chunk(m, "LitT");
     /* OTP 25's loader only reads a compressed table (size 0 is refused). */
     if (c && c->size >= 4 && rd_u32(m->data + c->offset) == 0) {
@@ -491,6 +529,7 @@ static beam_errcode validate_literals(const beam_module *m, beam_error *err) {
     if (rc != BEAM_OK) {
         return rc;
     }
+    *count = lits.count;
     size_t pos = 0;
     const uint8_t *term;
     uint32_t len;
@@ -516,28 +555,6 @@ static beam_errcode validate_term_chunk(const beam_module *m, const beam_chunk *
     return BEAM_OK;
 }
 
-/* Code: header size, instruction set, highest opcode, label and function counts. */
-static beam_errcode validate_code(const beam_module *m, uint32_t max_opcode, beam_error *err) {
-    const beam_chunk *c = beam_find_chunk(m, "Code");
-    const uint8_t *p = m->data + c->offset;
-    if (c->size < 20) {
-        return fail(err, BEAM_E_TRUNCATED, "Code", 0);
-    }
-    uint32_t hdr = rd_u32(p);
-    if (hdr < 16 || hdr > c->size - 4) {
-        return fail(err, BEAM_E_BAD_CHUNK, "Code", 0);
-    }
-    uint32_t iset = rd_u32(p + 4);
-    if (iset != BEAM_FORMAT_NUMBER) {
-        return fail(err, BEAM_E_INSTRUCTION_SET, NULL, iset);
-    }
-    uint32_t opmax = rd_u32(p + 8);
-    if (opmax > max_opcode) {
-        return fail(err, BEAM_E_MAX_OPCODE, NULL, opmax);
-    }
-    return BEAM_OK;
-}
-
 beam_errcode beam_validate(const uint8_t *data, size_t size, uint32_t max_opcode, beam_error *err) {
     return beam_validate_limited(data, size, max_opcode, 0, err);
 }
@@ -556,8 +573,11 @@ beam_errcode beam_validate_limited(const uint8_t *data, size_t size, uint32_t ma
             goto out;
         }
     }
-    if ((rc = validate_code(&m, max_opcode, err)) != BEAM_OK ||
-        (rc = validate_literals(&m, err)) != BEAM_OK) {
+    /* The code header first; the code itself once the literals are known. */
+    code_module code;
+    uint32_t nliterals = 0;
+    if ((rc = code_open(&m, 0, max_opcode, &code, err)) != BEAM_OK ||
+        (rc = validate_literals(&m, &nliterals, err)) != BEAM_OK) {
         goto out;
     }
     /* Every term chunk, in file order: relocation rewrites them all. */
@@ -567,6 +587,8 @@ beam_errcode beam_validate_limited(const uint8_t *data, size_t size, uint32_t ma
             goto out;
         }
     }
+    code.nliterals = nliterals;
+    rc = code_walk(&code, max_opcode, &m, NULL, NULL, err);
 out:
     beam_module_free(&m);
     return rc;
@@ -590,6 +612,8 @@ const char *beam_errcode_name(beam_errcode c) {
                                         "bad_instruction_set",
                                         "bad_max_opcode",
                                         "out_of_memory",
-                                        "too_large"};
+                                        "too_large",
+                                        "bad_code",
+                                        "stopped"};
     return (size_t)c < sizeof names / sizeof *names ? names[c] : "unknown";
 }

@@ -38,7 +38,9 @@ typedef enum {
     BEAM_E_INSTRUCTION_SET, /* a = the instruction set number */
     BEAM_E_MAX_OPCODE,      /* a = the highest opcode the module uses */
     BEAM_E_NOMEM,
-    BEAM_E_TOO_LARGE /* chunk: a = declared inflated bytes up to and including it, b = the cap */
+    BEAM_E_TOO_LARGE, /* chunk: a = declared inflated bytes up to and including it, b = the cap */
+    BEAM_E_BAD_CODE,  /* a = offset in the Code chunk of the instruction stream's first bad byte */
+    BEAM_E_STOPPED    /* a visitor stopped a walk (internal: never reported for input) */
 } beam_errcode;
 
 typedef enum { BEAM_TABLE_IMPORTS = 0, BEAM_TABLE_EXPORTS, BEAM_TABLE_LOCALS } beam_table;
@@ -93,7 +95,8 @@ beam_errcode beam_parse_limited(const uint8_t *data, size_t size, uint64_t max_i
 
 /* beam_parse plus the remaining checks of a loadable module: the required
  * chunks, the literal table, every term chunk (Attr, CInf, Dbgi, Docs, ExCk,
- * Meta), the code header. */
+ * Meta), the code header, and the whole instruction stream with the chunks
+ * it refers to (FunT, Line, Type, StrT; see code.h). */
 beam_errcode beam_validate(const uint8_t *data, size_t size, uint32_t max_opcode, beam_error *err);
 
 /* beam_validate with the cap on declared inflated bytes given (0: the default). */
@@ -134,6 +137,10 @@ typedef struct {
 /* Loads the literal table (an empty one when the module has no LitT) and
  * checks its framing: every literal's size fits and nothing trails. */
 beam_errcode beam_literals_load(const beam_module *m, beam_literals *lits, beam_error *err);
+
+/* The literal table's count alone (0 without a LitT), inflating no more
+ * than its first bytes; the table itself is not checked. */
+beam_errcode beam_literal_count(const beam_module *m, uint32_t *count, beam_error *err);
 
 /* beam_literals_load's framing checks on a table the caller inflated
  * itself: `owned` (malloc'd, `size` bytes) belongs to *lits afterwards, and

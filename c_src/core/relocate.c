@@ -7,7 +7,9 @@
 
 #include "buf.h"
 #include "bytes.h"
+#include "code.h"
 #include "etf.h"
+#include "rewrite.h"
 #include "strmap.h"
 
 /* Work units, about a nanosecond each for the slowest input of each kind on
@@ -28,6 +30,7 @@
 #define RELOC_WORK_STORE 2    /* per byte stored without compression */
 #define RELOC_WORK_COMPARE 20 /* per map key comparison (two per key and level) */
 #define RELOC_WORK_ENTRY 30   /* per import, per name of the spec */
+#define RELOC_WORK_CODE 20    /* per byte of code decoded (and rewritten) */
 
 /* Slices of the long steps: a few hundred microseconds at worst each. */
 #define INFLATE_SLICE (32 * 1024) /* bytes out */
@@ -40,6 +43,14 @@ typedef struct {
     const reloc_spec *spec;
     strmap renames;
     strmap redirects;
+    strmap mfas;       /* mfa_key() -> index in spec->mfas */
+    uint8_t *mfa_keys; /* their storage */
+    /* Atoms appended to the atom table, in order: names point into the spec
+     * (or are the guard's function names). */
+    const uint8_t **xnames;
+    size_t *xlens;
+    size_t nx, capx;
+    strmap xmap;
     reloc_error *err;
     uint64_t work;     /* units spent */
     uint64_t slack;    /* ns surely left before the deadline */
@@ -174,6 +185,48 @@ static int hit_atom(void *ctx, size_t off, size_t enc_len, const uint8_t *name, 
     return c->hit;
 }
 
+/* The key of an MFA in c->mfas: module, 0xFF, function, 0xFF, arity (0xFF
+ * occurs in no UTF-8 name). Returns its length, 0 if it does not fit. */
+static size_t mfa_key(const uint8_t *mod, size_t ml, const uint8_t *fun, size_t fl, uint32_t arity,
+                      uint8_t *key, size_t cap) {
+    if (ml + fl + 3 > cap || arity > 255) {
+        return 0;
+    }
+    memcpy(key, mod, ml);
+    key[ml] = 0xFF;
+    memcpy(key + ml + 1, fun, fl);
+    key[ml + 1 + fl] = 0xFF;
+    key[ml + fl + 2] = (uint8_t)arity;
+    return ml + fl + 3;
+}
+
+#define MFA_KEY_MAX (8 * BEAM_MAX_ATOM_CHARS + 3)
+
+/* The MFA redirect of `fun M:F/A` (names as they occur, UTF-8 or latin-1):
+ * 1 and *idx when there is one. */
+static int mfa_redirect(const reloc_ctx *c, const uint8_t *m, size_t ml, int mu, const uint8_t *f,
+                        size_t fl, int fu, unsigned arity, size_t *idx) {
+    if (!c->spec->nmfas) {
+        return 0;
+    }
+    uint8_t t1[LATIN1_UTF8_MAX], t2[LATIN1_UTF8_MAX], key[MFA_KEY_MAX];
+    if ((!mu && !(m = latin1_to_utf8(m, ml, t1, sizeof t1, &ml))) ||
+        (!fu && !(f = latin1_to_utf8(f, fl, t2, sizeof t2, &fl)))) {
+        return 0;
+    }
+    size_t kl = mfa_key(m, ml, f, fl, arity, key, sizeof key);
+    return kl && strmap_get(&c->mfas, key, kl, idx);
+}
+
+/* Stops the walk at an external fun that an MFA redirect changes. */
+static int hit_fun(void *ctx, const etf_atom *mod, const etf_atom *fun, unsigned arity) {
+    reloc_ctx *c = ctx;
+    size_t i;
+    c->hit =
+        mfa_redirect(c, mod->name, mod->len, mod->utf8, fun->name, fun->len, fun->utf8, arity, &i);
+    return c->hit;
+}
+
 /* Paces a long walk: the bytes walked since the last tick. */
 static int walk_tick(void *ctx, size_t pos) {
     reloc_ctx *c = ctx;
@@ -188,7 +241,7 @@ static int walk_tick(void *ctx, size_t pos) {
  * its first changed atom only: rewrite_term() checks everything it reads
  * as strictly as the walk does, so that is where the rest is validated. */
 static int term_changes(reloc_ctx *c, const uint8_t *t, size_t len) {
-    etf_visitor v = {hit_atom, NULL, c, walk_tick};
+    etf_visitor v = {hit_atom, c->spec->nmfas ? hit_fun : NULL, c, walk_tick};
     size_t end = len;
     c->hit = 0;
     c->walked = 0;
@@ -355,6 +408,79 @@ static int put_atom(reloc_ctx *c, buf_t *out, const uint8_t *name, size_t len, i
         err = buf_put(out, hdr, 2) || buf_put(out, n, nl);
     }
     return err ? nomem(c) : 0;
+}
+
+/* Writes an atom as given (a name of the spec: valid UTF-8, at most 255
+ * bytes). */
+static int put_final_atom(reloc_ctx *c, buf_t *out, const uint8_t *name, size_t len) {
+    uint8_t hdr[2] = {TAG_SMALL_ATOM_UTF8, (uint8_t)len};
+    if (charge(c, RELOC_WORK_ATOM + len)) {
+        return -1;
+    }
+    return buf_put(out, hdr, 2) || buf_put(out, name, len) ? nomem(c) : 0;
+}
+
+/* Reads an atom at in[p] as rw_atom() does, without writing it: its name,
+ * length, encoding and end. 0, or -2 when malformed. */
+static int read_atom(const uint8_t *in, size_t len, size_t p, const uint8_t **name, size_t *n,
+                     int *utf8, size_t *end) {
+    if (p >= len) {
+        return -2;
+    }
+    uint8_t tag = in[p++];
+    if (tag == TAG_ATOM || tag == TAG_ATOM_UTF8) {
+        if (len - p < 2) {
+            return -2;
+        }
+        *n = rd_u16(in + p);
+        p += 2;
+    } else if (tag == TAG_SMALL_ATOM || tag == TAG_SMALL_ATOM_UTF8) {
+        if (len - p < 1) {
+            return -2;
+        }
+        *n = in[p++];
+    } else {
+        return -2;
+    }
+    if (len - p < *n) {
+        return -2;
+    }
+    *utf8 = tag == TAG_ATOM_UTF8 || tag == TAG_SMALL_ATOM_UTF8;
+    if (*utf8 ? *n > 4 * BEAM_MAX_ATOM_CHARS || utf8_count(in + p, *n) < 0 ||
+                    utf8_count(in + p, *n) > BEAM_MAX_ATOM_CHARS
+              : *n > BEAM_MAX_ATOM_CHARS) {
+        return -2;
+    }
+    *name = in + p;
+    *end = p + *n;
+    return 0;
+}
+
+/* An external fun at in[*pos] (after its tag) that an MFA redirect
+ * changes: written redirected, 1; 0 when none applies; < 0 on error. */
+static int rw_export_mfa(reloc_ctx *c, const uint8_t *in, size_t len, size_t *pos, buf_t *out) {
+    const uint8_t *m, *f;
+    size_t ml, fl, p1, p2;
+    int mu, fu, r;
+    if ((r = read_atom(in, len, *pos, &m, &ml, &mu, &p1)) ||
+        (r = read_atom(in, len, p1, &f, &fl, &fu, &p2))) {
+        return r;
+    }
+    size_t i;
+    if (len - p2 < 2 || in[p2] != TAG_SMALL_INTEGER ||
+        !mfa_redirect(c, m, ml, mu, f, fl, fu, in[p2 + 1], &i)) {
+        return 0;
+    }
+    const reloc_mfa *x = &c->spec->mfas[i];
+    if ((r = put_final_atom(c, out, x->to_mod, x->to_mod_len)) ||
+        (r = put_final_atom(c, out, x->to_fun, x->to_fun_len))) {
+        return r;
+    }
+    if (buf_put(out, in + p2, 2)) {
+        return nomem(c);
+    }
+    *pos = p2 + 2;
+    return 1;
 }
 
 /* Reads an atom at in[*pos] and writes it renamed. */
@@ -561,6 +687,16 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
             if (buf_put_u8(out, TAG_EXPORT)) {
                 rc = -1;
                 goto nomem;
+            }
+            if (c->spec->nmfas) {
+                int r = rw_export_mfa(c, in, len, &pos, out);
+                if (r < 0) {
+                    rc = r;
+                    goto out;
+                }
+                if (r > 0) {
+                    break;
+                }
             }
             if ((rc = rw_atom(c, in, len, &pos, out, 1)) ||
                 (rc = rw_atom(c, in, len, &pos, out, 0))) {
@@ -950,14 +1086,31 @@ out:
     return rc;
 }
 
-/* The atom table as AtU8, renamed, with the redirect shims appended. An
- * atom over 255 bytes cannot be written in the one-byte-length format. */
-static int rw_atoms(reloc_ctx *c, const beam_module *m, const size_t *shims, size_t nshims,
-                    buf_t *out) {
-    if (charge(c, (uint64_t)(m->natoms + nshims) * RELOC_WORK_ATOM)) {
+/* The atom index (1-based) of an appended atom, appending it on first use.
+ * 0, or -1 when out of memory. */
+static int append_atom(reloc_ctx *c, const beam_module *m, const uint8_t *name, size_t len,
+                       uint32_t *index) {
+    size_t i;
+    if (!strmap_get(&c->xmap, name, len, &i)) {
+        if (c->nx == c->capx || strmap_put(&c->xmap, name, len, c->nx) != 0) {
+            return nomem(c);
+        }
+        c->xnames[c->nx] = name;
+        c->xlens[c->nx] = len;
+        i = c->nx++;
+    }
+    *index = (uint32_t)(m->natoms + i + 1);
+    return 0;
+}
+
+/* The atom table as AtU8, renamed, with the appended atoms (redirect shims,
+ * MFA redirect targets, the guard's names) after it. An atom over 255
+ * bytes cannot be written in the one-byte-length format. */
+static int rw_atoms(reloc_ctx *c, const beam_module *m, buf_t *out) {
+    if (charge(c, (uint64_t)(m->natoms + c->nx) * RELOC_WORK_ATOM)) {
         return -1;
     }
-    if (buf_put_u32(out, (uint32_t)(m->natoms + nshims))) {
+    if (buf_put_u32(out, (uint32_t)(m->natoms + c->nx))) {
         return nomem(c);
     }
     for (size_t i = 0; i < m->natoms; i++) {
@@ -975,50 +1128,70 @@ static int rw_atoms(reloc_ctx *c, const beam_module *m, const size_t *shims, siz
             return nomem(c);
         }
     }
-    for (size_t k = 0; k < nshims; k++) {
-        const reloc_pair *p = &c->spec->redirects[shims[k]];
-        if (buf_put_u8(out, (uint8_t)p->to_len) || buf_put(out, p->to, p->to_len)) {
+    for (size_t k = 0; k < c->nx; k++) {
+        if (buf_put_u8(out, (uint8_t)c->xlens[k]) || buf_put(out, c->xnames[k], c->xlens[k])) {
             return nomem(c);
         }
     }
     return 0;
 }
 
-/* ImpT with the imports of redirected modules repointed at the appended shim
- * atoms. shims[] receives the redirect index of each appended atom, and
- * slot[r] (SIZE_MAX until then) the position of redirect r's atom. */
-static int rw_imports(reloc_ctx *c, const beam_module *m, buf_t *out, size_t *shims, size_t *slot,
-                      size_t *nshims, int *changed) {
-    *nshims = 0;
-    *changed = 0;
-    if (charge(c, (uint64_t)m->nimports * RELOC_WORK_ENTRY)) {
+static const char *const guard_names[] = {"$apply", "$call_fun", "$send"};
+
+/* An atom's name in UTF-8 (tmp holds a latin-1 name's conversion). */
+static const uint8_t *atom_utf8(const beam_module *m, uint32_t index, uint8_t *tmp, size_t *len) {
+    const beam_atom *a = &m->atoms[index - 1];
+    *len = a->len;
+    return m->atoms_utf8 ? a->name : latin1_to_utf8(a->name, a->len, tmp, LATIN1_UTF8_MAX, len);
+}
+
+/* ImpT with the imports of redirected MFAs and modules repointed at
+ * appended atoms (imp_mfa[i]: 1 + the MFA redirect of import i, or 0), and
+ * the guard's imports (gr, may be NULL) appended. */
+static int rw_imports(reloc_ctx *c, const beam_module *m, const uint32_t *imp_mfa,
+                      const code_rewrite_spec *gr, buf_t *out, int *changed) {
+    size_t extra = gr ? gr->nimports : 0;
+    *changed = extra > 0;
+    if (charge(c, (uint64_t)(m->nimports + extra) * RELOC_WORK_ENTRY)) {
         return -1;
     }
-    if (buf_put_u32(out, m->nimports)) {
+    if (buf_put_u32(out, (uint32_t)(m->nimports + extra))) {
         return nomem(c);
     }
     for (uint32_t i = 0; i < m->nimports; i++) {
         uint32_t e[3];
         beam_table_entry(m->imports, i, e);
-        const beam_atom *mod = &m->atoms[e[0] - 1];
         uint8_t tmp[LATIN1_UTF8_MAX];
-        size_t len = mod->len;
-        const uint8_t *name =
-            m->atoms_utf8 ? mod->name : latin1_to_utf8(mod->name, len, tmp, sizeof tmp, &len);
-        size_t r;
+        size_t len, r;
+        const uint8_t *name = atom_utf8(m, e[0], tmp, &len);
         if (!name) {
             return fail_beam(c, BEAM_E_BAD_ATOM, NULL, e[0]);
         }
-        if (strmap_get(&c->redirects, name, len, &r)) {
-            if (slot[r] == SIZE_MAX) {
-                slot[r] = (*nshims)++;
-                shims[slot[r]] = r;
+        if (imp_mfa && imp_mfa[i]) {
+            const reloc_mfa *x = &c->spec->mfas[imp_mfa[i] - 1];
+            if (append_atom(c, m, x->to_mod, x->to_mod_len, &e[0]) ||
+                append_atom(c, m, x->to_fun, x->to_fun_len, &e[1])) {
+                return -1;
             }
-            e[0] = (uint32_t)(m->natoms + slot[r] + 1);
+            *changed = 1;
+        } else if (strmap_get(&c->redirects, name, len, &r)) {
+            const reloc_pair *p = &c->spec->redirects[r];
+            if (append_atom(c, m, p->to, p->to_len, &e[0])) {
+                return -1;
+            }
             *changed = 1;
         }
         if (buf_put_u32(out, e[0]) || buf_put_u32(out, e[1]) || buf_put_u32(out, e[2])) {
             return nomem(c);
+        }
+    }
+    for (size_t k = 0; k < extra; k++) {
+        const char *fn = guard_names[gr->imports[k].fn];
+        uint32_t mod, fun;
+        if (append_atom(c, m, c->spec->guard, c->spec->guard_len, &mod) ||
+            append_atom(c, m, (const uint8_t *)fn, strlen(fn), &fun) || buf_put_u32(out, mod) ||
+            buf_put_u32(out, fun) || buf_put_u32(out, gr->imports[k].arity)) {
+            return c->err->code ? -1 : nomem(c);
         }
     }
     return 0;
@@ -1036,11 +1209,31 @@ static int add_chunk(buf_t *out, const char id[4], const uint8_t *data, size_t l
     return 0;
 }
 
+static int valid_name(const reloc_spec *sp, const uint8_t *name, size_t len, size_t max) {
+    return len <= max && (sp->names_valid || utf8_count(name, len) >= 0);
+}
+
+static int bad_spec(reloc_ctx *c, const uint8_t *name, size_t len) {
+    c->err->code = RELOC_E_BAD_SPEC;
+    c->err->name = name;
+    c->err->name_len = len;
+    return -1;
+}
+
 static int build_maps(reloc_ctx *c) {
     const reloc_spec *sp = c->spec;
-    if (strmap_init(&c->renames, sp->nrenames) || strmap_init(&c->redirects, sp->nredirects)) {
+    size_t nx = sp->nredirects + 2 * sp->nmfas + 4;
+    if (strmap_init(&c->renames, sp->nrenames) || strmap_init(&c->redirects, sp->nredirects) ||
+        strmap_init(&c->mfas, sp->nmfas) || strmap_init(&c->xmap, nx)) {
         return nomem(c);
     }
+    c->xnames = malloc(nx * sizeof *c->xnames);
+    c->xlens = malloc(nx * sizeof *c->xlens);
+    c->mfa_keys = malloc((sp->nmfas + 1) * MFA_KEY_MAX);
+    if (!c->xnames || !c->xlens || !c->mfa_keys) {
+        return nomem(c);
+    }
+    c->capx = nx;
     for (int pass = 0; pass < 2; pass++) {
         const reloc_pair *pairs = pass ? sp->redirects : sp->renames;
         size_t n = pass ? sp->nredirects : sp->nrenames;
@@ -1050,14 +1243,38 @@ static int build_maps(reloc_ctx *c) {
             int valid = sp->names_valid || (utf8_count(p->from, p->from_len) >= 0 &&
                                             utf8_count(p->to, p->to_len) >= 0);
             if (!valid || strmap_put(map, p->from, p->from_len, i) != 0) {
-                c->err->code = RELOC_E_BAD_SPEC;
-                c->err->name = p->from;
-                c->err->name_len = p->from_len;
-                return -1;
+                return bad_spec(c, p->from, p->from_len);
             }
             if (p->to_len > 255) {
                 return too_long(c, p->to, p->to_len);
             }
+        }
+    }
+    /* MFA redirects: names of at most 255 characters (1020 bytes), targets
+     * of at most 255 bytes (the atom table's length byte). */
+    for (size_t i = 0; i < sp->nmfas; i++) {
+        const reloc_mfa *x = &sp->mfas[i];
+        uint8_t *key = c->mfa_keys + i * MFA_KEY_MAX;
+        size_t kl;
+        if (!valid_name(sp, x->mod, x->mod_len, 4 * BEAM_MAX_ATOM_CHARS) ||
+            !valid_name(sp, x->fun, x->fun_len, 4 * BEAM_MAX_ATOM_CHARS) ||
+            !valid_name(sp, x->to_mod, x->to_mod_len, SIZE_MAX) ||
+            !valid_name(sp, x->to_fun, x->to_fun_len, SIZE_MAX) ||
+            !(kl = mfa_key(x->mod, x->mod_len, x->fun, x->fun_len, x->arity, key, MFA_KEY_MAX)) ||
+            strmap_put(&c->mfas, key, kl, i) != 0) {
+            return bad_spec(c, x->mod, x->mod_len);
+        }
+        if (x->to_mod_len > 255 || x->to_fun_len > 255) {
+            return x->to_mod_len > 255 ? too_long(c, x->to_mod, x->to_mod_len)
+                                       : too_long(c, x->to_fun, x->to_fun_len);
+        }
+    }
+    if (sp->guard) {
+        if (!valid_name(sp, sp->guard, sp->guard_len, SIZE_MAX)) {
+            return bad_spec(c, sp->guard, sp->guard_len);
+        }
+        if (sp->guard_len > 255) {
+            return too_long(c, sp->guard, sp->guard_len);
         }
     }
     return 0;
@@ -1072,7 +1289,11 @@ static uint64_t effective_cap(const reloc_spec *spec) {
 uint64_t reloc_work_estimate(const beam_module *m, const reloc_spec *spec) {
     uint64_t w = (uint64_t)m->size * RELOC_WORK_BYTE + (uint64_t)m->nchunks * RELOC_WORK_CHUNK +
                  (uint64_t)m->natoms * RELOC_WORK_ATOM + (uint64_t)m->nimports * RELOC_WORK_ENTRY +
-                 (uint64_t)(spec->nrenames + spec->nredirects) * RELOC_WORK_ENTRY;
+                 (uint64_t)(spec->nrenames + spec->nredirects + spec->nmfas) * RELOC_WORK_ENTRY;
+    const beam_chunk *code = beam_find_chunk(m, "Code");
+    if (code && (spec->nmfas || (spec->guard && spec->guard_kinds))) {
+        w += (uint64_t)code->size * RELOC_WORK_CODE;
+    }
     for (size_t i = 0; i < m->nchunks; i++) {
         const beam_chunk *c = &m->chunks[i];
         uint64_t plain = beam_plain_size(m, c);
@@ -1090,6 +1311,83 @@ uint64_t reloc_work_estimate(const beam_module *m, const reloc_spec *spec) {
     return w;
 }
 
+/* The imports MFA redirects repoint: imp_mfa[i] = 1 + the redirect of
+ * import i, or 0. Returns how many, or -1 when out of memory. */
+static long match_imports(reloc_ctx *c, const beam_module *m, uint32_t **imp_mfa) {
+    *imp_mfa = NULL;
+    if (!c->spec->nmfas || !m->nimports) {
+        return 0;
+    }
+    if (!(*imp_mfa = calloc(m->nimports, sizeof **imp_mfa))) {
+        return nomem(c);
+    }
+    long n = 0;
+    for (uint32_t i = 0; i < m->nimports; i++) {
+        uint32_t e[3];
+        beam_table_entry(m->imports, i, e);
+        const beam_atom *mod = &m->atoms[e[0] - 1], *fun = &m->atoms[e[1] - 1];
+        size_t idx;
+        if (mfa_redirect(c, mod->name, mod->len, m->atoms_utf8, fun->name, fun->len, m->atoms_utf8,
+                         e[2], &idx)) {
+            (*imp_mfa)[i] = (uint32_t)idx + 1;
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Walks the code when MFA redirects or a guard need it: refuses redirects
+ * of imports that bif instructions use, and rewrites the dynamic calls
+ * into *code (gr->kinds). */
+static int walk_code(reloc_ctx *c, const beam_module *m, const uint32_t *imp_mfa,
+                     code_rewrite_spec *gr, buf_t *code) {
+    beam_error *be = &c->err->beam;
+    uint32_t nlits;
+    code_module cm;
+    uint32_t max_op = c->spec->max_opcode ? c->spec->max_opcode : CODE_OTP25_MAX_OPCODE;
+    const beam_chunk *ch = beam_find_chunk(m, "Code");
+    if (!ch) {
+        return fail_beam(c, BEAM_E_MISSING_CHUNK, "Code", 0);
+    }
+    if (gr->kinds && !m->imports) {
+        return fail_beam(c, BEAM_E_MISSING_CHUNK, "ImpT", 0);
+    }
+    if (charge(c, (uint64_t)ch->size * RELOC_WORK_CODE)) {
+        return -1;
+    }
+    beam_errcode rc;
+    if ((rc = beam_literal_count(m, &nlits, be)) != BEAM_OK ||
+        (rc = code_open(m, nlits, max_op, &cm, be)) != BEAM_OK) {
+        c->err->code = rc == BEAM_E_NOMEM ? RELOC_E_NOMEM : RELOC_E_BEAM;
+        return -1;
+    }
+    gr->first_import = m->nimports;
+    gr->bif_imports = calloc((size_t)m->nimports + 1, 1);
+    if (!gr->bif_imports) {
+        return nomem(c);
+    }
+    rc = code_rewrite(&cm, max_op, m, gr, code, be);
+    if (rc == BEAM_E_STOPPED) {
+        c->err->code = RELOC_E_ARITY;
+        c->err->fn = gr->too_large_fn;
+        c->err->arity = gr->too_large_arity;
+        return -1;
+    }
+    if (rc != BEAM_OK) {
+        c->err->code = rc == BEAM_E_NOMEM ? RELOC_E_NOMEM : RELOC_E_BEAM;
+        return -1;
+    }
+    c->err->rewritten = gr->rewritten;
+    for (uint32_t i = 0; imp_mfa && i < m->nimports; i++) {
+        if (imp_mfa[i] && gr->bif_imports[i]) {
+            c->err->code = RELOC_E_BIF_REDIRECT;
+            c->err->index = imp_mfa[i] - 1;
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t **out,
                   size_t *out_len, reloc_error *err) {
     memset(err, 0, sizeof *err);
@@ -1097,37 +1395,46 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
     *out_len = 0;
     reloc_ctx c = {.spec = spec, .err = err, .cap = effective_cap(spec), .chunk = ""};
     beam_module m;
-    size_t *shims = NULL, *slot = NULL;
-    buf_t res = {0}, tmp = {0};
+    buf_t res = {0}, tmp = {0}, imports = {0}, code = {0};
+    uint32_t *imp_mfa = NULL;
+    code_rewrite_spec *gr = NULL;
     int rc = -1;
     if (beam_parse_limited(in, len, c.cap, &m, &err->beam) != BEAM_OK) {
         err->code = RELOC_E_BEAM;
         return -1;
     }
     if (charge(&c, (uint64_t)len * RELOC_WORK_BYTE + (uint64_t)m.nchunks * RELOC_WORK_CHUNK +
-                       (uint64_t)(spec->nrenames + spec->nredirects) * RELOC_WORK_ENTRY) ||
+                       (uint64_t)(spec->nrenames + spec->nredirects + spec->nmfas) *
+                           RELOC_WORK_ENTRY) ||
         build_maps(&c)) {
         goto out;
     }
-    shims = malloc((spec->nredirects + 1) * sizeof *shims);
-    slot = malloc((spec->nredirects + 1) * sizeof *slot);
-    if (!shims || !slot) {
-        nomem(&c);
+    /* The code first, when it matters: which imports bifs use, and the
+     * guard's rewrite, which decides the imports the table gains. */
+    long nmatched = match_imports(&c, &m, &imp_mfa);
+    if (nmatched < 0) {
         goto out;
     }
-    for (size_t i = 0; i < spec->nredirects; i++) {
-        slot[i] = SIZE_MAX;
+    unsigned kinds =
+        spec->guard ? spec->guard_kinds & (GUARD_APPLY | GUARD_CALL_FUN | GUARD_SEND) : 0;
+    if (nmatched > 0 || kinds) {
+        if (!(gr = calloc(1, sizeof *gr))) {
+            nomem(&c);
+            goto out;
+        }
+        gr->kinds = kinds;
+        if (walk_code(&c, &m, imp_mfa, gr, &code)) {
+            goto out;
+        }
     }
-    /* Imports first: they decide which shim atoms the atom table gains. */
-    buf_t imports = {0};
-    size_t nshims = 0;
+    int code_changed = gr && gr->rewritten > 0;
+    /* Imports next: they decide which atoms the atom table gains. */
     int imports_changed = 0;
-    if (m.imports && rw_imports(&c, &m, &imports, shims, slot, &nshims, &imports_changed)) {
-        buf_free(&imports);
+    if (m.imports &&
+        rw_imports(&c, &m, imp_mfa, code_changed ? gr : NULL, &imports, &imports_changed)) {
         goto out;
     }
     if (buf_put(&res, "FOR1\0\0\0\0BEAM", 12)) {
-        buf_free(&imports);
         nomem(&c);
         goto out;
     }
@@ -1140,7 +1447,7 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
         int changed = 0, r = 0;
         tmp.len = 0;
         if ((int)i == m.atom_chunk) {
-            r = rw_atoms(&c, &m, shims, nshims, &tmp);
+            r = rw_atoms(&c, &m, &tmp);
             changed = 1;
             memcpy(id, "AtU8", 4);
         } else if (memcmp(id, "Atom", 4) == 0 && have_utf8_atoms) {
@@ -1150,6 +1457,9 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
             if (changed) {
                 r = buf_put(&tmp, imports.data, imports.len) ? nomem(&c) : 0;
             }
+        } else if (memcmp(id, "Code", 4) == 0 && code_changed) {
+            changed = 1;
+            r = buf_put(&tmp, code.data, code.len) ? nomem(&c) : 0;
         } else if (memcmp(id, "LitT", 4) == 0) {
             r = rw_literals(&c, &m, ch, &tmp, &changed);
         } else if (spec->strip_debug &&
@@ -1159,17 +1469,14 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
             r = rw_term_chunk(&c, id, data, ch->size, &tmp, &changed);
         }
         if (r) {
-            buf_free(&imports);
             goto out;
         }
         if (changed ? add_chunk(&res, id, tmp.data, tmp.len)
                     : add_chunk(&res, id, data, ch->size)) {
-            buf_free(&imports);
             nomem(&c);
             goto out;
         }
     }
-    buf_free(&imports);
     if (res.len - 8 > UINT32_MAX) {
         nomem(&c);
         goto out;
@@ -1186,11 +1493,21 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
 out:
     buf_free(&res);
     buf_free(&tmp);
-    free(shims);
-    free(slot);
+    buf_free(&imports);
+    buf_free(&code);
+    free(imp_mfa);
+    if (gr) {
+        free(gr->bif_imports);
+        free(gr);
+    }
     err->work = c.work;
     strmap_free(&c.renames);
     strmap_free(&c.redirects);
+    strmap_free(&c.mfas);
+    strmap_free(&c.xmap);
+    free(c.mfa_keys);
+    free(c.xnames);
+    free(c.xlens);
     beam_module_free(&m);
     return rc;
 }

@@ -1,11 +1,16 @@
 /* Relocation of a compiled BEAM: renaming module atoms and redirecting calls
- * to host modules, without touching the code.
+ * to host modules, without touching the code unless asked to guard its
+ * dynamic calls.
  *
  * Renames replace every atom equal to a renamed name: in the atom table and
  * inside every term-format chunk (LitT, Attr, CInf, Dbgi, Docs, ExCk, Meta).
  * Redirects append the shim's name to the atom table and repoint only the
  * import entries and external fun literals that name the redirected module.
- * Every other chunk is copied byte for byte. Pure C: no erl_nif.h. */
+ * MFA redirects repoint single imports and external funs `fun M:F/A` (never
+ * an import a bif instruction uses). A dynamic guard rewrites the code's
+ * apply, call_fun and send instructions into calls of a guard module
+ * (rewrite.h), appending their imports. Every other chunk is copied byte
+ * for byte. Pure C: no erl_nif.h. */
 #ifndef SANDBOX_RELOCATE_H
 #define SANDBOX_RELOCATE_H
 
@@ -22,11 +27,30 @@ typedef struct {
     size_t to_len;
 } reloc_pair;
 
+/* An MFA redirect: imports of and funs `fun mod:fun/arity` become
+ * `to_mod:to_fun/arity`. Names are UTF-8; the targets are written as given
+ * (renames do not apply to them). */
+typedef struct {
+    const uint8_t *mod, *fun;
+    size_t mod_len, fun_len;
+    uint32_t arity;
+    const uint8_t *to_mod, *to_fun;
+    size_t to_mod_len, to_fun_len;
+} reloc_mfa;
+
 typedef struct {
     const reloc_pair *renames;
     size_t nrenames;
     const reloc_pair *redirects;
     size_t nredirects;
+    const reloc_mfa *mfas;
+    size_t nmfas;
+    const uint8_t *guard; /* the guard module (NULL: no dynamic guard) */
+    size_t guard_len;
+    unsigned guard_kinds; /* GUARD_APPLY | GUARD_CALL_FUN | GUARD_SEND (rewrite.h) */
+    /* The highest opcode the system loads, for the code walks that MFA
+     * redirects and guards need (0: OTP 25's). */
+    uint32_t max_opcode;
     int strip_debug; /* drop Dbgi and Docs instead of rewriting them */
     int names_valid; /* the caller guarantees every name is valid UTF-8 */
     /* The most bytes the compressed chunks may declare they inflate to, and
@@ -53,13 +77,19 @@ typedef struct {
         RELOC_E_DUPLICATE_MAP_KEY, /* key: the key's external term (no version byte) */
         RELOC_E_BAD_SPEC,          /* a name in the spec is not valid UTF-8 or repeats */
         RELOC_E_NOMEM,
-        RELOC_E_WORK /* spec->max_work or spec->deadline_ns was reached; nothing was produced */
+        RELOC_E_WORK, /* spec->max_work or spec->deadline_ns was reached; nothing was produced */
+        RELOC_E_BIF_REDIRECT, /* index: an MFA redirect whose import a bif instruction uses */
+        RELOC_E_ARITY         /* a guarded call would take over 255 arguments: fn, arity */
     } code;
     const uint8_t *name; /* points into the spec */
     size_t name_len;
     uint8_t *key; /* owned: release with reloc_error_free() */
     size_t key_len;
-    uint64_t work; /* units of work spent, whatever the result */
+    uint64_t work;      /* units of work spent, whatever the result */
+    size_t index;       /* RELOC_E_BIF_REDIRECT */
+    int fn;             /* RELOC_E_ARITY: the guard_fn (rewrite.h) */
+    uint32_t arity;     /* RELOC_E_ARITY: the instruction's own arity */
+    uint32_t rewritten; /* dynamic call sites rewritten */
 } reloc_error;
 
 /* Relocates `in`. On success *out is a malloc'd BEAM of *out_len bytes (the

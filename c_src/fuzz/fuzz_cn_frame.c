@@ -1,13 +1,15 @@
 /* libFuzzer target: the C-node's request path through its pure parts. The
  * input is a byte stream from the port, split into reads of varying size;
  * every frame goes through the term decoder, the request envelope, the
- * argument parsers and the JSON encoder of the audit log. */
+ * argument parsers (Landlock rulesets included) and the JSON encoder of the
+ * audit log. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #include "cn_audit.h"
 #include "cn_frame.h"
+#include "cn_landlock.h"
 #include "cn_limits.h"
 #include "cn_request.h"
 #include "cn_term.h"
@@ -47,6 +49,19 @@ static void handle(const uint8_t *frame, size_t len, int too_big) {
                                         &e);
         }
         (void)cn_signal_parse(cn_term_get(r.args, "signal"));
+        /* a spawn's Landlock option, planned at every ABI */
+        cn_ll_spec ll;
+        if (cn_ll_parse(cn_term_get(r.args, "landlock"), &ll, &e) == 0) {
+            for (int abi = 0; abi <= CN_LL_ABI_KNOWN + 1; abi++) {
+                cn_ll_plan p;
+                if (cn_ll_plan_make(&ll, abi, &p) == 0) {
+                    for (size_t i = 0; i < ll.n; i++) {
+                        (void)cn_ll_access(ll.rules[i].cls, p.abi, (int)(i & 1));
+                    }
+                }
+            }
+            cn_ll_spec_free(&ll);
+        }
         const char *why;
         free(cn_json_encode(r.args, &why));
     }

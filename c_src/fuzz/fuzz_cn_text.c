@@ -1,13 +1,14 @@
 /* libFuzzer target: the C-node's parsers of kernel text files, fed
  * arbitrary bytes: /proc/<pid>/stat and /io, /proc/self/mountinfo,
- * /proc/<pid>/cgroup, cgroup.events, cgroup.procs, and the names of the
- * C-node's cgroup directories. */
+ * /proc/<pid>/cgroup, cgroup.events, cgroup.procs, the names of the
+ * C-node's cgroup directories, and its Landlock setting. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cn_cgroup.h"
+#include "cn_landlock.h"
 #include "cn_proc.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -34,6 +35,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (name) {
         memcpy(name, data, size);
         name[size] = 0;
+        int max_abi;
+        (void)cn_ll_setting_parse(name, &max_abi);
         cn_cgroup_run run;
         if (cn_cgroup_parse_run_name(name, &run) == 0) {
             char back[96];

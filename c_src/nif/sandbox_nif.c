@@ -10,6 +10,8 @@
 #include "checksum.h"
 #include "etf.h"
 #include "relocate.h"
+#include "rewrite.h"
+#include "sites.h"
 
 typedef struct {
     uint32_t max_opcode;
@@ -22,7 +24,9 @@ static ERL_NIF_TERM am_ok, am_error, am_true, am_false, am_truncated, am_form, a
     am_unsupported_opcode, am_out_of_memory, am_module, am_atoms, am_atom_encoding, am_utf8,
     am_latin1, am_chunks, am_attributes, am_compile_info, am_has_literals, am_has_debug_info,
     am_has_docs, am_has_exck, am_external_funs, am_atom_too_long, am_duplicate_map_key,
-    am_too_large, am_too_many_atoms;
+    am_too_large, am_too_many_atoms, am_bad_code, am_caller, am_line, am_kind, am_target, am_call,
+    am_bif, am_fun, am_apply, am_call_fun, am_send, am_nil, am_undefined, am_bif_redirect,
+    am_arity_too_large;
 
 static ERL_NIF_TERM mk_atom(ErlNifEnv *env, const char *name) {
     ERL_NIF_TERM a;
@@ -73,6 +77,21 @@ static void make_atoms(ErlNifEnv *env) {
     A(duplicate_map_key);
     A(too_large);
     A(too_many_atoms);
+    A(bad_code);
+    A(caller);
+    A(line);
+    A(kind);
+    A(target);
+    A(call);
+    A(bif);
+    A(fun);
+    A(apply);
+    A(call_fun);
+    A(send);
+    A(nil);
+    A(undefined);
+    A(bif_redirect);
+    A(arity_too_large);
 #undef A
 }
 
@@ -153,7 +172,10 @@ static ERL_NIF_TERM error_reason(ErlNifEnv *env, const beam_error *e) {
     case BEAM_E_TOO_LARGE:
         return enif_make_tuple4(env, am_too_large, chunk_id(env, e->chunk),
                                 enif_make_uint64(env, e->a), enif_make_uint64(env, e->b));
+    case BEAM_E_BAD_CODE:
+        return enif_make_tuple2(env, am_bad_code, enif_make_uint64(env, e->a));
     case BEAM_E_NOMEM:
+    case BEAM_E_STOPPED:
     case BEAM_OK:
         break;
     }
@@ -294,6 +316,7 @@ static ERL_NIF_TERM fa_list(ErlNifEnv *env, const uint8_t *table, uint32_t n,
 #define COST_ENTRY 60  /* per import, export or local listed */
 #define COST_FUN 150   /* per external fun listed, besides its atoms */
 #define COST_NAME 300  /* per name of a relocation's renames and redirects */
+#define COST_CODE 20   /* per byte of the Code chunk decoded and checked */
 
 static int on_normal_scheduler(void) {
     return enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
@@ -596,7 +619,9 @@ static ERL_NIF_TERM validate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         if (beam_parse_limited(bin.data, bin.size, max_inflated, &m, &err) != BEAM_OK) {
             return error_tuple(env, &err);
         }
-        int dirty = walk_cost(&m, NULL) > NORMAL_SCHEDULER_BUDGET_NS;
+        const beam_chunk *code = beam_find_chunk(&m, "Code");
+        uint64_t cost = walk_cost(&m, NULL) + (code ? COST_CODE * (uint64_t)code->size : 0);
+        int dirty = cost > NORMAL_SCHEDULER_BUDGET_NS;
         beam_module_free(&m);
         if (dirty) {
             return enif_schedule_nif(env, "validate_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
@@ -607,6 +632,145 @@ static ERL_NIF_TERM validate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         return error_tuple(env, &err);
     }
     return am_ok;
+}
+
+/* call_sites_nif(Bin, MaxInflated, MaxNewAtoms) -> {ok, [Site]} | {error, Reason}.
+ * Site = #{caller => {F, A} | nil, line => N | nil, kind => Kind, target => T}.
+ * As parse: check everything, count the atoms it would make (every atom of
+ * the table, and the funs' names), then make them. */
+static ERL_NIF_TERM call_sites_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    ErlNifBinary bin;
+    uint64_t max_inflated, max_atoms;
+    if (!get_binary(env, argv[0], &bin) || !get_limit(env, argv[1], &max_inflated) ||
+        !get_limit(env, argv[2], &max_atoms)) {
+        return enif_make_badarg(env);
+    }
+    const nif_priv *p = enif_priv_data(env);
+    beam_module m;
+    beam_error err;
+    if (beam_parse_limited(bin.data, bin.size, max_inflated, &m, &err) != BEAM_OK) {
+        return error_tuple(env, &err);
+    }
+    static const char *const walked[] = {"LitT", NULL};
+    const beam_chunk *code = beam_find_chunk(&m, "Code");
+    uint64_t cost = walk_cost(&m, walked) + (code ? COST_CODE * (uint64_t)code->size : 0) +
+                    COST_ATOM * (uint64_t)m.natoms;
+    if (on_normal_scheduler() && cost > NORMAL_SCHEDULER_BUDGET_NS) {
+        beam_module_free(&m);
+        return enif_schedule_nif(env, "call_sites_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                 call_sites_nif, argc, argv);
+    }
+    ERL_NIF_TERM ret;
+    ERL_NIF_TERM *atoms = NULL;
+    unsigned char *exists = NULL;
+    beam_literals lits = {0};
+    code_sites sites = {0};
+    atom_list names = {0};
+    if (!code) {
+        err.code = BEAM_E_MISSING_CHUNK;
+        memcpy(err.chunk, "Code", 4);
+        err.has_chunk = 1;
+        ret = error_tuple(env, &err);
+        goto out;
+    }
+    if (beam_literals_load(&m, &lits, &err) != BEAM_OK ||
+        code_call_sites(&m, p->max_opcode, &lits, &sites, &err) != BEAM_OK) {
+        ret = error_tuple(env, &err);
+        goto out;
+    }
+    for (size_t i = 0; i < sites.nfuns; i++) {
+        const code_fun *f = &sites.funs[i];
+        if (collect_atom(&names, 0, 0, f->mod.name, f->mod.len, f->mod.utf8, ETF_ATOM_DATA) ||
+            collect_atom(&names, 0, 0, f->fun.name, f->fun.len, f->fun.utf8, ETF_ATOM_DATA)) {
+            break;
+        }
+    }
+    atoms = enif_alloc((m.natoms + 1) * sizeof *atoms);
+    exists = enif_alloc(m.natoms + 1);
+    if (names.nomem || !atoms || !exists) {
+        err.code = BEAM_E_NOMEM;
+        ret = error_tuple(env, &err);
+        goto out;
+    }
+    uint64_t missing = count_missing(env, &names);
+    for (size_t i = 0; i < m.natoms; i++) {
+        exists[i] = (unsigned char)name_atom(env, m.atoms[i].name, m.atoms[i].len, m.atoms_utf8, 0,
+                                             &atoms[i]);
+        missing += !exists[i];
+    }
+    if (missing > max_atoms) {
+        ret = too_many_atoms(env, missing, max_atoms);
+        goto out;
+    }
+    for (size_t i = 0; i < m.natoms; i++) {
+        if (!exists[i] &&
+            !name_atom(env, m.atoms[i].name, m.atoms[i].len, m.atoms_utf8, 1, &atoms[i])) {
+            err.code = BEAM_E_BAD_ATOM;
+            err.a = i + 1;
+            ret = error_tuple(env, &err);
+            goto out;
+        }
+    }
+    ERL_NIF_TERM list = enif_make_list(env, 0);
+    for (size_t i = sites.nsites; i-- > 0;) {
+        const code_site *st = &sites.sites[i];
+        ERL_NIF_TERM kind, target;
+        switch (st->kind) {
+        case SITE_CALL:
+        case SITE_BIF: {
+            uint32_t e[3];
+            beam_table_entry(m.imports, st->import, e);
+            kind = st->kind == SITE_CALL ? am_call : am_bif;
+            target =
+                enif_make_tuple3(env, atoms[e[0] - 1], atoms[e[1] - 1], enif_make_uint(env, e[2]));
+            break;
+        }
+        case SITE_FUN: {
+            const code_fun *f = &sites.funs[st->fun];
+            ERL_NIF_TERM mod, fun;
+            if (!name_atom(env, f->mod.name, f->mod.len, f->mod.utf8, 1, &mod) ||
+                !name_atom(env, f->fun.name, f->fun.len, f->fun.utf8, 1, &fun)) {
+                err.code = BEAM_E_BAD_LITERAL;
+                err.a = f->literal;
+                ret = error_tuple(env, &err);
+                goto out;
+            }
+            kind = am_fun;
+            target = enif_make_tuple3(env, mod, fun, enif_make_uint(env, f->arity));
+            break;
+        }
+        case SITE_APPLY:
+            kind = am_apply;
+            target = enif_make_tuple2(env, am_apply, enif_make_uint(env, st->arity));
+            break;
+        case SITE_CALL_FUN:
+            kind = am_call_fun;
+            target = enif_make_tuple2(env, am_call_fun, enif_make_uint(env, st->arity));
+            break;
+        default:
+            kind = am_send;
+            target = am_send;
+            break;
+        }
+        ERL_NIF_TERM caller = st->fn_atom ? enif_make_tuple2(env, atoms[st->fn_atom - 1],
+                                                             enif_make_uint(env, st->fn_arity))
+                                          : am_nil;
+        ERL_NIF_TERM keys[] = {am_caller, am_line, am_kind, am_target};
+        ERL_NIF_TERM vals[] = {caller, st->line ? enif_make_uint(env, st->line) : am_nil, kind,
+                               target};
+        ERL_NIF_TERM map;
+        enif_make_map_from_arrays(env, keys, vals, 4, &map);
+        list = enif_make_list_cell(env, map, list);
+    }
+    ret = enif_make_tuple2(env, am_ok, list);
+out:
+    enif_free(atoms);
+    enif_free(exists);
+    enif_free(names.atoms);
+    code_sites_free(&sites);
+    beam_literals_free(&lits);
+    beam_module_free(&m);
+    return ret;
 }
 
 static ERL_NIF_TERM checksum_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -732,7 +896,59 @@ out:
     return ret;
 }
 
-/* relocate_nif(Bin, Renames, Redirects, StripDebug, MaxInflated, MaxNewAtoms).
+/* The guard options: {[{Mod, Fun, Arity, ToMod, ToFun}], Guard | undefined,
+ * Kinds}, names as binaries, Kinds a GUARD_* mask. The MFA array is
+ * enif_alloc'd; names point into the terms' binaries. */
+static int get_guards(ErlNifEnv *env, ERL_NIF_TERM t, reloc_spec *spec, reloc_mfa **mfas) {
+    const ERL_NIF_TERM *el;
+    int arity;
+    unsigned len, kinds;
+    ErlNifBinary guard;
+    *mfas = NULL;
+    if (!enif_get_tuple(env, t, &arity, &el) || arity != 3 ||
+        !enif_get_list_length(env, el[0], &len) || !enif_get_uint(env, el[2], &kinds)) {
+        return 0;
+    }
+    if (el[1] == am_undefined) {
+        spec->guard = NULL;
+    } else if (get_binary(env, el[1], &guard)) {
+        spec->guard = guard.data;
+        spec->guard_len = guard.size;
+    } else {
+        return 0;
+    }
+    spec->guard_kinds = kinds;
+    reloc_mfa *a = enif_alloc(((size_t)len + 1) * sizeof *a);
+    if (!a) {
+        return 0;
+    }
+    ERL_NIF_TERM list = el[0], head;
+    for (unsigned i = 0; enif_get_list_cell(env, list, &head, &list); i++) {
+        const ERL_NIF_TERM *e;
+        ErlNifBinary b[4];
+        if (!enif_get_tuple(env, head, &arity, &e) || arity != 5 || !get_binary(env, e[0], &b[0]) ||
+            !get_binary(env, e[1], &b[1]) || !enif_get_uint(env, e[2], &a[i].arity) ||
+            !get_binary(env, e[3], &b[2]) || !get_binary(env, e[4], &b[3])) {
+            enif_free(a);
+            return 0;
+        }
+        a[i].mod = b[0].data;
+        a[i].mod_len = b[0].size;
+        a[i].fun = b[1].data;
+        a[i].fun_len = b[1].size;
+        a[i].to_mod = b[2].data;
+        a[i].to_mod_len = b[2].size;
+        a[i].to_fun = b[3].data;
+        a[i].to_fun_len = b[3].size;
+    }
+    spec->mfas = a;
+    spec->nmfas = len;
+    *mfas = a;
+    return 1;
+}
+
+/* relocate_nif(Bin, Renames, Redirects, StripDebug, Guards, MaxInflated,
+ * MaxNewAtoms). Guards: see get_guards.
  * On a normal scheduler the core runs against a deadline 0.6 ms after
  * the call started, taking no step whose worst case would pass it; a
  * relocation that reaches it is done again on a dirty scheduler. One whose
@@ -752,6 +968,7 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     ErlNifBinary bin;
     reloc_spec spec = {0};
     reloc_pair *renames = NULL, *redirects = NULL;
+    reloc_mfa *mfas = NULL;
     ERL_NIF_TERM ret;
     int from_binary = 0;
     size_t nrenames, nredirects;
@@ -759,23 +976,29 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     if (!get_binary(env, argv[0], &bin) || !enif_get_map_size(env, argv[1], &nrenames) ||
         !enif_get_map_size(env, argv[2], &nredirects) ||
         (argv[3] != am_true && argv[3] != am_false) ||
-        !get_limit(env, argv[4], &spec.max_inflated) || !get_limit(env, argv[5], &max_atoms)) {
+        !get_limit(env, argv[5], &spec.max_inflated) || !get_limit(env, argv[6], &max_atoms)) {
+        return enif_make_badarg(env);
+    }
+    if (!get_guards(env, argv[4], &spec, &mfas)) {
         return enif_make_badarg(env);
     }
     spec.strip_debug = argv[3] == am_true;
     spec.nrenames = nrenames;
     spec.nredirects = nredirects;
+    spec.max_opcode = ((const nif_priv *)enif_priv_data(env))->max_opcode;
     if (on_normal_scheduler()) {
         /* The module's own declarations tell what the work is likely to be. */
         beam_module m;
         beam_error err;
         if (beam_parse_limited(bin.data, bin.size, spec.max_inflated, &m, &err) != BEAM_OK) {
+            enif_free(mfas);
             return error_tuple(env, &err);
         }
-        uint64_t names = COST_NAME * (uint64_t)(nrenames + nredirects);
+        uint64_t names = COST_NAME * (uint64_t)(nrenames + nredirects + 2 * spec.nmfas);
         uint64_t work = reloc_work_estimate(&m, &spec) + names;
         beam_module_free(&m);
         if (names > RELOCATE_BUDGET_NS / 2 || work > RELOCATE_TRY_NORMAL_UNITS) {
+            enif_free(mfas);
             return enif_schedule_nif(env, "relocate_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
                                      relocate_nif, argc, argv);
         }
@@ -827,6 +1050,28 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     case RELOC_E_BAD_SPEC:
         ret = enif_make_badarg(env);
         break;
+    case RELOC_E_BIF_REDIRECT: {
+        const reloc_mfa *x = &spec.mfas[err.index];
+        ERL_NIF_TERM mod, fun;
+        if (!name_atom(env, x->mod, x->mod_len, 1, 1, &mod) ||
+            !name_atom(env, x->fun, x->fun_len, 1, 1, &fun)) {
+            ret = enif_make_badarg(env);
+            break;
+        }
+        ret = enif_make_tuple2(
+            env, am_error,
+            enif_make_tuple2(env, am_bif_redirect,
+                             enif_make_tuple3(env, mod, fun, enif_make_uint(env, x->arity))));
+        break;
+    }
+    case RELOC_E_ARITY:
+        ret = enif_make_tuple2(
+            env, am_error,
+            enif_make_tuple2(env, am_arity_too_large,
+                             enif_make_tuple2(env,
+                                              err.fn == GUARD_FN_APPLY ? am_apply : am_call_fun,
+                                              enif_make_uint(env, err.arity))));
+        break;
     default:
         ret = enif_make_tuple2(env, am_error, am_out_of_memory);
         break;
@@ -835,6 +1080,7 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
 out:
     enif_free(renames);
     enif_free(redirects);
+    enif_free(mfas);
     return ret;
 }
 
@@ -1285,10 +1531,12 @@ static ErlNifFunc nif_funcs[] = {
     {"parse_dirty", 3, parse_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"validate_nif", 2, validate_nif, 0},
     {"validate_dirty", 2, validate_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"call_sites_nif", 3, call_sites_nif, 0},
+    {"call_sites_dirty", 3, call_sites_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"checksum_nif", 1, checksum_nif, 0},
     {"checksum_dirty", 1, checksum_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
-    {"relocate_nif", 6, relocate_nif, 0},
-    {"relocate_dirty", 6, relocate_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"relocate_nif", 7, relocate_nif, 0},
+    {"relocate_dirty", 7, relocate_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"reload_order_nif", 2, reload_order_nif, 0},
     {"reload_order_dirty", 2, reload_order_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"dependency_graph_nif", 2, dependency_graph_nif, 0},

@@ -21,11 +21,14 @@ typedef test_chunk spec;
 #define build test_build_beam
 
 /* The chunks every module needs besides its atoms: no imports, export 2/0
- * (atom 2, arity 0, label 1), and a code header of instruction set 0,
- * highest opcode 1, one label, no functions. */
+ * (atom 2, arity 0, label 2), and the code of f() -> [] (a header of
+ * instruction set 0, highest opcode 64, three labels, one function; then
+ * label 1, func_info 1 2 0, label 2, move [] x0, return, int_code_end). */
 #define MODULE_REST                                                                                \
-    CHUNK("Code", 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0), {"StrT", NULL, 0}, \
-        CHUNK("ImpT", 0, 0, 0, 0), CHUNK("ExpT", 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1)
+    CHUNK("Code", 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 3, 0, 0, 0, 1, 0x01, 0x10, 0x02,  \
+          0x12, 0x22, 0x00, 0x01, 0x20, 0x40, 0x02, 0x03, 0x13, 0x03),                             \
+        {"StrT", NULL, 0}, CHUNK("ImpT", 0, 0, 0, 0),                                              \
+        CHUNK("ExpT", 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2)
 
 /* The file of the chunks most recently checked: a parsed module points into it. */
 static uint8_t *file;

@@ -57,9 +57,14 @@ uint8_t *test_build_beam(const test_chunk *cs, size_t n, size_t *size) {
 
 uint8_t *test_minimal_module(const test_chunk *extra, size_t n, size_t *size) {
     static const uint8_t atoms[] = {0, 0, 0, 2, 1, 'm', 1, 'f'};
-    static const uint8_t code[] = {0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0};
+    /* Header (16 bytes: instruction set 0, highest opcode 64, 3 labels, 1
+     * function), then f() -> []: label 1, func_info m f 0, label 2,
+     * move [] x0, return, int_code_end. */
+    static const uint8_t code[] = {
+        0, 0, 0, 16,   0,    0,    0,    0,    0,    0,    0,    64,   0,    0,    0,    3,   0,
+        0, 0, 1, 0x01, 0x10, 0x02, 0x12, 0x22, 0x00, 0x01, 0x20, 0x40, 0x02, 0x03, 0x13, 0x03};
     static const uint8_t imports[] = {0, 0, 0, 0};
-    static const uint8_t exports[] = {0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1};
+    static const uint8_t exports[] = {0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2};
     test_chunk *cs = calloc(5 + n, sizeof *cs);
     cr_assert_not_null(cs);
     cs[0] = (test_chunk){"AtU8", atoms, sizeof atoms};

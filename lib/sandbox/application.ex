@@ -13,7 +13,11 @@ defmodule Sandbox.Application do
   the supervisor of their instances (`Sandbox.InstanceSupervisor`, one
   `Sandbox.Instance` per sandbox), and the `:pg` scope `Sandbox.Cluster`
   (which copies of a sandbox the nodes of a cluster can reach, see
-  `Sandbox.Cluster`). Application environment read at start: `:compiler_pool_size`
+  `Sandbox.Cluster`), and for sandboxes with `isolation: :node` the
+  supervisor of their VMs' connections and the pool of warm sandbox VMs
+  (`Sandbox.Node`). In a sandbox VM itself (`agent: true`, see
+  `Sandbox.Node.Agent`) only what a sandbox needs is started. Application
+  environment read at start: `:compiler_pool_size`
   (default: the number of schedulers), `:compiler_cache_dir`,
   `:compiler_cache_max_bytes`, `:watch_debounce`. It also installs the
   primary `:logger` filter that tags sandbox log events
@@ -28,7 +32,21 @@ defmodule Sandbox.Application do
     :ok = Sandbox.ResourceMonitor.create_tables()
     env = Application.get_all_env(:sandbox)
 
-    children = [
+    # In a sandbox VM (isolation: :node) only what a sandbox needs.
+    children =
+      if Keyword.get(env, :agent, false),
+        do: Sandbox.Node.Agent.children(),
+        else: host_children(env)
+
+    # Log events from sandbox processes carry sandbox_id (Sandbox.LoggerFilter).
+    :ok = Sandbox.LoggerFilter.install()
+    Supervisor.start_link(children, strategy: :one_for_one, name: Sandbox.Supervisor)
+  end
+
+  defp host_children(env) do
+    :ok = Sandbox.Node.create_tables()
+
+    [
       Sandbox.CNode,
       Sandbox.IsolatedCompiler.Cache,
       {Sandbox.IsolatedCompiler.Pool,
@@ -39,14 +57,14 @@ defmodule Sandbox.Application do
       Sandbox.Manager,
       # Before the instances: it stops after them (they detach from it).
       Sandbox.ResourceMonitor,
+      # Sandbox VMs (isolation: :node): their connections and the pool of
+      # warm ones, before the instances (they stop after them).
+      {DynamicSupervisor, name: Sandbox.Node.ConnSupervisor, strategy: :one_for_one},
+      Sandbox.Node.Pool,
       {DynamicSupervisor, name: Sandbox.InstanceSupervisor, strategy: :one_for_one},
       # The cluster's view (Sandbox.Cluster): a :pg scope of its own.
       %{id: Sandbox.Cluster, start: {:pg, :start_link, [Sandbox.Cluster]}}
     ]
-
-    # Log events from sandbox processes carry sandbox_id (Sandbox.LoggerFilter).
-    :ok = Sandbox.LoggerFilter.install()
-    Supervisor.start_link(children, strategy: :one_for_one, name: Sandbox.Supervisor)
   end
 
   @impl true

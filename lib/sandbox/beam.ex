@@ -78,7 +78,23 @@ defmodule Sandbox.Beam do
     * `{:unsupported_instruction_set, n}` — the code header's instruction set
       is not 0
     * `{:unsupported_opcode, n}` — the module uses opcodes up to `n`, above
-      the highest opcode of the running system
+      the highest opcode of the running system, or its code has opcode `n`,
+      which the running system does not load (above its highest, or retired)
+    * `{:bad_code, offset}` — the instruction stream of the `Code` chunk is
+      not what the compiler emits, at byte `offset` of the chunk: an operand
+      of the wrong kind for its instruction (a list where it takes none, a
+      register where it takes a label), a list whose count its bytes cannot
+      hold or that an instruction needs in pairs, an index outside its table
+      (atoms, literals, labels, imports, lambdas, line items, types, `StrT`),
+      an x or y register at or above 1024, a function not laid out as the
+      loader expects (label, `func_info`, entry label), or bytes after
+      `int_code_end`
+    * `{:bad_chunk, "Code" | "ExpT" | "FunT" | "Line" | "Type"}` (from
+      `validate/2`) — besides contradicting its size: the code header's label
+      or function count disagrees with the code, a label is used but never
+      defined, a local call or an export or lambda does not name a
+      function's entry (with its arity); or the `Line` or `Type` chunk is
+      malformed
     * `:out_of_memory`
   """
 
@@ -100,6 +116,7 @@ defmodule Sandbox.Beam do
           | {:too_many_atoms, pos_integer, pos_integer}
           | {:unsupported_instruction_set, non_neg_integer}
           | {:unsupported_opcode, non_neg_integer}
+          | {:bad_code, non_neg_integer}
           | :out_of_memory
 
   @typedoc """
@@ -208,9 +225,17 @@ defmodule Sandbox.Beam do
   Beyond `parse/2`: the required chunks (`Code`, `StrT`, `ImpT`, `ExpT`)
   are present, the literal table inflates and every literal is one valid
   external term, every term chunk (`Attr`, `CInf`, `Dbgi`, `Docs`, `ExCk`,
-  `Meta`) is one valid external term, and the code header names
-  instruction set 0 and no opcode above the running system's highest.
-  Returns `:ok` or `{:error, reason}`. Creates no atoms.
+  `Meta`) is one valid external term, the code header names instruction
+  set 0 and no opcode above the running system's highest, and the whole
+  instruction stream decodes: every instruction is one OTP 25's loader
+  takes, every operand has the kind its instruction expects and refers
+  within its table, lists occur only where an instruction takes one, and
+  the functions, exports (`ExpT`), lambdas (`FunT`) and line table (`Line`)
+  agree with the code. The loader trusts operand shapes (it allocates a
+  list's count before reading the list, indexes tables by operand values),
+  so a binary that `validate/2` accepts is either loaded or refused by
+  `:code.load_binary/3`, never a crash of the VM. Returns `:ok` or
+  `{:error, reason}`. Creates no atoms; linear in the size of the binary.
 
       iex> Sandbox.Beam.validate("FOR1")
       {:error, {:truncated, :header}}
@@ -226,6 +251,61 @@ defmodule Sandbox.Beam do
     do: :sandbox_nif.validate(beam, limits!(opts, [:max_inflated_bytes]))
 
   def validate(other, _opts),
+    do: raise(ArgumentError, "expected a BEAM binary, got: #{inspect(other)}")
+
+  @typedoc """
+  A call site (see `call_sites/2`).
+  """
+  @type call_site :: %{
+          caller: {atom, arity} | nil,
+          line: pos_integer | nil,
+          kind: :call | :bif | :fun | :apply | :call_fun | :send,
+          target: mfa | {:apply, arity} | {:call_fun, arity} | :send
+        }
+
+  @doc """
+  Every call site of a BEAM's code, in code order.
+
+  The `Code` chunk is decoded (and validated, as `validate/2` does) and each
+  instruction that calls, or refers to a fun, gives one site:
+
+    * `:call` — `call_ext`, `call_ext_last`, `call_ext_only`: `target` is the
+      import `{m, f, a}`
+    * `:bif` — `bif0`..`bif2`, `gc_bif1`..`gc_bif3`: the import `{m, f, a}`
+      (the guard BIFs such as `element/2` and arithmetic)
+    * `:fun` — an external fun `fun M:F/A` in a literal (`&Mod.fun/1`):
+      `{m, f, a}`, one site for each instruction that refers to the literal;
+      a literal no instruction refers to gives one site with `caller: nil`
+    * `:apply` — `apply`, `apply_last` (module and function computed at run
+      time): `{:apply, arity}`
+    * `:call_fun` — `call_fun`, `call_fun2`: `{:call_fun, arity}`
+    * `:send` — `send`: `:send`
+
+  `caller` is the `{function, arity}` whose `func_info` precedes the
+  instruction; `line` is that of the most recent `line` instruction,
+  resolved through the `Line` chunk (`nil` without line information).
+  Local funs (`make_fun3`) are not call sites: their bodies are code of
+  the module, and calls made there are listed like any other.
+
+      iex> {_, bin, _} = :code.get_object_code(:lists)
+      iex> {:ok, sites} = Sandbox.Beam.call_sites(bin)
+      iex> Enum.any?(sites, &match?(%{kind: :call, target: {:erlang, :error, 2}}, &1))
+      true
+
+  ## Options
+
+    * `:max_inflated_bytes`, `:max_new_atoms` — see "Limits" above (the
+      atoms counted are the whole atom table and the funs' names)
+
+  Errors are `validate/2`'s reasons.
+  """
+  @spec call_sites(binary, keyword) :: {:ok, [call_site]} | {:error, reason}
+  def call_sites(beam, opts \\ [])
+
+  def call_sites(beam, opts) when is_binary(beam),
+    do: :sandbox_nif.call_sites(beam, limits!(opts, [:max_inflated_bytes, :max_new_atoms]))
+
+  def call_sites(other, _opts),
     do: raise(ArgumentError, "expected a BEAM binary, got: #{inspect(other)}")
 
   @id_pattern ~r/\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\z/
@@ -346,8 +426,9 @@ defmodule Sandbox.Beam do
       is unchanged. Imports of `:erlang` BIFs cannot be redirected.
 
   Chunks that refer to atoms by index (`Code`, `ExpT`, `LocT`, `FunT`,
-  `Line`, `Type`), `StrT` and unknown chunks are kept byte for byte. The
-  result always has an `AtU8` atom table.
+  `Line`, `Type`), `StrT` and unknown chunks are kept byte for byte (the
+  `Code` chunk except with `:dynamic_guard`). The result always has an
+  `AtU8` atom table.
 
   Every term chunk it rewrites, and every literal, is walked whole (and so
   validated) before it is rewritten.
@@ -357,7 +438,39 @@ defmodule Sandbox.Beam do
     * `:debug_info` — `:keep` (default) rewrites `Dbgi` and `Docs` like the
       other term chunks; `:strip` drops them (no debugger, `:cover` or docs
       for the relocated module, and much faster).
+    * `:import_redirects` — `%{{m, f, a} => {m2, f2}}`: exactly the imports
+      of `m:f/a` (the `ImpT` entries) and the external fun literals
+      `fun m:f/a` (in every term chunk) become `m2:f2/a`, same arity. The
+      keys are matched against the names in the binary as given (before
+      `renames`); `m2` and `f2` are final names, written as given (appended
+      to the atom table, which keeps its existing atoms: data atoms never
+      change). Takes precedence over a module-level `redirects` entry for
+      the same import. An import that a `bif`/`gc_bif` instruction uses must
+      stay a BIF: redirecting one is `{:error, {:bif_redirect, {m, f, a}}}`.
+    * `:dynamic_guard` — `{guard, kinds}`, `kinds` a non-empty subset of
+      `[:apply, :call_fun, :send]`: rewrites the code's dynamic calls of
+      those kinds into calls of module `guard`:
+
+        * `apply A` / `apply_last A, D` (`mod.fun(args)` with a computed
+          module or function) call `guard.'$apply'/(A + 2)` with the
+          arguments, then the module and the function;
+        * `call_fun A` / `call_fun2` (calling a fun value) call
+          `guard.'$call_fun'/(A + 1)` with the arguments, then the fun;
+        * `send` (`dest ! msg`) calls `guard.'$send'/2` with the
+          destination and the message, and must return the message.
+
+      The guard's imports are appended to `ImpT` (and its names to the atom
+      table). A guard whose functions just do the operation (`apply(m, f,
+      args)`, `apply(fun, args)`, `send(dest, msg)`) leaves the module's
+      behaviour unchanged (stack traces show the guard's frames). A call
+      that would take more than 255 arguments is
+      `{:error, {:arity_too_large, {:apply | :call_fun, arity}}}`. Count the
+      rewritten sites with `call_sites/2` before relocating.
     * `:max_inflated_bytes`, `:max_new_atoms` — see "Limits" above
+
+  With `:import_redirects` (when one applies) or `:dynamic_guard`, the
+  `Code` chunk is decoded and validated as `validate/2` does, and its
+  reasons apply.
 
   ## Errors
 
@@ -369,6 +482,8 @@ defmodule Sandbox.Beam do
       equal
     * `{:cannot_redirect_bif, {:erlang, f, a}}` — a redirect of `:erlang`
       would repoint a BIF import
+    * `{:bif_redirect, {m, f, a}}` and `{:arity_too_large, {kind, arity}}`
+      — see the options above
 
   Wrong argument types (a non-binary BEAM, renames or redirects that are not
   maps of atoms to atoms, an unknown option) raise `ArgumentError`.
@@ -379,17 +494,25 @@ defmodule Sandbox.Beam do
              reason
              | {:atom_too_long, String.t()}
              | {:duplicate_map_key, term}
-             | {:cannot_redirect_bif, mfa}}
+             | {:cannot_redirect_bif, mfa}
+             | {:bif_redirect, mfa}
+             | {:arity_too_large, {:apply | :call_fun, arity}}}
   def relocate(beam, renames, redirects \\ %{}, opts \\ [])
 
   def relocate(beam, renames, redirects, opts) when is_binary(beam) do
     strip = strip_option(opts)
-    limits = limits!(Keyword.delete(opts, :debug_info), [:max_inflated_bytes, :max_new_atoms])
+    guards = guard_options!(opts)
+
+    limits =
+      opts
+      |> Keyword.drop([:debug_info, :import_redirects, :dynamic_guard])
+      |> limits!([:max_inflated_bytes, :max_new_atoms])
+
     check_atom_map!(renames, "renames")
     check_atom_map!(redirects, "redirects")
 
     with :ok <- check_bif_redirects(beam, redirects, limits) do
-      case :sandbox_nif.relocate(beam, renames, redirects, strip, limits) do
+      case :sandbox_nif.relocate(beam, renames, redirects, strip, guards, limits) do
         {:error, :badarg} -> raise ArgumentError, "relocate: the NIF refused its arguments"
         result -> result
       end
@@ -398,6 +521,46 @@ defmodule Sandbox.Beam do
 
   def relocate(other, _renames, _redirects, _opts),
     do: raise(ArgumentError, "expected a BEAM binary, got: #{inspect(other)}")
+
+  @guard_kinds [:apply, :call_fun, :send]
+
+  defp guard_options!(opts) do
+    guards =
+      case Keyword.get(opts, :import_redirects, %{}) do
+        map when is_map(map) ->
+          Enum.each(:maps.to_list(map), fn
+            {{m, f, a}, {m2, f2}}
+            when is_atom(m) and is_atom(f) and is_integer(a) and a in 0..255 and is_atom(m2) and
+                   is_atom(f2) ->
+              :ok
+
+            pair ->
+              raise ArgumentError,
+                    ":import_redirects must map {m, f, a} to {m2, f2}, got: #{inspect(pair)}"
+          end)
+
+          %{import_redirects: map}
+
+        other ->
+          raise ArgumentError, ":import_redirects must be a map, got: #{inspect(other)}"
+      end
+
+    case Keyword.get(opts, :dynamic_guard) do
+      nil ->
+        guards
+
+      {module, kinds} = value when is_atom(module) and is_list(kinds) ->
+        unless kinds != [] and Enum.all?(kinds, &(&1 in @guard_kinds)),
+          do: raise(ArgumentError, "bad :dynamic_guard #{inspect(value)}")
+
+        Map.put(guards, :dynamic_guard, {module, Enum.uniq(kinds)})
+
+      other ->
+        raise ArgumentError,
+              ":dynamic_guard must be {module, kinds} with kinds in #{inspect(@guard_kinds)}, " <>
+                "got: #{inspect(other)}"
+    end
+  end
 
   defp strip_option(opts) do
     unless Keyword.keyword?(opts),

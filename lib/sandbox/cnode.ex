@@ -91,7 +91,7 @@ defmodule Sandbox.CNode do
 
   | command | args | result |
   |---|---|---|
-  | `:spawn` | `%{argv: [binary], env: [{binary, binary \\| nil}], cd: binary, limits: map, ceiling: map, timeout: ms \\| :infinity, sample_interval: ms, grace: ms, id: pos_integer, subscriber: pid}` | `{:ok, %{id: id, os_pid: n}}` |
+  | `:spawn` | `%{argv: [binary], env: [{binary, binary \\| nil}], cd: binary, limits: map, ceiling: map, timeout: ms \\| :infinity, sample_interval: ms, grace: ms, id: pos_integer, subscriber: pid, landlock: map}` | `{:ok, %{id: id, os_pid: n}}` (with `landlock: %{abi: n, missing: [atom]}` when confined) |
   | `:write_stdin` | `%{id: id, data: binary}` | `:ok` \\| `{:error, :closed}` |
   | `:close_stdin` | `%{id: id}` | `:ok` |
   | `:set_limits` | `%{id: id, limits: map}` | `:ok` \\| `{:error, {:prlimit, errno}}` \\| `{:error, {:above_ceiling, key}}` |
@@ -138,6 +138,31 @@ defmodule Sandbox.CNode do
   a deadline (`:handshake_timeout`, default 5,000 ms): a client that connects and then
   stays silent or trickles bytes delays no request and is dropped at its deadline.
 
+  ## Landlock
+
+  A spawn can be confined with Landlock (option `:landlock` of `spawn/2`): the
+  C-node builds the ruleset (a path that cannot be opened is an error of the
+  spawn), and the command enforces it on itself just before `exec`, after its
+  limits are set, so the program and everything it ever starts (every
+  thread, every child) run inside it; it also gets `no_new_privs`. The
+  ruleset handles every right the kernel's ABI knows, so whatever no rule
+  grants is denied: files outside the rules cannot be read, written,
+  created, removed or executed, TCP `bind`/`connect` are refused (ABI 4 and
+  later), and with `scope` signals to processes outside the ruleset and
+  connections to their abstract unix sockets too (ABI 6). Device nodes
+  cannot be created or their `ioctl`s used even where writing is allowed.
+  Landlock does not cover UDP, raw sockets or connecting to a unix socket by
+  its path.
+
+  `info/1` reports `landlock: %{abi: n, kernel_abi: k}` (the ABI used, at
+  most the newest this program knows, and the kernel's) or
+  `{:unavailable, reason}`: `:not_supported` (the kernel lacks Landlock),
+  `:disabled` (built in but not enabled at boot), `:forced_off` (start option
+  `landlock: :off`, `config :sandbox, cnode_landlock: :off` or the environment
+  variable `SANDBOX_CNODE_LANDLOCK=off`). `landlock: n` (or
+  `SANDBOX_CNODE_LANDLOCK=n`) uses at most ABI `n`, to exercise older kernels'
+  behaviour.
+
   ## Audit log
 
   `audit/2` appends to the file given by option `:audit_log`, else `config :sandbox,
@@ -158,6 +183,8 @@ defmodule Sandbox.CNode do
     * `:audit_log` — the audit log's path (see "Audit log")
     * `:audit_max_bytes` — rotation size, default 64 MiB; `:audit_keep` — rotated files
       kept, default 5
+    * `:landlock` — `:auto` (default, or `config :sandbox, cnode_landlock:`), `:off` or
+      a maximum ABI (see "Landlock")
     * `:containment` — `:auto` (default, or `config :sandbox, cnode_containment:`) or
       `:subreaper` (see "Process trees")
     * `:cnode_name` — the alive part of the C-node's node name (see "Distribution")
@@ -199,7 +226,8 @@ defmodule Sandbox.CNode do
           jobs: non_neg_integer,
           watches: non_neg_integer,
           dist: map,
-          audit: %{path: String.t() | nil, status: :ok | :none | {:error, atom}}
+          audit: %{path: String.t() | nil, status: :ok | :none | {:error, atom}},
+          landlock: %{abi: pos_integer, kernel_abi: pos_integer} | {:unavailable, atom}
         }
   @type exit_reason ::
           {:status, non_neg_integer}
@@ -250,14 +278,30 @@ defmodule Sandbox.CNode do
     * `:sample_interval` — ms between `/proc` samples for the memory and process
       limits, default 50
     * `:grace` — ms between SIGTERM and SIGKILL on a timeout or limit, default 500
+    * `:landlock` — confine the command with Landlock (see "Landlock"): a map of
+      `read`, `exec` and `write` (lists of absolute paths: directories, whose whole
+      tree the right covers, or files), `tcp` (`:deny`, the default, or `:allow`)
+      `scope` (`true`, the default: no signals to and no abstract unix sockets
+      of processes outside the ruleset) and `proc_self` (`false` by default: with
+      `true` the command may read its own `/proc/<pid>`, which the ruleset cannot
+      name before the command exists)
     * `:server` — the `Sandbox.CNode` server, default `Sandbox.CNode`
+
+  With `:landlock` the result also holds `landlock: %{abi: n, missing: [atom]}`:
+  the ABI the ruleset was built for and what that ABI could not enforce
+  (`:tcp` below ABI 4, `:truncate` below 3, `:refer` below 2, `:ioctl_dev`
+  below 5, `:scope` below 6).
 
   Errors: `{:spawn_failed, errno}` (for example `{:spawn_failed, :enoent}`;
   `{:spawn_failed, :cgroup}` when the job's cgroup could not be set up),
-  `{:bad_option, key}`, `{:bad_limit, key}`, `:unknown_limit`, `{:above_ceiling, key}`.
+  `{:bad_option, key}`, `{:bad_limit, key}`, `:unknown_limit`, `{:above_ceiling, key}`,
+  `{:landlock_unavailable, reason}` (reason as in `info/1`), `{:landlock, errno}` (a
+  path of the ruleset could not be opened, or the ruleset not enforced).
   """
   @spec spawn([String.t()], keyword) ::
-          {:ok, %{id: id, os_pid: pos_integer}} | {:error, reason}
+          {:ok,
+           %{required(:id) => id, required(:os_pid) => pos_integer, optional(:landlock) => map}}
+          | {:error, reason}
   def spawn(argv, opts \\ []) do
     unless is_list(argv) and argv != [] and Enum.all?(argv, &is_binary/1) do
       raise ArgumentError, "argv must be a non-empty list of strings, got: #{inspect(argv)}"
@@ -292,6 +336,12 @@ defmodule Sandbox.CNode do
 
         {:grace, ms}, acc ->
           Map.put(acc, :grace, check_nonneg!(ms, :grace))
+
+        {:landlock, nil}, acc ->
+          acc
+
+        {:landlock, ll}, acc ->
+          Map.put(acc, :landlock, check_landlock!(ll))
 
         {key, _}, _ ->
           raise ArgumentError, "unknown option #{inspect(key)}"
@@ -564,6 +614,29 @@ defmodule Sandbox.CNode do
   defp check_ceiling!(l),
     do: raise(ArgumentError, "ceiling must be a map, got: #{inspect(l)}")
 
+  defp check_landlock!(ll) when is_map(ll) do
+    Enum.each(ll, fn
+      {k, paths} when k in [:read, :exec, :write] ->
+        unless is_list(paths) and
+                 Enum.all?(paths, &(is_binary(&1) and String.starts_with?(&1, "/"))),
+               do: raise(ArgumentError, "landlock #{k} must be a list of absolute paths")
+
+      {:tcp, v} when v in [:deny, :allow] ->
+        :ok
+
+      {k, v} when k in [:scope, :proc_self] and is_boolean(v) ->
+        :ok
+
+      kv ->
+        raise ArgumentError, "bad landlock entry #{inspect(kv)}"
+    end)
+
+    ll
+  end
+
+  defp check_landlock!(ll),
+    do: raise(ArgumentError, "landlock must be a map, got: #{inspect(ll)}")
+
   defp json_safe(m) when is_map(m) and not is_struct(m) do
     Map.new(m, fn {k, v} -> {json_key(k), json_safe(v)} end)
   end
@@ -629,6 +702,9 @@ defmodule Sandbox.CNode do
       containment(opts) not in [:auto, :subreaper] ->
         {:error, {:bad_option, :containment}}
 
+      not match?(v when v in [:auto, :off] or (is_integer(v) and v > 0), landlock(opts)) ->
+        {:error, {:bad_option, :landlock}}
+
       not valid_ipv4?(Keyword.get(opts, :dist_bind, "127.0.0.1")) ->
         {:error, {:bad_option, :dist_bind}}
 
@@ -645,6 +721,17 @@ defmodule Sandbox.CNode do
       Application.get_env(:sandbox, :cnode_containment, :auto)
     end)
   end
+
+  defp landlock(opts) do
+    Keyword.get_lazy(opts, :landlock, fn ->
+      Application.get_env(:sandbox, :cnode_landlock, :auto)
+    end)
+  end
+
+  # :auto leaves the program to SANDBOX_CNODE_LANDLOCK in the environment.
+  defp landlock_args(:auto), do: []
+  defp landlock_args(:off), do: ["--landlock", "off"]
+  defp landlock_args(abi) when is_integer(abi), do: ["--landlock", Integer.to_string(abi)]
 
   defp handshake_ms(opts), do: Keyword.get(opts, :handshake_timeout, @default_handshake_ms)
 
@@ -716,7 +803,8 @@ defmodule Sandbox.CNode do
           Integer.to_string(Keyword.get(opts, :audit_max_bytes, 64 * 1024 * 1024))
         ] ++
         ["--audit-keep", Integer.to_string(Keyword.get(opts, :audit_keep, 5))] ++
-        ["--containment", Atom.to_string(containment(opts))]
+        ["--containment", Atom.to_string(containment(opts))] ++
+        landlock_args(landlock(opts))
 
     exe = executable(opts)
 

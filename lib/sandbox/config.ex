@@ -57,7 +57,8 @@ defmodule Sandbox.Config do
     max_restarts: 3,
     max_seconds: 5,
     max_versions: 10,
-    capture_output: false
+    capture_output: false,
+    isolation: :vm
   ]
 
   @type t :: %{
@@ -72,7 +73,8 @@ defmodule Sandbox.Config do
           max_restarts: non_neg_integer,
           max_seconds: pos_integer,
           max_versions: pos_integer,
-          capture_output: boolean
+          capture_output: boolean,
+          isolation: :vm | :node
         }
 
   @doc "The security profile map of a profile name (see `Sandbox.SecurityController`)."
@@ -82,6 +84,22 @@ defmodule Sandbox.Config do
   @doc "The default resource limits of a profile name."
   @spec limits(:high | :medium | :low) :: map
   def limits(name), do: Map.fetch!(@limits, name)
+
+  @doc """
+  How a sandbox's compiles are confined (`Sandbox.IsolatedCompiler`'s
+  `:confine` option), from its security profile (a name or a resolved
+  profile map, by its `isolation_level`): `:high` → `:required` (a compile,
+  and so the create, is refused with `{:error, {:confinement_unavailable,
+  reason}}` where the kernel cannot confine compile workers), `:medium` →
+  `:preferred` (confined where possible; otherwise the compile goes on, and
+  the missing confinement is logged once and reported in the compile's
+  `confinement`), `:low` → `:none`.
+  """
+  @spec compile_confinement(:high | :medium | :low | map) :: :required | :preferred | :none
+  def compile_confinement(%{isolation_level: level}), do: compile_confinement(level)
+  def compile_confinement(:high), do: :required
+  def compile_confinement(:medium), do: :preferred
+  def compile_confinement(:low), do: :none
 
   @doc """
   Validates create options. Returns `{:ok, config}` or `{:error, reason}`:
@@ -115,7 +133,8 @@ defmodule Sandbox.Config do
           &check_migration/1,
           &check_restarts/1,
           &check_versions/1,
-          &check_capture/1
+          &check_capture/1,
+          &check_isolation/1
         ],
         {:ok, config},
         fn check, {:ok, config} ->
@@ -251,6 +270,10 @@ defmodule Sandbox.Config do
 
   defp check_capture(%{capture_output: c} = config) when is_boolean(c), do: {:ok, config}
   defp check_capture(%{capture_output: c}), do: invalid(:capture_output, c)
+
+  # isolation: :node runs the sandbox in a VM of its own (Sandbox.Node).
+  defp check_isolation(%{isolation: i} = config) when i in [:vm, :node], do: {:ok, config}
+  defp check_isolation(%{isolation: i}), do: invalid(:isolation, i)
 
   defp invalid(key, value), do: {:error, {:invalid_option, {key, value}}}
 end

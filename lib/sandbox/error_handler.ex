@@ -20,7 +20,9 @@ defmodule Sandbox.ErrorHandler do
     * `:security_error` — a forbidden operation (`{:security_violation, _}`)
     * `:system_error` — the library's own machinery failed: the supervising
       C-node died (`:cnode_down`, `{:worker_crashed, :cnode_down}`), a
-      compile worker crashed, a load failed
+      compile worker crashed, a load failed, or the kernel cannot confine
+      compile workers as the profile requires
+      (`{:confinement_unavailable, reason}`)
 
   ## Strategies (`suggest_recovery/2`)
 
@@ -115,6 +117,7 @@ defmodule Sandbox.ErrorHandler do
 
   def classify_error(:cnode_down), do: :system_error
   def classify_error({:worker_crashed, _}), do: :system_error
+  def classify_error({:confinement_unavailable, _}), do: :system_error
   def classify_error({:load_failed, _}), do: :system_error
   def classify_error({:shim_failed, _, _}), do: :system_error
   def classify_error({:host_application_failed, _, _}), do: :system_error

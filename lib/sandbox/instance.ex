@@ -768,7 +768,8 @@ defmodule Sandbox.Instance do
       compile_timeout: config.compile_timeout,
       compile_limits: config.compile_limits,
       write_artifacts: false,
-      validate_beams: false
+      validate_beams: false,
+      confine: Sandbox.Config.compile_confinement(config.security_profile)
     ]
   end
 

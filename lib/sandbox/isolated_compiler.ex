@@ -10,6 +10,14 @@ defmodule Sandbox.IsolatedCompiler do
   on disk (`Sandbox.IsolatedCompiler.Cache`), keyed by the checksum of every
   input.
 
+  Where the kernel allows it, the worker is confined with Landlock (option
+  `:confine`, see `Sandbox.IsolatedCompiler.Confinement`): the project's
+  code can read only the project, the Erlang/Elixir installation and the
+  job's directory, write only to the job's directory, and neither bind nor
+  connect TCP sockets. Its OS environment is a fixed minimal set (option
+  `:env`; every variable of it is part of the cache key), and its result is
+  decoded without creating atoms from it beyond `:max_new_atoms`.
+
       {:ok, info} = Sandbox.IsolatedCompiler.compile_sandbox("path/to/project")
       info.app.name        #=> :my_app
       info.modules         #=> [{MyApp, <<70, 79, 82, 49, ...>>}, ...]
@@ -71,6 +79,18 @@ defmodule Sandbox.IsolatedCompiler do
     * `:cache` — use the compile cache (default `true`)
     * `:artifacts_dir` — where this compile's `temp_dir` is created
       (default `artifacts_root/0`)
+    * `:confine` — kernel confinement of the worker:
+      `:required` (a compile that cannot be confined with Landlock — not
+      available, or an ABI below 4, which cannot close TCP — is refused
+      with `{:error, {:confinement_unavailable, reason}}` before anything
+      runs, even a cache lookup), `:preferred` (confined where possible,
+      otherwise unconfined; either way the result's `confinement` says
+      which, and a compile less confined than asked is logged once) or
+      `:none`. Default: the application environment's
+      `:compile_confinement`, else `:preferred`. `Sandbox.create_sandbox/3`
+      takes it from the security profile (`Sandbox.Config.compile_confinement/1`:
+      `:high` → `:required`, `:medium` → `:preferred`, `:low` → `:none`).
+      Confined and unconfined compiles never share cache entries or builds.
     * `:pool`, `:cache_server` — the pool and cache servers (defaults: the
       application's)
 
@@ -99,6 +119,13 @@ defmodule Sandbox.IsolatedCompiler do
     * `recompiled_files` — the absolute paths of the sources the worker
       compiled (`[]` on a cache hit)
     * `os_pid` — the worker's OS pid (`nil` on a cache hit)
+    * `confinement` — how the worker was confined (for a cache hit: how the
+      compile that filled the cache was): `:landlock`; `{:landlock,
+      missing}` when the kernel's Landlock ABI could not enforce `missing`
+      (`:tcp`, `:truncate`, `:refer`, `:ioctl_dev`, `:scope`, see
+      `Sandbox.CNode`'s "Landlock"); `{:unavailable, reason}` (`:preferred`
+      without Landlock: `:not_supported`, `:disabled`, `:forced_off`,
+      `:cnode_down`); `:none`
 
   A diagnostic (warning or error) is `%{file, line, column, message, type}`:
   `file` relative to the compiled directory when inside it, `line` and
@@ -119,6 +146,9 @@ defmodule Sandbox.IsolatedCompiler do
     * `{:no_mix_exs, dir}` — a path dependency without `mix.exs`
     * `{:compile_timeout, ms}`
     * `{:compile_resource_limit, :memory | :processes | :cpu | :file_size}`
+    * `{:confinement_unavailable, reason}` — `confine: :required` and
+      Landlock unavailable (`reason` as for `confinement`) or too old
+      (`{:landlock_abi, n}`)
     * `{:worker_crashed, reason}` — the worker died without a result (a
       job whose C-node died under it, `:cnode_down`, is run once more on the
       restarted C-node first: `Sandbox.ErrorHandler`'s `:retry`)
@@ -131,8 +161,10 @@ defmodule Sandbox.IsolatedCompiler do
     * `{:invalid_beam, module, reason}` — with `:validate_beams`
   """
 
-  alias Sandbox.IsolatedCompiler.{Cache, Pool, Worker}
+  alias Sandbox.IsolatedCompiler.{Cache, Confinement, Pool, Worker}
   alias Sandbox.{ErrorHandler, SafeTerm}
+
+  require Logger
 
   @default_timeout 30_000
   @default_limits %{
@@ -169,6 +201,7 @@ defmodule Sandbox.IsolatedCompiler do
           | {:compile_resource_limit, :memory | :processes | :cpu | :file_size}
           | {:worker_crashed, term}
           | {:invalid_beam, module, term}
+          | {:confinement_unavailable, term}
           | term
 
   @doc """
@@ -194,11 +227,52 @@ defmodule Sandbox.IsolatedCompiler do
 
     kind = if File.regular?(Path.join(path, "mix.exs")), do: :project, else: :dir
 
-    cond do
-      not File.dir?(path) -> {:error, {:no_such_directory, sandbox_path}}
-      opts.incremental -> since_last_build(kind, path, opts)
-      true -> compile(kind, path, nil, opts)
+    confined(opts, fn opts ->
+      cond do
+        not File.dir?(path) -> {:error, {:no_such_directory, sandbox_path}}
+        opts.incremental -> since_last_build(kind, path, opts)
+        true -> compile(kind, path, nil, opts)
+      end
+    end)
+  end
+
+  # Resolves the :confine option against the C-node's Landlock status once
+  # per call (:required refused here when Landlock is unavailable), runs
+  # `fun` with it, and reports it in the result.
+  defp confined(opts, fun) do
+    status = if opts.confine == :none, do: nil, else: Pool.landlock(opts.pool)
+
+    case Confinement.mode(opts.confine, status) do
+      {:error, _} = error ->
+        error
+
+      mode ->
+        confinement = Confinement.result(mode)
+        if confinement not in [:landlock, :none], do: log_once(confinement, opts.confine)
+
+        case fun.(%{opts | mode: mode}) do
+          {:ok, info} -> {:ok, %{info | confinement: confinement}}
+          other -> other
+        end
     end
+  end
+
+  # Logged once per VM for each way a compile went less confined than
+  # asked: Landlock unavailable (:preferred compiles run unconfined), or an
+  # ABI that cannot enforce everything.
+  defp log_once(confinement, confine) do
+    key = {__MODULE__, :logged, confinement}
+
+    unless :persistent_term.get(key, false) do
+      :persistent_term.put(key, true)
+
+      Logger.warning(
+        "Sandbox.IsolatedCompiler: compile workers are not fully confined " <>
+          "(confine: #{inspect(confine)}): #{inspect(confinement)}"
+      )
+    end
+
+    :ok
   end
 
   # `incremental: true`: the files changed since the last build of `path`
@@ -250,12 +324,14 @@ defmodule Sandbox.IsolatedCompiler do
     path = expand_path!(file_path)
     opts = normalize_opts!(opts)
 
-    cond do
-      not File.regular?(path) -> {:error, {:no_such_file, file_path}}
-      Path.extname(path) not in [".ex", ".erl"] -> {:error, {:unsupported_file, file_path}}
-      opts.context -> in_context(path, opts.context, opts)
-      true -> compile(:file, Path.dirname(path), [path], opts)
-    end
+    confined(opts, fn opts ->
+      cond do
+        not File.regular?(path) -> {:error, {:no_such_file, file_path}}
+        Path.extname(path) not in [".ex", ".erl"] -> {:error, {:unsupported_file, file_path}}
+        opts.context -> in_context(path, opts.context, opts)
+        true -> compile(:file, Path.dirname(path), [path], opts)
+      end
+    end)
   end
 
   # One file compiled against a project's last build (compiled first when
@@ -347,9 +423,11 @@ defmodule Sandbox.IsolatedCompiler do
     if File.dir?(path) do
       kind = if File.regular?(Path.join(path, "mix.exs")), do: :project, else: :dir
 
-      with_build_lock(kind, path, opts, fn
-        nil -> compile(kind, path, nil, opts)
-        build -> incremental(kind, path, build, changed, opts)
+      confined(opts, fn opts ->
+        with_build_lock(kind, path, opts, fn
+          nil -> compile(kind, path, nil, opts)
+          build -> incremental(kind, path, build, changed, opts)
+        end)
       end)
     else
       {:error, {:no_such_directory, sandbox_path}}
@@ -473,6 +551,7 @@ defmodule Sandbox.IsolatedCompiler do
     :context,
     :tests,
     :artifacts_dir,
+    :confine,
     :pool,
     :cache_server
   ]
@@ -539,8 +618,22 @@ defmodule Sandbox.IsolatedCompiler do
                "expected :max_new_atoms as a count, got: #{inspect(max_atoms)}"
              )
 
+    confine =
+      Keyword.get_lazy(opts, :confine, fn ->
+        Application.get_env(:sandbox, :compile_confinement, :preferred)
+      end)
+
+    unless confine in [:required, :preferred, :none],
+      do:
+        raise(
+          ArgumentError,
+          "expected :confine as :required, :preferred or :none, got: #{inspect(confine)}"
+        )
+
     %{
       raw: opts,
+      confine: confine,
+      mode: nil,
       timeout: timeout,
       limits: Map.merge(@default_limits, limits),
       env: env,
@@ -649,7 +742,13 @@ defmodule Sandbox.IsolatedCompiler do
     })
   end
 
-  defp build_key(kind, root, opts), do: {kind, root, opts.mix_env}
+  # Builds (and cache entries, base_key/4) of confined and unconfined
+  # compiles are kept apart: what an unconfined compile produced (reading
+  # anything on the host) never serves a confined one.
+  defp build_key(kind, root, opts), do: {kind, root, opts.mix_env, confined?(opts)}
+
+  defp confined?(%{mode: {:landlock, _}}), do: true
+  defp confined?(_opts), do: false
 
   defp from_cache(kind, root, payload, inputs, started, opts) do
     dir = if opts.write_artifacts, do: write_cached_artifacts(payload, opts)
@@ -924,7 +1023,49 @@ defmodule Sandbox.IsolatedCompiler do
   end
 
   defp run_job_once(job, opts) do
-    dir = new_artifact_dir(opts.artifacts)
+    case Pool.checkout(opts.pool, pool_key(job, opts)) do
+      {:ok, lease} ->
+        try do
+          run_on(lease, job, opts)
+        rescue
+          e ->
+            Pool.release(lease)
+            File.rm_rf(lease.dir)
+            reraise e, __STACKTRACE__
+        end
+
+      {:error, {:spawn_failed, {:landlock_unavailable, reason}}} ->
+        # Landlock went away since the check (a C-node restarted without it).
+        {:error, {:confinement_unavailable, reason}}
+
+      {:error, {:spawn_failed, reason}} ->
+        {:error, {:worker_crashed, reason}}
+    end
+  end
+
+  # The worker a job needs: unconfined, or confined to read what the job
+  # reads (its root, and the directories of any file or include directory
+  # outside it), with its job directory under the artifacts directory.
+  defp pool_key(job, %{mode: {:landlock, _}} = opts) do
+    paths = [job.root | Enum.map(job[:files] || [], &Path.dirname/1)] ++ (job[:erl_include] || [])
+
+    %{mode: :landlock, read: outermost(paths), artifacts: opts.artifacts}
+  end
+
+  defp pool_key(_job, opts), do: %{mode: :none, read: [], artifacts: opts.artifacts}
+
+  # The paths not inside another one of the list (so that a job's key does
+  # not depend on which files inside its root it compiles).
+  defp outermost(paths) do
+    paths = paths |> Enum.map(&Path.expand/1) |> Enum.uniq() |> Enum.sort()
+
+    Enum.reject(paths, fn p ->
+      Enum.any?(paths, fn q -> q != p and String.starts_with?(p, q <> "/") end)
+    end)
+  end
+
+  defp run_on(lease, job, opts) do
+    dir = lease.dir
     job_path = Path.join(dir, "job.etf")
     result_path = Path.join(dir, "result.etf")
     marker = "\n<<sandbox-compile-done:#{Base.encode16(:rand.bytes(12))}>>\n"
@@ -947,7 +1088,7 @@ defmodule Sandbox.IsolatedCompiler do
       cpu_seconds: opts.limits.max_cpu_seconds
     }
 
-    outcome = Pool.run(opts.pool, job_path, limits, opts.timeout, marker)
+    outcome = Pool.run(lease, job_path, limits, opts.timeout, marker)
     remove_preload(job.preload_dir, preload)
 
     case interpret(outcome, result_path, opts) do
@@ -1171,7 +1312,9 @@ defmodule Sandbox.IsolatedCompiler do
     files = for {_abs, rel, sum} <- inputs, do: {rel, sum}
 
     Sandbox.Beam.checksum(
-      :erlang.term_to_binary({:v1, kind, root, opts.mix_env, opts.tests, versions, files})
+      :erlang.term_to_binary(
+        {:v2, kind, root, opts.mix_env, opts.tests, versions, files, confined?(opts)}
+      )
     )
   end
 

@@ -55,6 +55,9 @@ defmodule Sandbox.Models.SandboxState do
     * `resource_limits`, `security_profile`
     * `sandbox_path` — the project the sandbox was built from
     * `auto_reload_enabled` — whether the file watcher reloads it
+    * `isolation` — `:vm` (in this VM) or `:node` (a VM of its own, see
+      `Sandbox.Node`); `os_pid` — the OS pid of a `:node` sandbox's VM
+      (`nil` for `:vm`, and while it has none)
   """
   use Sandbox.Models
 
@@ -88,7 +91,9 @@ defmodule Sandbox.Models.SandboxState do
           security_profile: map,
           sandbox_path: String.t() | nil,
           auto_reload_enabled: boolean,
-          error: term
+          error: term,
+          isolation: :vm | :node,
+          os_pid: pos_integer | nil
         }
 
   defstruct id: nil,
@@ -105,7 +110,9 @@ defmodule Sandbox.Models.SandboxState do
             security_profile: %{},
             sandbox_path: nil,
             auto_reload_enabled: false,
-            error: nil
+            error: nil,
+            isolation: :vm,
+            os_pid: nil
 end
 
 defmodule Sandbox.Models.ModuleVersion do
@@ -175,7 +182,8 @@ defmodule Sandbox.Models.CompilationResult do
           recompiled_modules: [{module, binary}],
           test_modules: [{module, binary}],
           async_tests: [module],
-          os_pid: pos_integer | nil
+          os_pid: pos_integer | nil,
+          confinement: Sandbox.IsolatedCompiler.Confinement.t()
         }
 
   defstruct status: :success,
@@ -197,5 +205,6 @@ defmodule Sandbox.Models.CompilationResult do
             recompiled_modules: [],
             test_modules: [],
             async_tests: [],
-            os_pid: nil
+            os_pid: nil,
+            confinement: :none
 end

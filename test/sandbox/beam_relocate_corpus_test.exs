@@ -110,4 +110,69 @@ defmodule Sandbox.BeamRelocateCorpusTest do
       end
     end
   end
+
+  # Every installed BEAM, its dynamic calls rewritten into calls of a guard
+  # (and one import of each redirected to it): the loader of a peer VM
+  # prepares each (erlang:prepare_loading/2 loads and translates the code
+  # without making it current or running an on_load function).
+  @tag :slow
+  @tag timeout: 600_000
+  test "every installed BEAM relocated with dynamic_guard and import_redirects loads in a peer" do
+    files =
+      Path.wildcard(Path.join(:code.root_dir(), "lib/*/ebin/*.beam")) ++
+        Path.wildcard(Path.join(:code.lib_dir(:elixir), "../*/ebin/*.beam"))
+
+    {:ok, peer, _} =
+      :peer.start(%{connection: :standard_io, args: [~c"-kernel", ~c"logger_level", ~c"none"]})
+
+    on_exit(fn ->
+      try do
+        :peer.stop(peer)
+      catch
+        :exit, _ -> :ok
+      end
+    end)
+
+    guard = {:sandbox_corpus_guard, [:apply, :call_fun, :send]}
+
+    totals =
+      for file <- files, reduce: %{rewritten: 0, redirected: 0} do
+        acc ->
+          beam = File.read!(file)
+          {:ok, parsed} = Beam.parse(beam)
+          {:ok, sites} = Beam.call_sites(beam)
+          bifs = for %{kind: :bif, target: t} <- sites, into: MapSet.new(), do: t
+
+          redirects =
+            for {m, f, _a} = mfa <- parsed.imports, not MapSet.member?(bifs, mfa), into: %{} do
+              {mfa, {:sandbox_corpus_guard, :"#{m}.#{f}"}}
+            end
+
+          {:ok, new} =
+            Beam.relocate(beam, %{}, %{}, dynamic_guard: guard, import_redirects: redirects)
+
+          assert :ok = Beam.validate(new), file
+          {:ok, new_sites} = Beam.call_sites(new)
+          refute Enum.any?(new_sites, &(&1.kind in [:apply, :call_fun, :send])), file
+
+          assert {:ok, %Beam{imports: imports}} = Beam.parse(new)
+
+          for {m, _f, _a} <- Enum.take(imports, length(parsed.imports)),
+              do: assert(m == :erlang or m == :sandbox_corpus_guard, file)
+
+          prepared = :peer.call(peer, :erlang, :prepare_loading, [parsed.module, new], 60_000)
+          refute match?({:error, _}, prepared), "#{file}: #{inspect(prepared)}"
+
+          dynamic = Enum.count(sites, &(&1.kind in [:apply, :call_fun, :send]))
+
+          %{
+            acc
+            | rewritten: acc.rewritten + dynamic,
+              redirected: acc.redirected + map_size(redirects)
+          }
+      end
+
+    assert :peer.call(peer, :erlang, :+, [1, 2]) == 3
+    assert totals.rewritten > 1000 and totals.redirected > 10_000
+  end
 end

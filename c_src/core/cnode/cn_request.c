@@ -1,5 +1,6 @@
 #include "cn_request.h"
 
+#include "cn_landlock.h"
 #include "cn_limits.h"
 
 #include <signal.h>
@@ -256,6 +257,16 @@ int cn_spawn_parse(const cn_term *args, cn_spawn_req *r, cn_error *err) {
         fail(err, "bad_option", "grace");
         goto error;
     }
+    if ((t = cn_term_get(args, "landlock")) && !cn_term_is_atom(t, "nil")) {
+        r->landlock = calloc(1, sizeof *r->landlock);
+        if (!r->landlock) {
+            fail(err, "enomem", NULL);
+            goto error;
+        }
+        if (cn_ll_parse(t, r->landlock, err) != 0) {
+            goto error;
+        }
+    }
     if (owner_opts(args, &r->id, &r->subscriber, err) != 0) {
         goto error;
     }
@@ -271,8 +282,13 @@ void cn_spawn_req_free(cn_spawn_req *r) {
     free_strv(r->argv);
     free_strv(r->env);
     free(r->cd);
+    if (r->landlock) {
+        cn_ll_spec_free(r->landlock);
+        free(r->landlock);
+    }
     r->argv = r->env = NULL;
     r->cd = NULL;
+    r->landlock = NULL;
 }
 
 int cn_watch_parse(const cn_term *args, cn_watch_req *r, cn_error *err) {

@@ -51,6 +51,8 @@ void cn_limits_init(cn_limits *l);
  * (detail: the key), unknown_limit. */
 int cn_limits_parse(const cn_term *t, cn_limits *l, cn_error *err);
 
+struct cn_ll_spec; /* cn_landlock.h */
+
 typedef struct {
     char **argv; /* NULL-terminated */
     size_t argc;
@@ -64,10 +66,11 @@ typedef struct {
     int64_t grace_ms;
     int64_t id; /* 0: allocate one */
     const cn_term *subscriber;
+    struct cn_ll_spec *landlock; /* NULL: not confined */
 } cn_spawn_req;
 
 /* Reasons: bad_option (detail: the key), bad_limit, unknown_limit,
- * above_ceiling, enomem. */
+ * above_ceiling, enomem. Option `landlock`: see cn_landlock.h. */
 int cn_spawn_parse(const cn_term *args, cn_spawn_req *out, cn_error *err);
 void cn_spawn_req_free(cn_spawn_req *r);
 

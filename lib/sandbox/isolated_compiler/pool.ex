@@ -3,16 +3,33 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   A pool of warm compile workers.
 
   Each worker is a BEAM OS process running `Sandbox.IsolatedCompiler.Worker`,
-  started through the launcher (the supervising C-node) without limits, that
-  preloads the compilers and then announces `ready`. A job is handed to an
-  idle worker: the job's limits are applied to it through the launcher, the
-  job file's path is written to its standard input, and a wall-clock timer
-  starts. A worker serves exactly one job; when it exits it is replaced in the
-  background. Jobs that find no idle worker wait in a queue (first come,
-  first served).
+  started through the launcher (the supervising C-node) without limits, in
+  a job directory of its own that the pool creates when it starts it (the
+  worker's working directory, and the only place a confined worker can
+  write). The worker preloads the compilers and then announces `ready`.
+
+  A compile *checks out* a worker (`checkout/3`), writes its job file into
+  the worker's job directory, and *runs* it (`run/6`): the job's limits are
+  applied to the worker through the launcher, the job file's path is
+  written to its standard input, and a wall-clock timer starts. A worker
+  serves exactly one job; when it exits it is replaced in the background.
+  Checkouts that find no worker wait in a queue (first come, first served).
+
+  ## Keys: what a worker is confined to
+
+  A worker is started for a key (`t:key/0`): unconfined, or confined with
+  Landlock to read one project (see `Sandbox.IsolatedCompiler.Confinement`
+  for why a worker cannot be confined later). A checkout is served by a
+  worker of its own key only: an idle one, else one still starting (its
+  job waits until it is ready), else a new one — started *lazily* (without
+  the warm-up compile, since a job is already waiting for it) when there is
+  room, or in the place of the longest-idle worker of another key. A worker
+  that served a job is replaced by one of the same key, so the next job for
+  the same project finds it warm; unless a waiting checkout has no worker,
+  then the replacement is started for that checkout.
 
   The pool only moves processes and events; reading a job's result is the
-  caller's business (`run/3` returns how the worker ended).
+  caller's business (`run/6` returns how the worker ended).
 
   ## Options
 
@@ -20,10 +37,13 @@ defmodule Sandbox.IsolatedCompiler.Pool do
     * `:size` — number of workers kept (default `System.schedulers_online/0`)
     * `:launcher` — the module that starts OS processes (default
       `Sandbox.IsolatedCompiler.launcher/0`)
+    * `:cnode` — the launcher's server (default `Sandbox.CNode`)
+    * `:artifacts_dir` — where the workers' job directories of the initial
+      workers are created (default `Sandbox.IsolatedCompiler.artifacts_root/0`)
   """
   use GenServer
 
-  alias Sandbox.IsolatedCompiler.Worker
+  alias Sandbox.IsolatedCompiler.{Confinement, Worker}
 
   # Minimum RLIMIT_FSIZE: the OTP 25 JIT maps its code through files and
   # needs at least 8 MiB.
@@ -31,12 +51,24 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   @max_output 65_536
   @max_backoff 5_000
   @replace_delay 100
+  @max_keys 1024
 
   @typedoc "How a job ended."
   @type outcome ::
           {:done, output :: binary, os_pid :: pos_integer}
           | {:exited, reason :: term, output :: binary, os_pid :: pos_integer}
           | {:timeout, output :: binary, os_pid :: pos_integer}
+
+  @typedoc """
+  What a worker is started for: `mode` `:none` (unconfined) or `:landlock`
+  (`read`: the paths it may read besides the installation and its job
+  directory), and `artifacts`, the directory its job directory is created
+  in.
+  """
+  @type key :: %{mode: :none | :landlock, read: [String.t()], artifacts: String.t()}
+
+  @typedoc "A checked-out worker: its id, its job directory and its pool."
+  @type lease :: %{id: pos_integer, dir: String.t(), pool: GenServer.server()}
 
   @doc "A child spec; see the module documentation for the options."
   @spec child_spec(keyword) :: Supervisor.child_spec()
@@ -51,31 +83,65 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   end
 
   @doc """
-  Runs one job on a warm worker and waits until the worker has exited.
+  Waits for a worker of `key` and reserves it for the caller: `{:ok,
+  lease}` (the caller writes its job into `lease.dir`, then calls `run/6`,
+  or `release/1`), or `{:error, {:spawn_failed, reason}}` when a confined
+  worker cannot be started at all (Landlock refused by the C-node). A
+  caller that exits gives its worker up (the worker is killed).
+  """
+  @spec checkout(GenServer.server(), key) :: {:ok, lease} | {:error, term}
+  def checkout(pool \\ __MODULE__, %{mode: mode, artifacts: artifacts} = key)
+      when mode in [:none, :landlock] and is_binary(artifacts) do
+    key = normalize_key(key)
+
+    case GenServer.call(pool, {:checkout, key}, :infinity) do
+      {:ok, id, dir} -> {:ok, %{id: id, dir: dir, pool: pool}}
+      {:error, _} = error -> error
+    end
+  end
+
+  @doc """
+  Runs one job on a checked-out worker and waits until the worker has
+  exited.
 
   `job_path` is the job file the worker reads. `limits` is a map with any of
   `:memory` (resident bytes), `:processes`, `:cpu_seconds` and `:file_size`
   (bytes; raised to at least 8 MiB for the JIT); `timeout` is the job's
-  wall-clock limit in ms (or `:infinity`), counted from the hand-over.
+  wall-clock limit in ms (or `:infinity`), counted from the hand-over. A
+  worker still booting (started for this checkout) is handed the job, its
+  limits and its timer once it is ready.
 
   When `done_marker` (a binary) appears in the worker's output, the job is
   over: the caller gets `{:done, output, os_pid}` at once (without the
   marker) and the worker is killed, so nobody waits for a VM to halt.
   Otherwise the caller gets how the worker ended.
   """
-  @spec run(GenServer.server(), Path.t(), map, timeout, binary | nil) :: outcome
-  def run(pool \\ __MODULE__, job_path, limits, timeout, done_marker \\ nil)
+  @spec run(lease, Path.t(), map, timeout, binary | nil) :: outcome
+  def run(%{id: id, pool: pool}, job_path, limits, timeout, done_marker \\ nil)
       when is_binary(job_path) and is_map(limits) do
-    GenServer.call(pool, {:run, job_path, limits, timeout, done_marker}, :infinity)
+    GenServer.call(pool, {:run, id, job_path, limits, timeout, done_marker}, :infinity)
   end
 
+  @doc "Gives a checked-out worker up without running a job (it is killed)."
+  @spec release(lease) :: :ok
+  def release(%{id: id, pool: pool}), do: GenServer.call(pool, {:release, id}, :infinity)
+
   @doc """
-  The pool's counters: `size`, `idle`, `starting`, `busy`, `queued`,
-  `jobs` (jobs handed to a worker since the pool started), `workers_started`,
-  and `startup_failures` (workers that died before they were ready).
+  The pool's counters: `size`, `idle`, `starting`, `busy` (checked out or
+  running a job), `queued` (checkouts waiting), `jobs` (jobs handed to a
+  worker since the pool started), `workers_started`, `startup_failures`
+  (workers that died before they were ready) and `evicted` (idle workers
+  of one key stopped to make room for another).
   """
   @spec stats(GenServer.server()) :: map
   def stats(pool \\ __MODULE__), do: GenServer.call(pool, :stats)
+
+  @doc """
+  The Landlock status of the pool's launcher (`Sandbox.IsolatedCompiler.Confinement.status/1`),
+  asked once and remembered (asked again while the C-node could not answer).
+  """
+  @spec landlock(GenServer.server()) :: {:ok, %{abi: pos_integer}} | {:unavailable, term}
+  def landlock(pool \\ __MODULE__), do: GenServer.call(pool, :landlock, :infinity)
 
   # Host variables a worker keeps; everything else of the host's
   # environment (credentials, tokens, the host's own settings) is removed.
@@ -86,30 +152,55 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   The minimal OS environment of a compile worker: `PATH`, `HOME`, `LANG`,
   `LC_ALL`, `LC_CTYPE` and `TZ` as the host has them (`PATH` and `LANG`
   defaulting to `/usr/local/bin:/usr/bin:/bin` and `C.UTF-8`), nothing else.
-  (`erl` itself adds `BINDIR`, `ROOTDIR`, `EMU` and `PROGNAME`.)
+  (The worker VM is started with `BINDIR`, `ROOTDIR`, `EMU` and `PROGNAME`
+  besides, as `erl` does; a job's environment replaces them all.)
   """
   @spec base_env() :: %{String.t() => String.t()}
   def base_env, do: Map.merge(@default_env, Map.take(System.get_env(), @kept_env))
 
   # The launcher's `env:` changes that turn the host's environment (which
-  # the C-node inherited) into base_env/0.
+  # the C-node inherited) into base_env/0, plus what erlexec needs.
   defp worker_env do
-    base = base_env()
+    base = Map.merge(base_env(), erl_env())
     unset = for {name, _} <- System.get_env(), not Map.has_key?(base, name), do: {name, nil}
     unset ++ Enum.to_list(base)
   end
 
-  @doc "The argument vector of a compile worker (`erl` and its flags)."
-  @spec worker_argv() :: [String.t()]
-  def worker_argv do
-    erl = Path.join([List.to_string(:code.root_dir()), "bin", "erl"])
+  # What the `erl` script would set before running erlexec.
+  defp erl_env do
+    root = List.to_string(:code.root_dir())
 
+    %{
+      "ROOTDIR" => root,
+      "BINDIR" => bindir(),
+      "EMU" => "beam",
+      "PROGNAME" => "erl"
+    }
+  end
+
+  defp bindir do
+    root = List.to_string(:code.root_dir())
+    Path.join([root, "erts-#{:erlang.system_info(:version)}", "bin"])
+  end
+
+  @doc """
+  The argument vector of a compile worker: the emulator's `erlexec` (what
+  the `erl` script runs, without the shell: a confined worker may execute
+  nothing but the installation) and its flags. With `lazy: true` the worker
+  skips its warm-up compile (a job is already waiting for it).
+  """
+  @spec worker_argv(keyword) :: [String.t()]
+  def worker_argv(opts \\ []) do
     paths =
       for app <- [:elixir, :eex, :mix, :logger, :ex_unit] do
         app |> :code.lib_dir(:ebin) |> List.to_string()
       end
 
-    [erl, "-noshell", "+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"] ++
+    lazy = if Keyword.get(opts, :lazy, false), do: ["-sandbox_lazy"], else: []
+
+    [Path.join(bindir(), "erlexec"), "-noshell", "+sbwt", "none", "+sbwtdcpu", "none"] ++
+      ["+sbwtdio", "none"] ++
+      lazy ++
       Enum.flat_map(paths ++ [worker_dir()], &["-pa", &1]) ++
       ["-s", Atom.to_string(Worker), "main"]
   end
@@ -131,16 +222,23 @@ defmodule Sandbox.IsolatedCompiler.Pool do
 
   @impl true
   def init(opts) do
+    artifacts = Keyword.get_lazy(opts, :artifacts_dir, &Sandbox.IsolatedCompiler.artifacts_root/0)
+
     state = %{
       size: Keyword.get(opts, :size, System.schedulers_online()),
       launcher: Keyword.get_lazy(opts, :launcher, &Sandbox.IsolatedCompiler.launcher/0),
+      cnode: Keyword.get(opts, :cnode, Sandbox.CNode),
+      default_key: %{mode: :none, read: [], artifacts: artifacts},
+      landlock: nil,
       workers: %{},
+      lost: %{},
+      uses: %{},
       dying: %{},
-      idle: :queue.new(),
       queue: :queue.new(),
       jobs: 0,
       workers_started: 0,
       startup_failures: 0,
+      evicted: 0,
       backoff: 0
     }
 
@@ -148,12 +246,46 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   end
 
   @impl true
-  def handle_call({:run, job_path, limits, timeout, marker}, from, state) do
-    state = %{state | queue: :queue.in({from, job_path, limits, timeout, marker}, state.queue)}
-    state = dispatch(state)
-    # A job waits: start any replacement that was put off.
-    state = if :queue.is_empty(state.queue), do: state, else: fill(state)
-    {:noreply, state}
+  def handle_call({:checkout, key}, {pid, _} = from, state) do
+    entry = %{from: from, key: key, monitor: Process.monitor(pid)}
+    {:noreply, dispatch(%{state | queue: :queue.in(entry, state.queue)})}
+  end
+
+  def handle_call({:run, id, job_path, limits, timeout, marker}, {pid, _} = from, state) do
+    job = {from, job_path, limits, timeout, marker}
+
+    case state.workers do
+      %{^id => %{status: :reserved, from: {^pid, _}, ready: true} = w} ->
+        {:noreply, hand_over(id, w, job, state)}
+
+      %{^id => %{status: :reserved, from: {^pid, _}} = w} ->
+        # Still booting (started for this job): handed over once ready.
+        {:noreply, put_in(state.workers[id], %{w | pending: job})}
+
+      _ ->
+        case Map.pop(state.lost, id) do
+          {{^pid, _ref, outcome}, lost} -> {:reply, outcome, %{state | lost: lost}}
+          _ -> {:reply, {:exited, :not_checked_out, "", nil}, state}
+        end
+    end
+  end
+
+  def handle_call({:release, id}, {pid, _}, state) do
+    case state.workers do
+      %{^id => %{status: :reserved, from: {^pid, _}} = w} ->
+        Process.demonitor(w.monitor, [:flush])
+        {:reply, :ok, drop(id, w, state, remove_dir: true)}
+
+      _ ->
+        case Map.pop(state.lost, id) do
+          {{^pid, ref, _}, lost} ->
+            Process.demonitor(ref, [:flush])
+            {:reply, :ok, %{state | lost: lost}}
+
+          _ ->
+            {:reply, :ok, state}
+        end
+    end
   end
 
   def handle_call(:stats, _from, state) do
@@ -163,42 +295,49 @@ defmodule Sandbox.IsolatedCompiler.Pool do
       size: state.size,
       idle: Map.get(by_status, :idle, 0),
       starting: Map.get(by_status, :starting, 0),
-      busy: Map.get(by_status, :busy, 0),
+      busy: Map.get(by_status, :busy, 0) + Map.get(by_status, :reserved, 0),
       queued: :queue.len(state.queue),
       jobs: state.jobs,
       workers_started: state.workers_started,
-      startup_failures: state.startup_failures
+      startup_failures: state.startup_failures,
+      evicted: state.evicted
     }
 
     {:reply, stats, state}
+  end
+
+  def handle_call(:landlock, _from, state) do
+    state = ensure_landlock(state)
+    {:reply, state.landlock, state}
   end
 
   @impl true
   def handle_info({:sandbox_cnode, id, {stream, data}}, state)
       when stream in [:stdout, :stderr] do
     case state.workers do
-      %{^id => %{status: :starting} = w} ->
+      %{^id => %{ready: false} = w} ->
         buf = w.buf <> data
 
-        if String.contains?(buf, "ready\n") do
-          state = put_in(state.workers[id], %{w | status: :idle, buf: ""})
-          state = %{state | idle: :queue.in(id, state.idle), backoff: 0}
-          {:noreply, dispatch(state)}
-        else
-          {:noreply, put_in(state.workers[id].buf, binary_tail(buf, 1024))}
+        case :binary.split(buf, "ready\n") do
+          [_boot, _rest] ->
+            w = %{w | ready: true, buf: "", idle_since: now()}
+            w = if w.status == :starting, do: %{w | status: :idle}, else: w
+            state = %{put_in(state.workers[id], w) | backoff: 0}
+
+            case w do
+              %{status: :reserved, pending: {_, _, _, _, _} = job} ->
+                {:noreply, hand_over(id, %{w | pending: nil}, job, state)}
+
+              _ ->
+                {:noreply, dispatch(state)}
+            end
+
+          [_] ->
+            {:noreply, put_in(state.workers[id].buf, binary_tail(buf, 1024))}
         end
 
-      %{^id => %{status: :busy} = w} ->
-        buf = w.buf <> data
-
-        case w.marker && :binary.split(buf, w.marker) do
-          [output, _rest] ->
-            # The result is complete: reply now and do away with the worker.
-            finish(id, w, {:done, binary_tail(output, @max_output), w.os_pid}, state)
-
-          _ ->
-            {:noreply, put_in(state.workers[id].buf, binary_tail(buf, @max_output))}
-        end
+      %{^id => %{status: :busy}} ->
+        {:noreply, output(id, data, state)}
 
       _ ->
         {:noreply, state}
@@ -225,24 +364,38 @@ defmodule Sandbox.IsolatedCompiler.Pool do
             else: {:exited, reason, w.buf, w.os_pid}
 
         GenServer.reply(w.from, reply)
-        {:noreply, replace(%{state | workers: workers})}
+        {:noreply, replace(w.key, %{state | workers: workers})}
 
-      {_starting_or_idle, workers} ->
-        state = %{
-          state
-          | workers: workers,
-            idle: :queue.delete(id, state.idle),
-            startup_failures: state.startup_failures + 1
-        }
+      {%{status: :reserved} = w, workers} ->
+        # Died before its job was handed over (it could not boot): the
+        # caller learns how, from run/6 (now, or when it calls it).
+        outcome = {:exited, reason, w.buf, w.os_pid}
+        state = %{state | workers: workers, startup_failures: state.startup_failures + 1}
 
-        {:noreply, backoff_fill(state)}
+        state =
+          case w.pending do
+            {from, _, _, _, _} ->
+              Process.demonitor(w.monitor, [:flush])
+              GenServer.reply(from, outcome)
+              state
+
+            nil ->
+              %{state | lost: Map.put(state.lost, id, {elem(w.from, 0), w.monitor, outcome})}
+          end
+
+        {:noreply, backoff(state)}
+
+      {w, workers} ->
+        File.rm_rf(w.dir)
+        state = %{state | workers: workers, startup_failures: state.startup_failures + 1}
+        {:noreply, backoff(state)}
     end
   end
 
   def handle_info({:job_timeout, id}, state) do
     case state.workers do
       %{^id => %{status: :busy}} ->
-        state.launcher.kill(id, :sigkill)
+        kill(state, id)
         {:noreply, put_in(state.workers[id].timed_out, true)}
 
       _ ->
@@ -251,51 +404,148 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   end
 
   def handle_info({:DOWN, ref, :process, _pid, _reason}, state) do
-    # A caller went away: drop its queued job, or kill the worker running it.
-    queue = :queue.filter(fn {{pid, _}, _, _, _, _} -> Process.alive?(pid) end, state.queue)
+    # A caller went away: drop its queued checkout, or kill the worker it
+    # holds (reserved or running its job).
+    queue = :queue.filter(fn entry -> entry.monitor != ref end, state.queue)
+    lost = :maps.filter(fn _id, {_, r, _} -> r != ref end, state.lost)
+    state = %{state | queue: queue, lost: lost}
 
-    for {id, %{status: :busy, monitor: ^ref}} <- state.workers do
-      state.launcher.kill(id, :sigkill)
-    end
+    state =
+      Enum.reduce(state.workers, state, fn
+        {id, %{status: :reserved, monitor: ^ref} = w}, state ->
+          drop(id, w, state, remove_dir: true)
 
-    {:noreply, %{state | queue: queue}}
+        {id, %{status: :busy, monitor: ^ref}}, state ->
+          kill(state, id)
+          state
+
+        _, state ->
+          state
+      end)
+
+    {:noreply, state}
   end
 
-  def handle_info(:fill, state), do: {:noreply, fill(state)}
+  def handle_info(:fill, state), do: {:noreply, state |> dispatch() |> fill()}
+
+  def handle_info({:replace, key}, state) do
+    state = dispatch(state)
+
+    if map_size(state.workers) < state.size and :queue.is_empty(state.queue) do
+      {_, state} = start_worker(state, key, lazy_replacement?(state, key))
+      {:noreply, state}
+    else
+      {:noreply, state}
+    end
+  end
 
   def handle_info(_msg, state), do: {:noreply, state}
 
   @impl true
   def terminate(_reason, state) do
-    for {id, _} <- state.workers, do: state.launcher.kill(id, :sigkill)
+    for {id, w} <- state.workers do
+      kill(state, id)
+      if w.status in [:starting, :idle], do: File.rm_rf(w.dir)
+    end
+
     :ok
   end
 
   ## Internals
 
+  defp normalize_key(%{mode: :none, artifacts: artifacts}),
+    do: %{mode: :none, read: [], artifacts: artifacts}
+
+  defp normalize_key(%{mode: :landlock, artifacts: artifacts} = key),
+    do: %{
+      mode: :landlock,
+      read: key |> Map.get(:read, []) |> Enum.uniq() |> Enum.sort(),
+      artifacts: artifacts
+    }
+
+  defp now, do: System.monotonic_time()
+
+  defp ensure_landlock(%{landlock: status} = state)
+       when status == nil or status == {:unavailable, :cnode_down} do
+    %{state | landlock: Confinement.status(state.cnode)}
+  end
+
+  defp ensure_landlock(state), do: state
+
+  defp kill(state, id), do: state.launcher.kill(id, :sigkill, state.cnode)
+
+  # Removes a worker that will not run a job (killed; its exit event is
+  # ignored) and starts what is missing.
+  defp drop(id, w, state, remove_dir: remove?) do
+    kill(state, id)
+    if remove?, do: File.rm_rf(w.dir)
+
+    state = %{
+      state
+      | workers: Map.delete(state.workers, id),
+        dying: Map.put(state.dying, id, true)
+    }
+
+    dispatch(state)
+  end
+
+  # The initial workers, and replacements after a failed start: workers of
+  # the default key (unconfined) up to the pool's size, when no checkout
+  # waits (a waiting one gets its own worker from dispatch/1).
   defp fill(state) do
     missing = state.size - map_size(state.workers)
 
-    if missing > 0 do
-      Enum.reduce(1..missing, state, fn _, state -> start_worker(state) end)
+    if missing > 0 and :queue.is_empty(state.queue) do
+      Enum.reduce(1..missing, state, fn _, state ->
+        {_, state} = start_worker(state, state.default_key, false)
+        state
+      end)
     else
       state
     end
   end
 
-  # Replaces a worker that served its job. While another worker is idle and
-  # no job waits, the replacement starts a moment later: booting a VM takes
+  # A worker that served its job is replaced by one of the same key (the
+  # same project is likely compiled again: a reload), unless a checkout is
+  # waiting for a worker of another key. While another worker is idle and
+  # nothing waits, the replacement starts a moment later: booting a VM takes
   # CPU the caller needs right now to read the job's result.
-  defp replace(state) do
-    if :queue.is_empty(state.queue) and not :queue.is_empty(state.idle) do
-      Process.send_after(self(), :fill, @replace_delay)
-      state
-    else
-      fill(state)
+  #
+  # A confined key's replacement is fully warmed (compilers loaded, a
+  # warm-up compile) once the key has served two jobs; after its first, it
+  # is started lazily: most projects are compiled once (many sandboxes of
+  # one project share the compile cache), and a warm-up nobody uses costs
+  # a second of CPU that compiles in progress need.
+  defp replace(key, state) do
+    state = dispatch(state)
+
+    cond do
+      map_size(state.workers) >= state.size ->
+        state
+
+      not :queue.is_empty(state.queue) ->
+        state
+
+      Enum.any?(state.workers, fn {_, w} -> w.status == :idle end) ->
+        Process.send_after(self(), {:replace, key}, @replace_delay)
+        state
+
+      true ->
+        {_, state} = start_worker(state, key, lazy_replacement?(state, key))
+        state
     end
   end
 
-  defp backoff_fill(state) do
+  defp lazy_replacement?(_state, %{mode: :none}), do: false
+  defp lazy_replacement?(state, key), do: Map.get(state.uses, key, 0) < 2
+
+  # Jobs served per key (forgotten all at once past @max_keys keys).
+  defp count_use(state, key) do
+    uses = if map_size(state.uses) >= @max_keys, do: %{}, else: state.uses
+    %{state | uses: Map.update(uses, key, 1, &(&1 + 1))}
+  end
+
+  defp backoff(state) do
     backoff = min(max(state.backoff * 2, 50), @max_backoff)
     Process.send_after(self(), :fill, backoff)
     %{state | backoff: backoff}
@@ -313,76 +563,216 @@ defmodule Sandbox.IsolatedCompiler.Pool do
       file_size: Application.get_env(:sandbox, :compiler_file_size_ceiling, 1024 * 1024 * 1024)
     }
 
-  defp start_worker(state) do
-    opts = [
-      subscriber: self(),
-      timeout: :infinity,
-      grace: 0,
-      env: worker_env(),
-      ceiling: ceiling()
-    ]
+  # Starts a worker of `key` in a new job directory: {{:ok, id} | {:error,
+  # reason}, state}.
+  defp start_worker(state, key, lazy?) do
+    with {:ok, dir} <- new_job_dir(key.artifacts),
+         {:ok, landlock} <- landlock_option(key, dir) do
+      opts = [
+        subscriber: self(),
+        timeout: :infinity,
+        grace: 0,
+        env: worker_env(),
+        cd: dir,
+        ceiling: ceiling(),
+        landlock: landlock,
+        server: state.cnode
+      ]
 
-    case state.launcher.spawn(worker_argv(), opts) do
-      {:ok, %{id: id, os_pid: os_pid}} ->
-        worker = %{
-          status: :starting,
-          os_pid: os_pid,
-          buf: "",
-          from: nil,
-          monitor: nil,
-          timer: nil,
-          marker: nil,
-          timed_out: false
-        }
+      case state.launcher.spawn(worker_argv(lazy: lazy?), opts) do
+        {:ok, %{id: id, os_pid: os_pid}} ->
+          worker = %{
+            status: :starting,
+            ready: false,
+            key: key,
+            dir: dir,
+            os_pid: os_pid,
+            buf: "",
+            from: nil,
+            monitor: nil,
+            timer: nil,
+            marker: nil,
+            timed_out: false,
+            pending: nil,
+            idle_since: now()
+          }
 
-        %{
-          state
-          | workers: Map.put(state.workers, id, worker),
-            workers_started: state.workers_started + 1
-        }
+          state = %{
+            state
+            | workers: Map.put(state.workers, id, worker),
+              workers_started: state.workers_started + 1
+          }
 
-      {:error, _reason} ->
-        backoff_fill(%{state | startup_failures: state.startup_failures + 1})
-    end
-  end
+          {{:ok, id}, state}
 
-  defp dispatch(state) do
-    with {{:value, id}, idle} <- :queue.out(state.idle),
-         {{:value, job}, queue} <- :queue.out(state.queue) do
-      state = hand_over(id, job, %{state | idle: idle, queue: queue})
-      dispatch(state)
+        {:error, reason} ->
+          File.rm_rf(dir)
+          {{:error, reason}, spawn_failed(reason, state)}
+      end
     else
-      _ -> state
+      {:error, reason} -> {{:error, reason}, backoff(state)}
     end
   end
 
-  defp hand_over(id, {{pid, _} = from, job_path, limits, timeout, marker} = job, state) do
+  defp landlock_option(%{mode: :none}, _dir), do: {:ok, nil}
+
+  defp landlock_option(%{mode: :landlock, read: read}, dir),
+    do: {:ok, Confinement.spawn_option(dir, read)}
+
+  # A refusal of Landlock itself is final for the checkout (answered by the
+  # caller of start_worker); anything else is retried after a back-off.
+  defp spawn_failed({:landlock_unavailable, reason}, state),
+    do: %{state | landlock: {:unavailable, reason}}
+
+  defp spawn_failed({:landlock, _errno}, state), do: state
+
+  defp spawn_failed(_reason, state),
+    do: backoff(%{state | startup_failures: state.startup_failures + 1})
+
+  defp new_job_dir(root) do
+    dir = Path.join(root, "job-#{System.unique_integer([:positive])}-#{:os.getpid()}")
+
+    case :prim_file.make_dir(dir) do
+      :ok ->
+        {:ok, dir}
+
+      {:error, :enoent} ->
+        with :ok <- File.mkdir_p(root), do: new_job_dir(root)
+
+      {:error, reason} ->
+        {:error, {:job_dir, reason}}
+    end
+  end
+
+  # Serves waiting checkouts, in order, each with a worker of its key: an
+  # idle one, one starting, a new one where there is room, or one in the
+  # place of the longest-idle worker of another key. A checkout that cannot
+  # be served yet keeps its place.
+  defp dispatch(state) do
+    {kept, state} =
+      state.queue
+      |> :queue.to_list()
+      |> Enum.reduce({[], state}, fn entry, {kept, state} ->
+        case serve(entry, state) do
+          {:served, state} -> {kept, state}
+          {:wait, state} -> {[entry | kept], state}
+        end
+      end)
+
+    %{state | queue: :queue.from_list(Enum.reverse(kept))}
+  end
+
+  defp serve(entry, state) do
+    case find_worker(state, entry.key) do
+      {:ok, id} ->
+        {:served, reserve(id, entry, state)}
+
+      :none ->
+        cond do
+          map_size(state.workers) < state.size ->
+            start_for(entry, state)
+
+          victim = evictable(state, entry.key) ->
+            {_, w} = victim
+            state = drop_quietly(victim, %{state | evicted: state.evicted + 1}, w)
+            start_for(entry, state)
+
+          true ->
+            {:wait, state}
+        end
+    end
+  end
+
+  defp drop_quietly({id, _}, state, w) do
+    kill(state, id)
+    File.rm_rf(w.dir)
+
+    %{
+      state
+      | workers: Map.delete(state.workers, id),
+        dying: Map.put(state.dying, id, true)
+    }
+  end
+
+  defp start_for(entry, state) do
+    case start_worker(state, entry.key, true) do
+      {{:ok, id}, state} ->
+        {:served, reserve(id, entry, state)}
+
+      {{:error, reason}, state} when elem(reason, 0) in [:landlock_unavailable, :landlock] ->
+        Process.demonitor(entry.monitor, [:flush])
+        GenServer.reply(entry.from, {:error, {:spawn_failed, reason}})
+        {:served, state}
+
+      {{:error, _reason}, state} ->
+        {:wait, state}
+    end
+  end
+
+  # An idle worker of the key, else one starting (not reserved).
+  defp find_worker(state, key) do
+    candidates = for {id, w} <- state.workers, w.key == key, do: {id, w}
+
+    case Enum.find(candidates, fn {_, w} -> w.status == :idle end) ||
+           Enum.find(candidates, fn {_, w} -> w.status == :starting end) do
+      {id, _} -> {:ok, id}
+      nil -> :none
+    end
+  end
+
+  # The longest-idle worker of another key (idle or still starting).
+  defp evictable(state, key) do
+    state.workers
+    |> Enum.filter(fn {_, w} -> w.key != key and w.status in [:idle, :starting] end)
+    |> Enum.min_by(fn {_, w} -> {w.status == :idle, w.idle_since} end, fn -> nil end)
+  end
+
+  defp reserve(id, entry, state) do
+    w = %{state.workers[id] | status: :reserved, from: entry.from, monitor: entry.monitor}
+    GenServer.reply(entry.from, {:ok, id, w.dir})
+    put_in(state.workers[id], w)
+  end
+
+  defp hand_over(id, w, {from, job_path, limits, timeout, marker}, state) do
     limits = Map.update(limits, :file_size, nil, &(&1 && max(&1, @min_file_size)))
     limits = limits |> Enum.reject(fn {_, v} -> is_nil(v) end) |> Map.new()
     launcher = state.launcher
 
-    with :ok <- launcher.set_limits(id, limits),
-         :ok <- launcher.write_stdin(id, [job_path, "\n"]) do
+    with :ok <- launcher.set_limits(id, limits, state.cnode),
+         :ok <- launcher.write_stdin(id, [job_path, "\n"], state.cnode) do
       timer = if is_integer(timeout), do: Process.send_after(self(), {:job_timeout, id}, timeout)
-
-      worker = %{
-        state.workers[id]
-        | status: :busy,
-          from: from,
-          monitor: Process.monitor(pid),
-          timer: timer,
-          marker: marker,
-          buf: ""
-      }
-
-      %{state | workers: Map.put(state.workers, id, worker), jobs: state.jobs + 1}
+      # The caller of run/6 is the one that checked out: its monitor stays.
+      w = %{w | status: :busy, from: from, timer: timer, marker: marker, buf: ""}
+      count_use(%{state | workers: Map.put(state.workers, id, w), jobs: state.jobs + 1}, w.key)
     else
-      {:error, _reason} ->
-        # The worker is gone or unusable: put the job back first in line.
-        launcher.kill(id, :sigkill)
-        workers = Map.delete(state.workers, id)
-        queue = :queue.in_r(job, state.queue)
-        fill(%{state | workers: workers, queue: queue})
+      {:error, reason} ->
+        # The worker is gone or unusable.
+        Process.demonitor(w.monitor, [:flush])
+        GenServer.reply(from, {:exited, {:hand_over_failed, reason}, "", w.os_pid})
+        drop(id, w, state, remove_dir: false)
+    end
+  end
+
+  # Output of a busy worker: complete when the marker appears.
+  defp output(id, data, state) do
+    case state.workers[id] do
+      %{status: :busy} = w ->
+        buf = w.buf <> data
+
+        case w.marker && :binary.split(buf, w.marker) do
+          [out, _rest] ->
+            # The result is complete: reply now and do away with the worker.
+            finish(id, w, {:done, binary_tail(out, @max_output), w.os_pid}, state)
+
+          _ ->
+            put_in(state.workers[id].buf, binary_tail(buf, @max_output))
+        end
+
+      %{} = w ->
+        put_in(state.workers[id].buf, binary_tail(w.buf <> data, @max_output))
+
+      nil ->
+        state
     end
   end
 
@@ -390,7 +780,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
     cancel(w.timer)
     Process.demonitor(w.monitor, [:flush])
     GenServer.reply(w.from, reply)
-    state.launcher.kill(id, :sigkill)
+    kill(state, id)
 
     state = %{
       state
@@ -398,7 +788,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
         dying: Map.put(state.dying, id, true)
     }
 
-    {:noreply, fill(state)}
+    replace(w.key, state)
   end
 
   defp cancel(nil), do: :ok

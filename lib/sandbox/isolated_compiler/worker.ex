@@ -2,8 +2,12 @@ defmodule Sandbox.IsolatedCompiler.Worker do
   @moduledoc """
   The program a compile worker runs: a separate BEAM OS process, never the host.
 
-  A worker starts, loads the Elixir and Erlang compilers (and Mix, EEx and
-  Logger), prints `ready` on a line of its own to standard output and blocks
+  A worker starts in its job directory (its working directory; under
+  confinement the only place it can write, see
+  `Sandbox.IsolatedCompiler.Confinement`), loads the Elixir and Erlang
+  compilers (and Mix, EEx and Logger), compiles a throwaway module once to
+  warm up (unless started with `-sandbox_lazy`, for a job already waiting),
+  prints `ready` on a line of its own to standard output and blocks
   reading one line from standard input: the path of a job file, written by
   the host with `:erlang.term_to_binary/1`. It runs that one job, writes its
   result next to it (`:result_path`, written to a temporary name and
@@ -49,7 +53,7 @@ defmodule Sandbox.IsolatedCompiler.Worker do
   """
   @spec main() :: no_return
   def main do
-    preload()
+    preload(:init.get_argument(:sandbox_lazy) == :error)
     :ok = :io.put_chars(:standard_io, "ready\n")
 
     case :io.get_line(:standard_io, ~c"") do
@@ -63,14 +67,16 @@ defmodule Sandbox.IsolatedCompiler.Worker do
     end
   end
 
-  defp preload do
+  # A worker started for a job that is already waiting (`-sandbox_lazy`)
+  # skips the warm-up: loading every module of the compilers and compiling
+  # a throwaway module would only delay the job, which loads what it needs.
+  defp preload(warm_up?) do
     {:ok, _} = Application.ensure_all_started(:elixir)
     {:ok, _} = Application.ensure_all_started(:logger)
     :ok = Application.load(:eex) |> ok_or_loaded()
     {:ok, _} = Application.ensure_all_started(:mix)
 
-    for app <- @preload_apps,
-        {:ok, modules} <- [:application.get_key(app, :modules)] do
+    for app <- @preload_apps, warm_up?, {:ok, modules} <- [:application.get_key(app, :modules)] do
       :code.ensure_modules_loaded(modules)
     end
 
@@ -81,17 +87,19 @@ defmodule Sandbox.IsolatedCompiler.Worker do
     patterns = [{:os, :getenv, :_}, {:os, :env, 0}, {:file, :read_file, :_}, {:file, :open, 2}]
     for mfa <- patterns, do: :erlang.trace_pattern(mfa, true, [:global])
 
-    warm_up()
+    if warm_up?, do: warm_up()
     Code.compiler_options(ignore_module_conflict: false)
     :ok
   end
 
   # Runs the parallel compiler once on a throwaway module (in a directory of
-  # its own, removed afterwards) so that the job's compile does not pay for
-  # first-use work: lazily created tables, first calls, checker processes.
+  # its own below the worker's job directory, its working directory: the
+  # only place a confined worker can write; removed afterwards) so that the
+  # job's compile does not pay for first-use work: lazily created tables,
+  # first calls, checker processes.
   defp warm_up do
     module = :"Elixir.Sandbox.IsolatedCompiler.Worker.WarmUp"
-    dir = Path.join(System.tmp_dir!(), "sandbox-worker-warm-up-#{System.pid()}")
+    dir = Path.join(File.cwd!(), "warm-up")
     File.mkdir_p!(dir)
     file = Path.join(dir, "warm_up.ex")
 

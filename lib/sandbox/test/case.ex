@@ -136,7 +136,7 @@ defmodule Sandbox.Case do
   @doc false
   @spec warm(Path.t(), keyword) :: atom | nil
   def warm(path, opts) do
-    key = {__MODULE__, :warm, path, Keyword.get(opts, :compile_timeout)}
+    key = {__MODULE__, :warm, path, Keyword.get(opts, :compile_timeout), confine(opts)}
 
     case :persistent_term.get(key, :none) do
       :none ->
@@ -147,11 +147,20 @@ defmodule Sandbox.Case do
     end
   end
 
+  # Compiled as the create will compile (confined as its profile says), so
+  # that the create finds the compile cache filled.
+  defp confine(opts) do
+    case Sandbox.SecurityController.resolve(Keyword.get(opts, :security_profile, :medium)) do
+      {:ok, profile} -> Sandbox.Config.compile_confinement(profile)
+      {:error, _} -> :preferred
+    end
+  end
+
   defp warm_locked(key, path, opts) do
     case :persistent_term.get(key, :none) do
       :none ->
         compile_opts =
-          [write_artifacts: false, validate_beams: false] ++
+          [write_artifacts: false, validate_beams: false, confine: confine(opts)] ++
             Keyword.take(opts, [:compile_timeout, :compile_limits])
 
         case Sandbox.IsolatedCompiler.compile_sandbox(path, compile_opts) do
