@@ -36,7 +36,7 @@ static void ack(void *ctx, void *token, int err) {
         cn_error e = {"audit_failed", cn_errno_atom(err, buf)};
         cn_encode_error(&x, &e);
     }
-    cn_send_raw(p->from.raw, p->from.len, &x);
+    cn_send_raw(p->from.raw, p->from.len, p->from.via_port, &x);
     ei_x_free(&x);
     cn_dest_free(&p->from);
     free(p->ref);
@@ -110,7 +110,8 @@ void cn_audit_request(const cn_request *r) {
         return;
     }
     pending_ack *p = calloc(1, sizeof *p);
-    if (!p || cn_dest_copy(&p->from, r->from) != 0 || !(p->ref = malloc(r->ref->raw_len))) {
+    if (!p || cn_dest_copy(&p->from, r->from, r->via_port) != 0 ||
+        !(p->ref = malloc(r->ref->raw_len))) {
         if (p) {
             cn_dest_free(&p->from);
             free(p);

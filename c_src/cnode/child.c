@@ -238,7 +238,7 @@ void cn_child_spawn(const cn_request *r) {
     errno = 0;
     if (!j || pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC) ||
         pipe2(ex, O_CLOEXEC) || pipe2(rep, O_CLOEXEC) || !(env = build_env(req.env)) ||
-        cn_dest_copy(&j->sub, req.subscriber ? req.subscriber : r->from) != 0) {
+        cn_dest_copy(&j->sub, req.subscriber ? req.subscriber : r->from, r->via_port) != 0) {
         int e = errno ? errno : ENOMEM;
         cn_reply_errno(r, "spawn_failed", e);
         goto cleanup;
@@ -482,7 +482,7 @@ static void send_output(job *j, const char *stream, const uint8_t *buf, size_t n
     ei_x_encode_tuple_header(&x, 2);
     ei_x_encode_atom(&x, stream);
     ei_x_encode_binary(&x, buf, (long)n);
-    cn_send_raw(j->sub.raw, j->sub.len, &x);
+    cn_send_raw(j->sub.raw, j->sub.len, j->sub.via_port, &x);
     ei_x_free(&x);
 }
 
@@ -539,7 +539,7 @@ static void send_exit(job *j) {
         ei_x_encode_atom(&x, "limit");
         ei_x_encode_atom(&x, limit);
     }
-    cn_send_raw(j->sub.raw, j->sub.len, &x);
+    cn_send_raw(j->sub.raw, j->sub.len, j->sub.via_port, &x);
     ei_x_free(&x);
 }
 

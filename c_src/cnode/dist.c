@@ -512,7 +512,7 @@ static void receive_from(int i) {
     if ((msg.msgtype == ERL_SEND || msg.msgtype == ERL_REG_SEND) &&
         (size_t)x.index > cn_max_frame) {
         size_t peek = (size_t)x.index < CN_FRAME_PEEK ? (size_t)x.index : CN_FRAME_PEEK;
-        cn_refuse_too_big((const uint8_t *)x.buff, peek, (uint64_t)x.index);
+        cn_refuse_too_big((const uint8_t *)x.buff, peek, (uint64_t)x.index, 0);
     } else if (msg.msgtype == ERL_SEND || msg.msgtype == ERL_REG_SEND) {
         if (g_handler) {
             g_handler((const uint8_t *)x.buff, (size_t)x.index, fd);

@@ -163,7 +163,7 @@ static void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
         cn_arena b;
         cn_arena_init(&b);
         if (cn_request_peek(frame, len, &b, &from, &ref) == 0) {
-            cn_request pr = {&from, &ref, NULL, NULL};
+            cn_request pr = {&from, &ref, NULL, NULL, from_dist_fd < 0};
             cn_error e = {"malformed_request", s != CN_TERM_OK ? cn_term_status_name(s) : NULL};
             cn_reply_error(&pr, &e);
         } else if (from_dist_fd < 0) {
@@ -173,6 +173,7 @@ static void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
         cn_arena_free(&a);
         return;
     }
+    r.via_port = from_dist_fd < 0;
     for (size_t i = 0; i < sizeof handlers / sizeof *handlers; i++) {
         if (cn_term_is_atom(r.cmd, handlers[i].name)) {
             if (handlers[i].port_only && from_dist_fd >= 0) {
@@ -218,7 +219,7 @@ static void read_port(void) {
     cn_frame_status st;
     while (!g_stopping && (st = cn_frame_next(&g_in, &frame, &len, &declared)) != CN_FRAME_NONE) {
         if (st == CN_FRAME_TOO_BIG) {
-            cn_refuse_too_big(frame, len, declared);
+            cn_refuse_too_big(frame, len, declared, 1);
         } else {
             cn_dispatch(frame, len, -1);
         }

@@ -15,7 +15,8 @@ void cn_reply_set_routes(const cn_routes *routes) {
     g_routes = *routes;
 }
 
-int cn_dest_copy(cn_dest *d, const cn_term *pid) {
+int cn_dest_copy(cn_dest *d, const cn_term *pid, int via_port) {
+    d->via_port = via_port;
     d->raw = malloc(pid->raw_len);
     if (!d->raw) {
         d->len = 0;
@@ -32,7 +33,13 @@ void cn_dest_free(cn_dest *d) {
     d->len = 0;
 }
 
-void cn_send_raw(const uint8_t *raw, size_t len, const ei_x_buff *msg) {
+void cn_send_raw(const uint8_t *raw, size_t len, int via_port, const ei_x_buff *msg) {
+    if (via_port) {
+        if (g_routes.port_send) {
+            g_routes.port_send(raw, len, msg);
+        }
+        return;
+    }
     cn_arena a;
     cn_arena_init(&a);
     cn_term pid;
@@ -55,7 +62,7 @@ void cn_reply_begin(const cn_request *r, ei_x_buff *x) {
 }
 
 void cn_reply_end(const cn_request *r, ei_x_buff *x) {
-    cn_send_raw(r->from->raw, r->from->raw_len, x);
+    cn_send_raw(r->from->raw, r->from->raw_len, r->via_port, x);
     ei_x_free(x);
 }
 
@@ -131,12 +138,12 @@ void cn_notice_error(const char *reason, const char *detail) {
     ei_x_free(&x);
 }
 
-void cn_refuse_too_big(const uint8_t *prefix, size_t len, uint64_t declared) {
+void cn_refuse_too_big(const uint8_t *prefix, size_t len, uint64_t declared, int via_port) {
     cn_arena a;
     cn_arena_init(&a);
     cn_term from, ref;
     if (cn_request_peek(prefix, len, &a, &from, &ref) == 0) {
-        cn_request r = {&from, &ref, NULL, NULL};
+        cn_request r = {&from, &ref, NULL, NULL, via_port};
         ei_x_buff x;
         cn_reply_begin(&r, &x);
         ei_x_encode_tuple_header(&x, 2);

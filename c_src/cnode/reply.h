@@ -12,13 +12,15 @@
 #include "cn_request.h"
 #include "cn_term.h"
 
-/* A copy of a pid's encoding, to send events to later. */
+/* A copy of a pid's encoding, to send events to later, and whether it was
+ * given over the port (then events go back through the port). */
 typedef struct {
     uint8_t *raw;
     size_t len;
+    int via_port;
 } cn_dest;
 
-int cn_dest_copy(cn_dest *d, const cn_term *pid);
+int cn_dest_copy(cn_dest *d, const cn_term *pid, int via_port);
 void cn_dest_free(cn_dest *d);
 
 typedef struct {
@@ -35,9 +37,10 @@ typedef struct {
 void cn_reply_set_routes(const cn_routes *routes);
 
 /* Sends msg (an ei_x_buff without a version byte) to the pid whose encoding
- * is raw: through the port when the pid is the host node's, otherwise over the
- * distribution connection to its node; dropped when there is none. */
-void cn_send_raw(const uint8_t *raw, size_t len, const ei_x_buff *msg);
+ * is raw: through the port when via_port or when the pid is the host node's,
+ * otherwise over the distribution connection to its node; dropped when there
+ * is none. */
+void cn_send_raw(const uint8_t *raw, size_t len, int via_port, const ei_x_buff *msg);
 
 /* Starts {Ref, _}: the caller encodes the result into x, then cn_reply_end. */
 void cn_reply_begin(const cn_request *r, ei_x_buff *x);
@@ -60,6 +63,6 @@ void cn_notice_error(const char *reason, const char *detail);
 extern size_t cn_max_frame;
 /* Replies {error, {frame_too_large, Size, Max}} to the request whose first
  * bytes are prefix (when they name a sender and a reference). */
-void cn_refuse_too_big(const uint8_t *prefix, size_t len, uint64_t declared);
+void cn_refuse_too_big(const uint8_t *prefix, size_t len, uint64_t declared, int via_port);
 
 #endif

@@ -89,7 +89,7 @@ static void send_event(watch *w, const char *tag, const char *path, const char *
     ei_x_encode_atom(&x, tag);
     ei_x_encode_binary(&x, path, (long)strlen(path));
     ei_x_encode_atom(&x, reason);
-    cn_send_raw(w->sub.raw, w->sub.len, &x);
+    cn_send_raw(w->sub.raw, w->sub.len, w->sub.via_port, &x);
     ei_x_free(&x);
 }
 
@@ -291,7 +291,7 @@ void cn_watch_add(const cn_request *r) {
     while (dl > 1 && w->req.dir[dl - 1] == '/') {
         w->req.dir[--dl] = 0;
     }
-    if (cn_dest_copy(&w->sub, w->req.subscriber ? w->req.subscriber : r->from) != 0) {
+    if (cn_dest_copy(&w->sub, w->req.subscriber ? w->req.subscriber : r->from, r->via_port) != 0) {
         free_watch(w);
         cn_reply_error_atom(r, "enomem");
         return;
@@ -535,7 +535,7 @@ void cn_watch_timers(void) {
         }
         ei_x_encode_empty_list(&x);
         free(paths);
-        cn_send_raw(w->sub.raw, w->sub.len, &x);
+        cn_send_raw(w->sub.raw, w->sub.len, w->sub.via_port, &x);
         ei_x_free(&x);
     }
 }

@@ -892,6 +892,11 @@ defmodule Sandbox.CNode do
   def handle_call(:os_pid, _from, state), do: {:reply, state.os_pid, state}
 
   def handle_call(:node_name, from, state) do
+    # distribution restarted under another name since the program registered:
+    # it registers again (as :check_dist would do later)
+    state =
+      if state.dist != nil and state.dist_host != node(), do: %{state | dist: nil}, else: state
+
     cond do
       state.dist != nil -> {:reply, {:ok, state.dist}, state}
       not Node.alive?() -> {:reply, {:error, :not_distributed}, state}

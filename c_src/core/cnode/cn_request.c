@@ -27,6 +27,7 @@ int cn_request_parse(const cn_term *t, cn_request *r) {
     r->ref = &it[1];
     r->cmd = &it[2];
     r->args = &it[3];
+    r->via_port = 0;
     return 0;
 }
 

@@ -29,6 +29,10 @@ typedef struct {
     const cn_term *ref;  /* any term */
     const cn_term *cmd;  /* an atom */
     const cn_term *args;
+    /* 1 when the request came over the port: its replies go back the same
+     * way, whatever node the sender's pid names (the host's name changes
+     * when its distribution starts, stops or restarts). */
+    int via_port;
 } cn_request;
 
 /* 0 if t is {Pid, Ref, Atom, Args}; -1 otherwise. */

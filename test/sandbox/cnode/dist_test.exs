@@ -82,4 +82,25 @@ defmodule Sandbox.CNode.DistTest do
       :peer.stop(peer)
     end
   end
+
+  test "requests sent just after the host's distribution restarts under another name are answered" do
+    server = private_cnode()
+    {:ok, first} = CNode.node_name(server)
+    # the program now knows the host by its first name; the host takes another
+    :ok = Node.stop()
+    second = :"cnode_test_#{System.unique_integer([:positive])}@127.0.0.1"
+    {:ok, _} = Node.start(second, :longnames)
+
+    # before the server notices (it checks every 500 ms), a request whose sender
+    # is named by the second name: its reply still comes back through the port
+    # (it used to be routed to the unknown node and dropped)
+    assert {:ok, %{id: id}} = CNode.spawn(["/bin/echo", "after restart"], server: server)
+    assert %{stdout: "after restart\n", exit: {:status, 0}} = collect(id)
+    assert {:pong, _} = CNode.request(server, :ping, %{})
+
+    # the program registers again under the new name when asked
+    {:ok, again} = CNode.node_name(server)
+    assert again != first
+    assert again |> Atom.to_string() |> String.ends_with?("@127.0.0.1")
+  end
 end
