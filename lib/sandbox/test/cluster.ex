@@ -289,14 +289,13 @@ defmodule Sandbox.Test.Cluster do
   @doc false
   # Makes this VM distributed (see "Nodes").
   def ensure_distributed do
+    # peers register with epmd as they boot: it must answer first (several
+    # peers booting at once would otherwise each start one, and race it)
+    :ok = ensure_epmd()
+
     if Node.alive?() do
       :ok
     else
-      with {:error, _} <- :erl_epmd.names(),
-           epmd when is_binary(epmd) <- System.find_executable("epmd") do
-        System.cmd(epmd, ["-daemon"])
-      end
-
       name = :"sandbox_test_#{System.pid()}_#{System.unique_integer([:positive])}@127.0.0.1"
 
       case Node.start(name, :longnames) do
@@ -304,6 +303,35 @@ defmodule Sandbox.Test.Cluster do
         {:error, {:already_started, _}} -> :ok
         {:error, reason} -> raise "could not make this VM distributed: #{inspect(reason)}"
       end
+    end
+  end
+
+  # epmd answers on this machine: started (`epmd -daemon`) when it does not,
+  # then waited for, up to 10 s.
+  defp ensure_epmd do
+    case :erl_epmd.names() do
+      {:ok, _} ->
+        :ok
+
+      {:error, _} ->
+        epmd = System.find_executable("epmd") || raise "epmd not found: cannot start nodes"
+        System.cmd(epmd, ["-daemon"])
+        wait_epmd(200)
+    end
+  end
+
+  defp wait_epmd(0), do: raise("epmd does not answer after `epmd -daemon`")
+
+  defp wait_epmd(tries) do
+    case :erl_epmd.names() do
+      {:ok, _} ->
+        :ok
+
+      {:error, _} ->
+        receive do
+        after
+          50 -> wait_epmd(tries - 1)
+        end
     end
   end
 
