@@ -42,8 +42,8 @@ defmodule Sandbox.IsolatedCompiler do
     * `:compile_limits` — map of `max_memory` (resident bytes of the worker
       and its descendants, default 1 GiB), `max_file_size` (bytes: every
       source is checked before compiling, and the worker cannot write a
-      larger file; default 64 MiB; the rlimit is raised to at least 8 MiB,
-      which the OTP 25 JIT needs), `max_processes` (OS processes, default 64)
+      larger file; default 64 MiB; the rlimit is raised to at least 64 MiB:
+      the OTP 25 JIT maps the code it loads through a file that counts), `max_processes` (OS processes, default 64)
       and `max_cpu_seconds` (CPU time, default none)
     * `:mix_env` — the Mix environment `mix.exs` and the config see
       (default `:prod`)

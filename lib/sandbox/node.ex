@@ -61,7 +61,7 @@ defmodule Sandbox.Node do
       `max_cpu_percentage` of one core; `RLIMIT_CPU`, re-armed every few
       seconds well above the duty cycle's share, is a backstop
       (`{:limit_exceeded, :max_cpu_percentage}` if it ever fires).
-    * files — `RLIMIT_FSIZE` from `max_file_size` (at least 8 MiB: the JIT
+    * files — `RLIMIT_FSIZE` from `max_file_size` (at least 64 MiB: the JIT
       needs it), and Landlock when the C-node offers it
       (`Sandbox.Node.Confinement`).
     * environment — `PATH`, `LANG`, `HOME` (the VM's own empty directory)

@@ -45,9 +45,11 @@ defmodule Sandbox.IsolatedCompiler.Pool do
 
   alias Sandbox.IsolatedCompiler.{Confinement, Worker}
 
-  # Minimum RLIMIT_FSIZE: the OTP 25 JIT maps its code through files and
-  # needs at least 8 MiB.
-  @min_file_size 8 * 1024 * 1024
+  # Minimum RLIMIT_FSIZE: the OTP 25 JIT maps its code through a file that
+  # grows with the code loaded (over 8 MiB for Elixir alone, over 16 MiB
+  # for ~60 MB of code); below what the job's code needs, the worker dies
+  # of SIGXFSZ.
+  @min_file_size 64 * 1024 * 1024
   @max_output 65_536
   @max_backoff 5_000
   @replace_delay 100
@@ -106,7 +108,7 @@ defmodule Sandbox.IsolatedCompiler.Pool do
 
   `job_path` is the job file the worker reads. `limits` is a map with any of
   `:memory` (resident bytes), `:processes`, `:cpu_seconds` and `:file_size`
-  (bytes; raised to at least 8 MiB for the JIT); `timeout` is the job's
+  (bytes; raised to at least 64 MiB for the JIT); `timeout` is the job's
   wall-clock limit in ms (or `:infinity`), counted from the hand-over. A
   worker still booting (started for this checkout) is handed the job, its
   limits and its timer once it is ready.

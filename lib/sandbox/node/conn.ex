@@ -45,7 +45,8 @@ defmodule Sandbox.Node.Conn do
 
   @max_frame 64 * 1024 * 1024
   @stderr_tail 4_096
-  @min_file_size 8 * 1024 * 1024
+  # the JIT maps its code through a file that counts (see the compile pool)
+  @min_file_size 64 * 1024 * 1024
   @rearm_ms 5_000
   @max_stop_ms 1_000
   @reply_grace 2_000
