@@ -296,7 +296,6 @@ defmodule Sandbox.Node.IsolationTest do
 
   # The security issue's benign fixture also dispatches dynamically onto
   # its own modules, which needs the guards' dynamic-call mapping.
-  @tag skip: "needs the relocator's capability-guard options (issue 12, native part)"
   test "the security issue's benign code gives the same answers in :vm and :node sandboxes",
        ctx do
     ns = "#{ctx.ns}S"
