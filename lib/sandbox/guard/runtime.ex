@@ -418,6 +418,9 @@ defmodule Sandbox.Guard.Runtime do
 
   @doc "Whether `target` (a pid, port or registered name) is a process of sandbox `id`."
   @spec member?(atom, term) :: boolean
+  # A pid of another node is not one of the sandbox's processes.
+  def member?(_id, pid) when is_pid(pid) and node(pid) != node(), do: false
+
   def member?(id, pid) when is_pid(pid) do
     case Process.info(pid, :group_leader) do
       {:group_leader, gl} -> sandbox_group_leader?(id, gl)

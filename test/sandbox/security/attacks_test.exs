@@ -137,6 +137,21 @@ defmodule Sandbox.Security.AttacksTest do
     assert Process.alive?(victim)
   end
 
+  test "a pid of another node is not one of the sandbox's processes", ctx do
+    code = "def run(pid), do: Process.exit(pid, :kill)"
+    {high, mod, _, _} = sandbox!(ctx, "remote", code, :high)
+    assert security_error?(Sandbox.call(high, mod, :run, [remote_pid()]))
+  end
+
+  # A pid of a node that is not there (the term as another node sends it).
+  defp remote_pid do
+    <<131, 88, 119, len, _node::binary-size(len), rest::binary>> =
+      :erlang.term_to_binary(self(), minor_version: 2)
+
+    node = "elsewhere@nowhere"
+    :erlang.binary_to_term(<<131, 88, 119, byte_size(node), node::binary, rest::binary>>)
+  end
+
   test "a dynamic call to a forbidden function raises; to its own modules, works", ctx do
     code = """
     def run(m, f, a), do: apply(m, f, a)
