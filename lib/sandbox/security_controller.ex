@@ -485,8 +485,17 @@ defmodule Sandbox.SecurityController do
 
   def handle_info({:stop_after, id, pid, reason}, state) do
     ref = Process.monitor(pid)
-    timer = Process.send_after(self(), {:stop_now, ref}, @stop_grace)
-    {:noreply, %{state | stops: Map.put(state.stops, id, {ref, timer, reason})}}
+
+    # Gone already (this server was busy): at once, not after a :noproc
+    # that would queue behind whatever came meanwhile.
+    if Process.alive?(pid) do
+      timer = Process.send_after(self(), {:stop_now, ref}, @stop_grace)
+      {:noreply, %{state | stops: Map.put(state.stops, id, {ref, timer, reason})}}
+    else
+      Process.demonitor(ref, [:flush])
+      security_stop(id, reason)
+      {:noreply, state}
+    end
   end
 
   def handle_info({:DOWN, ref, :process, _pid, _}, state), do: {:noreply, stop_now(state, ref)}

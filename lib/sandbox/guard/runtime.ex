@@ -375,15 +375,25 @@ defmodule Sandbox.Guard.Runtime do
     args
   end
 
-  defp check(:spawn, id, _profile, mfa, args) do
-    if function_exported?(Sandbox.ResourceMonitor, :admit_spawn, 1) do
-      case Kernel.apply(Sandbox.ResourceMonitor, :admit_spawn, [Atom.to_string(id)]) do
-        :ok -> :ok
-        {:error, reason} -> violation!(id, mfa, :basic_otp, reason)
-      end
-    end
+  # Admission: a spawn over `max_processes` fails as it would in a VM
+  # whose process table is full (`system_limit`), and the sandbox is
+  # stopped as for any breach of the limit (`{:limit_exceeded,
+  # :max_processes}`): a limit, not a security violation. A sandbox that
+  # is not running spawns nothing.
+  defp check(:spawn, id, _profile, _mfa, args) do
+    sid = Atom.to_string(id)
 
-    args
+    case Sandbox.ResourceMonitor.admit_spawn(sid) do
+      :ok ->
+        args
+
+      {:error, {:limit_exceeded, _}} ->
+        Sandbox.ResourceMonitor.refused(sid)
+        :erlang.error(:system_limit)
+
+      {:error, :not_found} ->
+        :erlang.error(:system_limit)
+    end
   end
 
   defp check(_check, _id, _profile, _mfa, args), do: args

@@ -217,6 +217,45 @@ defmodule Sandbox.Security.AttacksTest do
     end
   end
 
+  # Admission (the spawn guard): past max_processes a spawn fails as in a
+  # full process table, and the sandbox stops for the limit (not for a
+  # security violation), in every profile.
+  for profile <- [:low, :high] do
+    test "a spawn past max_processes under #{profile}: system_limit, and the sandbox stops for the limit",
+         ctx do
+      code = "def run(n), do: for(_ <- 1..n, do: spawn(fn -> receive do: (:never -> :ok) end))"
+      ns = "#{ctx.ns}Spawn"
+      dir = write(Path.join(ctx.tmp_dir, "spawn"), ns, code: code)
+      id = "#{ctx.id}spawn"
+
+      {:ok, _} =
+        Sandbox.create_sandbox(id, sup(ns),
+          sandbox_path: dir,
+          security_profile: unquote(profile),
+          resource_limits: %{max_processes: 20}
+        )
+
+      :ok = Sandbox.subscribe(id)
+
+      assert {:error, reason} = Sandbox.call(id, code(ns), :run, [100])
+      # The spawner fails, or is killed first with the rest of the sandbox.
+      assert match?({:exception, %SystemLimitError{}, _}, reason) or reason == {:exit, :killed}
+
+      assert_receive {:sandbox_event, [:sandbox, :limit, :exceeded], %{usage: usage, limit: 20},
+                      %{sandbox_id: ^id, limit: :max_processes}},
+                     10_000
+
+      assert usage > 20
+      {:ok, instance, _} = Sandbox.Manager.lookup(id)
+      _ = :sys.get_state(instance)
+
+      assert {:ok, %{status: :error, error: {:limit_exceeded, :max_processes}}} =
+               Sandbox.get_sandbox_info(id)
+
+      refute_received {:sandbox_event, [:sandbox, :security, :violation], _, _}
+    end
+  end
+
   test "atoms: String.to_atom within the budget, refused beyond it", ctx do
     code = """
     def run(n), do: for(i <- 1..n, do: String.to_atom("atk_\#{System.unique_integer()}_\#{i}"))
