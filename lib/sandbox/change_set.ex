@@ -87,10 +87,10 @@ defmodule Sandbox.ChangeSet do
             order: []
 
   @relocate_opts [debug_info: :strip]
-  # The relocator's capability-guard options (per-function redirects,
-  # dynamic call rewriting) are not built yet: until they are, guarded
+  # Capability guards in relocation (per-function redirects of guarded
+  # calls, dynamic calls rewritten into calls of the guard). Off, guarded
   # calls are not redirected (forbidden ones are refused all the same).
-  @guards_in_relocation false
+  @guards_in_relocation true
 
   @doc """
   The change that creates a sandbox: every module of `modules`
@@ -122,7 +122,17 @@ defmodule Sandbox.ChangeSet do
   Errors: `:no_beams`, `{:invalid_beam, module | nil, reason}`,
   `{:duplicate_module, module}`, `{:unknown_module, module}` (in
   `:remove`), `{:security_violation, violations}`,
-  `{:atom_too_long, name}`, `{:relocation_failed, module, reason}`.
+  `{:dynamic_call_too_wide, sites}`, `{:atom_too_long, name}`,
+  `{:relocation_failed, module, reason}`.
+
+  `{:dynamic_call_too_wide, sites}`: the code makes a dynamic call
+  (`mod.fun(...)` with a computed module or function, or `fun.(...)`) with
+  more than `Sandbox.Guard.max_dynamic_arity/0` (#{32}) arguments, which
+  the guard cannot take; `sites` are
+  `t:Sandbox.SecurityController.wide_site/0` (`%{caller: {m, f, a}, line:
+  n | nil, kind: :apply | :call_fun, arity: n}`, original names). Only
+  when the sandbox has a security profile (every profile rewrites dynamic
+  calls). `apply/3` with a list of any length is not limited.
   """
   @spec reload(Store.t(), [binary], keyword) :: {:ok, t} | {:ok, :unchanged} | {:error, term}
   def reload(%Store{} = store, beams, opts \\ []) do
@@ -441,9 +451,19 @@ defmodule Sandbox.ChangeSet do
     modules = for e <- touched, do: {e.module, e.beam, e.parsed}
 
     case SecurityController.classify(modules, own, store.profile) do
-      %{violations: []} = result -> {:ok, result}
+      %{violations: [], too_wide: []} = result -> {:ok, result}
+      %{violations: [], too_wide: sites} -> too_wide(sites)
       %{violations: violations} -> {:error, {:security_violation, violations}}
     end
+  end
+
+  # A dynamic call is rewritten into a call of the guard's `$apply` or
+  # `$call_fun` of one more arity per argument, and the guard defines them
+  # only up to Sandbox.Guard.max_dynamic_arity() arguments.
+  defp too_wide(sites) do
+    if @guards_in_relocation,
+      do: {:error, {:dynamic_call_too_wide, Enum.sort(sites)}},
+      else: {:ok, %{redirects: %{}}}
   end
 
   # Guarded calls go to the sandbox's copy of Sandbox.Guard, and dynamic

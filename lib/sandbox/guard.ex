@@ -17,7 +17,13 @@ defmodule Sandbox.Guard do
 
   @max_dynamic 32
 
-  @doc false
+  @doc """
+  The most arguments a dynamic call (`mod.fun(...)` with a computed module
+  or function, `fun.(...)`) of a sandbox's code may take: a module with a
+  wider one is refused at load (`{:error, {:dynamic_call_too_wide,
+  sites}}`, see `Sandbox.ChangeSet.reload/3`).
+  """
+  @spec max_dynamic_arity() :: non_neg_integer
   def max_dynamic_arity, do: @max_dynamic
 
   defp id, do: :__sandbox_shim_id__

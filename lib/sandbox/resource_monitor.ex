@@ -300,6 +300,17 @@ defmodule Sandbox.ResourceMonitor do
   end
 
   @doc """
+  Sandbox `id` was refused a process by `admit_spawn/1` (a spawn guard):
+  it is stopped as a sample over `max_processes` stops it, with the count
+  it tried to reach as the usage. Asynchronous.
+  """
+  @spec refused(String.t()) :: :ok
+  def refused(id) do
+    if pid = Process.whereis(__MODULE__), do: send(pid, {:refused, id})
+    :ok
+  end
+
+  @doc """
   Spawn options for a process of sandbox `id`: `max_heap_size` at its
   `max_memory` (in words), killing the process when its heap alone goes
   over. For the spawn guards of the security profiles; `[]` when the
@@ -533,6 +544,18 @@ defmodule Sandbox.ResourceMonitor do
         {:noreply, put_sandbox(state, id, %{sb | throttle: nil, fraction: 1.0})}
 
       nil ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({:refused, id}, state) do
+    case state.sandboxes do
+      %{^id => %{breach: nil} = sb} ->
+        current = if sb.usage, do: sb.usage.current_processes, else: 0
+        tried = current + :atomics.get(sb.admitted, 1) + 1
+        {:noreply, stop_sandbox(state, id, sb, :max_processes, tried)}
+
+      _ ->
         {:noreply, state}
     end
   end

@@ -93,6 +93,18 @@ defmodule Sandbox.SecurityController do
           audit_level: :full | :basic | :none
         }
 
+  @typedoc """
+  A dynamic call with more arguments than the guard takes: `mod.fun(...)`
+  with a computed module or function (`kind: :apply`) or `fun.(...)`
+  (`kind: :call_fun`), with over #{32} arguments (original names).
+  """
+  @type wide_site :: %{
+          caller: {module, atom | nil, arity | nil},
+          line: pos_integer | nil,
+          kind: :apply | :call_fun,
+          arity: non_neg_integer
+        }
+
   @typedoc "A forbidden or guarded call site (original names)."
   @type violation :: %{
           caller: {module, atom | nil, arity | nil},
@@ -170,27 +182,53 @@ defmodule Sandbox.SecurityController do
   `modules` is `[{original_module, beam, parsed}]`; `own` the set of the
   sandbox's original module names (calls between them are the sandbox's
   own business). Returns `%{violations: [violation], guarded: [violation],
-  redirects: %{mfa => guard_function}}`: the forbidden sites, the guarded
-  sites and the redirects relocation applies.
+  redirects: %{mfa => guard_function}, too_wide: [wide_site]}`: the
+  forbidden sites, the guarded sites, the redirects relocation applies, and
+  the dynamic calls with more arguments than the guard takes (see
+  `t:wide_site/0`).
   """
   @spec classify([{module, binary, Sandbox.Beam.t()}], MapSet.t(), profile) :: %{
           violations: [violation],
           guarded: [violation],
-          redirects: %{mfa => atom}
+          redirects: %{mfa => atom},
+          too_wide: [wide_site]
         }
   def classify(modules, own, profile) do
-    sites =
+    all =
       for {module, beam, parsed} <- modules,
           site <- call_sites(beam, parsed),
+          do: Map.put(site, :caller, caller(module, site.caller))
+
+    {dynamic, static} = Enum.split_with(all, &match?({_kind, _arity}, &1.target))
+    max = Sandbox.Guard.max_dynamic_arity()
+
+    too_wide =
+      for %{target: {kind, arity}} = site <- dynamic,
+          arity > max,
+          uniq: true,
+          do: %{caller: site.caller, line: site.line, kind: kind, arity: arity}
+
+    sites =
+      for site <- static,
           {m, _f, _a} = site.target,
           not MapSet.member?(own, m),
           m not in [Application, :application],
-          do: Map.put(site, :caller, caller(module, site.caller))
+          do: site
 
-    Enum.reduce(sites, %{violations: [], guarded: [], redirects: %{}}, fn site, acc ->
+    init = %{violations: [], guarded: [], redirects: %{}, too_wide: too_wide}
+
+    Enum.reduce(sites, init, fn site, acc ->
       case verdict(profile, site.target) do
+        # Allowed (a profile with :all), but a guarded function whose
+        # checks map the sandbox's module names: through the guard all
+        # the same (isolation fidelity), not reported as guarded.
         :allowed ->
-          acc
+          if Runtime.always_checked?(site.target),
+            do: %{
+              acc
+              | redirects: Map.put(acc.redirects, site.target, Runtime.guard_name(site.target))
+            },
+            else: acc
 
         {:guarded, _} ->
           entry = site_entry(site, guarded_class(site.target))
@@ -217,14 +255,14 @@ defmodule Sandbox.SecurityController do
   defp caller(module, {f, a}), do: {module, f, a}
   defp caller(module, nil), do: {module, nil, nil}
 
-  # Static call sites: imports (remote calls) and external fun literals.
-  # With the native call-site decoder each site carries its calling
-  # function and line.
+  # Call sites: imports (remote calls) and external fun literals, and the
+  # dynamic calls (target `{:apply | :call_fun, arity}`). With the native
+  # call-site decoder each site carries its calling function and line.
   defp call_sites(beam, parsed) do
     case native_call_sites(beam) do
       {:ok, sites} ->
-        for %{kind: kind, target: {_, _, _} = target} = s <- sites,
-            kind in [:call, :fun],
+        for %{kind: kind, target: target} = s <- sites,
+            kind in [:call, :fun, :apply, :call_fun],
             do: %{caller: s.caller, line: s.line, target: target}
 
       :unavailable ->
@@ -328,13 +366,29 @@ defmodule Sandbox.SecurityController do
       Sandbox.ErrorHandler.context(id, :run, :security, %{profile: profile.isolation_level})
 
     case Sandbox.ErrorHandler.handle_error({:security_violation, detail}, context) do
-      {:ok, :isolate} ->
-        with {:ok, pid, _} <- Sandbox.Manager.lookup(id),
-             do: GenServer.cast(pid, {:security_stop, {:security_violation, detail}})
-
-      _ ->
-        :ok
+      {:ok, :isolate} -> stop_after(id, detail.pid, {:security_violation, detail})
+      _ -> :ok
     end
+
+    :ok
+  end
+
+  # The sandbox stops once the violating process is done with the
+  # Sandbox.SecurityError (it is raised there after this returns): when
+  # that process exits (a `Sandbox.call/5`'s process has then reported the
+  # error to its caller), or after @stop_grace ms if it rescued the error
+  # and runs on. Stopping at once would kill it before the error reached
+  # anyone. This server waits; without it, the stop is immediate.
+  defp stop_after(id, pid, reason) do
+    case Process.whereis(__MODULE__) do
+      nil -> security_stop(id, reason)
+      server -> send(server, {:stop_after, id, pid, reason})
+    end
+  end
+
+  defp security_stop(id, reason) do
+    with {:ok, pid, _} <- Sandbox.Manager.lookup(id),
+         do: GenServer.cast(pid, {:security_stop, reason})
 
     :ok
   end
@@ -399,9 +453,10 @@ defmodule Sandbox.SecurityController do
   def child_spec(opts), do: %{id: __MODULE__, start: {__MODULE__, :start_link, [opts]}}
 
   @max_pending 10_000
+  @stop_grace 1_000
 
   @impl true
-  def init(_opts), do: {:ok, %{pending: [], count: 0, dropped: 0}}
+  def init(_opts), do: {:ok, %{pending: [], count: 0, dropped: 0, stops: %{}}}
 
   @impl true
   # Beyond @max_pending lines waiting, decisions are counted, not kept.
@@ -424,5 +479,40 @@ defmodule Sandbox.SecurityController do
     {:noreply, %{state | pending: [], count: 0}}
   end
 
+  # Security stops (see stop_after/3): one per sandbox at a time.
+  def handle_info({:stop_after, id, _pid, _reason}, state) when is_map_key(state.stops, id),
+    do: {:noreply, state}
+
+  def handle_info({:stop_after, id, pid, reason}, state) do
+    ref = Process.monitor(pid)
+
+    # Gone already (this server was busy): at once, not after a :noproc
+    # that would queue behind whatever came meanwhile.
+    if Process.alive?(pid) do
+      timer = Process.send_after(self(), {:stop_now, ref}, @stop_grace)
+      {:noreply, %{state | stops: Map.put(state.stops, id, {ref, timer, reason})}}
+    else
+      Process.demonitor(ref, [:flush])
+      security_stop(id, reason)
+      {:noreply, state}
+    end
+  end
+
+  def handle_info({:DOWN, ref, :process, _pid, _}, state), do: {:noreply, stop_now(state, ref)}
+  def handle_info({:stop_now, ref}, state), do: {:noreply, stop_now(state, ref)}
+
   def handle_info(_other, state), do: {:noreply, state}
+
+  defp stop_now(state, ref) do
+    case Enum.find(state.stops, fn {_id, {r, _, _}} -> r == ref end) do
+      {id, {ref, timer, reason}} ->
+        Process.demonitor(ref, [:flush])
+        Process.cancel_timer(timer)
+        security_stop(id, reason)
+        %{state | stops: Map.delete(state.stops, id)}
+
+      nil ->
+        state
+    end
+  end
 end

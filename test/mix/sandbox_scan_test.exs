@@ -48,7 +48,6 @@ defmodule Mix.Tasks.Sandbox.ScanTest do
 
   # The caller's function needs the relocator's call-site decoder.
   @tag :slow
-  @tag skip: "needs the relocator's capability-guard options (issue 12, native part)"
   test "json, by mix in a subprocess: the report and exit status 1", ctx do
     {dir, ns} = project!(ctx, "def a, do: System.cmd(\"ls\", [])")
 

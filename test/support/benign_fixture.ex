@@ -86,6 +86,8 @@ defmodule Sandbox.Test.BenignFixture do
           send(#{ns}.Runner, :to_myself)
           myself = receive do :to_myself -> :ok after 5_000 -> :timeout end
           Process.unregister(#{ns}.Runner)
+          Process.send_after(self(), :tick, 0)
+          tick = receive do :tick -> :tick after 5_000 -> :timeout end
 
           # Dynamic dispatch onto its own modules.
           mod = Module.concat([#{ns}, Square])
@@ -117,6 +119,7 @@ defmodule Sandbox.Test.BenignFixture do
             child: Agent.get(child, & &1),
             pong: pong,
             myself: myself,
+            tick: tick,
             dynamic: dynamic,
             rescued: rescued,
             text: String.upcase("hi \#{inspect(%{a: [1, 2]})}"),

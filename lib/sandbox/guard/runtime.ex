@@ -184,6 +184,19 @@ defmodule Sandbox.Guard.Runtime do
   # the others only when the profile does not allow everything.
   @always [:mfa, :fun, :module, :child_spec, :make_fun, :map_module, :spawn]
 
+  @doc """
+  Whether a call of `{m, f, a}` has checks that run in every profile (the
+  mappings of module names and process admission): such calls go through
+  the guard even where the profile allows everything.
+  """
+  @spec always_checked?(mfa) :: boolean
+  def always_checked?(mfa) do
+    case Operations.classify(mfa) do
+      {_class, {:guarded, checks}} -> Enum.any?(checks, &(check_kind(&1) in @always))
+      _ -> false
+    end
+  end
+
   defp run_checks(checks, id, profile, mfa, args) do
     guarding = guards?(profile)
 
@@ -362,15 +375,25 @@ defmodule Sandbox.Guard.Runtime do
     args
   end
 
-  defp check(:spawn, id, _profile, mfa, args) do
-    if function_exported?(Sandbox.ResourceMonitor, :admit_spawn, 1) do
-      case Kernel.apply(Sandbox.ResourceMonitor, :admit_spawn, [Atom.to_string(id)]) do
-        :ok -> :ok
-        {:error, reason} -> violation!(id, mfa, :basic_otp, reason)
-      end
-    end
+  # Admission: a spawn over `max_processes` fails as it would in a VM
+  # whose process table is full (`system_limit`), and the sandbox is
+  # stopped as for any breach of the limit (`{:limit_exceeded,
+  # :max_processes}`): a limit, not a security violation. A sandbox that
+  # is not running spawns nothing.
+  defp check(:spawn, id, _profile, _mfa, args) do
+    sid = Atom.to_string(id)
 
-    args
+    case Sandbox.ResourceMonitor.admit_spawn(sid) do
+      :ok ->
+        args
+
+      {:error, {:limit_exceeded, _}} ->
+        Sandbox.ResourceMonitor.refused(sid)
+        :erlang.error(:system_limit)
+
+      {:error, :not_found} ->
+        :erlang.error(:system_limit)
+    end
   end
 
   defp check(_check, _id, _profile, _mfa, args), do: args
@@ -405,6 +428,9 @@ defmodule Sandbox.Guard.Runtime do
 
   @doc "Whether `target` (a pid, port or registered name) is a process of sandbox `id`."
   @spec member?(atom, term) :: boolean
+  # A pid of another node is not one of the sandbox's processes.
+  def member?(_id, pid) when is_pid(pid) and node(pid) != node(), do: false
+
   def member?(id, pid) when is_pid(pid) do
     case Process.info(pid, :group_leader) do
       {:group_leader, gl} -> sandbox_group_leader?(id, gl)
@@ -441,19 +467,23 @@ defmodule Sandbox.Guard.Runtime do
   defp child_specs(spec, id, profile, mfa), do: child_spec(spec, id, profile, mfa)
 
   defp child_spec(%{start: {m, f, a}} = spec, id, profile, _mfa) do
-    {m, f, a} = check_target(id, profile, map_module(id, m), f, a)
-    %{spec | start: {m, f, a}}
+    mapped = map_module(id, m)
+
+    case check_target(id, profile, mapped, f, a) do
+      {^mapped, _f, _a} = start ->
+        %{spec | start: start}
+
+      # Routed through the guard: the child's modules stay what they were.
+      start ->
+        spec |> Map.put_new(:modules, [mapped]) |> Map.put(:start, start)
+    end
   end
 
-  defp child_spec({module, arg}, id, profile, mfa) when is_atom(module) do
-    [module] = check({:module, 1}, id, profile, mfa, [module])
-    {module, arg}
-  end
+  defp child_spec({module, arg}, id, profile, mfa) when is_atom(module),
+    do: module_child_spec(module, arg, {module, arg}, id, profile, mfa)
 
-  defp child_spec(module, id, profile, mfa) when is_atom(module) do
-    [module] = check({:module, 1}, id, profile, mfa, [module])
-    module
-  end
+  defp child_spec(module, id, profile, mfa) when is_atom(module),
+    do: module_child_spec(module, [], module, id, profile, mfa)
 
   defp child_spec({child_id, {m, f, a}, restart, shutdown, type, mods}, id, profile, _mfa) do
     {m, f, a} = check_target(id, profile, map_module(id, m), f, a)
@@ -461,6 +491,36 @@ defmodule Sandbox.Guard.Runtime do
   end
 
   defp child_spec(other, _id, _profile, _mfa), do: other
+
+  # `{module, arg}` (or `module`, `arg` being `[]`): the supervisor would
+  # call `module.child_spec(arg)` and start what it returns, from host code
+  # where no guard sees the start function. So the spec is expanded here, as
+  # the supervisor would, and its start checked. A host module must have an
+  # allowed `child_spec/1` (under a profile that checks); a module without
+  # `child_spec/1` is left as it is, for the supervisor's own error.
+  defp module_child_spec(module, arg, given, id, profile, mfa) do
+    mapped = map_module(id, module)
+
+    cond do
+      not is_atom(mapped) or not exports_child_spec?(mapped) ->
+        remap(given, mapped)
+
+      own_module?(id, mapped) or not guards?(profile) ->
+        child_spec(mapped.child_spec(arg), id, profile, mfa)
+
+      SecurityController.verdict(profile, {mapped, :child_spec, 1}) == :allowed ->
+        child_spec(mapped.child_spec(arg), id, profile, mfa)
+
+      true ->
+        violation!(id, mfa, :basic_otp, {:callback_module, module})
+    end
+  end
+
+  defp remap({_module, arg}, mapped), do: {mapped, arg}
+  defp remap(_module, mapped), do: mapped
+
+  defp exports_child_spec?(module),
+    do: Code.ensure_loaded?(module) and function_exported?(module, :child_spec, 1)
 
   defp existing_atom?(text) when is_binary(text) do
     _ = String.to_existing_atom(text)

@@ -202,10 +202,9 @@ defmodule Sandbox.SecurityController.Operations.Tables do
        "alive?/1 cancel_timer/1 cancel_timer/2 delete/1 demonitor/1 demonitor/2 flag/2 get/0 " <>
          "get/1 get/2 get_keys/0 get_keys/1 group_leader/0 hibernate/3 monitor/1 put/2 " <>
          "read_timer/1 sleep/1 unlink/1 unregister/1 whereis/1 registered/0"},
-      {:basic_otp, {:guarded, [{:member, 1}]}, "exit/2 link/1 info/1 info/2 flag/3"},
-      {:basic_otp, {:guarded, [{:member, 2}]}, "register/2"},
+      {:basic_otp, {:guarded, [{:member, 1}]},
+       "exit/2 link/1 info/1 info/2 flag/3 register/2 send_after/3 send_after/4"},
       {:basic_otp, {:guarded, [:send]}, "send/3"},
-      {:basic_otp, {:guarded, [{:member, 2}]}, "send_after/3 send_after/4"},
       {:basic_otp, {:guarded, [:group_leader]}, "group_leader/2"},
       {:basic_otp, {:guarded, [:spawn, {:fun, 1}]}, "spawn/2"},
       {:basic_otp, {:guarded, [:spawn, {:mfa, 1, 2, 3}]}, "spawn/4"},

@@ -141,4 +141,46 @@ defmodule Sandbox.Security.StaticTest do
     assert {:ok, %{violations: [], guarded: []}} = Sandbox.SecurityController.scan(dir, :low)
     assert {:error, {:invalid_option, _}} = Sandbox.SecurityController.scan(dir, :bogus)
   end
+
+  # The guard takes dynamic calls of up to Sandbox.Guard.max_dynamic_arity()
+  # arguments: wider ones are refused at load, in every profile, naming
+  # the site; as wide as the guard takes, they run.
+  test "a dynamic call wider than the guard takes is refused at load", ctx do
+    max = Sandbox.Guard.max_dynamic_arity()
+    xs = fn n -> Enum.map_join(1..n, ", ", fn _ -> "x" end) end
+
+    wide = """
+    def a(m, x), do: m.f(#{xs.(max + 1)})
+    def b(fun, x), do: fun.(#{xs.(max + 1)})
+    """
+
+    dir = project!(ctx, "wide", code: wide)
+    code = Module.concat("#{ctx.ns}Wide", Code)
+
+    for profile <- [:low, :medium, :high] do
+      assert {:error, {:dynamic_call_too_wide, sites}} = create(ctx, "wide", dir, profile)
+
+      assert [
+               %{caller: {^code, :a, 2}, kind: :apply, arity: arity, line: line},
+               %{caller: {^code, :b, 2}, kind: :call_fun, arity: arity}
+             ] = Enum.sort_by(sites, & &1.caller)
+
+      assert arity == max + 1 and is_integer(line)
+    end
+
+    assert Sandbox.Test.Fixtures.loaded_modules("#{ctx.id}wide") == []
+
+    fits = """
+    def a(m, x), do: m.f(#{xs.(max)})
+    def b(fun, x), do: fun.(#{xs.(max)})
+    def f(#{xs.(max) |> String.replace("x", "_")}), do: :apply
+    def run, do: {a(__MODULE__, 1), b(fn #{xs.(max) |> String.replace("x", "_")} -> :fun end, 1)}
+    """
+
+    dir = project!(ctx, "fits", code: fits)
+    assert {:ok, _} = create(ctx, "fits", dir, :high)
+
+    assert Sandbox.call("#{ctx.id}fits", Module.concat("#{ctx.ns}Fits", Code), :run, []) ==
+             {:ok, {:apply, :fun}}
+  end
 end
