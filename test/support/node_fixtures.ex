@@ -45,7 +45,25 @@ defmodule Sandbox.Test.NodeFixtures do
         },
         else: %{}
 
-    project(dir, Map.merge(files, base_files(ns, fork)))
+    # With `compile_read: path` NS.CompileTime reads `path` while it is
+    # compiled (compile-time code, confined as the profile says).
+    compile_read =
+      case Keyword.get(opts, :compile_read) do
+        nil ->
+          %{}
+
+        path ->
+          %{
+            "compile_time.ex" => """
+            defmodule #{ns}.CompileTime do
+              @data File.read(#{inspect(path)})
+              def data, do: @data
+            end
+            """
+          }
+      end
+
+    project(dir, files |> Map.merge(compile_read) |> Map.merge(base_files(ns, fork)))
   end
 
   defp base_files(ns, fork) do

@@ -265,6 +265,24 @@ defmodule Sandbox.Node.ConfinementTest do
       end
     end
 
+    test "compile-time code is confined as the profile says, as for an in-VM sandbox", ctx do
+      dir = write(Path.join(Path.dirname(ctx.dir), "ct"), "Ct#{ctx.id}", compile_read: ctx.secret)
+
+      mod = Module.concat("Ct#{ctx.id}", CompileTime)
+      sup = Module.concat("Ct#{ctx.id}", Sup)
+      opts = [sandbox_path: dir, isolation: :node]
+
+      # :low compiles unconfined (Sandbox.Config.compile_confinement/1).
+      low = ctx.id <> "cl"
+      assert {:ok, _} = Sandbox.create_sandbox(low, sup, opts ++ [security_profile: :low])
+      assert Sandbox.call(low, mod, :data, []) == {:ok, {:ok, "host secret"}}
+
+      # :medium's compile worker reads only its project.
+      medium = ctx.id <> "cm"
+      assert {:ok, _} = Sandbox.create_sandbox(medium, sup, opts ++ [security_profile: :medium])
+      assert Sandbox.call(medium, mod, :data, []) == {:ok, {:error, :eacces}}
+    end
+
     test "audit lines say whether the VM is confined, whatever the VM claims", ctx do
       [low, high, medium] = ids = [low(ctx), high(ctx), medium(ctx)]
       expected = %{low => false, high => true, medium => true}
