@@ -283,6 +283,58 @@ defmodule Sandbox.Node.ConfinementTest do
       assert Sandbox.call(medium, mod, :data, []) == {:ok, {:error, :eacces}}
     end
 
+    test "without Landlock: :high refused before anything runs, :medium runs unconfined and says so",
+         ctx do
+      # A VM whose C-node has Landlock turned off.
+      peer =
+        Sandbox.Test.Peer.start!(
+          apps: [:sandbox],
+          args: [
+            ~c"-sandbox",
+            ~c"cnode_landlock",
+            ~c"off",
+            ~c"-kernel",
+            ~c"logger_level",
+            ~c"emergency"
+          ]
+        )
+
+      call = fn m, f, a -> Sandbox.Test.Peer.call(peer, m, f, a) end
+
+      assert call.(Sandbox.IsolatedCompiler.Confinement, :status, []) ==
+               {:unavailable, :forced_off}
+
+      opts = [sandbox_path: ctx.dir, isolation: :node]
+      high = %{isolation_level: :high, allowed_operations: @ops, allowed_modules: @past_guards}
+
+      assert call.(Sandbox, :create_sandbox, ["h", ctx.sup, opts ++ [security_profile: high]]) ==
+               {:error, {:confinement_unavailable, :forced_off}}
+
+      medium = %{isolation_level: :medium, allowed_modules: @past_guards}
+
+      assert {:ok, _} =
+               call.(Sandbox, :create_sandbox, ["m", ctx.sup, opts ++ [security_profile: medium]])
+
+      # Unconfined: the host's file is readable.
+      assert call.(Sandbox, :call, ["m", ctx.files, :read, [ctx.secret]]) ==
+               {:ok, {:ok, "host secret"}}
+
+      _ = call.(:sys, :get_state, [SecurityController])
+      _ = call.(:sys, :get_state, [SecurityController])
+      {:ok, %{audit: %{path: path}}} = call.(Sandbox.CNode, :info, [])
+
+      assert [false] =
+               for(
+                 line <- String.split(File.read!(path), "\n", trim: true),
+                 {:ok, %{"event" => "created", "sandbox_id" => "m", "os_pid" => _} = l} <- [
+                   Sandbox.TestJSON.decode(line)
+                 ],
+                 do: l["confined"]
+               )
+
+      assert :ok = call.(Sandbox, :destroy_sandbox, ["m"])
+    end
+
     test "audit lines say whether the VM is confined, whatever the VM claims", ctx do
       [low, high, medium] = ids = [low(ctx), high(ctx), medium(ctx)]
       expected = %{low => false, high => true, medium => true}
