@@ -13,8 +13,9 @@ defmodule Sandbox.Node do
 
     * **The sandbox VM** is a BEAM started by the supervising C-node
       (`Sandbox.CNode.spawn/2`) for one sandbox alone, taken from a pool of
-      pre-started VMs (`Sandbox.Node.Pool`) so that a create stays fast. It
-      runs this library in agent mode (`Sandbox.Node.Agent`: only what a
+      pre-started VMs (`Sandbox.Node.Pool`) so that a create stays fast
+      (`:high` sandboxes; the others get a VM started for them, see
+      "Kernel confinement"). It runs this library in agent mode (`Sandbox.Node.Agent`: only what a
       sandbox needs) and nothing of the host's application code: its code
       path is OTP, Elixir, Logger and this library. It is not distributed
       (no node name, no cookie: its `HOME` is a private empty directory,
@@ -62,10 +63,26 @@ defmodule Sandbox.Node do
       seconds well above the duty cycle's share, is a backstop
       (`{:limit_exceeded, :max_cpu_percentage}` if it ever fires).
     * files — `RLIMIT_FSIZE` from `max_file_size` (at least 64 MiB: the JIT
-      needs it), and Landlock when the C-node offers it
-      (`Sandbox.Node.Confinement`).
+      needs it), and Landlock (see "Kernel confinement").
     * environment — `PATH`, `LANG`, `HOME` (the VM's own empty directory)
-      and nothing else of the host's.
+      and nothing else of the host's (besides what `erlexec` needs, see
+      `env/1`).
+
+  ## Kernel confinement
+
+  Every sandbox VM but a `:low` one runs under Landlock rules that the
+  C-node enforces before the emulator starts (`Sandbox.Node.Confinement`,
+  which has the table): files — reads of the installation (and, under
+  `:medium`, of the sandbox's project), writes to the VM's own directory
+  under `:medium` and nowhere under `:high`; network — no TCP under
+  `:high`, and under `:medium` only with `:network_client`. A refusal is
+  the kernel's: the sandbox's code gets `{:error, :eacces}`. Where the
+  C-node has no Landlock (or its ABI cannot refuse TCP), a `:high` create
+  is refused with `{:error, {:confinement_unavailable, reason}}` (as its
+  compile would be) and a `:medium` VM runs unconfined (logged once). The
+  sandbox's audit lines — its `created` line, and every line its VM
+  writes — say `confined: true | false`, from the C-node's report of the
+  VM's spawn.
 
   ## Failure
 
@@ -222,7 +239,9 @@ defmodule Sandbox.Node do
   """
   @spec argv(keyword) :: [String.t()]
   def argv(opts \\ []) do
-    erl = Path.join([List.to_string(:code.root_dir()), "bin", "erl"])
+    # erlexec, what the `erl` script runs (its variables are in env/1):
+    # a confined VM executes nothing but the emulator's own binaries.
+    erl = Path.join(bindir(), "erlexec")
     mb = div(Keyword.get_lazy(opts, :memory_ceiling, &memory_ceiling/0), 1024 * 1024)
 
     [erl, "-noshell", "-noinput"] ++
@@ -239,6 +258,11 @@ defmodule Sandbox.Node do
   @spec memory_ceiling() :: pos_integer
   def memory_ceiling, do: Application.get_env(:sandbox, :node_memory_ceiling, 512 * 1024 * 1024)
 
+  defp bindir do
+    root = List.to_string(:code.root_dir())
+    Path.join([root, "erts-#{:erlang.system_info(:version)}", "bin"])
+  end
+
   @kept_env ~w(PATH LANG LC_ALL LC_CTYPE TZ)
   @default_env %{"PATH" => "/usr/local/bin:/usr/bin:/bin", "LANG" => "C.UTF-8"}
 
@@ -246,8 +270,10 @@ defmodule Sandbox.Node do
   The OS environment of a sandbox VM whose private directory is `dir`:
   `PATH`, `LANG`, `LC_ALL`, `LC_CTYPE` and `TZ` as the host has them
   (`PATH` and `LANG` defaulting to `/usr/local/bin:/usr/bin:/bin` and
-  `C.UTF-8`), `HOME` set to `dir`, no crash dumps — and nothing else (as
-  `Sandbox.CNode.spawn/2`'s `:env` changes to the C-node's environment).
+  `C.UTF-8`), `HOME` set to `dir`, no crash dumps, what the `erl` script
+  would set for `erlexec` (`ROOTDIR`, `BINDIR`, `EMU`, `PROGNAME`) — and
+  nothing else (as `Sandbox.CNode.spawn/2`'s `:env` changes to the
+  C-node's environment).
   """
   @spec env(Path.t()) :: [{String.t(), String.t() | nil}]
   def env(dir) do
@@ -255,6 +281,12 @@ defmodule Sandbox.Node do
       @default_env
       |> Map.merge(Map.take(System.get_env(), @kept_env))
       |> Map.merge(%{"HOME" => dir, "ERL_CRASH_DUMP_SECONDS" => "0"})
+      |> Map.merge(%{
+        "ROOTDIR" => List.to_string(:code.root_dir()),
+        "BINDIR" => bindir(),
+        "EMU" => "beam",
+        "PROGNAME" => "erl"
+      })
 
     unset = for {name, _} <- System.get_env(), not Map.has_key?(base, name), do: {name, nil}
     unset ++ Enum.to_list(base)

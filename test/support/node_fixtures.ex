@@ -3,7 +3,10 @@ defmodule Sandbox.Test.NodeFixtures do
   # A sandbox project for the node isolation tests: NS.Sup starting
   # NS.Worker (answers :ping), and NS.Code with the attacks and workloads.
   # With `ports: true` NS.Code also forks OS processes (which only :low
-  # allows at all).
+  # allows at all). With `files: true` the project also has NS.Files: file
+  # and TCP attacks, through File and :gen_tcp only (a profile lets them
+  # past the guards with `allowed_modules: [File, :gen_tcp]`, so that what
+  # stops them is the kernel), and a data file, priv/data.txt.
 
   import Sandbox.Test.Fixtures, only: [project: 2]
 
@@ -16,7 +19,55 @@ defmodule Sandbox.Test.NodeFixtures do
         """,
         else: ""
 
-    project(dir, %{
+    files =
+      if Keyword.get(opts, :files, false),
+        do: %{
+          "files.ex" => """
+          defmodule #{ns}.Files do
+            def read(path), do: File.read(path)
+            def write(path, data), do: File.write(path, data)
+            def own_dir, do: File.cwd()
+
+            # Connects, sends `data` and closes: :ok or {:error, reason}.
+            def connect(port, data) do
+              case :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false], 5_000) do
+                {:ok, s} ->
+                  :ok = :gen_tcp.send(s, data)
+                  :gen_tcp.close(s)
+
+                {:error, reason} ->
+                  {:error, reason}
+              end
+            end
+          end
+          """,
+          "priv/data.txt" => "project data"
+        },
+        else: %{}
+
+    # With `compile_read: path` NS.CompileTime reads `path` while it is
+    # compiled (compile-time code, confined as the profile says).
+    compile_read =
+      case Keyword.get(opts, :compile_read) do
+        nil ->
+          %{}
+
+        path ->
+          %{
+            "compile_time.ex" => """
+            defmodule #{ns}.CompileTime do
+              @data File.read(#{inspect(path)})
+              def data, do: @data
+            end
+            """
+          }
+      end
+
+    project(dir, files |> Map.merge(compile_read) |> Map.merge(base_files(ns, fork)))
+  end
+
+  defp base_files(ns, fork) do
+    %{
       "sup.ex" => """
       defmodule #{ns}.Sup do
         use Supervisor
@@ -87,7 +138,7 @@ defmodule Sandbox.Test.NodeFixtures do
         end
       end
       """
-    })
+    }
   end
 
   @doc """

@@ -5,8 +5,10 @@ defmodule Sandbox.Node.Agent do
 
   A sandbox VM is started by the supervising C-node as
 
-      erl -noshell -noinput <limits> -pa <this library, Elixir, Logger>
+      erlexec -noshell -noinput <limits> -pa <this library, Elixir, Logger>
           -sandbox agent true -s Elixir.Sandbox.Node.Agent main
+
+  (`erlexec` is what the `erl` script runs; the VM executes no shell.)
 
   With `agent: true` the `:sandbox` application starts only what a sandbox
   needs (`children/0`): no C-node, no compile pool or cache, no file

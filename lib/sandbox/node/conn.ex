@@ -41,7 +41,7 @@ defmodule Sandbox.Node.Conn do
   use GenServer, restart: :temporary
 
   alias Sandbox.{CNode, Node}
-  alias Sandbox.Node.Wire
+  alias Sandbox.Node.{Confinement, Wire}
 
   @max_frame 64 * 1024 * 1024
   @stderr_tail 4_096
@@ -62,8 +62,9 @@ defmodule Sandbox.Node.Conn do
 
     * `:notify` — the pid told of the VM's state while it has no owner
     * `:memory_ceiling` — the VM's super carrier (see `Sandbox.Node.argv/1`)
-    * `:landlock` — a Landlock spec for the C-node (see
-      `Sandbox.Node.Confinement`), or `nil`
+    * `:confinement` — the VM's confinement class
+      (`Sandbox.Node.Confinement.class/2`, default `:none`): its Landlock
+      rules, built around the VM's own directory
   """
   @spec start(keyword) :: DynamicSupervisor.on_start_child()
   def start(opts \\ []) do
@@ -78,8 +79,10 @@ defmodule Sandbox.Node.Conn do
   Gives the idle connection `conn` to `owner` for sandbox `id`, applying
   `limits` (the sandbox's resource limits) to the VM. Returns `{:ok,
   %{os_pid: n, baseline: bytes}}` (`baseline`: the idle VM's resident
-  size) or `{:error, reason}` (the connection is not idle, or the C-node
-  refused the limits).
+  size; `landlock`: the C-node's report of the VM's confinement,
+  `%{abi: n, missing: [atom]}`, or `nil` when the VM is not confined) or
+  `{:error, reason}` (the connection is not idle, or the C-node refused
+  the limits).
   """
   @spec checkout(pid, pid, String.t(), map) :: {:ok, map} | {:error, term}
   def checkout(conn, owner, id, limits),
@@ -123,7 +126,10 @@ defmodule Sandbox.Node.Conn do
     end
   end
 
-  @doc "The VM's OS pid and status (`:booting | :idle | :owned`)."
+  @doc """
+  The VM's OS pid, status (`:booting | :idle | :owned`), own directory
+  (`dir`) and confinement (`landlock`, as in `checkout/4`).
+  """
   @spec info(pid) :: map
   def info(conn), do: GenServer.call(conn, :info)
 
@@ -150,17 +156,18 @@ defmodule Sandbox.Node.Conn do
     ]
 
     spawn_opts =
-      case opts[:landlock] do
+      case Confinement.spec(Keyword.get(opts, :confinement, :none), dir) do
         nil -> spawn_opts
         spec -> [{:landlock, spec} | spawn_opts]
       end
 
     case CNode.spawn(Node.argv(opts), spawn_opts) do
-      {:ok, %{id: id, os_pid: os_pid}} ->
+      {:ok, %{id: id, os_pid: os_pid} = spawned} ->
         state = %{
           id: id,
           os_pid: os_pid,
           dir: dir,
+          landlock: Map.get(spawned, :landlock),
           status: :booting,
           notify: opts[:notify],
           owner: nil,
@@ -205,7 +212,8 @@ defmodule Sandbox.Node.Conn do
 
         send(self(), :sample)
         if limits[:max_cpu_percentage], do: send(self(), :rearm)
-        {:reply, {:ok, %{os_pid: state.os_pid, baseline: state.baseline}}, state}
+        meta = %{os_pid: state.os_pid, baseline: state.baseline, landlock: state.landlock}
+        {:reply, {:ok, meta}, state}
 
       {:error, reason} ->
         {:reply, {:error, {:limits_refused, reason}}, state}
@@ -233,7 +241,10 @@ defmodule Sandbox.Node.Conn do
   end
 
   def handle_call(:info, _from, state),
-    do: {:reply, %{os_pid: state.os_pid, status: state.status, dir: state.dir}, state}
+    do:
+      {:reply,
+       %{os_pid: state.os_pid, status: state.status, dir: state.dir, landlock: state.landlock},
+       state}
 
   @impl true
   def handle_cast({:send_request, request, tag}, state) do
@@ -410,8 +421,17 @@ defmodule Sandbox.Node.Conn do
   end
 
   defp dispatch({:audit, n, line}, state) when is_integer(n) and is_map(line) do
-    # Under the sandbox's own id, whatever the line says.
-    line = Map.merge(line, %{sandbox_id: state.sandbox, isolation: :node})
+    # Under the sandbox's own id, and with its VM's confinement as the
+    # C-node reported it, whatever the line says. (The VM's lines come with
+    # string keys, which would win over the same keys as atoms when the
+    # line is written: every key is made a string first.)
+    host = %{
+      "sandbox_id" => state.sandbox,
+      "isolation" => "node",
+      "confined" => state.landlock != nil
+    }
+
+    line = line |> Map.new(fn {k, v} -> {audit_key(k), v} end) |> Map.merge(host)
     conn = self()
 
     spawn(fn ->
@@ -429,6 +449,9 @@ defmodule Sandbox.Node.Conn do
   end
 
   defp dispatch(_other, state), do: {:ok, state}
+
+  defp audit_key(k) when is_atom(k), do: Atom.to_string(k)
+  defp audit_key(k), do: k
 
   # A summary from the VM, checked (it is hostile): a map, or nil.
   defp summary(%{} = s), do: s

@@ -77,6 +77,8 @@ defmodule Sandbox.Node.Instance do
       },
       conn: nil,
       os_pid: nil,
+      class: nil,
+      landlock: nil,
       started_at: nil,
       build: nil,
       restarts: [],
@@ -95,7 +97,8 @@ defmodule Sandbox.Node.Instance do
   def handle_call({:setup, build}, _from, state) do
     t0 = System.monotonic_time()
 
-    with {:ok, state} <- compile(state, build),
+    with {:ok, state} <- confine(state),
+         {:ok, state} <- compile(state, build),
          {:ok, state} <- start_vm(state),
          {:ok, state} <- start_watch(state, state.config.auto_reload) do
       publish(state, listed: true)
@@ -110,7 +113,8 @@ defmodule Sandbox.Node.Instance do
         sandbox_path: state.config.sandbox_path,
         profile: state.config.security_profile.isolation_level,
         isolation: :node,
-        os_pid: state.os_pid
+        os_pid: state.os_pid,
+        confined: state.landlock != nil
       })
 
       {:reply, {:ok, public_info(state)}, state}
@@ -260,6 +264,18 @@ defmodule Sandbox.Node.Instance do
 
   ## Compile and start
 
+  # The VM's confinement class (Sandbox.Node.Confinement), decided before
+  # anything runs: a :high sandbox is refused here where the kernel cannot
+  # confine its VM.
+  defp confine(state) do
+    c = state.config
+
+    case Sandbox.Node.Confinement.resolve(c.security_profile, c.sandbox_path) do
+      {:ok, class} -> {:ok, %{state | class: class}}
+      {:error, reason} -> {:error, reason, state}
+    end
+  end
+
   defp compile(state, %{} = build), do: {:ok, %{state | build: build}}
 
   defp compile(state, nil) do
@@ -286,7 +302,8 @@ defmodule Sandbox.Node.Instance do
       compile_timeout: config.compile_timeout,
       compile_limits: config.compile_limits,
       write_artifacts: false,
-      validate_beams: false
+      validate_beams: false,
+      confine: Sandbox.Config.compile_confinement(config.security_profile)
     ]
   end
 
@@ -319,11 +336,17 @@ defmodule Sandbox.Node.Instance do
 
     with {:ok, opts} <- wrap(inner_options(state), state),
          {:ok, conn, meta} <-
-           wrap(Pool.checkout(self(), state.id, state.config.resource_limits), state) do
+           wrap(
+             Pool.checkout(self(), state.id, state.config.resource_limits,
+               confinement: state.class
+             ),
+             state
+           ) do
       state = %{
         state
         | conn: conn,
           os_pid: meta.os_pid,
+          landlock: meta[:landlock],
           started_at: System.monotonic_time(:millisecond),
           info: %{state.info | os_pid: meta.os_pid},
           inner_usage: nil

@@ -19,6 +19,13 @@ defmodule Sandbox.Node.Pool do
   for the VM itself) gets a VM started for it alone, with a ceiling to
   match.
 
+  The pool's VMs are confined by the kernel as `:high` sandboxes' are
+  (`Sandbox.Node.Confinement.pool_class/0`: Landlock rules are fixed when a
+  VM starts, before it knows its sandbox), or not at all where the C-node
+  has no Landlock. A sandbox whose VM must be confined otherwise (`:medium`
+  and `:low`, or a profile allowing file reads) gets a VM started for it
+  alone, of its class; such a checkout does not start the pool.
+
   Application environment: `:node_pool_size` (1), `:node_pool_prestart`
   (`false`: fill at first use), `:node_boot_timeout` (ms a VM may take to
   become ready, 30,000), `:node_refill_delay` (ms after a VM is taken
@@ -27,7 +34,7 @@ defmodule Sandbox.Node.Pool do
 
   use GenServer
 
-  alias Sandbox.Node.Conn
+  alias Sandbox.Node.{Confinement, Conn}
 
   @overhead 64 * 1024 * 1024
   @max_backoff 5_000
@@ -45,19 +52,34 @@ defmodule Sandbox.Node.Pool do
   @doc """
   A ready VM for sandbox `id`, given to `owner` with `limits` applied (see
   `Sandbox.Node.Conn.checkout/4`): `{:ok, conn, %{os_pid: n, baseline:
-  bytes}}` or `{:error, reason}` (`{:vm_start_failed, reason}` when no VM
-  could be started within `:node_boot_timeout`).
+  bytes, landlock: map | nil}}` or `{:error, reason}`
+  (`{:vm_start_failed, reason}` when no VM could be started within
+  `:node_boot_timeout`).
+
+  ## Options
+
+    * `:confinement` — the VM's confinement class
+      (`Sandbox.Node.Confinement.resolve/3`; default: the pool's own)
+    * `:pool` — the pool server (default `Sandbox.Node.Pool`)
   """
   @spec checkout(pid, String.t(), map, keyword) :: {:ok, pid, map} | {:error, term}
   def checkout(owner, id, limits, opts \\ []) do
     pool = Keyword.get(opts, :pool, __MODULE__)
+    class = Keyword.get(opts, :confinement, :pool)
     needed = Map.get(limits, :max_memory, 0) + @overhead
     deadline = System.monotonic_time(:millisecond) + boot_timeout()
 
     take =
-      if needed > Sandbox.Node.memory_ceiling(),
-        do: fn -> dedicated(needed) end,
-        else: fn -> GenServer.call(pool, :take, boot_timeout() + 1_000) end
+      if needed > Sandbox.Node.memory_ceiling() do
+        fn -> dedicated(memory_ceiling: needed, confinement: dedicated_class(pool, class)) end
+      else
+        fn ->
+          case GenServer.call(pool, {:take, class}, boot_timeout() + 1_000) do
+            {:other, class} -> dedicated(confinement: class)
+            taken -> taken
+          end
+        end
+      end
 
     take_and_check(take, owner, id, limits, deadline)
   end
@@ -91,9 +113,13 @@ defmodule Sandbox.Node.Pool do
     :exit, _ -> {:error, {:not_idle, :gone}}
   end
 
-  # A VM of its own for a sandbox too big for the pool's.
-  defp dedicated(ceiling) do
-    case Conn.start(notify: self(), memory_ceiling: ceiling) do
+  defp dedicated_class(pool, :pool), do: GenServer.call(pool, :class)
+  defp dedicated_class(_pool, class), do: class
+
+  # A VM of its own for a sandbox too big for the pool's, or of another
+  # confinement class.
+  defp dedicated(opts) do
+    case Conn.start([notify: self()] ++ opts) do
       {:ok, conn} ->
         ref = Process.monitor(conn)
 
@@ -131,7 +157,10 @@ defmodule Sandbox.Node.Pool do
     :exit, {:timeout, _} -> {:error, :timeout}
   end
 
-  @doc "The pool's counters: `size`, `idle`, `booting`, `waiting`, `started`, `failed`."
+  @doc """
+  The pool's counters: `size`, `idle`, `booting`, `waiting`, `started`,
+  `failed`, and the `class` of its VMs (`nil` until first used).
+  """
   @spec stats(GenServer.server()) :: map
   def stats(pool \\ __MODULE__), do: GenServer.call(pool, :stats)
 
@@ -155,25 +184,25 @@ defmodule Sandbox.Node.Pool do
       refill: nil,
       started: 0,
       failed: 0,
-      backoff: 0
+      backoff: 0,
+      class: nil
     }
 
     {:ok, fill(state)}
   end
 
   @impl true
-  def handle_call(:take, from, state) do
-    state = %{state | active: true}
+  def handle_call({:take, class}, from, state) do
+    state = ensure_class(state)
 
-    case :queue.out(state.idle) do
-      {{:value, conn}, idle} ->
-        Process.demonitor(elem(conn, 1), [:flush])
-        {:reply, {:ok, elem(conn, 0)}, refill_later(%{state | idle: idle})}
+    if class in [:pool, state.class],
+      do: take(from, %{state | active: true}),
+      else: {:reply, {:other, class}, state}
+  end
 
-      {:empty, _} ->
-        state = %{state | waiting: :queue.in(from, state.waiting)}
-        {:noreply, fill(state)}
-    end
+  def handle_call(:class, _from, state) do
+    state = ensure_class(state)
+    {:reply, state.class, state}
   end
 
   def handle_call(:warm, from, state) do
@@ -192,9 +221,37 @@ defmodule Sandbox.Node.Pool do
        booting: map_size(state.booting),
        waiting: :queue.len(state.waiting),
        started: state.started,
-       failed: state.failed
+       failed: state.failed,
+       class: state.class
      }, state}
   end
+
+  defp take(from, state) do
+    case :queue.out(state.idle) do
+      {{:value, conn}, idle} ->
+        Process.demonitor(elem(conn, 1), [:flush])
+        {:reply, {:ok, elem(conn, 0)}, refill_later(%{state | idle: idle})}
+
+      {:empty, _} ->
+        state = %{state | waiting: :queue.in(from, state.waiting)}
+        {:noreply, fill(state)}
+    end
+  end
+
+  # The class of the pool's VMs, decided once from the C-node's Landlock
+  # status (asked again while the C-node cannot answer): `:high`'s where
+  # Landlock can refuse TCP; where it cannot, no VM is confined as
+  # `:high` (Sandbox.Node.Confinement.resolve/3 refuses those sandboxes)
+  # and the pool's VMs serve unconfined `:medium` ones.
+  defp ensure_class(%{class: nil} = state) do
+    case Sandbox.IsolatedCompiler.Confinement.status() do
+      {:unavailable, :cnode_down} -> state
+      {:ok, %{abi: abi}} when abi >= 4 -> %{state | class: Confinement.pool_class()}
+      _ -> %{state | class: :none}
+    end
+  end
+
+  defp ensure_class(state), do: state
 
   @impl true
   def handle_info({:conn_ready, conn, _os_pid}, state) do
@@ -270,18 +327,30 @@ defmodule Sandbox.Node.Pool do
     want = state.size + :queue.len(state.waiting)
     have = :queue.len(state.idle) + map_size(state.booting)
 
-    if have < want do
-      case Conn.start(notify: self()) do
-        {:ok, conn} ->
-          ref = Process.monitor(conn)
-          fill(%{state | booting: Map.put(state.booting, conn, ref), started: state.started + 1})
+    state = ensure_class(state)
 
-        {:error, reason} ->
-          state = %{state | failed: state.failed + 1}
-          fail_waiting(state, reason) |> backoff()
-      end
-    else
-      state
+    cond do
+      have >= want ->
+        state
+
+      state.class == nil ->
+        state = %{state | failed: state.failed + 1}
+        fail_waiting(state, :cnode_down) |> backoff()
+
+      true ->
+        start_one(state)
+    end
+  end
+
+  defp start_one(state) do
+    case Conn.start(notify: self(), confinement: state.class) do
+      {:ok, conn} ->
+        ref = Process.monitor(conn)
+        fill(%{state | booting: Map.put(state.booting, conn, ref), started: state.started + 1})
+
+      {:error, reason} ->
+        state = %{state | failed: state.failed + 1}
+        fail_waiting(state, reason) |> backoff()
     end
   end
 
