@@ -38,6 +38,20 @@ defmodule Sandbox.BeamGuardsTest.PassGuard do
   end
 end
 
+defmodule Sandbox.BeamGuardsTest.Counter do
+  @moduledoc false
+  def init(n), do: {:ok, n}
+  def handle_call(:get, _from, n), do: {:reply, n, n}
+  def handle_cast({:add, k}, n), do: {:noreply, n + k}
+  def handle_info({:add, k}, n), do: {:noreply, n + k}
+end
+
+defmodule Sandbox.BeamGuardsTest.Target do
+  @moduledoc false
+  def rev(l), do: {:redirected, Enum.reverse(l)}
+  def reverse(l, t), do: {:shim, l, t}
+end
+
 defmodule Sandbox.BeamGuardsTest do
   use ExUnit.Case, async: true
 
@@ -116,8 +130,18 @@ defmodule Sandbox.BeamGuardsTest do
   # instructions, and assembles the result with the compiler's assembler
   # alone (beam_validator would refuse some of what older compilers and
   # hand-written code do, such as a send without a stack frame).
+  # The compiler also writes the listing (Mod.S) to its outdir: a private
+  # directory, not the project's.
+  defp asm_dir do
+    dir = Path.join(System.tmp_dir!(), "beam_guards_asm_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf(dir) end)
+    String.to_charlist(dir)
+  end
+
   defp compile_asm(source, fun) do
-    {:ok, _mod, {m, exports, attrs, functions, labels}} = :compile.forms(forms(source), [:S])
+    {:ok, _mod, {m, exports, attrs, functions, labels}} =
+      :compile.forms(forms(source), [:S, :binary, {:outdir, asm_dir()}])
 
     functions =
       for {:function, name, arity, entry, code} <- functions,
@@ -739,18 +763,4 @@ defmodule Sandbox.BeamGuardsTest do
     assert name.wait_response(req, 5000) == {:reply, 10}
     assert name.stop(pid) == :ok
   end
-end
-
-defmodule Sandbox.BeamGuardsTest.Counter do
-  @moduledoc false
-  def init(n), do: {:ok, n}
-  def handle_call(:get, _from, n), do: {:reply, n, n}
-  def handle_cast({:add, k}, n), do: {:noreply, n + k}
-  def handle_info({:add, k}, n), do: {:noreply, n + k}
-end
-
-defmodule Sandbox.BeamGuardsTest.Target do
-  @moduledoc false
-  def rev(l), do: {:redirected, Enum.reverse(l)}
-  def reverse(l, t), do: {:shim, l, t}
 end
