@@ -271,8 +271,11 @@ defmodule Sandbox.ResourceMonitor do
   make on the sandbox's behalf and refuse the spawn on an error).
 
   Counts the members found by the latest sample plus the spawns admitted
-  since the latest sweep: the count is conservative within one interval
-  (exits since the sweep are not subtracted). `:ok`, or
+  since the latest sweep, in O(1). That count is conservative within one
+  interval (exits since the sweep are not subtracted): when it reaches
+  `max_processes`, the sandbox's members are counted exactly before a
+  refusal (a sandbox that starts many short-lived processes one after
+  another is not refused for the ones already gone). `:ok`, or
   `{:error, {:limit_exceeded, :max_processes}}` (nothing is admitted), or
   `{:error, :not_found}` when the sandbox is not running.
   """
@@ -280,15 +283,24 @@ defmodule Sandbox.ResourceMonitor do
           :ok | {:error, {:limit_exceeded, :max_processes} | :not_found}
   def admit_spawn(id) do
     case :ets.lookup(@table, id) do
-      [{^id, %{breach: nil, admitted: counter, limits: limits}, usage}] ->
+      [{^id, %{breach: nil, admitted: counter, limits: limits} = reg, usage}] ->
         current = if usage, do: usage.current_processes, else: 0
         admitted = :atomics.add_get(counter, 1, 1)
 
-        if current + admitted <= Map.get(limits, :max_processes, :infinity) do
-          :ok
-        else
-          :atomics.sub(counter, 1, 1)
-          {:error, {:limit_exceeded, :max_processes}}
+        max = Map.get(limits, :max_processes, :infinity)
+
+        cond do
+          current + admitted <= max ->
+            :ok
+
+          (exact = length(Sandbox.GroupLeader.members(reg.gl))) + 1 <= max ->
+            # the estimate restarts from the exact count (this spawn included)
+            :atomics.put(counter, 1, exact + 1 - current)
+            :ok
+
+          true ->
+            :atomics.sub(counter, 1, 1)
+            {:error, {:limit_exceeded, :max_processes}}
         end
 
       [{^id, _reg, _usage}] ->

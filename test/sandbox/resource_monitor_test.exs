@@ -188,6 +188,17 @@ defmodule Sandbox.ResourceMonitorTest do
       assert {:ok, {:pong, 1}} = Sandbox.call(id, Hog.Server, :ping, [])
     end
 
+    test "many short-lived processes, one after another, stay within max_processes", %{id: id} do
+      # Between two samples the admission counts every spawn it let through;
+      # at the limit it counts the members exactly instead of refusing.
+      create_hog!(id, %{max_processes: 10})
+      :ok = Sandbox.subscribe(id)
+      assert {:ok, 100} = Sandbox.call(id, Hog, :spawn_brief, [100])
+      ResourceMonitor.sweep()
+      assert {:ok, %{status: :running, error: nil}} = Sandbox.get_sandbox_info(id)
+      refute_received {:sandbox_event, [:sandbox, :limit, :exceeded], _, _}
+    end
+
     test "a sandbox over its limits from the start is not created", %{id: id} do
       assert Sandbox.create_sandbox(id, :hog,
                sandbox_path: hog_path(),
