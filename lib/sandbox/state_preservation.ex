@@ -411,50 +411,82 @@ defmodule Sandbox.StatePreservation do
     suspend_names = suspend_set(change)
     originals = Map.new(change.renames, fn {original, name} -> {name, original} end)
 
+    last = suspend_names |> Map.values() |> Enum.max(fn -> 0 end)
+    rank = fn t -> Map.get(suspend_names, t.module, last + 1) end
+    original = fn t -> Map.put(t, :original, Map.get(originals, t.module, t.module)) end
+
+    # The affected processes, and every supervisor of the sandbox: a child
+    # that crashes during the change is restarted after it, with the code
+    # the change leaves (not before the load, with state of the other
+    # version that nothing migrates).
     sys =
       for t <- sys_processes(members),
-          Map.has_key?(suspend_names, t.module),
-          do: Map.put(t, :original, Map.get(originals, t.module, t.module))
+          Map.has_key?(suspend_names, t.module) or t.kind == :supervisor,
+          do: original.(t)
 
     # Callers first: a server busy calling another one finishes its call
-    # before it suspends, instead of waiting on a suspended server.
-    sys = Enum.sort_by(sys, &Map.fetch!(suspend_names, &1.module))
+    # before it suspends, instead of waiting on a suspended server; the
+    # supervisors last.
+    sys = Enum.sort_by(sys, rank)
+
+    case suspend_all(sys, timeout, gl) do
+      {:ok, suspended} ->
+        # A child restarted before its supervisor suspended is one more.
+        known = MapSet.new(sys, & &1.pid)
+        now = if is_pid(gl) and Process.alive?(gl), do: GroupLeader.members(gl), else: []
+
+        late =
+          for t <- sys_processes(now),
+              not MapSet.member?(known, t.pid),
+              Map.has_key?(suspend_names, t.module),
+              do: original.(t)
+
+        suspend_and_capture(prepared, sys ++ late, suspended, late)
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  defp suspend_and_capture(prepared, sys, suspended, []),
+    do: capture_suspended(prepared, sys, suspended)
+
+  defp suspend_and_capture(%Prepared{env: env} = prepared, sys, suspended, late) do
+    case suspend_all(late, env.timeout, env.group_leader) do
+      {:ok, more} ->
+        capture_suspended(prepared, sys, more ++ suspended)
+
+      {:error, _} = error ->
+        resume_all(suspended, env.timeout, env.group_leader)
+        error
+    end
+  end
+
+  defp capture_suspended(%Prepared{change: change, env: env} = prepared, sys, suspended) do
+    %{group_leader: gl, timeout: timeout} = env
 
     to_migrate =
       for e <- change.order, e.kind == :changed, p <- sys, p.module == e.name, do: {p, e}
 
-    monitors = Map.new(sys, &{Process.monitor(&1.pid), &1.pid})
+    monitors = Map.new(suspended, &{Process.monitor(&1.pid), &1.pid})
 
-    case suspend_all(sys, timeout, gl) do
-      {:ok, suspended} ->
-        alive = Enum.filter(to_migrate, fn {p, _} -> Enum.any?(suspended, &(&1.pid == p.pid)) end)
+    alive = Enum.filter(to_migrate, fn {p, _} -> Enum.any?(suspended, &(&1.pid == p.pid)) end)
 
-        case capture(Enum.map(alive, &elem(&1, 0)), timeout) do
-          {:ok, captured} ->
-            {:ok,
-             %{
-               prepared
-               | suspended: suspended,
-                 alive: alive,
-                 monitors: monitors,
-                 captured: captured
-             }}
+    case capture(Enum.map(alive, &elem(&1, 0)), timeout) do
+      {:ok, captured} ->
+        {:ok,
+         %{prepared | suspended: suspended, alive: alive, monitors: monitors, captured: captured}}
 
-          {:error, {:process_died, pid, _}} ->
-            resume_all(suspended, timeout, gl)
-            reason = down_reason(monitors, pid)
-            demonitor(monitors)
-            {:error, {:process_died, pid, reason}}
-
-          {:error, reason} ->
-            resume_all(suspended, timeout, gl)
-            demonitor(monitors)
-            {:error, reason}
-        end
-
-      {:error, _} = error ->
+      {:error, {:process_died, pid, _}} ->
+        resume_all(suspended, timeout, gl)
+        reason = down_reason(monitors, pid)
         demonitor(monitors)
-        error
+        {:error, {:process_died, pid, reason}}
+
+      {:error, reason} ->
+        resume_all(suspended, timeout, gl)
+        demonitor(monitors)
+        {:error, reason}
     end
   end
 

@@ -112,7 +112,8 @@ defmodule Sandbox.IsolatedCompilerHardeningTest do
           """
         })
 
-      limits = %{max_file_size: 16 * 1024 * 1024}
+      # above the floor the JIT needs (64 MiB)
+      limits = %{max_file_size: 96 * 1024 * 1024}
 
       assert {:ok, info} =
                IsolatedCompiler.compile_sandbox(
@@ -122,7 +123,7 @@ defmodule Sandbox.IsolatedCompilerHardeningTest do
 
       load_modules!(info.modules)
       [soft, hard] = apply(LimitsProbe, :limits, [])
-      assert String.to_integer(soft) == 16 * 1024 * 1024
+      assert String.to_integer(soft) == 96 * 1024 * 1024
       assert String.to_integer(hard) == Pool.ceiling().file_size
 
       assert_raise ArgumentError, ~r/ceiling/, fn ->

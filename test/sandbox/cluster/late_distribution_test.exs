@@ -9,6 +9,8 @@ defmodule Sandbox.Cluster.LateDistributionTest do
   alias Sandbox.Test.ClusterFixtures
 
   @moduletag :slow
+  # a peer VM boots and starts the application (C-node, worker pools) first
+  @moduletag timeout: 180_000
 
   test "the C-node's events reach pids encoded before distribution started, or stopped" do
     {_, 0} = System.cmd("epmd", ["-daemon"])
