@@ -159,16 +159,29 @@ defmodule Sandbox.LifecycleGlobalTest do
 
     cycle.()
     before = counts()
+    before_pids = Process.list()
 
     for _ <- 1..1000, do: cycle.()
 
     after_ = counts()
+    new = for pid <- Process.list() -- before_pids, do: {pid, describe(pid)}
     assert after_.atoms == before.atoms
     assert after_.modules == before.modules
     assert after_.ets == before.ets
     assert after_.ports == before.ports
-    assert after_.processes == before.processes
+    assert after_.processes == before.processes, "new processes: #{inspect(new)}"
     assert loaded_modules("leak") == []
+  end
+
+  defp describe(pid) do
+    Process.info(pid, [:registered_name, :initial_call, :current_function, :dictionary])
+    |> then(fn
+      nil ->
+        :gone
+
+      info ->
+        Keyword.update!(info, :dictionary, &Keyword.take(&1, [:"$initial_call", :"$ancestors"]))
+    end)
   end
 
   defp counts do
