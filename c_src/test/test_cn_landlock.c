@@ -204,7 +204,7 @@ static cn_ll_spec one_rule(cn_ll_class c) {
     static cn_ll_rule rule;
     rule.path = (char *)"/x";
     rule.cls = c;
-    cn_ll_spec s = {&rule, 1, 1, 1, 0};
+    cn_ll_spec s = {&rule, 1, 1, 1, 0, 0};
     return s;
 }
 
@@ -245,6 +245,26 @@ Test(cn_landlock, older_abis_report_what_they_cannot_enforce) {
     cr_assert_not(p.missing & CN_LL_MISSING_REFER);
     /* no Landlock at all */
     cr_assert_eq(cn_ll_plan_make(&s, 0, &p), -1);
+}
+
+Test(cn_landlock, tcp_connect_refuses_bind_only) {
+    const char *r[] = {"/usr"};
+    cn_ll_spec s;
+    cn_error e;
+    cn_ll_plan p;
+    cr_assert_eq(cn_ll_parse(spec_term(r, 1, NULL, 0, "tcp", "connect"), &s, &e), 0);
+    cr_assert_eq(s.deny_tcp, 0);
+    cr_assert_eq(s.deny_bind, 1);
+    cr_assert_eq(cn_ll_plan_make(&s, 4, &p), 0);
+    cr_assert_eq(p.attr.handled_access_net, CN_LL_NET_BIND_TCP);
+    cr_assert_not(p.missing & CN_LL_MISSING_TCP);
+    /* below ABI 4 nothing about TCP can be refused */
+    cr_assert_eq(cn_ll_plan_make(&s, 3, &p), 0);
+    cr_assert_eq(p.attr.handled_access_net, 0);
+    cr_assert(p.missing & CN_LL_MISSING_TCP);
+    cn_ll_spec_free(&s);
+    free(g_b.data);
+    memset(&g_b, 0, sizeof g_b);
 }
 
 Test(cn_landlock, missing_names) {

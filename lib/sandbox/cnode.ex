@@ -280,7 +280,8 @@ defmodule Sandbox.CNode do
     * `:grace` — ms between SIGTERM and SIGKILL on a timeout or limit, default 500
     * `:landlock` — confine the command with Landlock (see "Landlock"): a map of
       `read`, `exec` and `write` (lists of absolute paths: directories, whose whole
-      tree the right covers, or files), `tcp` (`:deny`, the default, or `:allow`)
+      tree the right covers, or files), `tcp` (`:deny`, the default; `:connect`: connect but never bind or
+      listen; or `:allow`)
       `scope` (`true`, the default: no signals to and no abstract unix sockets
       of processes outside the ruleset) and `proc_self` (`false` by default: with
       `true` the command may read its own `/proc/<pid>`, which the ruleset cannot
@@ -621,7 +622,7 @@ defmodule Sandbox.CNode do
                  Enum.all?(paths, &(is_binary(&1) and String.starts_with?(&1, "/"))),
                do: raise(ArgumentError, "landlock #{k} must be a list of absolute paths")
 
-      {:tcp, v} when v in [:deny, :allow] ->
+      {:tcp, v} when v in [:deny, :connect, :allow] ->
         :ok
 
       {k, v} when k in [:scope, :proc_self] and is_boolean(v) ->

@@ -39,6 +39,14 @@ defmodule Sandbox.Test.NodeFixtures do
                   {:error, reason}
               end
             end
+
+            # Listens on a port of its own: :ok or {:error, reason}.
+            def listen do
+              case :gen_tcp.listen(0, ip: {127, 0, 0, 1}) do
+                {:ok, s} -> :gen_tcp.close(s)
+                {:error, reason} -> {:error, reason}
+              end
+            end
           end
           """,
           "priv/data.txt" => "project data"

@@ -108,6 +108,9 @@ int cn_ll_parse(const cn_term *t, cn_ll_spec *s, cn_error *err) {
     const cn_term *tcp = cn_term_get(t, "tcp");
     if (!tcp || cn_term_is_atom(tcp, "deny")) {
         s->deny_tcp = 1;
+    } else if (cn_term_is_atom(tcp, "connect")) {
+        s->deny_tcp = 0;
+        s->deny_bind = 1;
     } else if (cn_term_is_atom(tcp, "allow")) {
         s->deny_tcp = 0;
     } else {
@@ -186,8 +189,12 @@ int cn_ll_plan_make(const cn_ll_spec *s, int abi, cn_ll_plan *p) {
     }
     p->abi = abi;
     p->attr.handled_access_fs = cn_ll_fs_handled(abi);
-    if (s->deny_tcp) {
+    if (s->deny_tcp || s->deny_bind) {
         p->attr.handled_access_net = cn_ll_net_handled(abi);
+        if (!s->deny_tcp) {
+            /* connect is not handled, so allowed; bind is refused */
+            p->attr.handled_access_net &= ~CN_LL_NET_CONNECT_TCP;
+        }
         if (!p->attr.handled_access_net) {
             p->missing |= CN_LL_MISSING_TCP;
         }

@@ -77,6 +77,7 @@ typedef struct cn_ll_spec {
     int deny_tcp;  /* no TCP bind or connect */
     int scope;     /* no signals to, no abstract unix sockets of, processes outside */
     int proc_self; /* the job may read its own /proc/<pid> (added by the job itself) */
+    int deny_bind; /* no TCP bind (connect allowed): tcp = connect */
 } cn_ll_spec;
 
 /* What an ABI cannot enforce of a spec: bits of cn_ll_plan.missing. */
@@ -96,10 +97,10 @@ typedef struct {
 
 /* Parses the `landlock` option of a spawn: a map (or key list) with
  * `read`, `exec` and `write` (lists of absolute paths, each optional),
- * `tcp` (`deny` | `allow`, default deny), `scope` (boolean, default true)
- * and `proc_self` (boolean, default false: read access to the job's own
- * /proc/<pid>, which only the job's process can name before it execs).
- * Reasons: bad_option with detail landlock. At least one path. */
+ * `tcp` (`deny` | `connect` | `allow`, default deny; `connect`: no bind), `scope` (boolean, default
+ * true) and `proc_self` (boolean, default false: read access to the job's own /proc/<pid>, which
+ * only the job's process can name before it execs). Reasons: bad_option with detail landlock. At
+ * least one path. */
 int cn_ll_parse(const cn_term *t, cn_ll_spec *out, cn_error *err);
 void cn_ll_spec_free(cn_ll_spec *s);
 

@@ -8,7 +8,7 @@ defmodule Sandbox.Node.Confinement do
   | profile | reads | writes | TCP (`bind`, `connect`) |
   |---|---|---|---|
   | `:high` | the installation | nothing | refused |
-  | `:medium` | the installation, the sandbox's project | the VM's own directory | with `:network_client`, else refused |
+  | `:medium` | the installation, the sandbox's project | the VM's own directory | `connect` with `:network_client` (never `bind`), else refused |
   | `:low` | not confined | | |
 
   *The installation* is what the VM is made of: the Erlang root
@@ -27,9 +27,9 @@ defmodule Sandbox.Node.Confinement do
   `:high` sandbox use the pool's warm VMs, started before they know their
   sandbox. A map profile is confined as its `isolation_level`: under
   `:high` no TCP and no writes whatever its `allowed_operations`; under
-  `:medium` TCP is allowed when they include `:network_client` or `:all`.
-  (Landlock from ABI 4 handles TCP `bind` and `connect` together: a VM
-  allowed to connect may also listen.)
+  `:medium` TCP connections are allowed when they include `:network_client`
+  or `:all`, and binding a port (so listening) never is: the C-node's
+  `tcp: :connect`, which handles Landlock's `bind` right alone.
 
   ## Classes
 
@@ -158,7 +158,7 @@ defmodule Sandbox.Node.Confinement do
       read: Enum.uniq(runtime.read ++ [vm_dir] ++ existing(List.wrap(project))),
       exec: runtime.exec,
       write: if(writes?, do: [vm_dir], else: []) ++ runtime.write,
-      tcp: if(tcp?, do: :allow, else: :deny),
+      tcp: if(tcp?, do: :connect, else: :deny),
       scope: true,
       proc_self: true
     }

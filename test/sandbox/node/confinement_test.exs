@@ -83,7 +83,7 @@ defmodule Sandbox.Node.ConfinementTest do
       assert Confinement.spec(:none, "/tmp/vm") == nil
       assert high.write -- ["/dev/null"] == []
       assert high.tcp == :deny and high.proc_self and high.scope
-      assert "/tmp/vm" in medium.write and medium.tcp == :allow
+      assert "/tmp/vm" in medium.write and medium.tcp == :connect
       # A path that does not exist cannot be opened for a rule: left out.
       refute "/srv/none" in medium.read
       # The installation: this library's code, with links resolved.
@@ -241,12 +241,19 @@ defmodule Sandbox.Node.ConfinementTest do
 
       # Without the protection (and where the profile allows it): the
       # listener gets the connection and its data.
-      for id <- [low(ctx), medium(ctx)] do
+      [low, medium] = [low(ctx), medium(ctx)]
+
+      for id <- [low, medium] do
         assert files(ctx, id, :connect, [port, id]) == {:ok, :ok}
         assert {:ok, s} = :gen_tcp.accept(listener, 5_000)
         assert :gen_tcp.recv(s, 0, 5_000) == {:ok, id}
         :gen_tcp.close(s)
       end
+
+      # :network_client is a client's: under :low the VM may listen, under
+      # :medium it connects but never binds.
+      assert files(ctx, low, :listen, []) == {:ok, :ok}
+      assert files(ctx, medium, :listen, []) == {:ok, {:error, :eacces}}
 
       # :high even with :network_client allowed, and :medium without it.
       refused = [
