@@ -289,18 +289,21 @@ defmodule Sandbox.ResourceMonitor do
 
         max = Map.get(limits, :max_processes, :infinity)
 
-        cond do
-          current + admitted <= max ->
-            :ok
+        if current + admitted <= max do
+          :ok
+        else
+          exact = length(Sandbox.GroupLeader.members(reg.gl))
 
-          (exact = length(Sandbox.GroupLeader.members(reg.gl))) + 1 <= max ->
+          if exact + 1 <= max do
             # the estimate restarts from the exact count (this spawn included)
             :atomics.put(counter, 1, exact + 1 - current)
             :ok
-
-          true ->
+          else
             :atomics.sub(counter, 1, 1)
+            # the stop reports the count this spawn would have reached
+            if pid = Process.whereis(__MODULE__), do: send(pid, {:refused, id, exact + 1})
             {:error, {:limit_exceeded, :max_processes}}
+          end
         end
 
       [{^id, _reg, _usage}] ->
@@ -562,9 +565,18 @@ defmodule Sandbox.ResourceMonitor do
 
   def handle_info({:refused, id}, state) do
     case state.sandboxes do
-      %{^id => %{breach: nil} = sb} ->
+      %{^id => sb} ->
         current = if sb.usage, do: sb.usage.current_processes, else: 0
-        tried = current + :atomics.get(sb.admitted, 1) + 1
+        handle_info({:refused, id, current + :atomics.get(sb.admitted, 1) + 1}, state)
+
+      _ ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({:refused, id, tried}, state) do
+    case state.sandboxes do
+      %{^id => %{breach: nil} = sb} ->
         {:noreply, stop_sandbox(state, id, sb, :max_processes, tried)}
 
       _ ->
