@@ -5,6 +5,9 @@ defmodule Sandbox.Security.StaticTest do
   import Sandbox.Test.SecurityFixtures
 
   @moduletag :tmp_dir
+  # Dozens of creates of fresh projects, each compiled (confined and not) by
+  # the shared worker pool, which the whole suite contends for.
+  @moduletag timeout: 300_000
 
   setup ctx do
     hash = :erlang.phash2(ctx.test)
