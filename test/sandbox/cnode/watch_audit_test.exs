@@ -90,15 +90,27 @@ defmodule Sandbox.CNode.WatchAuditTest do
       {:ok, wid} = CNode.watch(dir, debounce: 20, server: server)
       os_pid = Integer.to_string(CNode.os_pid(server))
 
-      # while the program is stopped, more events than the kernel queues (16384)
+      # While the program is stopped, more events than the kernel queues
+      # (max_queued_events: 16384 by default, far more on some machines).
+      # One write syscall is one IN_MODIFY; writes alternate between files,
+      # so that no event merges with the one before it.
       {_, 0} = System.cmd("kill", ["-STOP", os_pid])
       limit = "/proc/sys/fs/inotify/max_queued_events" |> File.read!() |> String.trim()
-      writes = div(String.to_integer(limit), 2) + 2_000
+      writes = String.to_integer(limit) + 2_000
 
-      for i <- 1..writes,
-          do: File.write!(Path.join(dir, "f#{rem(i, 20)}.ex"), Integer.to_string(i))
+      fds =
+        for k <- 0..19 do
+          {:ok, fd} = :file.open(Path.join(dir, "f#{k}.ex"), [:raw, :binary, :append])
+          fd
+        end
+        |> List.to_tuple()
 
-      {_, 0} = System.cmd("kill", ["-CONT", os_pid])
+      try do
+        for i <- 1..writes, do: :ok = :file.write(elem(fds, rem(i, 20)), "x")
+      after
+        for fd <- Tuple.to_list(fds), do: :file.close(fd)
+        {_, 0} = System.cmd("kill", ["-CONT", os_pid])
+      end
 
       assert_receive {:sandbox_cnode, ^wid, {:changed, paths}}, 20_000
       assert Path.join(dir, "untouched.ex") in paths
