@@ -89,6 +89,26 @@ static void port_notice(const ei_x_buff *info) {
     port_write(iov, 2);
 }
 
+/* A step that held the loop for long (a blocking call where none should
+ * block) is told to the port owner, which logs it: a stall shows where it
+ * was. */
+#define SLOW_STEP_MS 2000
+
+static void note_slow(const char *step, int64_t t0) {
+    int64_t ms = cn_now_ms() - t0;
+    if (ms < SLOW_STEP_MS) {
+        return;
+    }
+    ei_x_buff x;
+    ei_x_new(&x);
+    ei_x_encode_tuple_header(&x, 3);
+    ei_x_encode_atom(&x, "slow_step");
+    ei_x_encode_atom(&x, step);
+    ei_x_encode_longlong(&x, ms);
+    port_notice(&x);
+    ei_x_free(&x);
+}
+
 static void reply_info(const cn_request *r) {
     ei_x_buff x;
     cn_reply_begin(r, &x);
@@ -179,7 +199,9 @@ static void cn_dispatch(const uint8_t *frame, size_t len, int from_dist_fd) {
             if (handlers[i].port_only && from_dist_fd >= 0) {
                 break;
             }
+            int64_t t0 = cn_now_ms();
             handlers[i].fn(&r);
+            note_slow(handlers[i].name, t0);
             cn_arena_free(&a);
             return;
         }
@@ -414,15 +436,21 @@ int main(int argc, char **argv) {
             read_port();
         }
         if (!g_stopping) {
+            int64_t t0 = cn_now_ms();
             cn_dist_handle_poll(fds + d0, w0 - d0);
+            note_slow("dist", t0);
+            t0 = cn_now_ms();
             cn_watch_handle_poll(fds + w0, c0 - w0);
             cn_child_handle_poll(fds + c0, n - c0);
             cn_child_timers();
             cn_watch_timers();
+            note_slow("jobs", t0);
         }
         cn_child_gc();
         /* One fsync for every audit line appended in this round. */
+        int64_t t0 = cn_now_ms();
         cn_audit_round();
+        note_slow("audit", t0);
     }
     cn_audit_round();
     cn_child_kill_all();
