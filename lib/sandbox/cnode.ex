@@ -846,7 +846,7 @@ defmodule Sandbox.CNode do
     else
       try do
         Port.command(state.port, frame)
-        {:ok, %{state | pending: Map.put(state.pending, ref, on_reply)}}
+        {:ok, %{state | pending: Map.put(state.pending, ref_key(ref), on_reply)}}
       rescue
         # the port closed before its exit status arrived
         ArgumentError -> {:error, :cnode_down}
@@ -1002,21 +1002,41 @@ defmodule Sandbox.CNode do
   # name it had before distribution stopped — decoded as is would be a pid
   # of a node that does not exist, and the message would be lost: it is
   # re-encoded under the current name and creation.
-  defp localize({dest, msg}) when is_pid(dest) and node(dest) != node() do
+  # The same name with another creation (distribution restarted under the
+  # same name) is another node too: the VM drops a message to such a pid.
+  defp localize({dest, msg}) when is_pid(dest) do
     bin = :erlang.term_to_binary(dest)
     # NEW_PID_EXT: tag 88, the node atom, then ID, serial and creation (4 bytes each).
-    <<id_serial::binary-size(8), _creation::32>> = binary_part(bin, byte_size(bin), -12)
-    <<131, node_atom::binary>> = :erlang.term_to_binary(node())
-    creation = :erlang.system_info(:creation)
-    {:erlang.binary_to_term(<<131, 88, node_atom::binary, id_serial::binary, creation::32>>), msg}
+    <<id_serial::binary-size(8), creation::32>> = binary_part(bin, byte_size(bin), -12)
+    now = :erlang.system_info(:creation)
+
+    if node(dest) == node() and creation == now do
+      {dest, msg}
+    else
+      <<131, node_atom::binary>> = :erlang.term_to_binary(node())
+      {:erlang.binary_to_term(<<131, 88, node_atom::binary, id_serial::binary, now::32>>), msg}
+    end
   end
 
   defp localize(frame), do: frame
 
+  # The key of a request's reference in `pending`: its ID words, without the
+  # node name and creation it was encoded under. A reply can come back after
+  # distribution started, stopped or restarted: the reference it carries
+  # then decodes to a reference of another node (or incarnation), equal to
+  # no reference of this one. IDs are unique for the life of the VM,
+  # whatever its name.
+  defp ref_key(ref) do
+    # NEWER_REFERENCE_EXT: tag 90, the count of ID words, the node atom, the
+    # creation (4 bytes), then the ID words.
+    <<131, 90, words::16, _::binary>> = bin = :erlang.term_to_binary(ref)
+    binary_part(bin, byte_size(bin), -4 * words)
+  end
+
   defp handle_frame({dest, msg}, state) when dest == self() do
     case msg do
       {ref, result} when is_reference(ref) ->
-        {entry, pending} = Map.pop(state.pending, ref)
+        {entry, pending} = Map.pop(state.pending, ref_key(ref))
         state = %{state | pending: pending}
 
         case entry do

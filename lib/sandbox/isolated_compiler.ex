@@ -78,7 +78,10 @@ defmodule Sandbox.IsolatedCompiler do
       `Sandbox.Beam.validate/1` (default `true`)
     * `:cache` — use the compile cache (default `true`)
     * `:artifacts_dir` — where this compile's `temp_dir` is created
-      (default `artifacts_root/0`)
+      (default `artifacts_root/0`); with `write_artifacts: false` the
+      compile works in `artifacts_root/0` and nothing is ever created in
+      this directory (not even the directory of the worker that is
+      started, ready for the next compile, when this one is done)
     * `:confine` — kernel confinement of the worker:
       `:required` (a compile that cannot be confined with Landlock — not
       available, or an ABI below 4, which cannot close TCP — is refused
@@ -645,7 +648,7 @@ defmodule Sandbox.IsolatedCompiler do
       cache: Keyword.get(opts, :cache, true),
       max_new_atoms: max_atoms || @default_max_new_atoms,
       context: context!(Keyword.get(opts, :context)),
-      artifacts: Keyword.get_lazy(opts, :artifacts_dir, &artifacts_root/0),
+      artifacts: artifacts_dir(opts),
       pool: Keyword.get(opts, :pool, Pool),
       cache_server: Keyword.get(opts, :cache_server, Cache)
     }
@@ -1053,6 +1056,16 @@ defmodule Sandbox.IsolatedCompiler do
   end
 
   defp pool_key(_job, opts), do: %{mode: :none, read: [], artifacts: opts.artifacts}
+
+  # A worker's job directory is made when the worker starts, in the
+  # directory of its pool key; the pool starts the next worker of a key
+  # when one is done. A compile that keeps nothing works in the default
+  # root, so that the caller's directory never holds one.
+  defp artifacts_dir(opts) do
+    if Keyword.get(opts, :write_artifacts, true),
+      do: Keyword.get_lazy(opts, :artifacts_dir, &artifacts_root/0),
+      else: artifacts_root()
+  end
 
   # The paths not inside another one of the list (so that a job's key does
   # not depend on which files inside its root it compiles).

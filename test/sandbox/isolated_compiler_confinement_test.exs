@@ -246,6 +246,7 @@ defmodule Sandbox.IsolatedCompilerConfinementTest do
       compile.(a, :required)
       # The worker that replaced the one that served `a` is `a`'s: the next
       # compile of `a` starts no worker but that one's replacement.
+      await_replaced(opts[:pool])
       started = Pool.stats(opts[:pool]).workers_started
       compile.(a, :required)
       assert Pool.stats(opts[:pool]).workers_started == started + 1
@@ -423,5 +424,14 @@ defmodule Sandbox.IsolatedCompilerConfinementTest do
 
       assert {:ok, 1} = Peer.call(peer, Sandbox, :call, ["conf-medium", Counter, :increment, []])
     end
+  end
+
+  # The worker that served the last job has exited and its replacement is
+  # started (a result comes back before its worker is gone).
+  defp await_replaced(pool) do
+    stats = Pool.stats(pool)
+
+    unless stats.busy == 0 and stats.idle + stats.starting == stats.size,
+      do: await_replaced(pool)
   end
 end

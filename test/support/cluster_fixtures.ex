@@ -48,8 +48,24 @@ defmodule Sandbox.Test.ClusterFixtures do
         {:ok, [first, second]}
       end
     catch
-      :exit, reason -> {:error, {:exit, reason}}
+      :exit, reason -> {:error, {:exit, reason, cnode_diagnosis()}}
     end
+  end
+
+  # What the C-node's server was doing when a call to it timed out.
+  defp cnode_diagnosis do
+    pid = Process.whereis(CNode)
+    info = Process.info(pid, [:status, :message_queue_len, :current_stacktrace, :messages])
+
+    state =
+      try do
+        st = :sys.get_state(pid, 5_000)
+        Map.take(st, [:dist, :dist_host, :dist_pending, :pending, :os_pid])
+      catch
+        :exit, e -> {:no_state, e}
+      end
+
+    %{info: info, state: state, node: node(), creation: :erlang.system_info(:creation)}
   end
 
   defp echo(id, text) do

@@ -518,13 +518,8 @@ defmodule Sandbox.IsolatedCompiler.Pool do
   # is started lazily: most projects are compiled once (many sandboxes of
   # one project share the compile cache), and a warm-up nobody uses costs
   # a second of CPU that compiles in progress need.
-  #
-  # A worker's job directory is made when it starts, in its key's artifacts
-  # directory: a job that chose its own (`:artifacts_dir`) is replaced by a
-  # worker of the pool's default key, leaving nothing in that directory.
   defp replace(key, state) do
     state = dispatch(state)
-    key = if key.artifacts == state.default_key.artifacts, do: key, else: state.default_key
 
     cond do
       map_size(state.workers) >= state.size ->

@@ -103,4 +103,48 @@ defmodule Sandbox.CNode.DistTest do
     assert again != first
     assert again |> Atom.to_string() |> String.ends_with?("@127.0.0.1")
   end
+
+  # A request encoded while the VM had one name and creation, answered after
+  # it has another: the reply names the caller (pid and reference) as they
+  # were encoded. The program is stopped so that the reply can only come
+  # after the change.
+  describe "a reply that arrives after the host's distribution changed reaches its caller" do
+    test "distribution stopped" do
+      assert_answered_across(fn -> :ok = Node.stop() end)
+    end
+
+    test "distribution restarted under the same name (a new creation)" do
+      name = node()
+
+      assert_answered_across(fn ->
+        :ok = Node.stop()
+        {:ok, _} = Node.start(name, :longnames)
+      end)
+
+      assert node() == name
+    end
+  end
+
+  defp assert_answered_across(change) do
+    server = private_cnode()
+    os_pid = CNode.os_pid(server)
+    {_, 0} = System.cmd("kill", ["-STOP", Integer.to_string(os_pid)])
+
+    task =
+      try do
+        task = Task.async(fn -> CNode.request(server, :ping, %{}) end)
+        # the request is on its way (encoded, written to the port)
+        await_pending(server)
+        change.()
+        task
+      after
+        {_, 0} = System.cmd("kill", ["-CONT", Integer.to_string(os_pid)])
+      end
+
+    assert {:pong, ^os_pid} = Task.await(task, 15_000)
+  end
+
+  defp await_pending(server) do
+    if map_size(:sys.get_state(server).pending) == 0, do: await_pending(server)
+  end
 end
