@@ -113,6 +113,13 @@ defmodule Sandbox.CNode.DistTest do
       assert_answered_across(fn -> :ok = Node.stop() end)
     end
 
+    test "distribution started" do
+      name = node()
+      :ok = Node.stop()
+
+      assert_answered_across(fn -> {:ok, _} = Node.start(name, :longnames) end)
+    end
+
     test "distribution restarted under the same name (a new creation)" do
       name = node()
 
