@@ -1029,8 +1029,10 @@ defmodule Sandbox.CNode do
   defp ref_key(ref) do
     # NEWER_REFERENCE_EXT: tag 90, the count of ID words, the node atom, the
     # creation (4 bytes), then the ID words.
-    <<131, 90, words::16, _::binary>> = bin = :erlang.term_to_binary(ref)
-    binary_part(bin, byte_size(bin), -4 * words)
+    case :erlang.term_to_binary(ref) do
+      <<131, 90, words::16, _::binary>> = bin -> binary_part(bin, byte_size(bin), -4 * words)
+      _ -> ref
+    end
   end
 
   defp handle_frame({dest, msg}, state) when dest == self() do
