@@ -87,7 +87,10 @@ defmodule Sandbox.CNode do
   `{packet, 4}` frame (or one distribution message); the reply `{ref, result}` goes to
   `from_pid`, events to the request's `:subscriber` (default `from_pid`). Over the port
   every outgoing message is framed as `{dest_pid, message}` and this server forwards it;
-  notices for the port owner itself are `{:cnode, info}`. Commands and their `args` maps:
+  notices for the port owner itself are `{:cnode, info}` (logged as warnings: errors such
+  as a malformed request, and `{:slow_step, step, ms}` when a step of the program's loop —
+  a command, the distribution, the jobs, the audit log's fsync — held it for 2 s or more,
+  which none should). Commands and their `args` maps:
 
   | command | args | result |
   |---|---|---|
