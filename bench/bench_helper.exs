@@ -17,6 +17,13 @@ defmodule Sandbox.Bench do
     median(times) |> System.convert_time_unit(:native, :nanosecond) |> Kernel./(1000)
   end
 
+  @doc "Runs `fun` once; the time it took in µs."
+  def time_us(fun) do
+    t0 = System.monotonic_time()
+    fun.()
+    System.convert_time_unit(System.monotonic_time() - t0, :native, :nanosecond) / 1000
+  end
+
   def median(list) do
     sorted = Enum.sort(list)
     len = length(sorted)

@@ -80,12 +80,6 @@ Bench.value("original_names_1mb_long_schedules", long, "count", 0)
 :ok = Sandbox.destroy_sandbox("fid-warm")
 
 # --- destroy after 20 modules logged -----------------------------------------
-time_us = fn fun ->
-  t0 = System.monotonic_time()
-  fun.()
-  System.convert_time_unit(System.monotonic_time() - t0, :native, :nanosecond) / 1000
-end
-
 destroy = fn id, log? ->
   create.(id)
 
@@ -94,7 +88,7 @@ destroy = fn id, log? ->
         do: {:ok, :ok} = Sandbox.call(id, Module.concat(FidBench, "Log#{i}"), :log, [])
   end
 
-  time_us.(fn -> :ok = Sandbox.destroy_sandbox(id) end)
+  Bench.time_us(fn -> :ok = Sandbox.destroy_sandbox(id) end)
 end
 
 samples =
