@@ -137,6 +137,8 @@ defmodule Sandbox do
   `{:consolidated_protocol, protocol, reason}`, `{:security_violation, violations}`,
   `{:invalid_beam, module, reason}`,
   `{:relocation_failed, module, reason}`, `{:load_failed, failures}`,
+  `{:system_limit, :export_table}` (the VM's export table, never freed,
+  is nearly full: see `Sandbox.ExportTable`),
   `{:host_application_failed, app, reason}`, `{:start_failed, who, reason}`.
   A failed create leaves nothing behind.
   """
@@ -383,6 +385,8 @@ defmodule Sandbox do
     * `{:unknown_module, module}` — not a module of the sandbox
     * `{:duplicate_module, module}` — twice in the list
     * `{:relocation_failed, module, reason}`, `{:load_failed, failures}`
+    * `{:system_limit, :export_table}` — loading would nearly fill the VM's
+      export table (`Sandbox.ExportTable`)
     * `{:old_code_in_use, module, pids}` — processes still in the oldest code
     * `{:suspend_timeout, module, pid}`, `{:suspend_failed, module, pid, reason}`
       — the suspension was abandoned; `pid` is resumed as soon as it gets

@@ -308,6 +308,50 @@ defmodule Sandbox.Beam do
   def call_sites(other, _opts),
     do: raise(ArgumentError, "expected a BEAM binary, got: #{inspect(other)}")
 
+  @doc """
+  `beam` with its export table (the `ExpT` chunk) cut down to the functions
+  in `keep` (`{name, arity}` pairs): the others stay in the module as local
+  functions, and `module_info(:exports)` lists only those kept. Every
+  other chunk is kept as it is.
+
+  Used to load a module that takes fewer entries of the VM's export
+  table, which is never freed (see `Sandbox.ChangeSet`, "The guard's
+  exports").
+
+      iex> {_, bin, _} = :code.get_object_code(:lists)
+      iex> {:ok, small} = Sandbox.Beam.filter_exports(bin, [{:reverse, 1}])
+      iex> {:ok, {:lists, [exports: exports]}} = :beam_lib.chunks(small, [:exports])
+      iex> exports
+      [reverse: 1]
+
+  Returns `{:error, reason}` when `beam` is not a BEAM `:beam_lib` can
+  read (`reason` as `:beam_lib` gives it).
+  """
+  @spec filter_exports(binary, Enumerable.t()) :: {:ok, binary} | {:error, term}
+  def filter_exports(beam, keep) when is_binary(beam) do
+    keep = MapSet.new(keep)
+
+    with {:ok, {_module, [atoms: atoms]}} <- :beam_lib.chunks(beam, [:atoms]),
+         {:ok, _module, chunks} <- :beam_lib.all_chunks(beam),
+         {~c"ExpT", <<_count::32, entries::binary>>} <- List.keyfind(chunks, ~c"ExpT", 0) do
+      names = Map.new(atoms)
+
+      kept =
+        for <<f::32, a::32, label::32 <- entries>>,
+            MapSet.member?(keep, {Map.get(names, f), a}),
+            do: <<f::32, a::32, label::32>>
+
+      exp_t = IO.iodata_to_binary([<<length(kept)::32>> | kept])
+      :beam_lib.build_module(List.keyreplace(chunks, ~c"ExpT", 0, {~c"ExpT", exp_t}))
+    else
+      {:error, :beam_lib, reason} -> {:error, reason}
+      _ -> {:error, :no_export_table}
+    end
+  end
+
+  def filter_exports(other, _keep),
+    do: raise(ArgumentError, "expected a BEAM binary, got: #{inspect(other)}")
+
   @id_pattern ~r/\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\z/
 
   @doc """

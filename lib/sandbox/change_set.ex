@@ -19,7 +19,9 @@ defmodule Sandbox.ChangeSet do
     * `relinked` — unchanged, but relocated again because the renames
       changed under it (a module it names was added): loaded with the
       change, no new version;
-    * `shims` — the sandbox's copies of the library's shim modules (create).
+    * `shims` — the sandbox's copies of the library's shim modules (create),
+      and its copy of the guard whenever the change needs guard functions
+      the loaded copy does not export (see "The guard's exports").
 
   Each entry is a map: `kind`, `module` (original name), `name` (relocated),
   `beam` (as given), `binary` (relocated, what is loaded), `old_binary`
@@ -33,7 +35,23 @@ defmodule Sandbox.ChangeSet do
   the entries to load in reload order (dependencies first), `renames` the
   sandbox's renames after it, `protocols` the consolidated host protocols
   its types implement after it (`Sandbox.Protocols`) and `from_protocols`
-  those before it.
+  those before it. `guard_exports` are the functions the sandbox's copy of
+  `Sandbox.Guard` exports after the change.
+
+  ## The guard's exports
+
+  Every function a module exports or calls takes an entry in the VM's
+  export table, which is never freed and holds 524,288 entries in OTP 25
+  (a full table stops the VM). The guard template has one function per
+  guarded operation, more than 400 in all, so a copy of all of them per
+  sandbox would use up the table after about a thousand sandboxes. A
+  sandbox's copy of the guard therefore exports only the functions its
+  relocated code calls (imports and external funs in literals). A change
+  whose code calls one more loads a new copy with the union, in the same
+  atomic load as the change; the set only grows, so that every version a
+  rollback can go back to still finds its functions. Dynamic calls and
+  funs handed to the guard never need the copy's exports
+  (`Sandbox.Guard.Runtime` calls its checks directly).
   """
 
   alias Sandbox.{Beam, SecurityController}
@@ -68,7 +86,8 @@ defmodule Sandbox.ChangeSet do
           graph: %{module => [module]},
           protocols: Sandbox.Protocols.t(),
           from_protocols: Sandbox.Protocols.t(),
-          order: [entry]
+          order: [entry],
+          guard_exports: MapSet.t({atom, arity})
         }
 
   defstruct sandbox_id: nil,
@@ -84,7 +103,8 @@ defmodule Sandbox.ChangeSet do
             graph: %{},
             protocols: %{},
             from_protocols: %{},
-            order: []
+            order: [],
+            guard_exports: MapSet.new()
 
   @relocate_opts [debug_info: :strip]
   # Capability guards in relocation (per-function redirects of guarded
@@ -224,7 +244,8 @@ defmodule Sandbox.ChangeSet do
       protocols: %{},
       from_protocols: store.protocols,
       renames: store.renames,
-      redirects: store.redirects
+      redirects: store.redirects,
+      guard_exports: store.guard_exports
     }
   end
 
@@ -356,7 +377,8 @@ defmodule Sandbox.ChangeSet do
       to_relocate = touched ++ relinked
       opts = relocate_opts(store, guard)
 
-      with {:ok, relocated} <- relocate_all(to_relocate, renames, store.redirects, opts) do
+      with {:ok, relocated} <- relocate_all(to_relocate, renames, store.redirects, opts),
+           {:ok, guard_shims, guard_exports} <- guard_copy(store, relocated) do
         relocated = Enum.map(relocated, &%{&1 | deps: Map.get(graph, &1.module, [])})
         by_kind = Enum.group_by(relocated, & &1.kind)
 
@@ -368,7 +390,8 @@ defmodule Sandbox.ChangeSet do
            changed: Map.get(by_kind, :changed, []),
            relinked: Map.get(by_kind, :relinked, []),
            removed: removed,
-           shims: shims,
+           shims: shims ++ guard_shims,
+           guard_exports: guard_exports,
            unchanged: for(%{kind: :unchanged, module: m} <- given, do: m),
            renames: renames,
            redirects: store.redirects,
@@ -484,6 +507,42 @@ defmodule Sandbox.ChangeSet do
     else
       @relocate_opts
     end
+  end
+
+  # The sandbox's copy of Sandbox.Guard, when the relocated code calls a
+  # function of it that the loaded copy does not export: a new copy that
+  # exports the union (see "The guard's exports").
+  defp guard_copy(store, relocated) do
+    {:ok, name} = Beam.relocated_name(store.id, Sandbox.Guard)
+    needed = guard_calls(relocated, name)
+
+    if MapSet.subset?(needed, store.guard_exports) do
+      {:ok, [], store.guard_exports}
+    else
+      exports = MapSet.union(needed, store.guard_exports)
+      {^name, beam, bin} = guard_binary(store.id, name, exports)
+      {:ok, [entry(:shim, Sandbox.Guard, name, %{beam: beam, binary: bin})], exports}
+    end
+  end
+
+  defp guard_calls(relocated, name) do
+    for e <- relocated,
+        {:ok, parsed} = Beam.parse(e.binary),
+        {^name, f, a} <- parsed.imports ++ parsed.external_funs,
+        into: MapSet.new(),
+        do: {f, a}
+  end
+
+  @doc false
+  # The guard template relocated for sandbox `id` as `name`, exporting only
+  # `exports` (and module_info/0,1): `{name, template_beam, binary}`.
+  def guard_binary(id, name, exports) do
+    {Sandbox.Guard, template, _} = :code.get_object_code(Sandbox.Guard)
+    keep = MapSet.union(exports, MapSet.new([{:module_info, 0}, {:module_info, 1}]))
+    {:ok, filtered} = Beam.filter_exports(template, keep)
+    renames = %{Sandbox.Guard => name, __sandbox_shim_id__: String.to_atom(id)}
+    {:ok, bin} = Beam.relocate(filtered, renames, %{}, @relocate_opts)
+    {name, template, bin}
   end
 
   defp build_shims(_id, [], _extra), do: {:ok, [], %{}}

@@ -120,6 +120,7 @@ defmodule Sandbox.ErrorHandler do
   def classify_error({:confinement_unavailable, _}), do: :system_error
   def classify_error({:load_failed, _}), do: :system_error
   def classify_error({:shim_failed, _, _}), do: :system_error
+  def classify_error({:system_limit, _}), do: :system_error
   def classify_error({:host_application_failed, _, _}), do: :system_error
   def classify_error(_other), do: :runtime_error
 

@@ -58,12 +58,12 @@ defmodule Sandbox.Instance do
   @deferred [:reload, :rollback, :prepare, :auto_reload, :revert]
 
   # Module-level redirects: every call to the host module goes to the
-  # sandbox's copy of the shim. The guard (Sandbox.Guard) is loaded with
-  # them; calls reach it through the change set's per-function redirects.
+  # sandbox's copy of the shim. The sandbox's copy of the guard
+  # (Sandbox.Guard) is built by the change set, with the functions its code
+  # calls through the per-function redirects.
   @shims [
     {Application, Sandbox.Shim.Application},
-    {:application, Sandbox.Shim.ErlApplication},
-    {nil, Sandbox.Guard}
+    {:application, Sandbox.Shim.ErlApplication}
   ]
 
   @doc false

@@ -91,6 +91,7 @@ defmodule Sandbox.Manager do
     Sandbox.Env.create_table()
     Sandbox.GroupLeader.create_table()
     Sandbox.Guard.Runtime.create_table()
+    Sandbox.ExportTable.create_table()
     :ok
   end
 

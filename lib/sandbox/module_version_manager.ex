@@ -7,7 +7,8 @@ defmodule Sandbox.ModuleVersionManager do
   its kept versions (the seed's `module_version` maps) and what the store
   needs to build the next change (its parsed BEAM and the binary loaded
   for it). It also keeps the sandbox's renames (original name → relocated
-  name, from `Sandbox.Beam.rename_map/2`), redirects and shims.
+  name, from `Sandbox.Beam.rename_map/2`), redirects, shims and the
+  functions its copy of the guard exports (see `Sandbox.ChangeSet`).
 
   Every module of the sandbox is version 1 when the sandbox is created; a
   module added later starts at version 1 too. Each change that alters a
@@ -41,7 +42,8 @@ defmodule Sandbox.ModuleVersionManager do
           shims: [module],
           modules: %{module => slot},
           graph: %{module => [module]},
-          protocols: Sandbox.Protocols.t()
+          protocols: Sandbox.Protocols.t(),
+          guard_exports: MapSet.t({atom, arity})
         }
 
   defstruct id: nil,
@@ -52,7 +54,8 @@ defmodule Sandbox.ModuleVersionManager do
             shims: [],
             modules: %{},
             graph: %{},
-            protocols: %{}
+            protocols: %{},
+            guard_exports: MapSet.new()
 
   @doc """
   An empty store for sandbox `id` (a create is the first change recorded);
@@ -159,7 +162,8 @@ defmodule Sandbox.ModuleVersionManager do
         graph: change.graph,
         protocols: change.protocols,
         renames: change.renames,
-        shims: store.shims ++ Enum.map(change.shims, & &1.name)
+        shims: Enum.uniq(store.shims ++ Enum.map(change.shims, & &1.name)),
+        guard_exports: MapSet.union(store.guard_exports, change.guard_exports)
     }
   end
 

@@ -345,7 +345,8 @@ defmodule Sandbox.StatePreservation do
     gl = env.group_leader
     members = if is_pid(gl) and Process.alive?(gl), do: GroupLeader.members(gl), else: []
 
-    with {:ok, code} <- prepare_code(load, :binary),
+    with :ok <- admit(load),
+         {:ok, code} <- prepare_code(load, :binary),
          :ok <- soft_purge(replaced ++ change.removed),
          :ok <- not_in_use(change.removed, members) do
       prepared = %Prepared{change: change, env: env, code: code}
@@ -601,6 +602,20 @@ defmodule Sandbox.StatePreservation do
           5 -> wait_soft_purge(name, deadline)
         end
     end
+  end
+
+  # Every module loaded takes entries of the VM's export table, which a
+  # full table stops (Sandbox.ExportTable).
+  defp admit(load) do
+    parsed =
+      for e <- load do
+        case e.parsed do
+          nil -> with({:ok, p} <- Sandbox.Beam.parse(e.binary), do: p, else: (_ -> nil))
+          p -> p
+        end
+      end
+
+    Sandbox.ExportTable.admit(Sandbox.ExportTable.estimate(Enum.reject(parsed, &is_nil/1)))
   end
 
   defp prepare_code(entries, key) do

@@ -4,10 +4,14 @@ defmodule Sandbox.Test.Peer do
   # own: a stand-in :telemetry module, cover-compiled modules, a nested
   # ExUnit run. Stopped when the test exits.
 
-  @doc "Starts a peer (apps: applications to start in it); returns the peer."
+  @doc """
+  Starts a peer (`apps:` applications to start in it, `args:` extra VM
+  arguments, `env:` environment variables); returns the peer.
+  """
   def start!(opts \\ []) do
     args = Enum.flat_map(:code.get_path(), &[~c"-pa", &1]) ++ Keyword.get(opts, :args, [])
-    {:ok, peer, _node} = :peer.start(%{connection: :standard_io, args: args})
+    env = for {k, v} <- Keyword.get(opts, :env, []), do: {to_charlist(k), to_charlist(v)}
+    {:ok, peer, _node} = :peer.start(%{connection: :standard_io, args: args, env: env})
 
     ExUnit.Callbacks.on_exit(fn ->
       try do

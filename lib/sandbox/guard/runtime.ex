@@ -44,6 +44,27 @@ defmodule Sandbox.Guard.Runtime do
   the profile allows everything, enforce the profile.
   """
   @spec guarded(atom, mfa, [term]) :: term
+  def guarded(id, {mod, _, 3} = mfa, [m, f, a])
+      when mod in [:erlang, Function] and elem(mfa, 1) in [:make_fun, :capture] and
+             is_atom(m) and is_atom(f) and is_integer(a) and a >= 0 do
+    profile = profile(id)
+
+    case SecurityController.verdict(profile, mfa) do
+      {:forbidden, class} -> violation!(id, mfa, class, nil)
+      _ -> :ok
+    end
+
+    # The fun made, with the module mapped and a guarded target routed
+    # through its checks (then a closure, not an external fun). A fun of a
+    # function not exported yet takes an entry of the export table.
+    m = map_module(id, m)
+
+    case Sandbox.ExportTable.charge_fun(m, f, a) do
+      :ok -> external_fun(id, profile, apply(:erlang, :make_fun, [m, f, a]))
+      {:error, _} -> :erlang.error(:system_limit)
+    end
+  end
+
   def guarded(id, {m, f, _a} = mfa, args) do
     profile = profile(id)
 
@@ -154,8 +175,17 @@ defmodule Sandbox.Guard.Runtime do
   ## Checks
 
   # A call of `m.f(args)` about to be made (or handed to library code):
-  # allowed as it is, or routed through the sandbox's guard when guarded
-  # (its checks then run when the call is made), or a violation.
+  # allowed as it is, or routed through `guarded/3` when guarded (its checks
+  # then run when the call is made), or a violation. Not through the
+  # sandbox's copy of the guard, which exports only the functions the
+  # sandbox's code calls (see Sandbox.ChangeSet, "The guard's exports").
+  # Already routed through `guarded/3` for this sandbox (a child spec or an
+  # MFA checked once, then handed on): `guarded/3` checks it when it runs.
+  # Another sandbox's id is not taken as such: its profile is not ours.
+  defp check_target(id, _profile, __MODULE__, :guarded, [id, {m, f, a}, args] = wrapped)
+       when is_atom(m) and is_atom(f) and is_list(args) and length(args) == a,
+       do: {__MODULE__, :guarded, wrapped}
+
   defp check_target(id, profile, m, f, args) when is_atom(m) and is_atom(f) and is_list(args) do
     mfa = {m, f, length(args)}
 
@@ -170,7 +200,7 @@ defmodule Sandbox.Guard.Runtime do
 
           _ ->
             case Operations.classify(mfa) do
-              {_class, {:guarded, _}} -> {guard_module(id), guard_name(mfa), args}
+              {_class, {:guarded, _}} -> {__MODULE__, :guarded, [id, mfa, args]}
               _ -> {m, f, args}
             end
         end
@@ -221,25 +251,23 @@ defmodule Sandbox.Guard.Runtime do
     mapped = map_module(id, m)
 
     case check_target(id, profile, mapped, f, List.duplicate(nil, a)) do
+      {__MODULE__, :guarded, [^id, mfa, _]} -> guarded_fun(id, mfa)
       {^m, ^f, _} -> fun
       {m2, f2, _} -> Function.capture(m2, f2, a)
     end
   end
 
-  @doc "The sandbox's copy of `Sandbox.Guard`."
-  @spec guard_module(atom) :: module
-  def guard_module(id) do
-    key = {__MODULE__, :guard, id}
+  # A fun of the arity of guarded `mfa` that makes the guarded call.
+  @max_guarded_arity for {_m, {_class, _default, exceptions}} <- Operations.table(),
+                         {{_f, a}, {_c, {:guarded, _}}} <- exceptions,
+                         reduce: 0,
+                         do: (max -> max(a, max))
 
-    case Process.get(key) do
-      nil ->
-        {:ok, name} = Sandbox.Beam.relocated_name(Atom.to_string(id), Sandbox.Guard)
-        Process.put(key, name)
-        name
+  for n <- 0..@max_guarded_arity do
+    args = Macro.generate_arguments(n, __MODULE__)
 
-      name ->
-        name
-    end
+    defp guarded_fun(id, {_m, _f, unquote(n)} = mfa),
+      do: fn unquote_splicing(args) -> guarded(id, mfa, [unquote_splicing(args)]) end
   end
 
   defp check({:member, n}, id, _profile, mfa, args) do
@@ -279,14 +307,6 @@ defmodule Sandbox.Guard.Runtime do
     else
       _ -> args
     end
-  end
-
-  defp check(:make_fun, id, profile, _mfa, [m, f, a])
-       when is_atom(m) and is_atom(f) and is_integer(a) and a >= 0 do
-    fun = external_fun(id, profile, Function.capture(map_module(id, m), f, a))
-    {:module, m} = Function.info(fun, :module)
-    {:name, f} = Function.info(fun, :name)
-    [m, f, a]
   end
 
   defp check({:module, n}, id, profile, mfa, args) do

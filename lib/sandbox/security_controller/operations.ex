@@ -84,6 +84,10 @@ defmodule Sandbox.SecurityController.Operations.Tables do
               "ensure_engine_unloaded/2"}
          ])},
       String => {:string, :allowed, %{{:to_atom, 1} => {:basic_otp, {:guarded, [:new_atom]}}}},
+      # Makes an external fun as :erlang.make_fun/3 does (and takes an
+      # export-table entry for a function not exported yet).
+      Function =>
+        {:basic_otp, :allowed, %{{:capture, 3} => {:basic_otp, {:guarded, [:make_fun]}}}},
       List => {:basic_otp, :allowed, %{{:to_atom, 1} => {:basic_otp, {:guarded, [:new_atom]}}}},
       Module =>
         {:basic_otp, :forbidden,
@@ -695,8 +699,11 @@ defmodule Sandbox.SecurityController.Operations do
     * `:group_leader` — a group leader is set only for the sandbox's
       processes, to one of the sandbox's group leaders
     * `:spawn` — process admission (the sandbox's `max_processes`)
-    * `:make_fun` — `:erlang.make_fun(m, f, a)`: the module is mapped to the
-      sandbox's copy, and the fun checked like a static call
+    * `:make_fun` — `:erlang.make_fun(m, f, a)`, `Function.capture/3`: the
+      module is mapped to the sandbox's copy, and the fun checked like a
+      static call (a guarded target gives a closure that makes the guarded
+      call); a fun of a function not exported yet is charged to the export
+      table (`Sandbox.ExportTable`), `SystemLimitError` when it is full
     * `{:map_module, n}` — argument `n`, a module, is mapped to the sandbox's
       copy (`struct/2`, `function_exported?/3`, `Code.ensure_loaded/1`): no
       restriction, isolation fidelity

@@ -1,0 +1,128 @@
+defmodule Sandbox.ExportTable do
+  @moduledoc """
+  Admission against the VM's export table.
+
+  Every function a loaded module exports or calls, and every function named
+  by `:erlang.make_fun/3` before its module is loaded, takes an entry of
+  the VM's export table. Entries are never freed, and when the table is
+  full (524,288 entries in OTP 25) the VM stops ("no more index entries in
+  export_list"). A sandbox must not be able to do that to its host, so:
+
+    * every change a sandbox loads (`Sandbox.StatePreservation.prepare/2`)
+      is admitted here first, counting each module's exports and imports
+      as new entries, and refused with `{:error, {:system_limit,
+      :export_table}}` when they would leave less than `reserve/0` entries
+      free;
+    * every fun a sandbox makes of a function that is not exported yet
+      (`:erlang.make_fun/3`, `Function.capture/3`, through the guard) is
+      charged here, and raises `SystemLimitError` past the same point.
+
+  The table's use is read from `:erlang.system_info(:info)` (about half a
+  millisecond), which shows the table of the active code; entries made by
+  `make_fun/3` since the last code load are not in it yet, so every charge
+  is added to it for the rest of the VM's life (an overestimate: a fun made
+  twice is charged twice).
+  """
+
+  @table __MODULE__
+  @reserve 16_384
+  # A charge re-reads the table when the estimate comes within this many
+  # entries of the reserve, or when the last reading is older than this.
+  @margin 65_536
+  @max_age_ms 1_000
+
+  @doc false
+  def create_table do
+    :ets.new(@table, [:set, :public, :named_table, write_concurrency: true])
+    :ets.insert(@table, [{:charges, 0}, {:reading, 0, :infinity, -@max_age_ms - 1}])
+  end
+
+  @doc "The entries kept free for the host: a load or fun that would use them is refused."
+  @spec reserve() :: pos_integer
+  def reserve, do: @reserve
+
+  @doc """
+  The export table now: `%{entries: n, limit: n, charged: n}`, where
+  `charged` counts the funs charged so far (see the module documentation).
+  """
+  @spec usage() :: %{entries: non_neg_integer, limit: pos_integer, charged: non_neg_integer}
+  def usage do
+    {entries, limit} = read()
+    %{entries: entries, limit: limit, charged: charges()}
+  end
+
+  @doc """
+  Admits a load that may add `new_entries` entries: `:ok`, or
+  `{:error, {:system_limit, :export_table}}` when fewer than `reserve/0`
+  entries would be left.
+  """
+  @spec admit(non_neg_integer) :: :ok | {:error, {:system_limit, :export_table}}
+  def admit(new_entries) when is_integer(new_entries) and new_entries >= 0 do
+    {entries, limit} = read()
+    if fits?(entries + charges() + new_entries, limit), do: :ok, else: full()
+  end
+
+  @doc """
+  The new entries loading the modules parsed as `parsed`
+  (`Sandbox.Beam.t()`) may take: their exports and imports, counted as
+  if none were in the table yet.
+  """
+  @spec estimate([Sandbox.Beam.t()]) :: non_neg_integer
+  def estimate(parsed),
+    do: Enum.reduce(parsed, 0, &(&2 + length(&1.exports) + length(&1.imports)))
+
+  @doc """
+  Charges one fun of `{m, f, a}` about to be made: `:ok` when the function
+  is exported already (no new entry) or the table has room, else
+  `{:error, {:system_limit, :export_table}}`.
+  """
+  @spec charge_fun(module, atom, arity) :: :ok | {:error, {:system_limit, :export_table}}
+  def charge_fun(m, f, a) do
+    if :erlang.function_exported(m, f, a), do: :ok, else: charge()
+  end
+
+  defp charge do
+    charged = :ets.update_counter(@table, :charges, 1)
+    [{:reading, entries, limit, at}] = :ets.lookup(@table, :reading)
+
+    cond do
+      limit != :infinity and entries + charged + @reserve + @margin <= limit and
+          now() - at <= @max_age_ms ->
+        :ok
+
+      true ->
+        {entries, limit} = read()
+        if fits?(entries + charged, limit), do: :ok, else: full()
+    end
+  end
+
+  defp fits?(estimate, limit), do: estimate + @reserve <= limit
+
+  defp full, do: {:error, {:system_limit, :export_table}}
+
+  defp charges do
+    case :ets.lookup(@table, :charges) do
+      [{:charges, n}] -> n
+      [] -> 0
+    end
+  end
+
+  # The active table's entries and limit, remembered for charges.
+  defp read do
+    info = :erlang.system_info(:info)
+    {at, _} = :binary.match(info, "=index_table:export_list\n")
+    section = :binary.part(info, at, min(200, byte_size(info) - at))
+    entries = field(section, "entries: ")
+    limit = field(section, "limit: ")
+    :ets.insert(@table, {:reading, entries, limit, now()})
+    {entries, limit}
+  end
+
+  defp field(section, label) do
+    [_, rest] = :binary.split(section, label)
+    {n, _} = Integer.parse(rest)
+    n
+  end
+
+  defp now, do: System.monotonic_time(:millisecond)
+end
