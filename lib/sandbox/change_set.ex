@@ -355,6 +355,8 @@ defmodule Sandbox.ChangeSet do
       relinked = relinked(store, renames, touched, gone)
       to_relocate = touched ++ relinked
       opts = relocate_opts(store, guard)
+      # The create option :keep_atoms, for every relocation of the sandbox's modules.
+      opts = Keyword.put(opts, :keep_atoms, store.keep_atoms)
 
       with {:ok, relocated} <- relocate_all(to_relocate, renames, store.redirects, opts) do
         relocated = Enum.map(relocated, &%{&1 | deps: Map.get(graph, &1.module, [])})
