@@ -144,3 +144,27 @@ for {label, strip?, opts} <- [{"strip", true, [debug_info: :strip]}, {"keep", fa
 
   Bench.compare("relocate_#{label}_corpus_median", Bench.median(ours), Bench.median(base))
 end
+
+# keep_atoms: the cost of keeping each module's own name as data (its code
+# walked and rewritten when it uses the name as data) against the same
+# relocation without it, as a sandbox relocates (debug info stripped),
+# measured module by module in turn.
+{kept, plain} =
+  work
+  |> Enum.map(fn {beam, renames, _, _} ->
+    {:ok, %{module: module}} = Sandbox.Beam.parse(beam)
+    keep = [debug_info: :strip, keep_atoms: [module]]
+    strip = [debug_info: :strip]
+
+    {o, b} =
+      for _ <- 1..3 do
+        {time.(fn -> {:ok, _} = Sandbox.Beam.relocate(beam, renames, %{}, keep) end),
+         time.(fn -> {:ok, _} = Sandbox.Beam.relocate(beam, renames, %{}, strip) end)}
+      end
+      |> Enum.unzip()
+
+    {Bench.median(o), Bench.median(b)}
+  end)
+  |> Enum.unzip()
+
+Bench.compare("relocate_keep_atoms_corpus_median", Bench.median(kept), Bench.median(plain))

@@ -120,6 +120,24 @@ defmodule Sandbox do
     * `:isolation` — `:vm` (default: in this VM) or `:node`: in an Erlang
       VM of its own, started and held to hard limits by the supervising
       C-node, behind the same API (see `Sandbox.Node`)
+    * `:keep_atoms` — atoms (`[]`) that keep their original name where the
+      sandbox's code uses them as data, though they name one of its
+      modules: for an Erlang application named like its module
+      (application `telemetry`, module `telemetry`), `keep_atoms:
+      [:telemetry]` makes `application:get_env(telemetry, k)` and events
+      such as `[telemetry, handler, failure]` use `telemetry`, not its
+      relocated name. Calls, exports and the module's identity (its name,
+      `module_info/0,1`, `__info__/1`, stack traces) are still relocated,
+      so the host has no such module and sandboxes stay apart. The
+      bytecode cannot tell data from identity, so every data use changes:
+      `?MODULE` as an ETS table name, registered name or `:pg` group is
+      then shared with the host and with other sandboxes keeping the atom;
+      `?MODULE` given as a callback module (`gen_server:start_link(...,
+      ?MODULE, ...)`, `apply(?MODULE, f, args)`) reaches the host's module
+      of that name, if any; an Elixir struct's `__struct__` keeps the
+      original name. Applied on create, hot reload and rollback (see
+      `Sandbox.Beam.relocate/4`'s `:keep_atoms`); a list of anything but
+      atoms is `{:invalid_option, {:keep_atoms, value}}`.
     * `:prebuilt` — internal (used by `Sandbox.Cluster` to create copies on
       other nodes without compiling there): the compiled project instead of
       a compile of `sandbox_path`, `%{modules: [{module, beam}], app:

@@ -141,13 +141,17 @@ relocate(Bin, Renames, Redirects, Strip, Opts) ->
     relocate(Bin, Renames, Redirects, Strip, #{}, Opts).
 
 -type guards() :: #{import_redirects => #{mfa() => {atom(), atom()}},
-                    dynamic_guard => {atom(), [apply | call_fun | send]}}.
+                    dynamic_guard => {atom(), [apply | call_fun | send]},
+                    keep_atoms => [atom()]}.
 
 %% @doc relocate/5 with capability guards: `import_redirects' repoints the
 %% imports and external fun literals of single functions (`{M, F, A} =>
 %% {M2, F2}'), `dynamic_guard' rewrites the code's apply, call_fun and send
 %% instructions of the kinds given into calls of the guard module's
-%% `$apply'/N+2, `$call_fun'/N+1 and `$send'/2.
+%% `$apply'/N+2, `$call_fun'/N+1 and `$send'/2; `keep_atoms' lists renamed
+%% atoms that keep their original name where they are data (code operands
+%% and literals), while the atom table, calls, exports, `func_info' and
+%% `module_info' still use the renamed name.
 -spec relocate(binary(), #{atom() | binary() => atom() | binary()},
                #{atom() | binary() => atom() | binary()}, boolean(), guards(), limits()) ->
     {ok, binary()} | {error, term()}.
@@ -167,9 +171,21 @@ relocate(Bin, Renames, Redirects, Strip, Guards, Opts) ->
     erlang:error(badarg, [Bin, Renames, Redirects, Strip, Guards, Opts]).
 
 %% The guards as the NIF takes them: {[{M, F, A, M2, F2}], Guard | undefined,
-%% Kinds}, names as UTF-8 binaries, Kinds a bit mask (apply 1, call_fun 2,
-%% send 4).
+%% Kinds} or, with kept atoms, {..., Kinds, [Keep]}; names as UTF-8 binaries,
+%% Kinds a bit mask (apply 1, call_fun 2, send 4).
 guards(Guards) ->
+    Base = guards_base(Guards),
+    case maps:get(keep_atoms, Guards, []) of
+        [] ->
+            Base;
+        Keeps when is_list(Keeps) ->
+            lists:all(fun is_atom/1, Keeps) orelse erlang:error(badarg, [Guards]),
+            erlang:append_element(Base, [name(K) || K <- lists:usort(Keeps)]);
+        _ ->
+            erlang:error(badarg, [Guards])
+    end.
+
+guards_base(Guards) ->
     Mfas = maps:get(import_redirects, Guards, #{}),
     is_map(Mfas) orelse erlang:error(badarg, [Guards]),
     List = [case Entry of

@@ -51,6 +51,10 @@ typedef struct {
     size_t *xlens;
     size_t nx, capx;
     strmap xmap;
+    strmap keeps;       /* spec->keeps by name */
+    int keeping;        /* rewriting literals: kept atoms stay as data */
+    uint32_t *keep_idx; /* by atom index: 1 + the keep of a renamed kept atom, or 0 */
+    const beam_module *m;
     reloc_error *err;
     uint64_t work;     /* units spent */
     uint64_t slack;    /* ns surely left before the deadline */
@@ -116,17 +120,27 @@ static const uint8_t *latin1_to_utf8(const uint8_t *s, size_t len, uint8_t *tmp,
     return tmp;
 }
 
+/* Where an atom of a term occurs, for the name it gets. */
+typedef enum {
+    AR_DATA = 0,       /* data: a kept atom keeps its name in literals */
+    AR_FUN_MODULE = 1, /* the module of an external fun: renamed or redirected */
+    AR_CALL = 2        /* a call or an identity (an external fun's function, a
+                        * local fun's module): renamed */
+} atom_role;
+
 /* The name an atom gets: its rename, or (for the module of an external fun)
- * its redirect, or itself. Names are UTF-8. Returns 1 when it changes. */
-static int new_name(const reloc_ctx *c, const uint8_t *name, size_t len, int fun_module,
+ * its redirect, or itself (a kept atom as data in literals). Names are
+ * UTF-8. Returns 1 when it changes. */
+static int new_name(const reloc_ctx *c, const uint8_t *name, size_t len, atom_role role,
                     const uint8_t **out, size_t *out_len) {
-    size_t i;
-    if (fun_module && strmap_get(&c->redirects, name, len, &i)) {
+    size_t i, k;
+    if (role == AR_FUN_MODULE && strmap_get(&c->redirects, name, len, &i)) {
         *out = c->spec->redirects[i].to;
         *out_len = c->spec->redirects[i].to_len;
         return 1;
     }
-    if (strmap_get(&c->renames, name, len, &i)) {
+    if (strmap_get(&c->renames, name, len, &i) &&
+        !(role == AR_DATA && c->keeping && strmap_get(&c->keeps, name, len, &k))) {
         *out = c->spec->renames[i].to;
         *out_len = c->spec->renames[i].to_len;
         return 1;
@@ -180,7 +194,9 @@ static int hit_atom(void *ctx, size_t off, size_t enc_len, const uint8_t *name, 
     }
     const uint8_t *o;
     size_t ol;
-    c->hit = new_name(c, name, len, role == ETF_ATOM_FUN_MODULE, &o, &ol);
+    /* Kept atoms count as changes: the walk cannot tell a local fun's
+     * module from data, rewrite_term() can (and writes data unchanged). */
+    c->hit = new_name(c, name, len, role == ETF_ATOM_FUN_MODULE ? AR_FUN_MODULE : AR_CALL, &o, &ol);
     c->hit_pos = off;
     return c->hit;
 }
@@ -268,6 +284,7 @@ typedef struct {
     size_t child_start; /* output offset of the child being read */
     size_t size_field;  /* FR_FUN: output offset of the Size field */
     size_t keys_start;  /* FR_MAP: first of this map's entries in the key list */
+    int module_next;    /* FR_FUN: the next child is the fun's module */
 } frame;
 
 typedef struct {
@@ -374,12 +391,12 @@ static long find_duplicate_key(reloc_ctx *c, const buf_t *out, span *keys, size_
 
 /* The UTF-8 name an atom of the input gets (into *out, *out_len); `tmp`
  * holds a latin-1 name's conversion. Fails when a changed name is too long. */
-static int resolve_atom(reloc_ctx *c, const uint8_t *name, size_t len, int utf8, int fun_module,
+static int resolve_atom(reloc_ctx *c, const uint8_t *name, size_t len, int utf8, atom_role role,
                         uint8_t tmp[LATIN1_UTF8_MAX], const uint8_t **out, size_t *out_len) {
     if (!utf8 && !(name = latin1_to_utf8(name, len, tmp, LATIN1_UTF8_MAX, &len))) {
         return -2; /* a latin-1 name over 255 bytes */
     }
-    if (new_name(c, name, len, fun_module, out, out_len) && *out_len > 255) {
+    if (new_name(c, name, len, role, out, out_len) && *out_len > 255) {
         return too_long(c, *out, *out_len);
     }
     return 0;
@@ -388,11 +405,11 @@ static int resolve_atom(reloc_ctx *c, const uint8_t *name, size_t len, int utf8,
 /* Writes an atom term in canonical UTF-8 form: 0, -1 (c->err set) or -2
  * (malformed). */
 static int put_atom(reloc_ctx *c, buf_t *out, const uint8_t *name, size_t len, int utf8,
-                    int fun_module) {
+                    atom_role role) {
     uint8_t tmp[LATIN1_UTF8_MAX];
     const uint8_t *n;
     size_t nl;
-    int r = resolve_atom(c, name, len, utf8, fun_module, tmp, &n, &nl);
+    int r = resolve_atom(c, name, len, utf8, role, tmp, &n, &nl);
     if (r) {
         return r;
     }
@@ -485,7 +502,7 @@ static int rw_export_mfa(reloc_ctx *c, const uint8_t *in, size_t len, size_t *po
 
 /* Reads an atom at in[*pos] and writes it renamed. */
 static int rw_atom(reloc_ctx *c, const uint8_t *in, size_t len, size_t *pos, buf_t *out,
-                   int fun_module) {
+                   atom_role role) {
     size_t p = *pos;
     if (p >= len) {
         return -2;
@@ -516,7 +533,7 @@ static int rw_atom(reloc_ctx *c, const uint8_t *in, size_t len, size_t *pos, buf
              : n > BEAM_MAX_ATOM_CHARS) {
         return -2;
     }
-    int r = put_atom(c, out, in + p, n, utf8, fun_module);
+    int r = put_atom(c, out, in + p, n, utf8, role);
     if (r) {
         return r;
     }
@@ -587,7 +604,7 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
     size_t pos = 0, start = out->len, charged = 0;
     unsigned steps = 0;
     int rc = 0;
-    if (push_frame(&s, (frame){FR_SEQ, 1, 0, 0, 0})) {
+    if (push_frame(&s, (frame){FR_SEQ, 1, 0, 0, 0, 0})) {
         rc = -1;
         goto nomem;
     }
@@ -638,6 +655,8 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
         /* Read the next child of `top`. */
         top->remaining--;
         top->child_start = out->len;
+        atom_role role = top->kind == FR_FUN && top->module_next ? AR_CALL : AR_DATA;
+        top->module_next = 0;
         if (pos >= len) {
             rc = -2;
             goto out;
@@ -649,7 +668,7 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
         case TAG_ATOM_UTF8:
         case TAG_SMALL_ATOM:
         case TAG_SMALL_ATOM_UTF8:
-            if ((rc = rw_atom(c, in, len, &pos, out, 0))) {
+            if ((rc = rw_atom(c, in, len, &pos, out, role))) {
                 goto out;
             }
             break;
@@ -663,7 +682,7 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
                 goto out;
             }
             uint64_t arity = tag == TAG_SMALL_TUPLE ? in[pos + 1] : rd_u32(in + pos + 1);
-            frame f = {FR_SEQ, arity, 0, 0, 0};
+            frame f = {FR_SEQ, arity, 0, 0, 0, 0};
             if (tag == TAG_LIST) {
                 f.remaining = arity + 1;
             } else if (tag == TAG_MAP) {
@@ -698,8 +717,8 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
                     break;
                 }
             }
-            if ((rc = rw_atom(c, in, len, &pos, out, 1)) ||
-                (rc = rw_atom(c, in, len, &pos, out, 0))) {
+            if ((rc = rw_atom(c, in, len, &pos, out, AR_FUN_MODULE)) ||
+                (rc = rw_atom(c, in, len, &pos, out, AR_CALL))) {
                 goto out;
             }
             if (len - pos < 2 || in[pos] != TAG_SMALL_INTEGER) {
@@ -717,7 +736,7 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
                 rc = -2;
                 goto out;
             }
-            frame f = {FR_FUN, 4 + (uint64_t)rd_u32(in + pos + 26), 0, out->len + 1, 0};
+            frame f = {FR_FUN, 4 + (uint64_t)rd_u32(in + pos + 26), 0, out->len + 1, 0, 1};
             uint32_t size = rd_u32(in + pos + 1);
             if (size < 29 || size > len - pos - 1 || f.remaining > len - pos) {
                 rc = -2;
@@ -766,7 +785,7 @@ static int rewrite_term(reloc_ctx *c, const uint8_t *in, size_t len, buf_t *out)
                 goto nomem;
             }
             pos += lead;
-            if ((rc = rw_atom(c, in, len, &pos, out, 0))) {
+            if ((rc = rw_atom(c, in, len, &pos, out, AR_DATA))) {
                 goto out;
             }
             if (len - pos < rest) {
@@ -1032,6 +1051,7 @@ static int rw_literals(reloc_ctx *c, const beam_module *m, const beam_chunk *ch,
     if (load_literals(c, m, ch, &lits)) {
         return -1;
     }
+    c->keeping = c->spec->nkeeps > 0;
     buf_t table = {0};
     int rc = 0;
     size_t pos = 0;
@@ -1081,6 +1101,7 @@ static int rw_literals(reloc_ctx *c, const beam_module *m, const beam_chunk *ch,
                  : deflate_into(c, out, table.data, table.len, Z_NO_COMPRESSION, RELOC_WORK_STORE);
     }
 out:
+    c->keeping = 0;
     buf_free(&table);
     beam_literals_free(&lits);
     return rc;
@@ -1117,7 +1138,8 @@ static int rw_atoms(reloc_ctx *c, const beam_module *m, buf_t *out) {
         uint8_t tmp[LATIN1_UTF8_MAX];
         const uint8_t *n;
         size_t nl;
-        int r = resolve_atom(c, m->atoms[i].name, m->atoms[i].len, m->atoms_utf8, 0, tmp, &n, &nl);
+        int r = resolve_atom(c, m->atoms[i].name, m->atoms[i].len, m->atoms_utf8, AR_CALL, tmp, &n,
+                             &nl);
         if (r) {
             return r == -2 ? fail_beam(c, BEAM_E_BAD_ATOM, NULL, i + 1) : -1;
         }
@@ -1222,9 +1244,10 @@ static int bad_spec(reloc_ctx *c, const uint8_t *name, size_t len) {
 
 static int build_maps(reloc_ctx *c) {
     const reloc_spec *sp = c->spec;
-    size_t nx = sp->nredirects + 2 * sp->nmfas + 4;
+    size_t nx = sp->nredirects + 2 * sp->nmfas + sp->nkeeps + 4;
     if (strmap_init(&c->renames, sp->nrenames) || strmap_init(&c->redirects, sp->nredirects) ||
-        strmap_init(&c->mfas, sp->nmfas) || strmap_init(&c->xmap, nx)) {
+        strmap_init(&c->mfas, sp->nmfas) || strmap_init(&c->xmap, nx) ||
+        strmap_init(&c->keeps, sp->nkeeps)) {
         return nomem(c);
     }
     c->xnames = malloc(nx * sizeof *c->xnames);
@@ -1269,6 +1292,15 @@ static int build_maps(reloc_ctx *c) {
                                        : too_long(c, x->to_fun, x->to_fun_len);
         }
     }
+    /* Kept names: at most 255 characters (1020 bytes); appending one over
+     * 255 bytes is RELOC_E_ATOM_TOO_LONG. */
+    for (size_t i = 0; i < sp->nkeeps; i++) {
+        const reloc_name *k = &sp->keeps[i];
+        if (!valid_name(sp, k->name, k->len, 4 * BEAM_MAX_ATOM_CHARS) ||
+            strmap_put(&c->keeps, k->name, k->len, i) != 0) {
+            return bad_spec(c, k->name, k->len);
+        }
+    }
     if (sp->guard) {
         if (!valid_name(sp, sp->guard, sp->guard_len, SIZE_MAX)) {
             return bad_spec(c, sp->guard, sp->guard_len);
@@ -1289,9 +1321,13 @@ static uint64_t effective_cap(const reloc_spec *spec) {
 uint64_t reloc_work_estimate(const beam_module *m, const reloc_spec *spec) {
     uint64_t w = (uint64_t)m->size * RELOC_WORK_BYTE + (uint64_t)m->nchunks * RELOC_WORK_CHUNK +
                  (uint64_t)m->natoms * RELOC_WORK_ATOM + (uint64_t)m->nimports * RELOC_WORK_ENTRY +
-                 (uint64_t)(spec->nrenames + spec->nredirects + spec->nmfas) * RELOC_WORK_ENTRY;
+                 (uint64_t)(spec->nrenames + spec->nredirects + spec->nmfas + spec->nkeeps) *
+                     RELOC_WORK_ENTRY;
+    if (spec->nkeeps) {
+        w += (uint64_t)m->natoms * RELOC_WORK_ATOM;
+    }
     const beam_chunk *code = beam_find_chunk(m, "Code");
-    if (code && (spec->nmfas || (spec->guard && spec->guard_kinds))) {
+    if (code && (spec->nmfas || spec->nkeeps || (spec->guard && spec->guard_kinds))) {
         w += (uint64_t)code->size * RELOC_WORK_CODE;
     }
     for (size_t i = 0; i < m->nchunks; i++) {
@@ -1336,6 +1372,48 @@ static long match_imports(reloc_ctx *c, const beam_module *m, uint32_t **imp_mfa
     return n;
 }
 
+/* The renamed atoms of the table that are kept (c->keep_idx). Returns how
+ * many, or -1 (c->err set). */
+static long find_kept(reloc_ctx *c, const beam_module *m) {
+    if (!c->spec->nkeeps || !m->natoms) {
+        return 0;
+    }
+    if (charge(c, (uint64_t)m->natoms * RELOC_WORK_ATOM)) {
+        return -1;
+    }
+    long n = 0;
+    for (uint32_t i = 1; i <= m->natoms; i++) {
+        uint8_t tmp[LATIN1_UTF8_MAX];
+        size_t len, k, r;
+        const uint8_t *name = atom_utf8(m, i, tmp, &len);
+        if (!name || !strmap_get(&c->keeps, name, len, &k) ||
+            !strmap_get(&c->renames, name, len, &r)) {
+            continue; /* (a bad name is reported by rw_atoms) */
+        }
+        if (!c->keep_idx && !(c->keep_idx = calloc((size_t)m->natoms + 1, sizeof *c->keep_idx))) {
+            return nomem(c);
+        }
+        c->keep_idx[i] = (uint32_t)k + 1;
+        n++;
+    }
+    return n;
+}
+
+/* code_repoint_fn: an operand naming a kept atom's renamed entry names an
+ * appended atom of the original name instead. */
+static int repoint_kept(void *ctx, uint32_t atom, uint32_t *to) {
+    reloc_ctx *c = ctx;
+    *to = 0;
+    if (atom > c->m->natoms || !c->keep_idx[atom]) {
+        return 0;
+    }
+    const reloc_name *k = &c->spec->keeps[c->keep_idx[atom] - 1];
+    if (k->len > 255) {
+        return too_long(c, k->name, k->len);
+    }
+    return append_atom(c, c->m, k->name, k->len, to);
+}
+
 /* Walks the code when MFA redirects or a guard need it: refuses redirects
  * of imports that bif instructions use, and rewrites the dynamic calls
  * into *code (gr->kinds). */
@@ -1367,6 +1445,9 @@ static int walk_code(reloc_ctx *c, const beam_module *m, const uint32_t *imp_mfa
         return nomem(c);
     }
     rc = code_rewrite(&cm, max_op, m, gr, code, be);
+    if (rc == BEAM_E_STOPPED && gr->too_large_fn < 0) {
+        return -1; /* the repoint callback set c->err */
+    }
     if (rc == BEAM_E_STOPPED) {
         c->err->code = RELOC_E_ARITY;
         c->err->fn = gr->too_large_fn;
@@ -1378,6 +1459,7 @@ static int walk_code(reloc_ctx *c, const beam_module *m, const uint32_t *imp_mfa
         return -1;
     }
     c->err->rewritten = gr->rewritten;
+    c->err->repointed = gr->repointed;
     for (uint32_t i = 0; imp_mfa && i < m->nimports; i++) {
         if (imp_mfa[i] && gr->bif_imports[i]) {
             c->err->code = RELOC_E_BIF_REDIRECT;
@@ -1395,6 +1477,7 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
     *out_len = 0;
     reloc_ctx c = {.spec = spec, .err = err, .cap = effective_cap(spec), .chunk = ""};
     beam_module m;
+    c.m = &m;
     buf_t res = {0}, tmp = {0}, imports = {0}, code = {0};
     uint32_t *imp_mfa = NULL;
     code_rewrite_spec *gr = NULL;
@@ -1404,7 +1487,7 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
         return -1;
     }
     if (charge(&c, (uint64_t)len * RELOC_WORK_BYTE + (uint64_t)m.nchunks * RELOC_WORK_CHUNK +
-                       (uint64_t)(spec->nrenames + spec->nredirects + spec->nmfas) *
+                       (uint64_t)(spec->nrenames + spec->nredirects + spec->nmfas + spec->nkeeps) *
                            RELOC_WORK_ENTRY) ||
         build_maps(&c)) {
         goto out;
@@ -1417,17 +1500,25 @@ int beam_relocate(const uint8_t *in, size_t len, const reloc_spec *spec, uint8_t
     }
     unsigned kinds =
         spec->guard ? spec->guard_kinds & (GUARD_APPLY | GUARD_CALL_FUN | GUARD_SEND) : 0;
-    if (nmatched > 0 || kinds) {
+    long nkept = find_kept(&c, &m);
+    if (nkept < 0) {
+        goto out;
+    }
+    if (nmatched > 0 || kinds || nkept > 0) {
         if (!(gr = calloc(1, sizeof *gr))) {
             nomem(&c);
             goto out;
         }
         gr->kinds = kinds;
+        if (nkept > 0) {
+            gr->repoint = repoint_kept;
+            gr->repoint_ctx = &c;
+        }
         if (walk_code(&c, &m, imp_mfa, gr, &code)) {
             goto out;
         }
     }
-    int code_changed = gr && gr->rewritten > 0;
+    int code_changed = gr && (gr->rewritten > 0 || gr->repointed > 0);
     /* Imports next: they decide which atoms the atom table gains. */
     int imports_changed = 0;
     if (m.imports &&
@@ -1505,6 +1596,8 @@ out:
     strmap_free(&c.redirects);
     strmap_free(&c.mfas);
     strmap_free(&c.xmap);
+    strmap_free(&c.keeps);
+    free(c.keep_idx);
     free(c.mfa_keys);
     free(c.xnames);
     free(c.xlens);

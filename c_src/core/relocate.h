@@ -10,7 +10,19 @@
  * an import a bif instruction uses). A dynamic guard rewrites the code's
  * apply, call_fun and send instructions into calls of a guard module
  * (rewrite.h), appending their imports. Every other chunk is copied byte
- * for byte. Pure C: no erl_nif.h. */
+ * for byte.
+ *
+ * Kept atoms (reloc_spec.keeps) are renamed atoms that keep their original
+ * name where they are data: the atom table entry is renamed as ever (it is
+ * the module's identity and the name its imports, exports and func_info
+ * use), one atom of the original name is appended, and the Code chunk's
+ * atom operands naming the renamed entry are repointed at it, except the
+ * operands of func_info and the bodies of module_info/0,1 and __info__/1
+ * (which answer with the module's own, relocated name). Literals keep the
+ * original name too, except where it is a call or an identity: the module
+ * and function of an external fun `fun M:F/A`, and the module of a local
+ * fun. Other term chunks (Attr, CInf, Dbgi, ...) are renamed as ever.
+ * Pure C: no erl_nif.h. */
 #ifndef SANDBOX_RELOCATE_H
 #define SANDBOX_RELOCATE_H
 
@@ -38,6 +50,12 @@ typedef struct {
     size_t to_mod_len, to_fun_len;
 } reloc_mfa;
 
+/* A UTF-8 name. */
+typedef struct {
+    const uint8_t *name;
+    size_t len;
+} reloc_name;
+
 typedef struct {
     const reloc_pair *renames;
     size_t nrenames;
@@ -48,6 +66,10 @@ typedef struct {
     const uint8_t *guard; /* the guard module (NULL: no dynamic guard) */
     size_t guard_len;
     unsigned guard_kinds; /* GUARD_APPLY | GUARD_CALL_FUN | GUARD_SEND (rewrite.h) */
+    /* Kept atoms (see above): names of renamed atoms, at most 4 * 255
+     * bytes each, no repeats. A name that is not renamed changes nothing. */
+    const reloc_name *keeps;
+    size_t nkeeps;
     /* The highest opcode the system loads, for the code walks that MFA
      * redirects and guards need (0: OTP 25's). */
     uint32_t max_opcode;
@@ -90,6 +112,7 @@ typedef struct {
     int fn;             /* RELOC_E_ARITY: the guard_fn (rewrite.h) */
     uint32_t arity;     /* RELOC_E_ARITY: the instruction's own arity */
     uint32_t rewritten; /* dynamic call sites rewritten */
+    uint32_t repointed; /* atom operands repointed at a kept atom */
 } reloc_error;
 
 /* Relocates `in`. On success *out is a malloc'd BEAM of *out_len bytes (the

@@ -21,7 +21,10 @@ typedef struct {
     int pending_send;       /* a frameless send waits for the next instruction */
     uint8_t prev;           /* the previous opcode */
     uint32_t max_op;        /* the highest opcode written */
+    int identity_fn;        /* in module_info/0,1 or __info__/1: no repointing */
+    const beam_module *m;
     int nomem;
+    int stopped; /* the repoint callback failed */
 } rw_ctx;
 
 static int put(rw_ctx *x, const void *d, size_t n) {
@@ -271,10 +274,58 @@ static int rewrite(rw_ctx *x, const code_instr *ins) {
     return ib_put(x, &i) ? -1 : 1;
 }
 
+static int atom_named(const beam_module *m, uint64_t index, const char *name) {
+    size_t n = strlen(name);
+    return index >= 1 && index <= m->natoms && m->atoms[index - 1].len == n &&
+           memcmp(m->atoms[index - 1].name, name, n) == 0;
+}
+
+/* The functions that answer with the module's own name. */
+static int is_identity_fn(const beam_module *m, const code_arg *a) {
+    return (atom_named(m, a[1].val, "module_info") && a[2].val <= 1) ||
+           (atom_named(m, a[1].val, "__info__") && a[2].val == 1);
+}
+
+/* Copies an instruction, its atom operands repointed as the callback says
+ * (operands are in the order of their offsets, a list's elements after
+ * its count). */
+static int copy_instr(rw_ctx *x, const code_instr *ins) {
+    const uint8_t *base = x->c->chunk;
+    if (ins->op == CODE_OP_FUNC_INFO) {
+        x->identity_fn = is_identity_fn(x->m, ins->args);
+    }
+    if (!x->r->repoint || x->identity_fn || ins->op == CODE_OP_FUNC_INFO) {
+        return put(x, base + ins->off, ins->len);
+    }
+    uint32_t from = ins->off;
+    for (uint32_t i = 0; i < ins->nargs; i++) {
+        const code_arg *a = &ins->args[i];
+        uint32_t to = 0;
+        if (a->tag != CODE_A || a->val == 0) {
+            continue;
+        }
+        if (x->r->repoint(x->r->repoint_ctx, (uint32_t)a->val, &to)) {
+            x->stopped = 1;
+            return -1;
+        }
+        if (to == 0 || to == a->val) {
+            continue;
+        }
+        uint8_t enc[9];
+        size_t n = code_encode(CODE_A, to, enc);
+        if (put(x, base + from, a->off - from) || put(x, enc, n)) {
+            return -1;
+        }
+        from = a->off + a->len;
+        x->r->repointed++;
+    }
+    return put(x, base + from, ins->off + ins->len - from);
+}
+
 static int visit(void *ctx, const code_instr *ins) {
     rw_ctx *x = ctx;
     mark_bif(x, ins);
-    if (!x->r->kinds) {
+    if (!x->r->kinds && !x->r->repoint) {
         return 0;
     }
     if (x->pending_send) {
@@ -299,7 +350,7 @@ static int visit(void *ctx, const code_instr *ins) {
         if (ins->op > x->max_op) {
             x->max_op = ins->op;
         }
-        if (put(x, x->c->chunk + ins->off, ins->len)) {
+        if (copy_instr(x, ins)) {
             return -1;
         }
     }
@@ -313,6 +364,7 @@ beam_errcode code_rewrite(const code_module *c, uint32_t max_opcode, const beam_
     beam_errcode rc;
     r->nimports = 0;
     r->rewritten = 0;
+    r->repointed = 0;
     r->too_large_fn = -1;
     if (!x || !(x->labels = calloc(c->label_count, 1))) {
         free(x);
@@ -323,8 +375,10 @@ beam_errcode code_rewrite(const code_module *c, uint32_t max_opcode, const beam_
     x->c = c;
     x->r = r;
     x->out = out;
+    x->m = m;
     size_t start = out->len;
-    if (r->kinds && buf_put(out, c->chunk, c->start)) {
+    int writes = r->kinds || r->repoint;
+    if (writes && buf_put(out, c->chunk, c->start)) {
         x->nomem = 1;
         rc = BEAM_E_NOMEM;
         goto out;
@@ -333,7 +387,7 @@ beam_errcode code_rewrite(const code_module *c, uint32_t max_opcode, const beam_
     if (rc == BEAM_E_STOPPED && x->nomem) {
         rc = BEAM_E_NOMEM;
     }
-    if (rc == BEAM_OK && r->kinds && c->max_opcode < x->max_op) {
+    if (rc == BEAM_OK && writes && c->max_opcode < x->max_op) {
         wr_u32(out->data + start + 8, x->max_op);
     }
 out:

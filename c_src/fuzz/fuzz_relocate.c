@@ -8,7 +8,11 @@
  * LitT with the term as its one literal) and whether it is compressed (bit
  * 3); the rest is the term, without its version byte. The renames include
  * `m`, the module's own name, so that terms naming it are rewritten (see
- * c_src/fuzz/seeds.exs for seeds that rename an atom before a long one). */
+ * c_src/fuzz/seeds.exs for seeds that rename an atom before a long one).
+ * Each input is relocated three ways: plain, stripping debug info, and
+ * keeping `m`, `ok` and `lists` as data (reloc_spec.keeps), which walks and
+ * rewrites the code (the built module's f/0 returns the atom m) and keeps
+ * those atoms in literals. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +29,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
     { (const uint8_t *)(a), sizeof(a) - 1, (const uint8_t *)(b), sizeof(b) - 1 }
 
 static const uint8_t atoms[] = {0, 0, 0, 2, 1, 'm', 1, 'f'};
-static const uint8_t code[] = {0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0};
+/* f() -> m: label 1, func_info m f 0, label 2, move {atom m} x0, return,
+ * int_code_end (3 labels, 1 function, highest opcode 64). */
+static const uint8_t code[] = {0,    0,    0,    16,   0,    0,    0,    0,    0,    0,    0,
+                               64,   0,    0,    0,    3,    0,    0,    0,    1,    0x01, 0x10,
+                               0x02, 0x12, 0x22, 0x00, 0x01, 0x20, 0x40, 0x12, 0x03, 0x13, 0x03};
 static const uint8_t imports[] = {0, 0, 0, 0};
 static const uint8_t exports[] = {0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1};
 
@@ -41,8 +49,8 @@ static void put_chunk(uint8_t **p, const char *id, const uint8_t *d, size_t n) {
 
 /* The minimal module `m` with one more chunk `id` holding `d`. */
 static uint8_t *module_with(const char *id, const uint8_t *d, size_t n, size_t *size) {
-    size_t total = 12 + 8 + sizeof atoms + 8 + sizeof code + 8 + 8 + sizeof imports + 8 +
-                   sizeof exports + 8 + align4(n);
+    size_t total = 12 + 8 + align4(sizeof atoms) + 8 + align4(sizeof code) + 8 + 8 +
+                   align4(sizeof imports) + 8 + align4(sizeof exports) + 8 + align4(n);
     uint8_t *b = malloc(total), *p = b + 12;
     if (!b) {
         return NULL;
@@ -163,12 +171,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         data = built;
     }
-    for (int strip = 0; strip < 2; strip++) {
+    static const reloc_name keeps[] = {
+        {(const uint8_t *)"m", 1}, {(const uint8_t *)"ok", 2}, {(const uint8_t *)"lists", 5}};
+    for (int way = 0; way < 3; way++) {
+        int strip = way == 1;
         /* A small cap, so that growth past it is exercised too. */
         reloc_spec spec = {.renames = renames,
                            .nrenames = 4,
                            .redirects = redirects,
                            .nredirects = 2,
+                           .keeps = way == 2 ? keeps : NULL,
+                           .nkeeps = way == 2 ? 3 : 0,
                            .strip_debug = strip,
                            .max_inflated = 16 << 20};
         uint8_t *out;

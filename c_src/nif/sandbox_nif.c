@@ -896,17 +896,55 @@ out:
     return ret;
 }
 
+/* Kept atoms: a list of names as binaries, into an enif_alloc'd array
+ * (NULL for none) whose names point into the binaries. */
+static int get_keeps(ErlNifEnv *env, ERL_NIF_TERM list, reloc_spec *spec, reloc_name **keeps) {
+    unsigned len;
+    *keeps = NULL;
+    if (!enif_get_list_length(env, list, &len)) {
+        return 0;
+    }
+    if (len == 0) {
+        return 1;
+    }
+    reloc_name *k = enif_alloc((size_t)len * sizeof *k);
+    if (!k) {
+        return 0;
+    }
+    ERL_NIF_TERM head;
+    for (unsigned i = 0; enif_get_list_cell(env, list, &head, &list); i++) {
+        ErlNifBinary b;
+        if (!get_binary(env, head, &b)) {
+            enif_free(k);
+            return 0;
+        }
+        k[i].name = b.data;
+        k[i].len = b.size;
+    }
+    spec->keeps = k;
+    spec->nkeeps = len;
+    *keeps = k;
+    return 1;
+}
+
 /* The guard options: {[{Mod, Fun, Arity, ToMod, ToFun}], Guard | undefined,
- * Kinds}, names as binaries, Kinds a GUARD_* mask. The MFA array is
- * enif_alloc'd; names point into the terms' binaries. */
-static int get_guards(ErlNifEnv *env, ERL_NIF_TERM t, reloc_spec *spec, reloc_mfa **mfas) {
+ * Kinds} or {..., Kinds, [Keep]}, names as binaries, Kinds a GUARD_* mask,
+ * Keep a kept atom's name (reloc_spec.keeps). The MFA and keep arrays are
+ * enif_alloc'd (*keeps is NULL without keeps); names point into the terms'
+ * binaries. */
+static int get_guards(ErlNifEnv *env, ERL_NIF_TERM t, reloc_spec *spec, reloc_mfa **mfas,
+                      reloc_name **keeps) {
     const ERL_NIF_TERM *el;
     int arity;
     unsigned len, kinds;
     ErlNifBinary guard;
     *mfas = NULL;
-    if (!enif_get_tuple(env, t, &arity, &el) || arity != 3 ||
+    *keeps = NULL;
+    if (!enif_get_tuple(env, t, &arity, &el) || (arity != 3 && arity != 4) ||
         !enif_get_list_length(env, el[0], &len) || !enif_get_uint(env, el[2], &kinds)) {
+        return 0;
+    }
+    if (arity == 4 && !get_keeps(env, el[3], spec, keeps)) {
         return 0;
     }
     if (el[1] == am_undefined) {
@@ -920,6 +958,8 @@ static int get_guards(ErlNifEnv *env, ERL_NIF_TERM t, reloc_spec *spec, reloc_mf
     spec->guard_kinds = kinds;
     reloc_mfa *a = enif_alloc(((size_t)len + 1) * sizeof *a);
     if (!a) {
+        enif_free(*keeps);
+        *keeps = NULL;
         return 0;
     }
     ERL_NIF_TERM list = el[0], head;
@@ -930,6 +970,8 @@ static int get_guards(ErlNifEnv *env, ERL_NIF_TERM t, reloc_spec *spec, reloc_mf
             !get_binary(env, e[1], &b[1]) || !enif_get_uint(env, e[2], &a[i].arity) ||
             !get_binary(env, e[3], &b[2]) || !get_binary(env, e[4], &b[3])) {
             enif_free(a);
+            enif_free(*keeps);
+            *keeps = NULL;
             return 0;
         }
         a[i].mod = b[0].data;
@@ -948,7 +990,7 @@ static int get_guards(ErlNifEnv *env, ERL_NIF_TERM t, reloc_spec *spec, reloc_mf
 }
 
 /* relocate_nif(Bin, Renames, Redirects, StripDebug, Guards, MaxInflated,
- * MaxNewAtoms). Guards: see get_guards.
+ * MaxNewAtoms). Guards: see get_guards (kept atoms among them).
  * On a normal scheduler the core runs against a deadline 0.6 ms after
  * the call started, taking no step whose worst case would pass it; a
  * relocation that reaches it is done again on a dirty scheduler. One whose
@@ -969,6 +1011,7 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     reloc_spec spec = {0};
     reloc_pair *renames = NULL, *redirects = NULL;
     reloc_mfa *mfas = NULL;
+    reloc_name *keeps = NULL;
     ERL_NIF_TERM ret;
     int from_binary = 0;
     size_t nrenames, nredirects;
@@ -979,7 +1022,7 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         !get_limit(env, argv[5], &spec.max_inflated) || !get_limit(env, argv[6], &max_atoms)) {
         return enif_make_badarg(env);
     }
-    if (!get_guards(env, argv[4], &spec, &mfas)) {
+    if (!get_guards(env, argv[4], &spec, &mfas, &keeps)) {
         return enif_make_badarg(env);
     }
     spec.strip_debug = argv[3] == am_true;
@@ -992,13 +1035,16 @@ static ERL_NIF_TERM relocate_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         beam_error err;
         if (beam_parse_limited(bin.data, bin.size, spec.max_inflated, &m, &err) != BEAM_OK) {
             enif_free(mfas);
+            enif_free(keeps);
             return error_tuple(env, &err);
         }
-        uint64_t names = COST_NAME * (uint64_t)(nrenames + nredirects + 2 * spec.nmfas);
+        uint64_t names =
+            COST_NAME * (uint64_t)(nrenames + nredirects + 2 * spec.nmfas + spec.nkeeps);
         uint64_t work = reloc_work_estimate(&m, &spec) + names;
         beam_module_free(&m);
         if (names > RELOCATE_BUDGET_NS / 2 || work > RELOCATE_TRY_NORMAL_UNITS) {
             enif_free(mfas);
+            enif_free(keeps);
             return enif_schedule_nif(env, "relocate_dirty", ERL_NIF_DIRTY_JOB_CPU_BOUND,
                                      relocate_nif, argc, argv);
         }
@@ -1081,6 +1127,7 @@ out:
     enif_free(renames);
     enif_free(redirects);
     enif_free(mfas);
+    enif_free(keeps);
     return ret;
 }
 

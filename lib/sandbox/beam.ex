@@ -471,7 +471,7 @@ defmodule Sandbox.Beam do
 
   Chunks that refer to atoms by index (`Code`, `ExpT`, `LocT`, `FunT`,
   `Line`, `Type`), `StrT` and unknown chunks are kept byte for byte (the
-  `Code` chunk except with `:dynamic_guard`). The result always has an
+  `Code` chunk except with `:dynamic_guard` or `:keep_atoms`). The result always has an
   `AtU8` atom table.
 
   Every term chunk it rewrites, and every literal, is walked whole (and so
@@ -510,11 +510,29 @@ defmodule Sandbox.Beam do
       that would take more than 255 arguments is
       `{:error, {:arity_too_large, {:apply | :call_fun, arity}}}`. Count the
       rewritten sites with `call_sites/2` before relocating.
+    * `:keep_atoms` — a list of atoms (default `[]`) that `renames` renames
+      but that keep their original name wherever they are data: the `Code`
+      chunk's atom operands (`{telemetry, handler, failure}` built at run
+      time, `application:get_env(telemetry, k)`) and literals. Calls
+      (imports, `fun m:f/a` in literals), exports, the module's own name
+      (the atom table entry, `func_info`, the bodies of `module_info/0,1`
+      and `__info__/1`) and the other term chunks are still renamed: for
+      each kept atom that the module holds and `renames` renames, one atom
+      of the original name is appended to the atom table and the operands
+      naming it are repointed there (so the `Code` chunk is decoded,
+      validated and rewritten, as with `:dynamic_guard`). The bytecode
+      cannot tell data from identity: every data use changes, including
+      `?MODULE` / `__MODULE__` as an ETS table name, a registered name or
+      a process group (then shared with the host and other sandboxes
+      keeping the atom), as a callback module given to `gen_server` or
+      `apply/3` (which then reaches the host's module of that name, if
+      any) and as a struct's `__struct__`. Names not in `renames` change
+      nothing.
     * `:max_inflated_bytes`, `:max_new_atoms` — see "Limits" above
 
-  With `:import_redirects` (when one applies) or `:dynamic_guard`, the
-  `Code` chunk is decoded and validated as `validate/2` does, and its
-  reasons apply.
+  With `:import_redirects` (when one applies), `:dynamic_guard` or
+  `:keep_atoms` (when the module holds one), the `Code` chunk is decoded
+  and validated as `validate/2` does, and its reasons apply.
 
   ## Errors
 
@@ -549,7 +567,7 @@ defmodule Sandbox.Beam do
 
     limits =
       opts
-      |> Keyword.drop([:debug_info, :import_redirects, :dynamic_guard])
+      |> Keyword.drop([:debug_info, :import_redirects, :dynamic_guard, :keep_atoms])
       |> limits!([:max_inflated_bytes, :max_new_atoms])
 
     check_atom_map!(renames, "renames")
@@ -587,6 +605,22 @@ defmodule Sandbox.Beam do
 
         other ->
           raise ArgumentError, ":import_redirects must be a map, got: #{inspect(other)}"
+      end
+
+    guards =
+      case Keyword.get(opts, :keep_atoms, []) do
+        [] ->
+          guards
+
+        atoms when is_list(atoms) ->
+          unless not List.improper?(atoms) and Enum.all?(atoms, &is_atom/1),
+            do:
+              raise(ArgumentError, ":keep_atoms must be a list of atoms, got: #{inspect(atoms)}")
+
+          Map.put(guards, :keep_atoms, Enum.uniq(atoms))
+
+        other ->
+          raise ArgumentError, ":keep_atoms must be a list of atoms, got: #{inspect(other)}"
       end
 
     case Keyword.get(opts, :dynamic_guard) do

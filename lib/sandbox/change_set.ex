@@ -376,6 +376,8 @@ defmodule Sandbox.ChangeSet do
       relinked = relinked(store, renames, touched, gone)
       to_relocate = touched ++ relinked
       opts = relocate_opts(store, guard)
+      # The create option :keep_atoms, for every relocation of the sandbox's modules.
+      opts = Keyword.put(opts, :keep_atoms, store.keep_atoms)
 
       with {:ok, relocated} <- relocate_all(to_relocate, renames, store.redirects, opts),
            {:ok, guard_shims, guard_exports} <- guard_copy(store, relocated) do

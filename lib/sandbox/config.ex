@@ -58,7 +58,8 @@ defmodule Sandbox.Config do
     max_seconds: 5,
     max_versions: 10,
     capture_output: false,
-    isolation: :vm
+    isolation: :vm,
+    keep_atoms: []
   ]
 
   @type t :: %{
@@ -74,7 +75,8 @@ defmodule Sandbox.Config do
           max_seconds: pos_integer,
           max_versions: pos_integer,
           capture_output: boolean,
-          isolation: :vm | :node
+          isolation: :vm | :node,
+          keep_atoms: [atom]
         }
 
   @doc "The security profile map of a profile name (see `Sandbox.SecurityController`)."
@@ -134,7 +136,8 @@ defmodule Sandbox.Config do
           &check_restarts/1,
           &check_versions/1,
           &check_capture/1,
-          &check_isolation/1
+          &check_isolation/1,
+          &check_keep_atoms/1
         ],
         {:ok, config},
         fn check, {:ok, config} ->
@@ -274,6 +277,15 @@ defmodule Sandbox.Config do
   # isolation: :node runs the sandbox in a VM of its own (Sandbox.Node).
   defp check_isolation(%{isolation: i} = config) when i in [:vm, :node], do: {:ok, config}
   defp check_isolation(%{isolation: i}), do: invalid(:isolation, i)
+
+  # keep_atoms: atoms the relocation keeps as data (Sandbox.Beam.relocate/4).
+  defp check_keep_atoms(%{keep_atoms: atoms} = config) when is_list(atoms) do
+    if not List.improper?(atoms) and Enum.all?(atoms, &is_atom/1),
+      do: {:ok, %{config | keep_atoms: Enum.uniq(atoms)}},
+      else: invalid(:keep_atoms, atoms)
+  end
+
+  defp check_keep_atoms(%{keep_atoms: atoms}), do: invalid(:keep_atoms, atoms)
 
   defp invalid(key, value), do: {:error, {:invalid_option, {key, value}}}
 end

@@ -237,7 +237,7 @@ defmodule Sandbox.Instance do
       },
       app: nil,
       mode: nil,
-      store: Store.new(id, config.max_versions, config.security_profile),
+      store: Store.new(id, config.max_versions, config.security_profile, config.keep_atoms),
       group_leader: nil,
       roots: [],
       started: [],
@@ -1425,7 +1425,13 @@ defmodule Sandbox.Instance do
 
     %{
       state
-      | store: Store.new(state.id, state.config.max_versions, state.config.security_profile)
+      | store:
+          Store.new(
+            state.id,
+            state.config.max_versions,
+            state.config.security_profile,
+            state.config.keep_atoms
+          )
     }
   end
 

@@ -7,8 +7,9 @@ defmodule Sandbox.ModuleVersionManager do
   its kept versions (the seed's `module_version` maps) and what the store
   needs to build the next change (its parsed BEAM and the binary loaded
   for it). It also keeps the sandbox's renames (original name → relocated
-  name, from `Sandbox.Beam.rename_map/2`), redirects, shims and the
-  functions its copy of the guard exports (see `Sandbox.ChangeSet`).
+  name, from `Sandbox.Beam.rename_map/2`), redirects, shims, the
+  functions its copy of the guard exports (see `Sandbox.ChangeSet`) and
+  the atoms its relocations keep as data (the create option `:keep_atoms`).
 
   Every module of the sandbox is version 1 when the sandbox is created; a
   module added later starts at version 1 too. Each change that alters a
@@ -37,6 +38,7 @@ defmodule Sandbox.ModuleVersionManager do
           id: String.t(),
           max_versions: pos_integer,
           profile: Sandbox.SecurityController.profile() | nil,
+          keep_atoms: [atom],
           renames: %{module => module},
           redirects: %{module => module},
           shims: [module],
@@ -49,6 +51,7 @@ defmodule Sandbox.ModuleVersionManager do
   defstruct id: nil,
             max_versions: 10,
             profile: nil,
+            keep_atoms: [],
             renames: %{},
             redirects: %{},
             shims: [],
@@ -60,11 +63,17 @@ defmodule Sandbox.ModuleVersionManager do
   @doc """
   An empty store for sandbox `id` (a create is the first change recorded);
   `profile` is the sandbox's security profile, which every change is
-  classified under (`nil`: none).
+  classified under (`nil`: none); `keep_atoms` the atoms every relocation
+  of its modules keeps as data (`Sandbox.Beam.relocate/4`'s `:keep_atoms`).
   """
-  @spec new(String.t(), pos_integer, Sandbox.SecurityController.profile() | nil) :: t
-  def new(id, max_versions, profile \\ nil),
-    do: %__MODULE__{id: id, max_versions: max_versions, profile: profile}
+  @spec new(String.t(), pos_integer, Sandbox.SecurityController.profile() | nil, [atom]) :: t
+  def new(id, max_versions, profile \\ nil, keep_atoms \\ []),
+    do: %__MODULE__{
+      id: id,
+      max_versions: max_versions,
+      profile: profile,
+      keep_atoms: keep_atoms
+    }
 
   @doc "The relocated names of everything loaded for the sandbox (modules and shims)."
   @spec loaded(t) :: [module]

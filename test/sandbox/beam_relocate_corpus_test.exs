@@ -175,4 +175,66 @@ defmodule Sandbox.BeamRelocateCorpusTest do
     assert :peer.call(peer, :erlang, :+, [1, 2]) == 3
     assert totals.rewritten > 1000 and totals.redirected > 10_000
   end
+
+  # Every installed BEAM relocated keeping its own name as data
+  # (keep_atoms): it validates, beam_lib reads it, its identity and exports
+  # are relocated, and the loader of a peer VM prepares it.
+  @tag :slow
+  @tag timeout: 600_000
+  test "every installed BEAM relocated with keep_atoms of its own name loads in a peer" do
+    files =
+      Path.wildcard(Path.join(:code.root_dir(), "lib/*/ebin/*.beam")) ++
+        Path.wildcard(Path.join(:code.lib_dir(:elixir), "../*/ebin/*.beam"))
+
+    {:ok, peer, _} =
+      :peer.start(%{connection: :standard_io, args: [~c"-kernel", ~c"logger_level", ~c"none"]})
+
+    on_exit(fn ->
+      try do
+        :peer.stop(peer)
+      catch
+        :exit, _ -> :ok
+      end
+    end)
+
+    totals =
+      for file <- files, reduce: %{kept: 0, refused: 0} do
+        acc ->
+          beam = File.read!(file)
+          {:ok, parsed} = Beam.parse(beam)
+          {:ok, name} = Beam.relocated_name("keep", parsed.module)
+          renames = %{parsed.module => name}
+          {:ok, new} = Beam.relocate(beam, renames, %{}, keep_atoms: [parsed.module])
+          assert :ok = Beam.validate(new), file
+
+          assert {:ok, {^name, [atoms: atoms, exports: exports, imports: _, attributes: _]}} =
+                   :beam_lib.chunks(new, [:atoms, :exports, :imports, :attributes]),
+                 file
+
+          # The same exports (a function named like its module is renamed
+          # with it, keep_atoms or not).
+          {:ok, {_, [exports: old_exports]}} = :beam_lib.chunks(beam, [:exports])
+          renamed = fn {f, a} -> {Map.get(renames, f, f), a} end
+          assert Enum.sort(exports) == Enum.sort(Enum.map(old_exports, renamed)), file
+          # At most the one appended atom: the original name.
+          extra = length(atoms) - length(parsed.atoms)
+          assert extra in [0, 1], file
+          if extra == 1, do: assert(List.last(atoms) == {length(atoms), parsed.module}, file)
+
+          # It loads wherever plain relocation does (erts's own preloaded
+          # modules' BIFs load only under their own names).
+          prepare = &:peer.call(peer, :erlang, :prepare_loading, [name, &1], 60_000)
+          prepared = prepare.(new)
+          {:ok, plain} = Beam.relocate(beam, renames)
+
+          refused = match?({:error, _}, prepared)
+          if refused, do: assert({:error, _} = prepare.(plain), "#{file}: #{inspect(prepared)}")
+          %{acc | kept: acc.kept + extra, refused: acc.refused + if(refused, do: 1, else: 0)}
+      end
+
+    assert :peer.call(peer, :erlang, :+, [1, 2]) == 3
+    # Many modules use their own name as data (registered names, tables);
+    # only a few preloaded ones cannot be relocated at all.
+    assert totals.kept > 100 and totals.refused < 10
+  end
 end

@@ -190,6 +190,80 @@ defmodule Sandbox.BeamRelocateTest do
     assert List.last(parsed.atoms) == RedirShim
   end
 
+  test "keep_atoms: kept atoms stay as data; calls, exports and identity are relocated" do
+    mods =
+      compile_unloaded(~S"""
+      defmodule KeepFix do
+        def me, do: __MODULE__
+        def tagged(x), do: {KeepFix, x}
+        def lit, do: [KeepFix, :a, %{k: KeepFix}]
+        def fun, do: &KeepFix.me/0
+        def call, do: KeepFix.me()
+        def apply_me(f), do: apply(KeepFix, f, [])
+        def other, do: {KeepFix.Other, [KeepFix.Other]}
+      end
+
+      defmodule KeepFix.Other do
+      end
+      """)
+
+    kept = relocate_and_load(mods, "kp", %{}, keep_atoms: [KeepFix])
+    plain = relocate_and_load(mods, "kq")
+    {k, p} = {kept[KeepFix], plain[KeepFix]}
+
+    # Data: operands and literals keep the name (the host has no KeepFix).
+    assert k.me() == KeepFix
+    assert k.tagged(1) == {KeepFix, 1}
+    assert k.lit() == [KeepFix, :a, %{k: KeepFix}]
+    refute :code.is_loaded(KeepFix)
+    # Calls, fun literals and the module's identity are relocated.
+    assert Function.info(k.fun(), :module) == {:module, k}
+    assert k.fun().() == KeepFix
+    assert k.call() == KeepFix
+    assert k.module_info(:module) == k
+    assert k.__info__(:module) == k
+    assert {:me, 0} in k.module_info(:exports)
+    # A name that is not kept is renamed as ever, and so is all of it
+    # without keep_atoms.
+    other = kept[KeepFix.Other]
+    assert k.other() == {other, [other]}
+    assert p.me() == p and p.tagged(1) == {p, 1} and p.lit() == [p, :a, %{k: p}]
+    # The trade-off: a dynamic apply of the atom as data reaches the host's
+    # KeepFix (here: none).
+    assert_raise UndefinedFunctionError, fn -> k.apply_me(:me) end
+    assert p.apply_me(:me) == p
+
+    {:ok, parsed} =
+      Beam.parse(
+        elem(
+          Beam.relocate(mods |> hd() |> elem(1), kept, %{}, keep_atoms: [KeepFix]),
+          1
+        )
+      )
+
+    assert hd(parsed.atoms) == k
+    assert List.last(parsed.atoms) == KeepFix
+    for {_, mod} <- Map.to_list(kept) ++ Map.to_list(plain), do: unload(mod)
+  end
+
+  test "keep_atoms: a name not renamed changes nothing; wrong types raise" do
+    [{_, beam}, _] =
+      compile_unloaded(
+        "defmodule KeepArg do def f, do: {KeepArg, :x} end; defmodule KeepArg.B do end"
+      )
+
+    renames = %{KeepArg => :"Elixir.Sandbox@ka.KeepArg"}
+    {:ok, plain} = Beam.relocate(beam, renames)
+    assert Beam.relocate(beam, renames, %{}, keep_atoms: [:x, KeepArg.B]) == {:ok, plain}
+    assert Beam.relocate(beam, renames, %{}, keep_atoms: []) == {:ok, plain}
+    assert {:ok, kept} = Beam.relocate(beam, renames, %{}, keep_atoms: [KeepArg, KeepArg])
+    assert kept != plain
+
+    for bad <- [:x, ["x"], [:a | :b], %{}] do
+      assert_raise ArgumentError, fn -> Beam.relocate(beam, renames, %{}, keep_atoms: bad) end
+    end
+  end
+
   test "BIF imports of :erlang cannot be redirected" do
     [{_, beam}] =
       compile_unloaded(~S"""

@@ -322,6 +322,7 @@ defmodule Sandbox.Node.Instance do
       max_seconds: c.max_seconds,
       max_versions: c.max_versions,
       capture_output: c.capture_output,
+      keep_atoms: c.keep_atoms,
       prebuilt: state.build
     ]
 
