@@ -256,7 +256,9 @@ defmodule Sandbox.IsolatedCompiler.Worker do
   # compiled here, against the sandbox's own modules (`:preload_dir`, their
   # BEAMs under their original names), never in the host. Every module a
   # form defines, nested ones included, is collected through the compile
-  # tracer's `:on_module` event. A form's result is kept only when it is
+  # tracer's `:on_module` event where the compiler emits it, and from what
+  # the form returns (nested modules of a `Module.create/3` or a run-time
+  # `defmodule` body are not seen by Elixir 1.14's tracer). A form's result is kept only when it is
   # plain data (no pid, port, reference or fun of this VM).
   defp compile_job(%{kind: :forms, forms: forms} = job) do
     Code.compiler_options(ignore_module_conflict: true)
@@ -295,24 +297,33 @@ defmodule Sandbox.IsolatedCompiler.Worker do
 
   defp run_form({:defmodule, module, block, vars, env}) do
     env = %{env | tracers: [__MODULE__], lexical_tracker: nil}
-    {:module, _, _, result} = :elixir_module.compile(module, block, vars, env)
+    {:module, module, beam, result} = :elixir_module.compile(module, block, vars, env)
+    defined(module, beam)
     plain(result)
   end
 
   defp run_form({:module_create, module, quoted, opts}) do
     opts = if is_map(opts), do: %{opts | tracers: [__MODULE__], lexical_tracker: nil}, else: opts
-    {:module, _, _, result} = Module.create(module, quoted, opts)
+    {:module, module, beam, result} = Module.create(module, quoted, opts)
+    defined(module, beam)
     plain(result)
   end
 
   defp run_form({:compile_string, string, file}) do
-    _ = Code.compile_string(string, file)
+    for {module, beam} <- Code.compile_string(string, file), do: defined(module, beam)
     nil
   end
 
   defp run_form({:compile_quoted, quoted, file}) do
-    _ = Code.compile_quoted(quoted, file)
+    for {module, beam} <- Code.compile_quoted(quoted, file), do: defined(module, beam)
     nil
+  end
+
+  # The module a form returns (the tracer's :on_module does not fire for
+  # every way of compiling, such as a module created from a function's env).
+  defp defined(module, beam) do
+    unless :ets.match_object(@trace_table, {:on_module, module, :_}) != [],
+      do: :ets.insert(@trace_table, {:on_module, module, beam})
   end
 
   defp plain(term) do
