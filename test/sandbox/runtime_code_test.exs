@@ -163,6 +163,15 @@ defmodule Sandbox.RuntimeCodeTest do
     assert loaded_modules(id) == []
   end
 
+  test "a name looked up before its module existed reaches the module once created", ctx do
+    id = create(ctx, "", :medium)
+
+    assert {:ok, {false, true, ["a", "b"]}} =
+             Sandbox.call(id, RtApp, :check_define_apply, [",", "a,b"])
+
+    refute host_has?(RtApp.Later)
+  end
+
   test ":high loads the library, refuses the call with Sandbox.SecurityError, loads nothing",
        ctx do
     id = create(ctx, "", :high)
