@@ -84,6 +84,11 @@ defmodule Sandbox.RuntimeCode do
       module it defines is the evaluator's business.
     * A body's compile-time side effects (messages, processes, files)
       happen in the worker, and go with it.
+    * A module nested in the body of `Module.create/3` or of a run-time
+      `defmodule` is not collected under Elixir 1.14 (its compile tracer
+      emits no `:on_module` there): only the module created is added.
+      `Code.compile_string/2` and `Code.compile_quoted/2` add every module
+      they define, nested ones included.
   """
 
   alias Sandbox.{Instance, Manager, OriginalNames}
