@@ -163,7 +163,7 @@ defmodule Sandbox.ChangeSet do
          {:ok, removed} <- removed_entries(store, remove, given) do
       case Enum.reject(given, &(&1.kind == :unchanged)) do
         [] when removed == [] -> {:ok, :unchanged}
-        _ -> assemble(store, :reload, given, removed, [])
+        _ -> assemble(store, :reload, given, removed, [], Keyword.get(opts, :relink, true))
       end
     end
   end
@@ -360,7 +360,7 @@ defmodule Sandbox.ChangeSet do
   # The result: renames and the dependency graph of every module after the
   # change, the modules relocated again because a name they hold is now
   # renamed, and every binary relocated.
-  defp assemble(store, kind, given, removed, shims) do
+  defp assemble(store, kind, given, removed, shims, relink? \\ true) do
     touched = Enum.reject(given, &(&1.kind == :unchanged))
     gone = MapSet.new(removed, & &1.module)
 
@@ -370,10 +370,14 @@ defmodule Sandbox.ChangeSet do
       |> Map.new(fn {m, slot} -> {m, slot.parsed} end)
       |> Map.merge(Map.new(touched, &{&1.module, &1.parsed}))
 
-    with {:ok, guard} <- classify(store, touched, parsed),
+    phantoms = phantoms(store.id, parsed)
+
+    # Calls to phantoms count as the sandbox's own.
+    with {:ok, guard} <- classify(store, touched, Map.merge(phantoms, parsed)),
          {:ok, renames} <- Beam.rename_map(store.id, Map.values(parsed)),
+         renames = Map.merge(phantoms, renames),
          {:ok, graph} <- graph(Map.values(parsed)) do
-      relinked = relinked(store, renames, touched, gone)
+      relinked = if relink?, do: relinked(store, renames, touched, gone), else: []
       to_relocate = touched ++ relinked
       opts = relocate_opts(store, guard)
       # The create option :keep_atoms, for every relocation of the sandbox's modules.
@@ -480,6 +484,33 @@ defmodule Sandbox.ChangeSet do
       %{violations: [], too_wide: sites} -> too_wide(sites)
       %{violations: violations} -> {:error, {:security_violation, violations}}
     end
+  end
+
+  # Phantom modules (Sandbox.RuntimeCode): Elixir modules that the
+  # sandbox's code calls (imports, external funs) but that are neither its
+  # own nor in the host (not loaded, not on the code path). Such a module
+  # can only come to exist at run time, created by the sandbox itself, so
+  # its name is relocated into the sandbox's namespace at load (calls and
+  # the atom alike, as for an own module) and its calls count as the
+  # sandbox's own. Erlang names are left alone.
+  defp phantoms(id, parsed) do
+    candidates =
+      for {_m, p} <- parsed,
+          {m, _f, _a} <- p.imports ++ p.external_funs,
+          not Map.has_key?(parsed, m),
+          uniq: true,
+          do: m
+
+    for m <- candidates, phantom?(m), into: %{} do
+      {:ok, name} = Beam.relocated_name(id, m)
+      {m, name}
+    end
+  end
+
+  defp phantom?(m) do
+    match?("Elixir." <> _, Atom.to_string(m)) and not :erlang.module_loaded(m) and
+      not String.starts_with?(Atom.to_string(m), "Elixir.Sandbox@") and
+      :code.which(m) == :non_existing
   end
 
   # A dynamic call is rewritten into a call of the guard's `$apply` or

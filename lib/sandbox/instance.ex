@@ -399,6 +399,9 @@ defmodule Sandbox.Instance do
         # time, and the current BEAMs of some modules.
         :cluster -> {:ok, cluster_versions(state)}
         {:current_beams, modules} -> {:ok, current_beams(store, modules)}
+        # Sandbox.RuntimeCode: every module's current BEAM (original
+        # names), the project and its compile options.
+        :runtime_code -> {:ok, runtime_code(state)}
       end
 
     {:reply, reply, state}
@@ -877,13 +880,15 @@ defmodule Sandbox.Instance do
   # (see `apply_compile/3`).
   defp reload_change(state, beams, opts) do
     {removing, opts} = Keyword.pop(opts, :removing)
+    # Sandbox.RuntimeCode: modules created at run time relink nothing.
+    {relink, opts} = Keyword.pop(opts, :relink, true)
     remove = removing(state.store, removing)
 
     with {:ok, opts} <- Sandbox.Config.reload_options(opts) do
       case {List.wrap(beams), remove, removing} do
         # A compile that changed nothing of this sandbox.
         {[], [], {_, _}} -> {:ok, :unchanged}
-        {beams, remove, _} -> ChangeSet.reload(state.store, beams, remove: remove)
+        {beams, remove, _} -> ChangeSet.reload(state.store, beams, remove: remove, relink: relink)
       end
       |> case do
         {:ok, %ChangeSet{} = change} -> {:change, change, opts}
@@ -927,6 +932,16 @@ defmodule Sandbox.Instance do
          stamp: Map.get(state.stamps, module, {0, 0, node()})
        }}
     end
+  end
+
+  defp runtime_code(state) do
+    beams = current_beams(state.store, Map.keys(state.store.modules))
+
+    %{
+      beams: Enum.to_list(beams),
+      root: state.config.sandbox_path,
+      opts: compile_opts(state.config)
+    }
   end
 
   defp current_beams(store, modules) do

@@ -392,6 +392,52 @@ defmodule Sandbox.IsolatedCompiler do
   end
 
   @doc """
+  Compiles code a sandbox creates at run time (`Sandbox.RuntimeCode`) in a
+  compile worker, never in this VM: each of `forms` (see
+  `Sandbox.IsolatedCompiler.Worker`, the `:forms` kind) is compiled with
+  `preload` (`[{module, beam}]`, the sandbox's own modules under their
+  original names) reachable, so that the code can use their macros,
+  structs and behaviours. `root` is the sandbox's project directory (the
+  worker's working directory, readable under confinement).
+
+  Returns `{:ok, %{modules: [{module, beam}], form_results: [{[module],
+  {:value, term} | :not_transferable | nil}]}}` or the errors of
+  `compile_sandbox/2`. Options as `compile_sandbox/2` (`:write_artifacts`
+  is ignored: nothing is kept).
+  """
+  @spec compile_forms(String.t(), [tuple], [{module, binary}], compile_opts) ::
+          {:ok, %{modules: [{module, binary}], form_results: list}} | {:error, reason}
+  def compile_forms(root, forms, preload, opts \\ []) when is_list(forms) and is_list(preload) do
+    compile_span(root, :compile_forms, fn ->
+      root = expand_path!(root)
+      opts = normalize_opts!(Keyword.put(opts, :write_artifacts, false))
+
+      confined(opts, fn opts ->
+        job = %{
+          kind: :forms,
+          root: root,
+          forms: forms,
+          preload: preload,
+          mix_env: opts.mix_env,
+          env: effective_env(opts.env)
+        }
+
+        with {:ok, result, info} <- run_job(job, opts) do
+          File.rm_rf(info.temp_dir)
+
+          {:ok,
+           %{
+             modules: result.modules,
+             form_results: result.form_results,
+             cached: false,
+             confinement: nil
+           }}
+        end
+      end)
+    end)
+  end
+
+  @doc """
   Recompiles what `changed_files` (paths, absolute or relative to
   `sandbox_path`; new and deleted files included) affect since the last
   successful compile of `sandbox_path` with the same `:mix_env`: the

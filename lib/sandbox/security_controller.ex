@@ -16,7 +16,7 @@ defmodule Sandbox.SecurityController do
   | profile | `allowed_operations` | `audit_level` |
   |---|---|---|
   | `:high` | `:basic_otp`, `:math`, `:string` | `:full` |
-  | `:medium` (default) | `:basic_otp`, `:math`, `:string`, `:file_read`, `:network_client` | `:basic` |
+  | `:medium` (default) | `:basic_otp`, `:math`, `:string`, `:file_read`, `:network_client`, `:code_load` | `:basic` |
   | `:low` | `:all` | `:basic` |
 
   (The seed lists `[:basic_otp, :file_read, :network_client]` for `:medium`;
@@ -58,7 +58,16 @@ defmodule Sandbox.SecurityController do
   alias Sandbox.Guard.Runtime
   alias Sandbox.SecurityController.Operations
 
-  @classes [:basic_otp, :math, :string, :file_read, :file_write, :network_client, :all]
+  @classes [
+    :basic_otp,
+    :math,
+    :string,
+    :file_read,
+    :file_write,
+    :network_client,
+    :code_load,
+    :all
+  ]
 
   @profiles %{
     high: %{
@@ -70,7 +79,7 @@ defmodule Sandbox.SecurityController do
     },
     medium: %{
       isolation_level: :medium,
-      allowed_operations: [:basic_otp, :math, :string, :file_read, :network_client],
+      allowed_operations: [:basic_otp, :math, :string, :file_read, :network_client, :code_load],
       restricted_modules: [],
       allowed_modules: [],
       audit_level: :basic
@@ -236,6 +245,15 @@ defmodule Sandbox.SecurityController do
           %{
             acc
             | guarded: [entry | acc.guarded],
+              redirects: Map.put(acc.redirects, site.target, Runtime.guard_name(site.target))
+          }
+
+        # Code loading the profile lacks: the module still loads, and the
+        # guard refuses the call at run time (Sandbox.SecurityError).
+        {:forbidden, :code_load} ->
+          %{
+            acc
+            | guarded: [site_entry(site, :code_load) | acc.guarded],
               redirects: Map.put(acc.redirects, site.target, Runtime.guard_name(site.target))
           }
 

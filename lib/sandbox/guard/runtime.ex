@@ -78,7 +78,12 @@ defmodule Sandbox.Guard.Runtime do
           run_checks(checks, id, profile, mfa, args)
       end
 
-    apply(m, f, args)
+    case args do
+      # Code loading (:code_load): the module is created in the sandbox's
+      # namespace instead (Sandbox.RuntimeCode), never in the host.
+      {:code_load, args} -> Sandbox.RuntimeCode.perform(id, mfa, args)
+      args -> apply(m, f, args)
+    end
   end
 
   @doc """
@@ -140,9 +145,23 @@ defmodule Sandbox.Guard.Runtime do
 
     case Process.get(key) do
       nil ->
-        mapped = relocated_if_loaded(id, module)
-        Process.put(key, mapped)
-        mapped
+        case relocated_name(id, module) do
+          nil ->
+            Process.put(key, {:host, nil})
+            module
+
+          name ->
+            mapped_if_loaded(key, module, name)
+        end
+
+      # The sandbox's copy may be created later (Sandbox.RuntimeCode): a
+      # name that mapped to the host is checked again each time (one BIF),
+      # so that a negative entry never outlives the copy's creation.
+      {:host, nil} ->
+        module
+
+      {:host, name} ->
+        mapped_if_loaded(key, module, name)
 
       mapped ->
         mapped
@@ -151,13 +170,23 @@ defmodule Sandbox.Guard.Runtime do
 
   def map_module(_id, other), do: other
 
-  defp relocated_if_loaded(id, module) do
+  defp mapped_if_loaded(key, module, name) do
+    if :erlang.module_loaded(name) do
+      Process.put(key, name)
+      name
+    else
+      Process.put(key, {:host, name})
+      module
+    end
+  end
+
+  defp relocated_name(id, module) do
     {:ok, name} = Sandbox.Beam.relocated_name(Atom.to_string(id), module)
-    if :erlang.module_loaded(name), do: name, else: module
+    name
   rescue
-    _ -> module
+    _ -> nil
   catch
-    _, _ -> module
+    _, _ -> nil
   end
 
   @doc "Whether `module` is one of sandbox `id`'s own (relocated) modules."
@@ -212,7 +241,7 @@ defmodule Sandbox.Guard.Runtime do
 
   # Mapping checks (and process admission, a limit) run in every profile;
   # the others only when the profile does not allow everything.
-  @always [:mfa, :fun, :module, :child_spec, :make_fun, :map_module, :spawn]
+  @always [:mfa, :fun, :module, :child_spec, :make_fun, :map_module, :spawn, :code_load]
 
   @doc """
   Whether a call of `{m, f, a}` has checks that run in every profile (the
@@ -415,6 +444,10 @@ defmodule Sandbox.Guard.Runtime do
         :erlang.error(:system_limit)
     end
   end
+
+  # Code loading: performed by Sandbox.RuntimeCode in place of the call
+  # (see guarded/3), once the other checks have passed.
+  defp check(:code_load, _id, _profile, _mfa, args), do: {:code_load, args}
 
   defp check(_check, _id, _profile, _mfa, args), do: args
 

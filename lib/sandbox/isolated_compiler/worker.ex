@@ -20,8 +20,13 @@ defmodule Sandbox.IsolatedCompiler.Worker do
   on no state of the host. Everything it needs is in the job term:
 
     * `:kind` — `:project` (a mix project), `:dir` (the given `.ex`/`.erl`
-      files) or `:files` (an incremental job: the given files, compiled
-      against `:preload_dir`)
+      files), `:files` (an incremental job: the given files, compiled
+      against `:preload_dir`) or `:forms` (code a sandbox creates at run
+      time, compiled against `:preload_dir`; see `Sandbox.RuntimeCode`)
+    * `:forms` — (`:forms` kind) `{:defmodule, module, block, vars, env}`
+      (`:elixir_module.compile/4`), `{:module_create, module, quoted,
+      opts}`, `{:compile_string, string, file}` or `{:compile_quoted,
+      quoted, file}`
     * `:root` — the absolute directory compiled (the job's working directory)
     * `:files` — absolute source paths (`:dir` and `:files` kinds)
     * `:preload_dir` — a directory of `.beam` files put first in the code
@@ -246,6 +251,90 @@ defmodule Sandbox.IsolatedCompiler.Worker do
       {:ok, Map.merge(compiled, %{app: nil, config: [], sources: files})}
     end
   end
+
+  # Code a sandbox creates at run time (Sandbox.RuntimeCode): each form is
+  # compiled here, against the sandbox's own modules (`:preload_dir`, their
+  # BEAMs under their original names), never in the host. Every module a
+  # form defines, nested ones included, is collected through the compile
+  # tracer's `:on_module` event where the compiler emits it, and from what
+  # the form returns (nested modules of a `Module.create/3` or a run-time
+  # `defmodule` body are not seen by Elixir 1.14's tracer). A form's result is kept only when it is
+  # plain data (no pid, port, reference or fun of this VM).
+  defp compile_job(%{kind: :forms, forms: forms} = job) do
+    Code.compiler_options(ignore_module_conflict: true)
+
+    if dir = job[:preload_dir] do
+      Code.prepend_path(dir)
+      Process.put(:sandbox_job_paths, [String.to_charlist(dir)])
+    end
+
+    results =
+      Enum.map(forms, fn form ->
+        :ets.delete(@trace_table, :on_module)
+        value = run_form(form)
+
+        modules =
+          for {:on_module, m, beam} <- :ets.lookup(@trace_table, :on_module), do: {m, beam}
+
+        {modules, value}
+      end)
+
+    modules =
+      results |> Enum.flat_map(&elem(&1, 0)) |> Enum.reverse() |> Enum.uniq_by(&elem(&1, 0))
+
+    {:ok,
+     %{
+       modules: modules,
+       module_files: %{},
+       deps: %{},
+       warnings: [],
+       app: nil,
+       config: [],
+       sources: [],
+       form_results: Enum.map(results, fn {ms, v} -> {Enum.map(ms, &elem(&1, 0)), v} end)
+     }}
+  end
+
+  defp run_form({:defmodule, module, block, vars, env}) do
+    env = %{env | tracers: [__MODULE__], lexical_tracker: nil}
+    {:module, module, beam, result} = :elixir_module.compile(module, block, vars, env)
+    defined(module, beam)
+    plain(result)
+  end
+
+  defp run_form({:module_create, module, quoted, opts}) do
+    opts = if is_map(opts), do: %{opts | tracers: [__MODULE__], lexical_tracker: nil}, else: opts
+    {:module, module, beam, result} = Module.create(module, quoted, opts)
+    defined(module, beam)
+    plain(result)
+  end
+
+  defp run_form({:compile_string, string, file}) do
+    for {module, beam} <- Code.compile_string(string, file), do: defined(module, beam)
+    nil
+  end
+
+  defp run_form({:compile_quoted, quoted, file}) do
+    for {module, beam} <- Code.compile_quoted(quoted, file), do: defined(module, beam)
+    nil
+  end
+
+  # The module a form returns (the tracer's :on_module does not fire for
+  # every way of compiling, such as a module created from a function's env).
+  defp defined(module, beam) do
+    unless :ets.match_object(@trace_table, {:on_module, module, :_}) != [],
+      do: :ets.insert(@trace_table, {:on_module, module, beam})
+  end
+
+  defp plain(term) do
+    if plain?(term), do: {:value, term}, else: :not_transferable
+  end
+
+  defp plain?(t) when is_pid(t) or is_port(t) or is_reference(t) or is_function(t), do: false
+  defp plain?([h | t]), do: plain?(h) and plain?(t)
+  defp plain?(t) when is_tuple(t), do: plain?(Tuple.to_list(t))
+  defp plain?(%{} = t), do: Enum.all?(t, fn {k, v} -> plain?(k) and plain?(v) end)
+  defp plain?(_), do: true
 
   # The project's test files (`test/**/*_test.exs`, after `test_helper.exs`),
   # compiled in memory against the project just compiled, with ExUnit
@@ -808,6 +897,14 @@ defmodule Sandbox.IsolatedCompiler.Worker do
 
   def trace({:alias_reference, _meta, module}, %{function: nil} = env),
     do: record(env.file, module)
+
+  # Every module compiled (for the :forms kind, nested modules included).
+  def trace({:on_module, bytecode, _}, env) do
+    if :ets.whereis(@trace_table) != :undefined,
+      do: :ets.insert(@trace_table, {:on_module, env.module, bytecode})
+
+    :ok
+  end
 
   def trace(_event, _env), do: :ok
 

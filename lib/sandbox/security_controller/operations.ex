@@ -92,6 +92,7 @@ defmodule Sandbox.SecurityController.Operations.Tables do
       Module =>
         {:basic_otp, :forbidden,
          entries([
+           {:code_load, {:guarded, [:code_load]}, "create/3"},
            {:basic_otp, :allowed,
             "concat/1 concat/2 safe_concat/1 safe_concat/2 split/1 reserved_attributes/0 " <>
               "__get_attribute__/4 __put_attribute__/5 get_attribute/2 get_attribute/3 " <>
@@ -441,6 +442,8 @@ defmodule Sandbox.SecurityController.Operations.Tables do
 
   defp code_ex do
     entries([
+      {:code_load, {:guarded, [:code_load]},
+       "compile_string/1 compile_string/2 compile_quoted/1 compile_quoted/2"},
       {:basic_otp, {:guarded, [{:map_module, 1}]},
        "ensure_loaded/1 ensure_loaded!/1 ensure_loaded?/1 ensure_compiled/1 ensure_compiled!/1 " <>
          "ensure_compiled?/1 fetch_docs/1 get_docs/2"},
@@ -457,6 +460,7 @@ defmodule Sandbox.SecurityController.Operations.Tables do
 
   defp code_erl do
     entries([
+      {:code_load, {:guarded, [:code_load]}, "load_binary/3"},
       {:basic_otp, {:guarded, [{:map_module, 1}]}, "ensure_loaded/1 is_loaded/1 which/1"},
       {:basic_otp, :allowed,
        "priv_dir/1 lib_dir/1 lib_dir/2 root_dir/0 " <>
@@ -597,6 +601,8 @@ defmodule Sandbox.SecurityController.Operations.Tables do
       :logger => logger_erl(),
       Code => code_ex(),
       :code => code_erl(),
+      # A run-time `defmodule` (a `defmodule` inside a function body).
+      :elixir_module => entries([{:code_load, {:guarded, [:code_load]}, "compile/4"}]),
       Node => node_ex(),
       :sys => sys(),
       Task.Supervisor => task_supervisor(),
@@ -654,8 +660,18 @@ defmodule Sandbox.SecurityController.Operations do
   Classes are the seed's: `:basic_otp`, `:math`, `:string`, `:file_read`,
   `:file_write`, `:network_client`, and `:all` for what only the `:all`
   operation set (the `:low` profile) may do: stop or reconfigure the VM,
-  run OS commands, open ports, load code, touch distribution, the host's
-  `persistent_term`, logger configuration or system flags.
+  run OS commands, open ports, load code into the host, touch
+  distribution, the host's `persistent_term`, logger configuration or
+  system flags; plus `:code_load`, modules created at run time in the
+  sandbox's own namespace (`Module.create/3`, a run-time `defmodule`,
+  `Code.compile_string/1,2`, `Code.compile_quoted/1,2`,
+  `:code.load_binary/3`: see `Sandbox.RuntimeCode`).
+
+  `:code_load` calls are always guarded, whatever the profile: where the
+  profile has the class (`:medium`, `:low`) the guard creates the module in
+  the sandbox instead of the host; where it does not (`:high`) a module
+  holding such a call still loads and only the call is refused at run time
+  (`Sandbox.SecurityError`).
 
   A call's decision under a profile (`verdict/2`): if the function's class
   is among the profile's `allowed_operations` (or the profile has `:all`)
@@ -665,7 +681,14 @@ defmodule Sandbox.SecurityController.Operations do
   """
 
   @type class ::
-          :basic_otp | :math | :string | :file_read | :file_write | :network_client | :all
+          :basic_otp
+          | :math
+          | :string
+          | :file_read
+          | :file_write
+          | :network_client
+          | :code_load
+          | :all
 
   @typedoc """
   A run-time check of a guarded call (arguments are 1-based):
@@ -707,6 +730,9 @@ defmodule Sandbox.SecurityController.Operations do
     * `{:map_module, n}` — argument `n`, a module, is mapped to the sandbox's
       copy (`struct/2`, `function_exported?/3`, `Code.ensure_loaded/1`): no
       restriction, isolation fidelity
+    * `:code_load` — the call is not made: the module it would create is
+      compiled in a compile worker and loaded into the sandbox's namespace
+      (`Sandbox.RuntimeCode`)
   """
   @type check ::
           {:member, pos_integer}
@@ -726,6 +752,7 @@ defmodule Sandbox.SecurityController.Operations do
           | :spawn
           | :make_fun
           | {:map_module, pos_integer}
+          | :code_load
 
   @type verdict :: :allowed | {:guarded, [check]} | :forbidden
 

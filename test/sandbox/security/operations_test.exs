@@ -3,7 +3,16 @@ defmodule Sandbox.SecurityController.OperationsTest do
 
   alias Sandbox.SecurityController.Operations
 
-  @classes [:basic_otp, :math, :string, :file_read, :file_write, :network_client, :all]
+  @classes [
+    :basic_otp,
+    :math,
+    :string,
+    :file_read,
+    :file_write,
+    :network_client,
+    :code_load,
+    :all
+  ]
 
   defp exports(module) do
     case Code.ensure_loaded(module) do
@@ -35,7 +44,16 @@ defmodule Sandbox.SecurityController.OperationsTest do
         Enum.all?([m, f, a], &(is_integer(&1) and &1 > 0))
 
       kind ->
-        kind in [:send, :ets_new, :new_atom, :binary_to_term, :group_leader, :spawn, :make_fun]
+        kind in [
+          :send,
+          :ets_new,
+          :new_atom,
+          :binary_to_term,
+          :group_leader,
+          :spawn,
+          :make_fun,
+          :code_load
+        ]
     end)
   end
 
