@@ -171,6 +171,7 @@ defmodule Sandbox.ModuleVersionManager do
         graph: change.graph,
         protocols: change.protocols,
         renames: change.renames,
+        redirects: change.redirects,
         shims: Enum.uniq(store.shims ++ Enum.map(change.shims, & &1.name)),
         guard_exports: MapSet.union(store.guard_exports, change.guard_exports)
     }
