@@ -15,7 +15,10 @@ defmodule Sandbox.ExportTable do
       free;
     * every fun a sandbox makes of a function that is not exported yet
       (`:erlang.make_fun/3`, `Function.capture/3`, through the guard) is
-      charged here, and raises `SystemLimitError` past the same point.
+      charged here, once per function, and raises `SystemLimitError` past
+      the same point, or past #{10_000} such functions for one sandbox
+      id (so that one sandbox cannot take the room of the others; the
+      count stays with the id, since the entries stay too).
 
   The table's use is read from `:erlang.system_info(:info)` (about half a
   millisecond), which shows the table of the active code; entries made by
@@ -30,6 +33,7 @@ defmodule Sandbox.ExportTable do
   # entries of the reserve, or when the last reading is older than this.
   @margin 65_536
   @max_age_ms 1_000
+  @max_funs_per_sandbox 10_000
 
   @doc false
   def create_table do
@@ -64,21 +68,41 @@ defmodule Sandbox.ExportTable do
 
   @doc """
   The new entries loading the modules parsed as `parsed`
-  (`Sandbox.Beam.t()`) may take: their exports and imports, counted as
-  if none were in the table yet.
+  (`Sandbox.Beam.t()`) may take: their exports, imports and external funs
+  in literals, counted as if none were in the table yet.
   """
   @spec estimate([Sandbox.Beam.t()]) :: non_neg_integer
   def estimate(parsed),
-    do: Enum.reduce(parsed, 0, &(&2 + length(&1.exports) + length(&1.imports)))
+    do:
+      Enum.reduce(
+        parsed,
+        0,
+        &(&2 + length(&1.exports) + length(&1.imports) + length(&1.external_funs))
+      )
 
   @doc """
-  Charges one fun of `{m, f, a}` about to be made: `:ok` when the function
-  is exported already (no new entry) or the table has room, else
-  `{:error, {:system_limit, :export_table}}`.
+  Charges one fun of `{m, f, a}` that sandbox `id` is about to make:
+  `:ok` when the function is exported already or was charged before (no
+  new entry), or when the table and the sandbox's share of it have room;
+  else `{:error, {:system_limit, :export_table}}`.
   """
-  @spec charge_fun(module, atom, arity) :: :ok | {:error, {:system_limit, :export_table}}
-  def charge_fun(m, f, a) do
-    if :erlang.function_exported(m, f, a), do: :ok, else: charge()
+  @spec charge_fun(atom, module, atom, arity) :: :ok | {:error, {:system_limit, :export_table}}
+  def charge_fun(id, m, f, a) do
+    cond do
+      :erlang.function_exported(m, f, a) -> :ok
+      :ets.member(@table, {:fun, m, f, a}) -> :ok
+      true -> charge_new_fun(id, {m, f, a})
+    end
+  end
+
+  defp charge_new_fun(id, {m, f, a}) do
+    n = :ets.update_counter(@table, {:sandbox, id}, 1, {{:sandbox, id}, 0})
+
+    with true <- n <= @max_funs_per_sandbox || full(),
+         :ok <- charge() do
+      :ets.insert(@table, {{:fun, m, f, a}})
+      :ok
+    end
   end
 
   defp charge do

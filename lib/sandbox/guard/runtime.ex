@@ -44,9 +44,9 @@ defmodule Sandbox.Guard.Runtime do
   the profile allows everything, enforce the profile.
   """
   @spec guarded(atom, mfa, [term]) :: term
-  def guarded(id, {mod, _, 3} = mfa, [m, f, a])
-      when mod in [:erlang, Function] and elem(mfa, 1) in [:make_fun, :capture] and
-             is_atom(m) and is_atom(f) and is_integer(a) and a >= 0 do
+  def guarded(id, mfa, [m, f, a])
+      when mfa in [{:erlang, :make_fun, 3}, {Function, :capture, 3}] and is_atom(m) and
+             is_atom(f) and is_integer(a) and a >= 0 and a <= 255 do
     profile = profile(id)
 
     case SecurityController.verdict(profile, mfa) do
@@ -54,14 +54,19 @@ defmodule Sandbox.Guard.Runtime do
       _ -> :ok
     end
 
-    # The fun made, with the module mapped and a guarded target routed
-    # through its checks (then a closure, not an external fun). A fun of a
-    # function not exported yet takes an entry of the export table.
-    m = map_module(id, m)
+    # The module mapped, the target checked before anything is made: a
+    # guarded one gives a closure that makes the guarded call; any other
+    # an external fun, which for a function not exported yet takes an
+    # entry of the export table (Sandbox.ExportTable).
+    case check_target(id, profile, map_module(id, m), f, List.duplicate(nil, a)) do
+      {__MODULE__, :guarded, [^id, target, _]} ->
+        guarded_fun(id, target)
 
-    case Sandbox.ExportTable.charge_fun(m, f, a) do
-      :ok -> external_fun(id, profile, apply(:erlang, :make_fun, [m, f, a]))
-      {:error, _} -> :erlang.error(:system_limit)
+      {m, f, _} ->
+        case Sandbox.ExportTable.charge_fun(id, m, f, a) do
+          :ok -> :erlang.make_fun(m, f, a)
+          {:error, _} -> :erlang.error(:system_limit)
+        end
     end
   end
 
