@@ -352,6 +352,86 @@ defmodule Sandbox.Beam do
   def filter_exports(other, _keep),
     do: raise(ArgumentError, "expected a BEAM binary, got: #{inspect(other)}")
 
+  @doc """
+  The atoms the literals of `beam` (its `LitT` chunk) would create when
+  the module is loaded, without creating any: `{:ok, names}` (UTF-8
+  names, each once), `{:error, :too_many_atoms}` past `max` of them, or
+  `{:error, reason}` for a literal table that does not inflate (within
+  `max_bytes`, default 64 MiB) or decode. `parse/2` counts only the atom
+  table; the loader makes the literals' atoms too.
+
+      iex> {_, bin, _} = :code.get_object_code(:lists)
+      iex> Sandbox.Beam.new_literal_atoms(bin, 10)
+      {:ok, []}
+  """
+  @spec new_literal_atoms(binary, non_neg_integer, pos_integer) ::
+          {:ok, [binary]} | {:error, term}
+  def new_literal_atoms(beam, max, max_bytes \\ 64 * 1024 * 1024) when is_binary(beam) do
+    case :beam_lib.chunks(beam, [~c"LitT"], [:allow_missing_chunks]) do
+      {:ok, {_, [{~c"LitT", :missing_chunk}]}} ->
+        {:ok, []}
+
+      {:ok, {_, [{~c"LitT", <<_size::32, compressed::binary>>}]}} ->
+        with {:ok, table} <- inflate(compressed, max_bytes), do: literal_atoms(table, max)
+
+      {:ok, _} ->
+        {:error, :bad_literals}
+
+      {:error, :beam_lib, reason} ->
+        {:error, reason}
+    end
+  end
+
+  defp literal_atoms(<<_count::32, entries::binary>>, max),
+    do: literal_atoms(entries, max, MapSet.new())
+
+  defp literal_atoms(_other, _max), do: {:error, :bad_literals}
+
+  defp literal_atoms(<<>>, _max, names), do: {:ok, MapSet.to_list(names)}
+
+  defp literal_atoms(<<len::32, etf::binary-size(len), rest::binary>>, max, names) do
+    case Sandbox.SafeTerm.new_atoms(etf, max, external_funs: true) do
+      {:ok, new} ->
+        names = Enum.into(new, names)
+
+        if MapSet.size(names) > max,
+          do: {:error, :too_many_atoms},
+          else: literal_atoms(rest, max, names)
+
+      {:error, {:too_many_atoms, _}} ->
+        {:error, :too_many_atoms}
+
+      {:error, _} ->
+        {:error, :bad_literals}
+    end
+  end
+
+  defp literal_atoms(_rest, _max, _names), do: {:error, :bad_literals}
+
+  # Inflates at most `cap` bytes.
+  defp inflate(compressed, cap) do
+    z = :zlib.open()
+
+    try do
+      :ok = :zlib.inflateInit(z)
+      inflate_loop(z, :zlib.safeInflate(z, compressed), [], 0, cap)
+    rescue
+      _ -> {:error, :bad_literals}
+    after
+      :zlib.close(z)
+    end
+  end
+
+  defp inflate_loop(z, {status, out}, acc, size, cap) do
+    size = size + IO.iodata_length(out)
+
+    cond do
+      size > cap -> {:error, :too_large}
+      status == :finished -> {:ok, IO.iodata_to_binary([acc, out])}
+      true -> inflate_loop(z, :zlib.safeInflate(z, []), [acc, out], size, cap)
+    end
+  end
+
   @id_pattern ~r/\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\z/
 
   @doc """

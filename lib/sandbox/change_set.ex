@@ -139,7 +139,10 @@ defmodule Sandbox.ChangeSet do
   when every BEAM is byte-identical to its module's current version and
   nothing is removed.
 
-  Errors: `:no_beams`, `{:invalid_beam, module | nil, reason}`,
+  Errors: `:no_beams`, `{:invalid_beam, module | nil, reason}` (`reason`
+  `:reserved_name` for a module named like the library's guard or shims,
+  `Sandbox.Guard`, `Sandbox.Shim.Application` and
+  `Sandbox.Shim.ErlApplication`, whose sandbox copies it would replace),
   `{:duplicate_module, module}`, `{:unknown_module, module}` (in
   `:remove`), `{:security_violation, violations}`,
   `{:dynamic_call_too_wide, sites}`, `{:atom_too_long, name}`,
@@ -288,6 +291,7 @@ defmodule Sandbox.ChangeSet do
     Enum.reduce_while(beams, {:ok, []}, fn beam, {:ok, acc} ->
       with true <- is_binary(beam) || {:error, {:invalid_beam, nil, :not_a_binary}},
            {:ok, parsed} <- tag_invalid(Beam.parse(beam), nil),
+           :ok <- not_reserved(parsed.module),
            :ok <- tag_invalid(Beam.validate(beam), parsed.module),
            :ok <- unique(acc, parsed.module) do
         {:cont, {:ok, [classify(store, parsed, beam, opts) | acc]}}
@@ -300,6 +304,16 @@ defmodule Sandbox.ChangeSet do
       error -> error
     end
   end
+
+  # The names of the sandbox's own copies of the library's modules (the
+  # guard, the shims): a module of the sandbox by one of them would take
+  # their place.
+  @reserved [Sandbox.Guard, Sandbox.Shim.Application, Sandbox.Shim.ErlApplication]
+
+  defp not_reserved(module) when module in @reserved,
+    do: {:error, {:invalid_beam, module, :reserved_name}}
+
+  defp not_reserved(_module), do: :ok
 
   defp tag_invalid({:error, reason}, module), do: {:error, {:invalid_beam, module, reason}}
   defp tag_invalid(ok, _module), do: ok

@@ -92,6 +92,7 @@ defmodule Sandbox.RuntimeCode do
   """
 
   alias Sandbox.{Instance, Manager, OriginalNames}
+  alias Sandbox.Guard.Runtime
 
   @doc """
   Performs the guarded code-loading call `{m, f, a}` with `args` for
@@ -99,15 +100,17 @@ defmodule Sandbox.RuntimeCode do
   `Sandbox.Guard.Runtime.guarded/3`.
   """
   @spec perform(atom, mfa, [term]) :: term
-  def perform(id, {Module, :create, 3}, [module, quoted, opts]) when is_atom(module) do
+  def perform(id, mfa, args), do: with_atom_budget(id, mfa, fn -> run(id, mfa, args) end)
+
+  defp run(id, {Module, :create, 3}, [module, quoted, opts]) when is_atom(module) do
     sid = Atom.to_string(id)
     original = original(sid, module)
     form = {:module_create, original, OriginalNames.map(sid, quoted), map_opts(sid, opts)}
     module_result(sid, form, original)
   end
 
-  def perform(id, {:elixir_module, :compile, 4}, [module, block, vars, env])
-      when is_atom(module) do
+  defp run(id, {:elixir_module, :compile, 4}, [module, block, vars, env])
+       when is_atom(module) do
     sid = Atom.to_string(id)
     original = original(sid, module)
 
@@ -118,8 +121,8 @@ defmodule Sandbox.RuntimeCode do
     module_result(sid, form, original)
   end
 
-  def perform(id, {Code, fun, _a}, [code | file])
-      when fun in [:compile_string, :compile_quoted] and length(file) <= 1 do
+  defp run(id, {Code, fun, _a}, [code | file])
+       when fun in [:compile_string, :compile_quoted] and length(file) <= 1 do
     sid = Atom.to_string(id)
     file = with [] <- file, do: "nofile", else: ([f] -> f)
 
@@ -135,22 +138,23 @@ defmodule Sandbox.RuntimeCode do
     for {m, beam} <- modules, do: {relocated(sid, m), beam}
   end
 
-  def perform(id, {:code, :load_binary, 3}, [module, _file, binary])
-      when is_atom(module) and is_binary(binary) do
+  defp run(id, {:code, :load_binary, 3}, [module, _file, binary])
+       when is_atom(module) and is_binary(binary) do
     sid = Atom.to_string(id)
     original = original(sid, module)
 
-    with {:ok, %{module: ^original}} <- Sandbox.Beam.parse(binary),
+    with {:parsed, {:ok, %{module: ^original}}} <- {:parsed, parse(id, binary)},
          :ok <- add(sid, [binary]) do
       {:module, relocated(sid, original)}
     else
-      {:ok, _other_module} -> {:error, :badarg}
+      # Not a BEAM, or not one of the module named (as :code.load_binary/3).
+      {:parsed, _} -> {:error, :badarg}
       {:error, {:invalid_beam, _, _}} -> {:error, :badarg}
       {:error, reason} -> {:error, reason}
     end
   end
 
-  def perform(_id, {m, f, a}, args) do
+  defp run(_id, {m, f, a}, args) do
     raise ArgumentError,
           "invalid arguments for #{inspect(m)}.#{f}/#{a}: #{inspect(args, limit: 5)}"
   end
@@ -183,11 +187,16 @@ defmodule Sandbox.RuntimeCode do
     {:ok, %{beams: beams, root: root, opts: opts}} =
       call!(sid, fn -> Instance.versions(pid, :runtime_code) end)
 
+    id = String.to_existing_atom(sid)
+    opts = Keyword.merge(opts, confine: confine(opts[:confine]), max_new_atoms: atoms_left!(id))
+
     case Sandbox.IsolatedCompiler.compile_forms(root, forms, beams, opts) do
       {:ok, %{modules: []}} ->
         raise RuntimeError, "sandbox #{sid}: the code defined no module"
 
       {:ok, %{modules: modules, form_results: results}} ->
+        for {_m, beam} <- modules, do: parse!(id, sid, beam)
+
         case add(sid, Enum.map(modules, &elem(&1, 1))) do
           :ok -> {modules, results}
           {:error, reason} -> fail!(sid, reason)
@@ -211,6 +220,84 @@ defmodule Sandbox.RuntimeCode do
          end) do
       {:ok, _hot_reloaded_or_unchanged} -> :ok
       {:error, _} = error -> error
+    end
+  end
+
+  # A module body is the sandbox's code, run in the worker at run time with
+  # whatever data the sandbox has then: the worker is confined wherever the
+  # profile confines compiles at all (`:preferred` becomes `:required`).
+  defp confine(:preferred), do: :required
+  defp confine(other), do: other
+
+  ## Atoms
+
+  # The atoms run-time code creates in this VM (a BEAM's atom table, the
+  # worker's result, the names mapped back) are spent from the sandbox's
+  # atom budget (`Sandbox.Guard.Runtime`, `:max_atoms`): each step that
+  # creates atoms from what the sandbox gave is capped at what is left,
+  # and what the VM's atom count grew by is spent afterwards (an upper
+  # bound: atoms other processes made meanwhile count too).
+  defp with_atom_budget(id, mfa, fun) do
+    Process.put({__MODULE__, :mfa}, mfa)
+    atoms_left!(id)
+    before = :erlang.system_info(:atom_count)
+
+    result =
+      try do
+        fun.()
+      after
+        grown = :erlang.system_info(:atom_count) - before
+        counter = {:atoms, id}
+        if grown > 0, do: :ets.update_counter(Runtime.table(), counter, grown, {counter, 0})
+      end
+
+    # Past the budget now: a violation (the next call is refused before it
+    # creates anything).
+    Runtime.spend_atoms(id, mfa, 0)
+    result
+  end
+
+  defp atoms_left!(id) do
+    case Runtime.atoms_left(id) do
+      n when n > 0 -> n
+      _ -> exhaust!(id)
+    end
+  end
+
+  # The sandbox asked for more atoms than it has left: its budget is spent.
+  defp exhaust!(id) do
+    mfa = Process.get({__MODULE__, :mfa}, {:code, :load_binary, 3})
+    Runtime.spend_atoms(id, mfa, max(Runtime.atoms_left(id), 0) + 1)
+  end
+
+  # Parses a BEAM given by the sandbox: its atom table's new atoms and its
+  # literals' (which the loader makes) within what is left of the budget.
+  defp parse(id, binary) do
+    case Sandbox.Beam.parse(binary, max_new_atoms: atoms_left!(id)) do
+      {:ok, parsed} ->
+        case Sandbox.Beam.new_literal_atoms(binary, atoms_left!(id)) do
+          {:ok, names} ->
+            if length(names) > Runtime.atoms_left(id), do: exhaust!(id), else: {:ok, parsed}
+
+          {:error, :too_many_atoms} ->
+            exhaust!(id)
+
+          {:error, reason} ->
+            {:error, reason}
+        end
+
+      {:error, {:too_many_atoms, _, _}} ->
+        exhaust!(id)
+
+      other ->
+        other
+    end
+  end
+
+  defp parse!(id, sid, beam) do
+    case parse(id, beam) do
+      {:ok, _} -> :ok
+      {:error, reason} -> fail!(sid, {:invalid_beam, reason})
     end
   end
 

@@ -85,22 +85,37 @@ defmodule Sandbox.SafeTerm do
   @doc """
   The atoms in `binary` that do not exist yet (UTF-8 names), without
   creating any: `{:ok, names}` or `{:error, reason}` as `decode/2`.
+
+  ## Options
+
+    * `:external_funs` — when `true`, an external fun (`fun M:F/A`, as in
+      a module's literals) is read as its module, function and arity
+      instead of being refused (default `false`)
   """
-  @spec new_atoms(binary, non_neg_integer | :infinity) :: {:ok, [binary]} | {:error, reason}
-  def new_atoms(<<131, rest::binary>>, max) do
-    case walk(rest, 1, %{seen: MapSet.new(), new: [], count: 0, max: max}) do
+  @spec new_atoms(binary, non_neg_integer | :infinity, keyword) ::
+          {:ok, [binary]} | {:error, reason}
+  def new_atoms(binary, max, opts \\ [])
+
+  def new_atoms(<<131, rest::binary>>, max, opts) do
+    acc = %{seen: MapSet.new(), new: [], count: 0, max: max}
+    acc = Map.put(acc, :external_funs, Keyword.get(opts, :external_funs, false))
+
+    case walk(rest, 1, acc) do
       {:ok, acc} -> {:ok, acc.new}
       {:error, _} = error -> error
     end
   end
 
-  def new_atoms(binary, _max) when is_binary(binary), do: {:error, :not_etf}
+  def new_atoms(binary, _max, _opts) when is_binary(binary), do: {:error, :not_etf}
 
   # `n` counts the terms still to read; every term is a prefix code, so the
   # walk is one linear pass with no recursion however deep the nesting.
   defp walk(<<>>, 0, acc), do: {:ok, acc}
   defp walk(_rest, 0, _acc), do: {:error, :trailing_bytes}
   defp walk(<<>>, _n, _acc), do: {:error, :truncated}
+
+  # EXPORT_EXT: a module atom, a function atom and a small integer follow.
+  defp walk(<<113, rest::binary>>, n, %{external_funs: true} = acc), do: walk(rest, n + 2, acc)
 
   defp walk(<<tag, rest::binary>>, n, acc) do
     case step(tag, rest) do

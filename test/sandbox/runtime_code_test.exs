@@ -188,4 +188,93 @@ defmodule Sandbox.RuntimeCodeTest do
     refute host_has?(RtApp.Parser)
     refute host_has?(Sandbox.module_name(id, RtApp.Parser))
   end
+
+  # A BEAM of RtApp.Loaded holding `n` atoms this VM does not have: built in
+  # `peer` from strings, so that none is created here before the load.
+  defp fresh_atoms_beam(peer, n) do
+    tag = System.unique_integer([:positive])
+
+    # (In a fun: eval's binding would bring the atoms here.)
+    Peer.eval(peer, """
+    (fn ->
+    atoms = for i <- 1..#{n}, do: String.to_atom("rt_fresh_#{tag}_\#{i}")
+    forms = [
+      {:attribute, 1, :module, RtApp.Loaded},
+      {:attribute, 1, :export, [value: 0]},
+      {:function, 1, :value, 0, [{:clause, 1, [], [], [:erl_parse.abstract(atoms)]}]}
+    ]
+    {:ok, _, bin} = :compile.forms(forms, [:binary])
+    bin
+    end).()
+    """)
+  end
+
+  test "the atoms run-time code brings are spent from the sandbox's atom budget", ctx do
+    peer = Peer.start!(apps: [:elixir])
+    victim = Peer.start!()
+    id = create(ctx, "", :medium)
+    key = String.to_atom(id)
+
+    # Unprotected, a BEAM's atoms are all created where it is loaded.
+    big = fresh_atoms_beam(peer, 12_000)
+    count = Peer.call(victim, :erlang, :system_info, [:atom_count])
+    {:module, RtApp.Loaded} = Peer.call(victim, :code, :load_binary, [RtApp.Loaded, ~c"x", big])
+    assert Peer.call(victim, :erlang, :system_info, [:atom_count]) - count >= 12_000
+
+    # In the sandbox: 500 new atoms load, and are spent.
+    left = Sandbox.Guard.Runtime.atoms_left(key)
+
+    assert {:ok, {:module, _}} =
+             Sandbox.call(id, RtApp, :load_binary, [fresh_atoms_beam(peer, 500)])
+
+    assert Sandbox.Guard.Runtime.atoms_left(key) <= left - 500
+
+    # More than are left: refused before any is created.
+    before = :erlang.system_info(:atom_count)
+
+    assert {:error, {:exception, %Sandbox.SecurityError{reason: {:atom_budget, _}}, _}} =
+             Sandbox.call(id, RtApp, :load_binary, [big])
+
+    assert :erlang.system_info(:atom_count) - before < 1_000
+  end
+
+  @tag :tmp_dir
+  test "a module body runs confined: under :low it writes the host's files, under :medium it cannot",
+       ctx do
+    target = Path.join(ctx.tmp_dir, "written")
+
+    source = fn name ->
+      "defmodule RtApp.#{name} do\n  File.write!(#{inspect(target)}, \"x\")\n  def ok, do: :ok\nend\n"
+    end
+
+    low = create(ctx, "low", :low)
+    assert {:ok, [_]} = Sandbox.call(low, RtApp, :compile_string, [source.("WriterLow")])
+    assert File.read!(target) == "x"
+    File.rm!(target)
+
+    medium = create(ctx, "med", :medium)
+
+    # (Landlock is there: the confinement tests require it.)
+    assert {:error, {:exception, _, _}} =
+             Sandbox.call(medium, RtApp, :compile_string, [source.("WriterMed")])
+
+    refute File.exists?(target)
+  end
+
+  test "a module named like the sandbox's guard or shims is refused", ctx do
+    id = create(ctx, "", :medium)
+    {:ok, guard} = Sandbox.Beam.relocated_name(id, Sandbox.Guard)
+    exports = guard.module_info(:exports)
+
+    for name <- ["Sandbox.Guard", "Sandbox.Shim.Application"] do
+      source = "defmodule #{name} do\n  def x, do: :x\nend\n"
+
+      assert {:error, {:exception, %RuntimeError{message: message}, _}} =
+               Sandbox.call(id, RtApp, :compile_string, [source])
+
+      assert message =~ "reserved"
+    end
+
+    assert guard.module_info(:exports) == exports
+  end
 end

@@ -56,6 +56,18 @@ defmodule Sandbox.SafeTermTest do
     assert {:ok, ^atoms} = SafeTerm.decode(bin, max_new_atoms: 0)
   end
 
+  test "new_atoms/3 reads an external fun's module and function with external_funs: true" do
+    [m, f] = for w <- ["m", "f"], do: "safe_term_fun_#{w}_#{System.unique_integer([:positive])}"
+    # fun m:f/2, encoded by hand (EXPORT_EXT: module, function, arity).
+    bin = IO.iodata_to_binary([131, 113, atom_ext(m), atom_ext(f), 97, 2])
+
+    assert SafeTerm.new_atoms(bin, 10) == {:error, {:unsafe_term, :fun}}
+    assert {:ok, new} = SafeTerm.new_atoms(bin, 10, external_funs: true)
+    assert Enum.sort(new) == Enum.sort([m, f])
+    assert SafeTerm.new_atoms(bin, 1, external_funs: true) == {:error, {:too_many_atoms, 1}}
+    refute existing?(m) or existing?(f)
+  end
+
   test "an atom repeated counts once" do
     name = "safe_term_rep_#{System.unique_integer([:positive])}"
     bin = IO.iodata_to_binary([131, 108, <<3::32>>, List.duplicate(atom_ext(name), 3), 106])

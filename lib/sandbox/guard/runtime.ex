@@ -596,11 +596,31 @@ defmodule Sandbox.Guard.Runtime do
 
   defp existing_atom?(_), do: true
 
-  defp spend_atoms(id, mfa, n) do
-    budget = limit(id, :max_atoms) || 10_000
+  @doc false
+  # Spends `n` of sandbox `id`'s atom budget (`:max_atoms`, default 10,000)
+  # for a call of `mfa`: a violation past it.
+  @spec spend_atoms(atom, mfa, non_neg_integer) :: :ok
+  def spend_atoms(id, mfa, n) do
+    budget = atom_budget(id)
     used = :ets.update_counter(@table, {:atoms, id}, n, {{:atoms, id}, 0})
     if used > budget, do: violation!(id, mfa, :basic_otp, {:atom_budget, budget})
+    :ok
   end
+
+  @doc false
+  # What is left of sandbox `id`'s atom budget.
+  @spec atoms_left(atom) :: integer
+  def atoms_left(id) do
+    used =
+      case :ets.lookup(@table, {:atoms, id}) do
+        [{_, n}] -> n
+        [] -> 0
+      end
+
+    atom_budget(id) - used
+  end
+
+  defp atom_budget(id), do: limit(id, :max_atoms) || 10_000
 
   # Any fun in the term (external or local), by a walk without decoding.
   defp funs_inside?(bin) do
