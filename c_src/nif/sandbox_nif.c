@@ -953,6 +953,8 @@ static int get_guards(ErlNifEnv *env, ERL_NIF_TERM t, reloc_spec *spec, reloc_mf
         spec->guard = guard.data;
         spec->guard_len = guard.size;
     } else {
+        enif_free(*keeps);
+        *keeps = NULL;
         return 0;
     }
     spec->guard_kinds = kinds;
