@@ -20,25 +20,36 @@ defmodule Sandbox.ExportTable do
       id (so that one sandbox cannot take the room of the others; the
       count stays with the id, since the entries stay too).
 
-  The table's use is read from `:erlang.system_info(:info)` (about half a
-  millisecond), which shows the table of the active code; entries made by
-  `make_fun/3` since the last code load are not in it yet, so every charge
-  is added to it for the rest of the VM's life (an overestimate: a fun made
-  twice is charged twice).
+  The table's use is read from `:erlang.system_info(:info)`, which stops
+  every scheduler while it prints (well under a millisecond), so it is
+  read rarely: once, then again only when the estimate — the last reading,
+  plus the entries of every load admitted since, plus every fun charged —
+  comes within #{65_536} entries of the reserve, or when the reading is a
+  minute old. The estimate only overcounts (a load counts all its exports
+  and imports, present or not), except for modules the host loads itself
+  in between, which the margin covers. The reading shows the table of the
+  active code: entries made by `make_fun/3` since the last code load are
+  not in it yet, so charges are added to every estimate for the rest of
+  the VM's life.
   """
 
   @table __MODULE__
   @reserve 16_384
-  # A charge re-reads the table when the estimate comes within this many
+  # The table is read again when the estimate comes within this many
   # entries of the reserve, or when the last reading is older than this.
   @margin 65_536
-  @max_age_ms 1_000
+  @max_age_ms 60_000
   @max_funs_per_sandbox 10_000
 
   @doc false
   def create_table do
     :ets.new(@table, [:set, :public, :named_table, write_concurrency: true])
-    :ets.insert(@table, [{:charges, 0}, {:reading, 0, :infinity, -@max_age_ms - 1}])
+
+    :ets.insert(@table, [
+      {:charges, 0},
+      {:since, 0},
+      {:reading, 0, :infinity, -@max_age_ms - 1}
+    ])
   end
 
   @doc "The entries kept free for the host: a load or fun that would use them is refused."
@@ -62,8 +73,10 @@ defmodule Sandbox.ExportTable do
   """
   @spec admit(non_neg_integer) :: :ok | {:error, {:system_limit, :export_table}}
   def admit(new_entries) when is_integer(new_entries) and new_entries >= 0 do
-    {entries, limit} = read()
-    if fits?(entries + charges() + new_entries, limit), do: :ok, else: full()
+    with :ok <- check(new_entries) do
+      :ets.update_counter(@table, :since, new_entries)
+      :ok
+    end
   end
 
   @doc """
@@ -106,39 +119,47 @@ defmodule Sandbox.ExportTable do
   end
 
   defp charge do
-    charged = :ets.update_counter(@table, :charges, 1)
-    [{:reading, entries, limit, at}] = :ets.lookup(@table, :reading)
-
-    cond do
-      limit != :infinity and entries + charged + @reserve + @margin <= limit and
-          now() - at <= @max_age_ms ->
-        :ok
-
-      true ->
-        {entries, limit} = read()
-        if fits?(entries + charged, limit), do: :ok, else: full()
+    with :ok <- check(1) do
+      :ets.update_counter(@table, :charges, 1)
+      :ok
     end
   end
 
-  defp fits?(estimate, limit), do: estimate + @reserve <= limit
+  # Whether `n` more entries leave the reserve free: from the estimate when
+  # it is far from the limit, else from a fresh reading.
+  defp check(n) do
+    [{:reading, entries, limit, at}] = :ets.lookup(@table, :reading)
+    estimate = entries + counter(:since) + charges() + n
+
+    if limit != :infinity and estimate + @reserve + @margin <= limit and
+         now() - at <= @max_age_ms do
+      :ok
+    else
+      {entries, limit} = read()
+      if entries + charges() + n + @reserve <= limit, do: :ok, else: full()
+    end
+  end
 
   defp full, do: {:error, {:system_limit, :export_table}}
 
-  defp charges do
-    case :ets.lookup(@table, :charges) do
-      [{:charges, n}] -> n
+  defp counter(key) do
+    case :ets.lookup(@table, key) do
+      [{^key, n}] -> n
       [] -> 0
     end
   end
 
-  # The active table's entries and limit, remembered for charges.
+  defp charges, do: counter(:charges)
+
+  # The active table's entries and limit, remembered (and the loads
+  # admitted before it counted in it).
   defp read do
     info = :erlang.system_info(:info)
     {at, _} = :binary.match(info, "=index_table:export_list\n")
     section = :binary.part(info, at, min(200, byte_size(info) - at))
     entries = field(section, "entries: ")
     limit = field(section, "limit: ")
-    :ets.insert(@table, {:reading, entries, limit, now()})
+    :ets.insert(@table, [{:reading, entries, limit, now()}, {:since, 0}])
     {entries, limit}
   end
 
