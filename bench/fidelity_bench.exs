@@ -31,6 +31,12 @@ defmodule FidBench.Big do
 end
 """)
 
+File.write!(Path.join(dir, "lib/rt.ex"), """
+defmodule FidBench.Rt do
+  def compile(source), do: Code.compile_string(source)
+end
+""")
+
 # 20 modules that log.
 for i <- 1..20 do
   File.write!(Path.join(dir, "lib/log#{i}.ex"), """
@@ -101,5 +107,36 @@ base = Bench.median(plain)
 ours = Bench.median(logged)
 Bench.value("destroy_after_logging", ours / 1000, "ms", 2 * base / 1000)
 Bench.compare("destroy_after_logging_vs_plain", ours, base)
+
+# --- a module created at run time (Sandbox.RuntimeCode) ------------------------
+# Code.compile_string/1 from sandbox code: compiled in a worker, added to the
+# sandbox as a reload. Base: the same call made by the host in its own VM.
+create.("fid-rt")
+source = fn tag, i -> "defmodule FidBench.Made#{tag}#{i} do\n  def v, do: #{i}\nend\n" end
+counter = :counters.new(1, [])
+
+next = fn ->
+  :counters.add(counter, 1, 1)
+  :counters.get(counter, 1)
+end
+
+in_sandbox_us =
+  Bench.median_us(
+    fn -> {:ok, [_]} = Sandbox.call("fid-rt", FidBench.Rt, :compile, [source.("S", next.())]) end,
+    11
+  )
+
+in_host_us =
+  Bench.median_us(
+    fn ->
+      [{m, _}] = Code.compile_string(source.("H", next.()))
+      :code.purge(m)
+      :code.delete(m)
+    end,
+    11
+  )
+
+Bench.compare("runtime_compile_string_vs_host", in_sandbox_us, in_host_us)
+:ok = Sandbox.destroy_sandbox("fid-rt")
 
 File.rm_rf!(dir)

@@ -23,6 +23,10 @@ defmodule Sandbox.RuntimeCodeTest do
 
   defp host_has?(module), do: :code.is_loaded(module) != false
 
+  # A call that may compile in a worker (seconds on a loaded machine; the
+  # default call timeout is 5 s).
+  defp call(id, m, f, args), do: Sandbox.call(id, m, f, args, timeout: 60_000)
+
   # A BEAM of `module` (exporting value/0 -> value), compiled from Erlang
   # forms and never loaded here.
   defp beam(module, value) do
@@ -68,24 +72,22 @@ defmodule Sandbox.RuntimeCodeTest do
     refute host_has?(RtApp.Parser)
 
     # Before b defines it, b's static call reaches no one's module.
-    assert {:error, {:exception, %UndefinedFunctionError{}, _}} =
-             Sandbox.call(b, RtApp, :parse, ["1;2"])
+    assert {:error, {:exception, %UndefinedFunctionError{}, _}} = call(b, RtApp, :parse, ["1;2"])
 
-    assert {:ok, ["a", "b"]} = Sandbox.call(a, RtApp, :define_and_parse, [",", "a,b"])
+    assert {:ok, ["a", "b"]} = call(a, RtApp, :define_and_parse, [",", "a,b"])
     # Not in the host, not in b.
     refute host_has?(RtApp.Parser)
 
-    assert {:error, {:exception, %UndefinedFunctionError{}, _}} =
-             Sandbox.call(b, RtApp, :parse, ["1;2"])
+    assert {:error, {:exception, %UndefinedFunctionError{}, _}} = call(b, RtApp, :parse, ["1;2"])
 
-    assert {:ok, false} = Sandbox.call(b, RtApp, :parser_loaded?, [])
-    assert {:ok, ["1", "2"]} = Sandbox.call(b, RtApp, :define_and_parse, [";", "1;2"])
+    assert {:ok, false} = call(b, RtApp, :parser_loaded?, [])
+    assert {:ok, ["1", "2"]} = call(b, RtApp, :define_and_parse, [";", "1;2"])
 
     # Independent modules: static, dynamic, from either sandbox.
-    assert {:ok, ["x", "y"]} = Sandbox.call(a, RtApp, :parse, ["x,y"])
-    assert {:ok, ["x,y"]} = Sandbox.call(b, RtApp, :parse, ["x,y"])
-    assert {:ok, ["p", "q"]} = Sandbox.call(a, RtApp, :dynamic_parse, ["p,q"])
-    assert {:ok, ["p", "q"]} = Sandbox.call(b, RtApp, :dynamic_parse, ["p;q"])
+    assert {:ok, ["x", "y"]} = call(a, RtApp, :parse, ["x,y"])
+    assert {:ok, ["x,y"]} = call(b, RtApp, :parse, ["x,y"])
+    assert {:ok, ["p", "q"]} = call(a, RtApp, :dynamic_parse, ["p,q"])
+    assert {:ok, ["p", "q"]} = call(b, RtApp, :dynamic_parse, ["p;q"])
     refute host_has?(RtApp.Parser)
 
     # A module of each sandbox, relocated, versioned, listed.
@@ -97,7 +99,7 @@ defmodule Sandbox.RuntimeCodeTest do
     end
 
     # Defined again: the next version, with the new body.
-    assert {:ok, ["1", "2"]} = Sandbox.call(a, RtApp, :define_and_parse, ["|", "1|2"])
+    assert {:ok, ["1", "2"]} = call(a, RtApp, :define_and_parse, ["|", "1|2"])
     assert {:ok, 2} = Sandbox.get_current_version(a, RtApp.Parser)
 
     for id <- [a, b] do
@@ -119,45 +121,44 @@ defmodule Sandbox.RuntimeCodeTest do
     created = Sandbox.module_name(id, RtApp.Created)
 
     # Module.create/3: the sandbox's macro expands in the worker.
-    assert {:ok, {:module, ^created, beam, _result}} = Sandbox.call(id, RtApp, :create, [:t1])
+    assert {:ok, {:module, ^created, beam, _result}} = call(id, RtApp, :create, [:t1])
     assert {:ok, %{module: RtApp.Created}} = Sandbox.Beam.parse(beam)
-    assert {:ok, {{:created, ^created}, :t1}} = Sandbox.call(id, RtApp, :call_created, [])
+    assert {:ok, {{:created, ^created}, :t1}} = call(id, RtApp, :call_created, [])
     refute host_has?(RtApp.Created)
 
     source = "defmodule RtApp.FromString do\n  def value, do: 42\nend\n"
     from_string = Sandbox.module_name(id, RtApp.FromString)
-    assert {:ok, [{^from_string, _}]} = Sandbox.call(id, RtApp, :compile_string, [source])
-    assert {:ok, 42} = Sandbox.call(id, RtApp, :call_from_string, [])
+    assert {:ok, [{^from_string, _}]} = call(id, RtApp, :compile_string, [source])
+    assert {:ok, 42} = call(id, RtApp, :call_from_string, [])
     refute host_has?(RtApp.FromString)
 
     from_quoted = Sandbox.module_name(id, RtApp.FromQuoted)
-    assert {:ok, [{^from_quoted, _}]} = Sandbox.call(id, RtApp, :compile_quoted, [7])
+    assert {:ok, [{^from_quoted, _}]} = call(id, RtApp, :compile_quoted, [7])
     assert from_quoted.value() == 7
     refute host_has?(RtApp.FromQuoted)
 
     loaded = Sandbox.module_name(id, RtApp.Loaded)
     bin = beam(RtApp.Loaded, :loaded)
-    assert {:ok, {:module, ^loaded}} = Sandbox.call(id, RtApp, :load_binary, [bin])
-    assert {:ok, :loaded} = Sandbox.call(id, RtApp, :call_loaded, [])
+    assert {:ok, {:module, ^loaded}} = call(id, RtApp, :load_binary, [bin])
+    assert {:ok, :loaded} = call(id, RtApp, :call_loaded, [])
     refute host_has?(RtApp.Loaded)
 
     # A BEAM of another module is refused, as the host's load_binary does.
-    assert {:ok, {:error, :badarg}} =
-             Sandbox.call(id, RtApp, :load_binary, [beam(RtApp.Other, :x)])
+    assert {:ok, {:error, :badarg}} = call(id, RtApp, :load_binary, [beam(RtApp.Other, :x)])
 
     # The new modules are classified like any other: a forbidden call inside
     # refuses the module.
     evil = "defmodule RtApp.Evil do\n  def boom, do: System.halt()\nend\n"
 
     assert {:error, {:exception, %Sandbox.SecurityError{reason: {:refused, [_ | _]}}, _}} =
-             Sandbox.call(id, RtApp, :compile_string, [evil])
+             call(id, RtApp, :compile_string, [evil])
 
     refute host_has?(Sandbox.module_name(id, RtApp.Evil))
     refute host_has?(RtApp.Evil)
 
     # A compile error raises CompileError, as in the host.
     assert {:error, {:exception, %CompileError{}, _}} =
-             Sandbox.call(id, RtApp, :compile_string, ["defmodule RtApp.Bad do def x, do: y end"])
+             call(id, RtApp, :compile_string, ["defmodule RtApp.Bad do def x, do: y end"])
 
     :ok = Sandbox.destroy_sandbox(id)
     assert loaded_modules(id) == []
@@ -166,8 +167,7 @@ defmodule Sandbox.RuntimeCodeTest do
   test "a name looked up before its module existed reaches the module once created", ctx do
     id = create(ctx, "", :medium)
 
-    assert {:ok, {false, true, ["a", "b"]}} =
-             Sandbox.call(id, RtApp, :check_define_apply, [",", "a,b"])
+    assert {:ok, {false, true, ["a", "b"]}} = call(id, RtApp, :check_define_apply, [",", "a,b"])
 
     refute host_has?(RtApp.Later)
   end
@@ -178,7 +178,7 @@ defmodule Sandbox.RuntimeCodeTest do
     before = MapSet.new(:code.all_loaded(), &elem(&1, 0))
 
     assert {:error, {:exception, %Sandbox.SecurityError{class: :code_load}, _}} =
-             Sandbox.call(id, RtApp, :define_and_parse, [",", "a,b"])
+             call(id, RtApp, :define_and_parse, [",", "a,b"])
 
     now = MapSet.new(:code.all_loaded(), &elem(&1, 0))
 
@@ -224,8 +224,7 @@ defmodule Sandbox.RuntimeCodeTest do
     # In the sandbox: 500 new atoms load, and are spent.
     left = Sandbox.Guard.Runtime.atoms_left(key)
 
-    assert {:ok, {:module, _}} =
-             Sandbox.call(id, RtApp, :load_binary, [fresh_atoms_beam(peer, 500)])
+    assert {:ok, {:module, _}} = call(id, RtApp, :load_binary, [fresh_atoms_beam(peer, 500)])
 
     assert Sandbox.Guard.Runtime.atoms_left(key) <= left - 500
 
@@ -233,7 +232,7 @@ defmodule Sandbox.RuntimeCodeTest do
     before = :erlang.system_info(:atom_count)
 
     assert {:error, {:exception, %Sandbox.SecurityError{reason: {:atom_budget, _}}, _}} =
-             Sandbox.call(id, RtApp, :load_binary, [big])
+             call(id, RtApp, :load_binary, [big])
 
     assert :erlang.system_info(:atom_count) - before < 1_000
   end
@@ -248,7 +247,7 @@ defmodule Sandbox.RuntimeCodeTest do
     end
 
     low = create(ctx, "low", :low)
-    assert {:ok, [_]} = Sandbox.call(low, RtApp, :compile_string, [source.("WriterLow")])
+    assert {:ok, [_]} = call(low, RtApp, :compile_string, [source.("WriterLow")])
     assert File.read!(target) == "x"
     File.rm!(target)
 
@@ -256,7 +255,7 @@ defmodule Sandbox.RuntimeCodeTest do
 
     # (Landlock is there: the confinement tests require it.)
     assert {:error, {:exception, _, _}} =
-             Sandbox.call(medium, RtApp, :compile_string, [source.("WriterMed")])
+             call(medium, RtApp, :compile_string, [source.("WriterMed")])
 
     refute File.exists?(target)
   end
@@ -270,7 +269,7 @@ defmodule Sandbox.RuntimeCodeTest do
       source = "defmodule #{name} do\n  def x, do: :x\nend\n"
 
       assert {:error, {:exception, %RuntimeError{message: message}, _}} =
-               Sandbox.call(id, RtApp, :compile_string, [source])
+               call(id, RtApp, :compile_string, [source])
 
       assert message =~ "reserved"
     end
