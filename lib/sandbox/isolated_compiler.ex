@@ -401,12 +401,15 @@ defmodule Sandbox.IsolatedCompiler do
   worker's working directory, readable under confinement).
 
   Returns `{:ok, %{modules: [{module, beam}], form_results: [{[module],
-  {:value, term} | :not_transferable | nil}]}}` or the errors of
+  {:value, term} | :not_transferable | nil}], created_atoms: n}}` (`n`:
+  the atoms that decoding the worker's result made here) or the errors of
   `compile_sandbox/2`. Options as `compile_sandbox/2` (`:write_artifacts`
   is ignored: nothing is kept).
   """
   @spec compile_forms(String.t(), [tuple], [{module, binary}], compile_opts) ::
-          {:ok, %{modules: [{module, binary}], form_results: list}} | {:error, reason}
+          {:ok,
+           %{modules: [{module, binary}], form_results: list, created_atoms: non_neg_integer}}
+          | {:error, reason}
   def compile_forms(root, forms, preload, opts \\ []) when is_list(forms) and is_list(preload) do
     compile_span(root, :compile_forms, fn ->
       root = expand_path!(root)
@@ -429,6 +432,7 @@ defmodule Sandbox.IsolatedCompiler do
            %{
              modules: result.modules,
              form_results: result.form_results,
+             created_atoms: Map.get(result, :created_atoms, 0),
              cached: false,
              confinement: nil
            }}
@@ -1214,11 +1218,21 @@ defmodule Sandbox.IsolatedCompiler do
   defp interpret({:exited, {:status, 0} = reason, output, _os_pid}, result_path, opts) do
     case :prim_file.read_file(result_path) do
       {:ok, bin} ->
+        # (The atoms decoding makes, for a caller's atom budget.)
+        created = created_atoms(bin, opts.max_new_atoms)
+
         case SafeTerm.decode(bin, max_new_atoms: opts.max_new_atoms) do
-          {:ok, {:ok, result}} when is_map(result) -> {:ok, result, output}
-          {:ok, {:error, reason}} -> {:error, reason}
-          {:ok, _other} -> {:error, {:worker_crashed, :bad_result}}
-          {:error, why} -> {:error, {:worker_crashed, {:bad_result, why}}}
+          {:ok, {:ok, result}} when is_map(result) ->
+            {:ok, Map.put(result, :created_atoms, created), output}
+
+          {:ok, {:error, reason}} ->
+            {:error, reason}
+
+          {:ok, _other} ->
+            {:error, {:worker_crashed, :bad_result}}
+
+          {:error, why} ->
+            {:error, {:worker_crashed, {:bad_result, why}}}
         end
 
       {:error, _} ->
@@ -1324,6 +1338,15 @@ defmodule Sandbox.IsolatedCompiler do
   defp file_size(path) do
     case :file.read_file_info(path, [:raw, {:time, :posix}]) do
       {:ok, info} -> elem(info, 1)
+      {:error, _} -> 0
+    end
+  end
+
+  # How many atoms decoding `bin` will make: those it holds that do not
+  # exist yet (0 when the decode will refuse it).
+  defp created_atoms(bin, max) do
+    case SafeTerm.new_atoms(bin, max) do
+      {:ok, new} -> length(new)
       {:error, _} -> 0
     end
   end

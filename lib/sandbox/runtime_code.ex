@@ -194,7 +194,8 @@ defmodule Sandbox.RuntimeCode do
       {:ok, %{modules: []}} ->
         raise RuntimeError, "sandbox #{sid}: the code defined no module"
 
-      {:ok, %{modules: modules, form_results: results}} ->
+      {:ok, %{modules: modules, form_results: results} = compiled} ->
+        spend!(id, Map.get(compiled, :created_atoms, 0))
         for {_m, beam} <- modules, do: parse!(id, sid, beam)
 
         case add(sid, Enum.map(modules, &elem(&1, 1))) do
@@ -231,67 +232,79 @@ defmodule Sandbox.RuntimeCode do
 
   ## Atoms
 
-  # The atoms run-time code creates in this VM (a BEAM's atom table, the
-  # worker's result, the names mapped back) are spent from the sandbox's
-  # atom budget (`Sandbox.Guard.Runtime`, `:max_atoms`): each step that
-  # creates atoms from what the sandbox gave is capped at what is left,
-  # and what the VM's atom count grew by is spent afterwards (an upper
-  # bound: atoms other processes made meanwhile count too).
+  # The atoms run-time code makes in this VM are spent from the sandbox's
+  # atom budget (`Sandbox.Guard.Runtime`, `:max_atoms`), counted exactly
+  # before they are made: a BEAM's (its atom table and its literals, which
+  # the loader makes) and those of the worker's result. Each step that
+  # makes atoms from what the sandbox gave is capped at what is left.
   defp with_atom_budget(id, mfa, fun) do
     Process.put({__MODULE__, :mfa}, mfa)
     atoms_left!(id)
-    before = :erlang.system_info(:atom_count)
-
-    result =
-      try do
-        fun.()
-      after
-        grown = :erlang.system_info(:atom_count) - before
-        counter = {:atoms, id}
-        if grown > 0, do: :ets.update_counter(Runtime.table(), counter, grown, {counter, 0})
-      end
-
-    # Past the budget now: a violation (the next call is refused before it
-    # creates anything).
-    Runtime.spend_atoms(id, mfa, 0)
-    result
+    fun.()
   end
 
   defp atoms_left!(id) do
     case Runtime.atoms_left(id) do
       n when n > 0 -> n
-      _ -> exhaust!(id)
+      _ -> spend!(id, 1)
     end
   end
 
-  # The sandbox asked for more atoms than it has left: its budget is spent.
-  defp exhaust!(id) do
-    mfa = Process.get({__MODULE__, :mfa}, {:code, :load_binary, 3})
-    Runtime.spend_atoms(id, mfa, max(Runtime.atoms_left(id), 0) + 1)
-  end
+  defp spend!(id, n), do: Runtime.spend_atoms(id, Process.get({__MODULE__, :mfa}), n)
 
-  # Parses a BEAM given by the sandbox: its atom table's new atoms and its
-  # literals' (which the loader makes) within what is left of the budget.
+  # Parses a BEAM given by the sandbox, after spending the atoms it would
+  # make (none is made to find out).
   defp parse(id, binary) do
-    case Sandbox.Beam.parse(binary, max_new_atoms: atoms_left!(id)) do
-      {:ok, parsed} ->
-        case Sandbox.Beam.new_literal_atoms(binary, atoms_left!(id)) do
-          {:ok, names} ->
-            if length(names) > Runtime.atoms_left(id), do: exhaust!(id), else: {:ok, parsed}
+    left = atoms_left!(id)
 
-          {:error, :too_many_atoms} ->
-            exhaust!(id)
+    case new_atoms(binary, left) do
+      {:ok, n} ->
+        spend!(id, n)
+        Sandbox.Beam.parse(binary, max_new_atoms: max(n, 1))
 
-          {:error, reason} ->
-            {:error, reason}
-        end
+      {:error, :too_many_atoms} ->
+        spend!(id, left + 1)
 
-      {:error, {:too_many_atoms, _, _}} ->
-        exhaust!(id)
-
-      other ->
-        other
+      {:error, _} = error ->
+        error
     end
+  end
+
+  # How many atoms loading `binary` would make: the names in its atom
+  # table and in its literals that are not atoms yet, each once;
+  # `{:error, :too_many_atoms}` past `max`.
+  defp new_atoms(binary, max) do
+    with {:ok, table} <- atom_table(binary),
+         {:ok, literals} <- Sandbox.Beam.new_literal_atoms(binary, max) do
+      n = length(Enum.uniq(Enum.reject(table, &existing_atom?/1) ++ literals))
+      if n > max, do: {:error, :too_many_atoms}, else: {:ok, n}
+    end
+  end
+
+  # The names of a BEAM's atom table (AtU8, one length byte per name as
+  # OTP 25 writes it), without making atoms.
+  defp atom_table(binary) do
+    with {:ok, {_, [{~c"AtU8", <<count::32, names::binary>>}]}} <-
+           :beam_lib.chunks(binary, [~c"AtU8"]),
+         {:ok, list} <- names(names, count, []) do
+      {:ok, list}
+    else
+      _ -> {:error, :bad_atom_table}
+    end
+  end
+
+  defp names(_rest, 0, acc), do: {:ok, acc}
+
+  defp names(<<len, name::binary-size(len), rest::binary>>, n, acc),
+    do: names(rest, n - 1, [name | acc])
+
+  defp names(_rest, _n, _acc), do: :error
+
+  defp existing_atom?(name) do
+    _ = :erlang.binary_to_existing_atom(name, :utf8)
+    true
+  rescue
+    ArgumentError -> false
   end
 
   defp parse!(id, sid, beam) do
