@@ -30,7 +30,9 @@ defmodule Sandbox.Beam do
     * `:max_new_atoms` — the most atoms one call may create (`parse/2`, and
       the key of a `relocate/4` error). Default 65,536 (the module with the
       most atoms in OTP has 2,146). Every check runs before any atom is
-      made, so a binary that is refused creates none.
+      made, so a binary that is refused creates none. The atoms of the
+      literal table, which the loader makes, are counted separately
+      (`new_literal_atoms/3`; a sandbox's loads refuse more than this many).
 
   Each is taken from the call's options, else from the application
   environment (`config :sandbox, max_inflated_bytes: ..., max_new_atoms:

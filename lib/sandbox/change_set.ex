@@ -140,7 +140,10 @@ defmodule Sandbox.ChangeSet do
   nothing is removed.
 
   Errors: `:no_beams`, `{:invalid_beam, module | nil, reason}` (`reason`
-  `:reserved_name` for a module named like the library's guard or shims,
+  `{:too_many_atoms, :literals, max}` when its literals would make more
+  than `:max_new_atoms` atoms, `{:bad_literals, why}` for a literal table
+  that does not inflate or decode, `:reserved_name` for a module named
+  like the library's guard or shims,
   `Sandbox.Guard`, `Sandbox.Shim.Application` and
   `Sandbox.Shim.ErlApplication`, whose sandbox copies it would replace),
   `{:duplicate_module, module}`, `{:unknown_module, module}` (in
@@ -292,6 +295,7 @@ defmodule Sandbox.ChangeSet do
       with true <- is_binary(beam) || {:error, {:invalid_beam, nil, :not_a_binary}},
            {:ok, parsed} <- tag_invalid(Beam.parse(beam), nil),
            :ok <- not_reserved(parsed.module),
+           :ok <- literal_atoms(beam, parsed.module),
            :ok <- tag_invalid(Beam.validate(beam), parsed.module),
            :ok <- unique(acc, parsed.module) do
         {:cont, {:ok, [classify(store, parsed, beam, opts) | acc]}}
@@ -314,6 +318,25 @@ defmodule Sandbox.ChangeSet do
     do: {:error, {:invalid_beam, module, :reserved_name}}
 
   defp not_reserved(_module), do: :ok
+
+  # The atoms the loader makes from the literal table, which Beam.parse/2
+  # does not read: bounded like the atom table's (`:max_new_atoms`), so
+  # that no BEAM fills the VM's atom table when it loads.
+  defp literal_atoms(beam, module) do
+    max = Application.get_env(:sandbox, :max_new_atoms, 65_536)
+    bytes = Application.get_env(:sandbox, :max_inflated_bytes, 256 * 1024 * 1024)
+
+    case Beam.new_literal_atoms(beam, max, bytes) do
+      {:ok, _names} ->
+        :ok
+
+      {:error, :too_many_atoms} ->
+        {:error, {:invalid_beam, module, {:too_many_atoms, :literals, max}}}
+
+      {:error, reason} ->
+        {:error, {:invalid_beam, module, {:bad_literals, reason}}}
+    end
+  end
 
   defp tag_invalid({:error, reason}, module), do: {:error, {:invalid_beam, module, reason}}
   defp tag_invalid(ok, _module), do: ok

@@ -1,0 +1,66 @@
+defmodule Sandbox.LiteralAtomsTest do
+  # The loader makes the atoms of a module's literal table, which parsing
+  # its atom table does not count: a crafted BEAM could fill the VM's atom
+  # table (1,048,576 atoms, then the VM stops) when a sandbox loads it.
+  use ExUnit.Case, async: true
+
+  import Sandbox.Test.SecurityFixtures
+
+  alias Sandbox.Test.Peer
+
+  @moduletag :tmp_dir
+  @moduletag :slow
+
+  # A BEAM of `module` whose one function returns `n` atoms no VM has yet,
+  # built in `peer` from strings (in a fun: eval's binding would bring the
+  # atoms back).
+  defp literal_bomb(peer, module, n) do
+    tag = System.unique_integer([:positive])
+
+    Peer.eval(peer, """
+    (fn ->
+      atoms = for i <- 1..#{n}, do: String.to_atom("lit_bomb_#{tag}_\#{i}")
+      forms = [
+        {:attribute, 1, :module, #{inspect(module)}},
+        {:attribute, 1, :export, [atoms: 0]},
+        {:function, 1, :atoms, 0, [{:clause, 1, [], [], [:erl_parse.abstract(atoms)]}]}
+      ]
+      {:ok, _, bin} = :compile.forms(forms, [:binary])
+      bin
+    end).()
+    """)
+  end
+
+  test "a reload whose literals would make more than max_new_atoms atoms is refused, and makes none",
+       ctx do
+    ns = "LitAtoms#{:erlang.phash2(ctx.test)}"
+    id = "litatoms#{:erlang.phash2(ctx.test)}"
+    on_exit(fn -> Sandbox.destroy_sandbox(id) end)
+    dir = write(Path.join(ctx.tmp_dir, "p"), ns, [])
+    {:ok, _} = Sandbox.create_sandbox(id, sup(ns), sandbox_path: dir)
+
+    builder = Peer.start!(apps: [:elixir])
+    victim = Peer.start!()
+    module = Module.concat(ns, Bomb)
+    bomb = literal_bomb(builder, module, 70_000)
+
+    # Loaded as it is, every one of them is made.
+    count = Peer.call(victim, :erlang, :system_info, [:atom_count])
+    {:module, ^module} = Peer.call(victim, :code, :load_binary, [module, ~c"x", bomb])
+    assert Peer.call(victim, :erlang, :system_info, [:atom_count]) - count >= 70_000
+
+    before = :erlang.system_info(:atom_count)
+
+    assert Sandbox.hot_reload_sandbox(id, bomb) ==
+             {:error, {:invalid_beam, module, {:too_many_atoms, :literals, 65_536}}}
+
+    assert :erlang.system_info(:atom_count) - before < 1_000
+    refute :erlang.module_loaded(Sandbox.module_name(id, module))
+
+    # Within the bound, a module's literal atoms load as before.
+    small = literal_bomb(builder, module, 100)
+    assert {:ok, :hot_reloaded} = Sandbox.hot_reload_sandbox(id, small)
+    assert {:ok, atoms} = Sandbox.call(id, module, :atoms, [])
+    assert length(atoms) == 100
+  end
+end
