@@ -7,7 +7,9 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "beam.h"
 #include "bytes.h"
+#include "code.h"
 
 uint8_t *test_read_otp_file(const char *pattern, size_t *size) {
     const char *root = getenv("ERL_ROOT");
@@ -146,4 +148,16 @@ void test_put_atom(test_bytes *b, const char *name) {
     test_put_u8(b, 119);
     test_put_u8(b, (uint8_t)n);
     test_put(b, name, n);
+}
+
+int test_relocate_valid(const uint8_t *in, size_t n, const reloc_spec *spec, uint8_t **out,
+                        size_t *out_len, reloc_error *err) {
+    int rc = beam_relocate(in, n, spec, out, out_len, err);
+    if (rc == 0) {
+        beam_error e;
+        cr_assert_eq(beam_validate(*out, *out_len, CODE_OTP25_MAX_OPCODE, &e), BEAM_OK,
+                     "the result does not validate: %s a=%lu", beam_errcode_name(e.code),
+                     (unsigned long)e.a);
+    }
+    return rc;
 }

@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "relocate.h"
+
 /* Reads the first file matching `pattern` under the installed OTP ($ERL_ROOT,
  * default /usr/lib/erlang) into a malloc'd buffer; fails the test if none. */
 uint8_t *test_read_otp_file(const char *pattern, size_t *size);
@@ -48,5 +50,10 @@ void test_put_u16(test_bytes *b, uint16_t v);
 void test_put_u32(test_bytes *b, uint32_t v);
 /* SMALL_ATOM_UTF8_EXT of a NUL-terminated name. */
 void test_put_atom(test_bytes *b, const char *name);
+
+/* beam_relocate(); when it succeeds, fails the test unless the result
+ * validates (beam_validate with OTP 25's opcodes). */
+int test_relocate_valid(const uint8_t *in, size_t n, const reloc_spec *spec, uint8_t **out,
+                        size_t *out_len, reloc_error *err);
 
 #endif

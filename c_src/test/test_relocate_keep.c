@@ -102,18 +102,6 @@ static uint8_t *module(uint32_t data_atom, const uint8_t *body, size_t body_n, c
     return b;
 }
 
-static int relocate_ok(const uint8_t *in, size_t n, const reloc_spec *spec, uint8_t **out,
-                       size_t *out_len, reloc_error *err) {
-    int rc = beam_relocate(in, n, spec, out, out_len, err);
-    if (rc == 0) {
-        beam_error e;
-        cr_assert_eq(beam_validate(*out, *out_len, CODE_OTP25_MAX_OPCODE, &e), BEAM_OK,
-                     "the result does not validate: %s a=%lu", beam_errcode_name(e.code),
-                     (unsigned long)e.a);
-    }
-    return rc;
-}
-
 static int atom_is(const beam_module *m, size_t index, const char *name) {
     if (index < 1 || index > m->natoms) {
         return 0;
@@ -212,7 +200,7 @@ Test(relocate_keep, data_operands_keep_the_name_identity_is_renamed) {
     reloc_name keeps[] = {NAME("m")};
     reloc_spec spec = {.renames = renames, .nrenames = 1, .keeps = keeps, .nkeeps = 1};
     reloc_error err;
-    cr_assert_eq(relocate_ok(b, n, &spec, &o, &on, &err), 0, "%d", err.code);
+    cr_assert_eq(test_relocate_valid(b, n, &spec, &o, &on, &err), 0, "%d", err.code);
     cr_assert_eq(err.repointed, 1);
     /* The table: m renamed in place, m appended once. */
     cr_assert_eq(atom_count(o, on), NATOMS + 1);
@@ -233,7 +221,7 @@ Test(relocate_keep, data_operands_keep_the_name_identity_is_renamed) {
 
     /* Without keeps, the code is kept byte for byte and nothing appended. */
     spec.nkeeps = 0;
-    cr_assert_eq(relocate_ok(b, n, &spec, &o, &on, &err), 0);
+    cr_assert_eq(test_relocate_valid(b, n, &spec, &o, &on, &err), 0);
     cr_assert_eq(err.repointed, 0);
     cr_assert_eq(atom_count(o, on), NATOMS);
     cr_assert(chunk_equal(b, n, o, on, "Code"));
@@ -249,7 +237,7 @@ Test(relocate_keep, identity_uses_only_append_nothing) {
     reloc_name keeps[] = {NAME("m")};
     reloc_spec spec = {.renames = renames, .nrenames = 1, .keeps = keeps, .nkeeps = 1};
     reloc_error err;
-    cr_assert_eq(relocate_ok(b, n, &spec, &o, &on, &err), 0);
+    cr_assert_eq(test_relocate_valid(b, n, &spec, &o, &on, &err), 0);
     cr_assert_eq(err.repointed, 0);
     cr_assert_eq(atom_count(o, on), NATOMS);
     cr_assert(chunk_equal(b, n, o, on, "Code"));
@@ -263,10 +251,10 @@ Test(relocate_keep, a_name_not_renamed_changes_nothing) {
     reloc_name keeps[] = {NAME("other"), NAME("absent")};
     reloc_spec spec = {.renames = renames, .nrenames = 1};
     reloc_error err;
-    cr_assert_eq(relocate_ok(b, n, &spec, &plain, &pn, &err), 0);
+    cr_assert_eq(test_relocate_valid(b, n, &spec, &plain, &pn, &err), 0);
     spec.keeps = keeps;
     spec.nkeeps = 2;
-    cr_assert_eq(relocate_ok(b, n, &spec, &o, &on, &err), 0);
+    cr_assert_eq(test_relocate_valid(b, n, &spec, &o, &on, &err), 0);
     cr_assert_eq(on, pn);
     cr_assert_eq(memcmp(o, plain, on), 0);
     free(o);
@@ -342,7 +330,7 @@ Test(relocate_keep, literals_keep_data_but_not_funs) {
     reloc_name keeps[] = {NAME("m")};
     reloc_spec spec = {.renames = renames, .nrenames = 1, .keeps = keeps, .nkeeps = 1};
     reloc_error err;
-    cr_assert_eq(relocate_ok(b, n, &spec, &o, &on, &err), 0, "%d", err.code);
+    cr_assert_eq(test_relocate_valid(b, n, &spec, &o, &on, &err), 0, "%d", err.code);
     literal_of(o, on, &got);
     put_literal(&want, "m", "sandbox@t@m", "sandbox@t@m");
     cr_assert_eq(got.len, want.len);
@@ -351,7 +339,7 @@ Test(relocate_keep, literals_keep_data_but_not_funs) {
 
     /* Without keeps: every m renamed. */
     spec.nkeeps = 0;
-    cr_assert_eq(relocate_ok(b, n, &spec, &o, &on, &err), 0);
+    cr_assert_eq(test_relocate_valid(b, n, &spec, &o, &on, &err), 0);
     got.len = want.len = 0;
     literal_of(o, on, &got);
     put_literal(&want, "sandbox@t@m", "sandbox@t@m", "sandbox@t@m");
@@ -377,7 +365,7 @@ Test(relocate_keep, with_a_dynamic_guard_in_one_pass) {
     spec.guard_len = 1;
     spec.guard_kinds = GUARD_SEND;
     reloc_error err;
-    cr_assert_eq(relocate_ok(b, n, &spec, &o, &on, &err), 0, "%d", err.code);
+    cr_assert_eq(test_relocate_valid(b, n, &spec, &o, &on, &err), 0, "%d", err.code);
     cr_assert_eq(err.rewritten, 1);
     cr_assert_eq(err.repointed, 1);
     /* m appended first (the code is walked before the imports), then the
@@ -461,7 +449,7 @@ static size_t check_real(const char *pattern, const char *name) {
     reloc_name keeps[] = {NAME(name)};
     reloc_spec spec = {.renames = ren, .nrenames = 1, .keeps = keeps, .nkeeps = 1};
     reloc_error err;
-    cr_assert_eq(relocate_ok(b, n, &spec, &o, &on, &err), 0, "%s: %d", name, err.code);
+    cr_assert_eq(test_relocate_valid(b, n, &spec, &o, &on, &err), 0, "%s: %d", name, err.code);
     size_t natoms = atom_count(b, n);
     atom_uses before = uses_of(b, n, 1), own = uses_of(o, on, 1);
     cr_assert(has_atom(o, on, 1, to));
