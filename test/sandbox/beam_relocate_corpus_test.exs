@@ -57,15 +57,19 @@ defmodule Sandbox.BeamRelocateCorpusTest do
     end
   end
 
+  # Every BEAM of the installed OTP and Elixir.
+  defp installed_beams do
+    Path.wildcard(Path.join(:code.root_dir(), "lib/*/ebin/*.beam")) ++
+      Path.wildcard(Path.join(:code.lib_dir(:elixir), "../*/ebin/*.beam"))
+  end
+
   # Relocating with fresh names and back gives a module whose parsed contents
   # (atoms, literals, attributes, compile info, debug info) equal the
   # original's, and whose index-addressed chunks are byte for byte the same.
   @tag :slow
   @tag timeout: 300_000
   test "round trip over every installed BEAM with random rename maps" do
-    files =
-      Path.wildcard(Path.join(:code.root_dir(), "lib/*/ebin/*.beam")) ++
-        Path.wildcard(Path.join(:code.lib_dir(:elixir), "../*/ebin/*.beam"))
+    files = installed_beams()
 
     :rand.seed(:exsss, {7, 7, 7})
     sample = files
@@ -118,20 +122,9 @@ defmodule Sandbox.BeamRelocateCorpusTest do
   @tag :slow
   @tag timeout: 600_000
   test "every installed BEAM relocated with dynamic_guard and import_redirects loads in a peer" do
-    files =
-      Path.wildcard(Path.join(:code.root_dir(), "lib/*/ebin/*.beam")) ++
-        Path.wildcard(Path.join(:code.lib_dir(:elixir), "../*/ebin/*.beam"))
+    files = installed_beams()
 
-    {:ok, peer, _} =
-      :peer.start(%{connection: :standard_io, args: [~c"-kernel", ~c"logger_level", ~c"none"]})
-
-    on_exit(fn ->
-      try do
-        :peer.stop(peer)
-      catch
-        :exit, _ -> :ok
-      end
-    end)
+    peer = Sandbox.Test.Peer.start!(args: [~c"-kernel", ~c"logger_level", ~c"none"])
 
     guard = {:sandbox_corpus_guard, [:apply, :call_fun, :send]}
 
@@ -182,20 +175,9 @@ defmodule Sandbox.BeamRelocateCorpusTest do
   @tag :slow
   @tag timeout: 600_000
   test "every installed BEAM relocated with keep_atoms of its own name loads in a peer" do
-    files =
-      Path.wildcard(Path.join(:code.root_dir(), "lib/*/ebin/*.beam")) ++
-        Path.wildcard(Path.join(:code.lib_dir(:elixir), "../*/ebin/*.beam"))
+    files = installed_beams()
 
-    {:ok, peer, _} =
-      :peer.start(%{connection: :standard_io, args: [~c"-kernel", ~c"logger_level", ~c"none"]})
-
-    on_exit(fn ->
-      try do
-        :peer.stop(peer)
-      catch
-        :exit, _ -> :ok
-      end
-    end)
+    peer = Sandbox.Test.Peer.start!(args: [~c"-kernel", ~c"logger_level", ~c"none"])
 
     totals =
       for file <- files, reduce: %{kept: 0, refused: 0} do
