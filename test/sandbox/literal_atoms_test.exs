@@ -5,31 +5,12 @@ defmodule Sandbox.LiteralAtomsTest do
   use ExUnit.Case, async: true
 
   import Sandbox.Test.SecurityFixtures
+  import Sandbox.Test.AtomFixtures
 
   alias Sandbox.Test.Peer
 
   @moduletag :tmp_dir
   @moduletag :slow
-
-  # A BEAM of `module` whose one function returns `n` atoms no VM has yet,
-  # built in `peer` from strings (in a fun: eval's binding would bring the
-  # atoms back).
-  defp literal_bomb(peer, module, n) do
-    tag = System.unique_integer([:positive])
-
-    Peer.eval(peer, """
-    (fn ->
-      atoms = for i <- 1..#{n}, do: String.to_atom("lit_bomb_#{tag}_\#{i}")
-      forms = [
-        {:attribute, 1, :module, #{inspect(module)}},
-        {:attribute, 1, :export, [atoms: 0]},
-        {:function, 1, :atoms, 0, [{:clause, 1, [], [], [:erl_parse.abstract(atoms)]}]}
-      ]
-      {:ok, _, bin} = :compile.forms(forms, [:binary])
-      bin
-    end).()
-    """)
-  end
 
   test "a reload whose literals would make more than max_new_atoms atoms is refused, and makes none",
        ctx do
@@ -42,7 +23,7 @@ defmodule Sandbox.LiteralAtomsTest do
     builder = Peer.start!(apps: [:elixir])
     victim = Peer.start!()
     module = Module.concat(ns, Bomb)
-    bomb = literal_bomb(builder, module, 70_000)
+    bomb = fresh_atoms_beam(builder, module, :atoms, 70_000)
 
     # Loaded as it is, every one of them is made.
     count = Peer.call(victim, :erlang, :system_info, [:atom_count])
@@ -58,7 +39,7 @@ defmodule Sandbox.LiteralAtomsTest do
     refute :erlang.module_loaded(Sandbox.module_name(id, module))
 
     # Within the bound, a module's literal atoms load as before.
-    small = literal_bomb(builder, module, 100)
+    small = fresh_atoms_beam(builder, module, :atoms, 100)
     assert {:ok, :hot_reloaded} = Sandbox.hot_reload_sandbox(id, small)
     assert {:ok, atoms} = Sandbox.call(id, module, :atoms, [])
     assert length(atoms) == 100

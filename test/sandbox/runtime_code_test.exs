@@ -6,6 +6,7 @@ defmodule Sandbox.RuntimeCodeTest do
   use ExUnit.Case, async: true
 
   import Sandbox.Test.Fixtures, only: [loaded_modules: 1]
+  import Sandbox.Test.AtomFixtures
 
   alias Sandbox.Test.Peer
 
@@ -189,26 +190,6 @@ defmodule Sandbox.RuntimeCodeTest do
     refute host_has?(Sandbox.module_name(id, RtApp.Parser))
   end
 
-  # A BEAM of RtApp.Loaded holding `n` atoms this VM does not have: built in
-  # `peer` from strings, so that none is created here before the load.
-  defp fresh_atoms_beam(peer, n) do
-    tag = System.unique_integer([:positive])
-
-    # (In a fun: eval's binding would bring the atoms here.)
-    Peer.eval(peer, """
-    (fn ->
-    atoms = for i <- 1..#{n}, do: String.to_atom("rt_fresh_#{tag}_\#{i}")
-    forms = [
-      {:attribute, 1, :module, RtApp.Loaded},
-      {:attribute, 1, :export, [value: 0]},
-      {:function, 1, :value, 0, [{:clause, 1, [], [], [:erl_parse.abstract(atoms)]}]}
-    ]
-    {:ok, _, bin} = :compile.forms(forms, [:binary])
-    bin
-    end).()
-    """)
-  end
-
   test "the atoms run-time code brings are spent from the sandbox's atom budget", ctx do
     peer = Peer.start!(apps: [:elixir])
     victim = Peer.start!()
@@ -216,7 +197,7 @@ defmodule Sandbox.RuntimeCodeTest do
     key = String.to_atom(id)
 
     # Unprotected, a BEAM's atoms are all created where it is loaded.
-    big = fresh_atoms_beam(peer, 12_000)
+    big = fresh_atoms_beam(peer, RtApp.Loaded, :value, 12_000)
     count = Peer.call(victim, :erlang, :system_info, [:atom_count])
     {:module, RtApp.Loaded} = Peer.call(victim, :code, :load_binary, [RtApp.Loaded, ~c"x", big])
     assert Peer.call(victim, :erlang, :system_info, [:atom_count]) - count >= 12_000
@@ -224,7 +205,8 @@ defmodule Sandbox.RuntimeCodeTest do
     # In the sandbox: 500 new atoms load, and are spent.
     left = Sandbox.Guard.Runtime.atoms_left(key)
 
-    assert {:ok, {:module, _}} = call(id, RtApp, :load_binary, [fresh_atoms_beam(peer, 500)])
+    assert {:ok, {:module, _}} =
+             call(id, RtApp, :load_binary, [fresh_atoms_beam(peer, RtApp.Loaded, :value, 500)])
 
     assert Sandbox.Guard.Runtime.atoms_left(key) <= left - 500
 

@@ -1,0 +1,28 @@
+defmodule Sandbox.Test.AtomFixtures do
+  @moduledoc false
+  # BEAMs whose literals hold atoms the test VM does not have.
+
+  alias Sandbox.Test.Peer
+
+  @doc """
+  A BEAM of `module` exporting `function/0`, which returns `n` atoms no VM
+  has yet. Built in `peer` (a VM with Elixir) from strings, so that none
+  is made in the caller's VM (in a fun: eval's binding would bring them back).
+  """
+  def fresh_atoms_beam(peer, module, function, n) do
+    tag = System.unique_integer([:positive])
+
+    Peer.eval(peer, """
+    (fn ->
+      atoms = for i <- 1..#{n}, do: String.to_atom("fresh_atom_#{tag}_\#{i}")
+      forms = [
+        {:attribute, 1, :module, #{inspect(module)}},
+        {:attribute, 1, :export, [{#{inspect(function)}, 0}]},
+        {:function, 1, #{inspect(function)}, 0, [{:clause, 1, [], [], [:erl_parse.abstract(atoms)]}]}
+      ]
+      {:ok, _, bin} = :compile.forms(forms, [:binary])
+      bin
+    end).()
+    """)
+  end
+end
