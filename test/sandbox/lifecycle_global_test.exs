@@ -170,7 +170,7 @@ defmodule Sandbox.LifecycleGlobalTest do
     # there 5 s later (its :DOWN awaited, not the time).
     leaked = for pid <- Process.list() -- before_pids, alive_after?(pid, 5_000), do: pid
     new = for pid <- leaked, do: {pid, describe(pid)}
-    assert after_.atoms == before.atoms
+    assert after_.atoms == before.atoms, "new atoms: #{inspect(atoms_since(before.atoms))}"
     assert after_.modules == before.modules
     assert after_.ets == before.ets
     assert after_.ports == before.ports
@@ -199,6 +199,13 @@ defmodule Sandbox.LifecycleGlobalTest do
       info ->
         Keyword.update!(info, :dictionary, &Keyword.take(&1, [:"$initial_call", :"$ancestors"]))
     end)
+  end
+
+  # The atoms made since the atom table held `count` atoms (the external term
+  # format's internal atom reference names an atom by its index).
+  defp atoms_since(count) do
+    for index <- count..(:erlang.system_info(:atom_count) - 1)//1,
+        do: :erlang.binary_to_term(<<131, 75, index::24>>)
   end
 
   defp counts do
