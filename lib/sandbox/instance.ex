@@ -1228,8 +1228,10 @@ defmodule Sandbox.Instance do
 
   # The first sample of the run is taken as soon as the roots are up: a
   # sandbox over its limits from the start does not start.
+  # A regular sample may have run while the roots started (and seen only
+  # some of their processes): the first reported sample is taken now.
   defp first_sample({:ok, state}) do
-    _ = ResourceMonitor.usage(state.id)
+    _ = ResourceMonitor.sample(state.id)
 
     case ResourceMonitor.breach(state.id) do
       {limit, _usage} -> {:error, {:limit_exceeded, limit}, state}

@@ -207,21 +207,30 @@ defmodule Sandbox.ResourceMonitor do
   @spec usage(String.t()) :: usage
   def usage(id) do
     case :ets.lookup(@table, id) do
-      [{^id, reg, nil}] ->
-        sampled =
-          try do
-            GenServer.call(__MODULE__, {:sample, id}, 10_000)
-          catch
-            :exit, _ -> nil
-          end
+      [{^id, _reg, nil}] -> sample(id)
+      [{^id, reg, usage}] -> with_uptime(usage, reg)
+      [] -> @zero
+    end
+  end
 
-        with_uptime(sampled || Map.delete(@zero, :uptime), reg)
+  @doc """
+  Takes a sample now (a sweep of every process) and returns sandbox `id`'s
+  usage, as `usage/1`. An instance calls it once its processes have
+  started, so that a sample taken while they were starting is not the one
+  reported; zeros when the monitor does not answer within 10 s.
+  """
+  @spec sample(String.t()) :: usage
+  def sample(id) do
+    sampled =
+      try do
+        GenServer.call(__MODULE__, {:sample, id}, 10_000)
+      catch
+        :exit, _ -> nil
+      end
 
-      [{^id, reg, usage}] ->
-        with_uptime(usage, reg)
-
-      [] ->
-        @zero
+    case :ets.lookup(@table, id) do
+      [{^id, reg, _}] -> with_uptime(sampled || Map.delete(@zero, :uptime), reg)
+      [] -> @zero
     end
   end
 

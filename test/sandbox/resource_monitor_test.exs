@@ -59,6 +59,51 @@ defmodule Sandbox.ResourceMonitorTest do
   end
 
   describe "usage" do
+    @tag :tmp_dir
+    test "a sample taken while the processes start is not the one reported", %{id: id} = ctx do
+      # The application's start waits, with the sandbox's group leader set
+      # and none of its processes up, until this test has had a sample taken.
+      gate = :"#{id}_gate"
+      Process.register(self(), gate)
+
+      dir =
+        project(ctx.tmp_dir, %{
+          "mix.exs" => """
+          defmodule Gated.MixProject do
+            use Mix.Project
+            def project, do: [app: :gated, version: "0.1.0"]
+            def application, do: [mod: {Gated.App, []}]
+          end
+          """,
+          "lib/gated.ex" => """
+          defmodule Gated.App do
+            use Application
+            def start(_, _) do
+              send(#{inspect(gate)}, {:starting, self()})
+              receive do: (:go -> :ok)
+              {:ok, sup} = Supervisor.start_link([], strategy: :one_for_one)
+              {:ok, _} = Agent.start_link(fn -> 0 end)
+              {:ok, sup}
+            end
+          end
+          """
+        })
+
+      creating =
+        Task.async(fn ->
+          Sandbox.create_sandbox(id, :gated, sandbox_path: dir, security_profile: :low)
+        end)
+
+      assert_receive {:starting, starter}, 60_000
+      ResourceMonitor.sweep()
+      assert usage(id).current_processes == 0
+      send(starter, :go)
+      assert {:ok, info} = Task.await(creating, 60_000)
+      # The supervisor and the agent.
+      assert info.resource_usage.current_processes == 2
+      assert usage(id).current_processes == 2
+    end
+
     test "create returns real figures; they change with the sandbox", %{id: id} do
       info = create_hog!(id)
       # Hog.Application's supervisor and Hog.Server.
@@ -94,7 +139,7 @@ defmodule Sandbox.ResourceMonitorTest do
     test "ETS tables the sandbox's processes own are counted", %{id: id} do
       create_hog!(id)
       before = usage(id).current_memory
-      {:ok, _} = Sandbox.call(id, Hog, :ets, [2_000])
+      {:ok, _} = Sandbox.call(id, Hog, :filled_ets, [2_000])
       ResourceMonitor.sweep()
       # 2,000 rows of 60 integers: well over 1 MB in the table.
       assert usage(id).current_memory - before > 1_000_000
