@@ -50,6 +50,15 @@ defmodule Sandbox.Node.Agent do
   supervisor_module, app_pid, supervisor_pid}` (or `nil` before it is
   created; replies to calls and runs carry none). Funs in anything sent are replaced by their text
   (`Sandbox.Node.Wire.portable/1`).
+
+  ## SIGTERM
+
+  The C-node ends a VM over a limit or a timeout with SIGTERM, then
+  SIGKILL. On SIGTERM the VM goes silent before it shuts down in order
+  (`Sandbox.Node.Agent.Sigterm`): the shutdown kills the sandbox's
+  processes, and a call they were serving must not come back as an
+  ordinary error from inside; the host answers it with the VM's end
+  (`{:error, {:exit, {:vm_down, reason}}}`).
   """
 
   use GenServer
@@ -110,6 +119,16 @@ defmodule Sandbox.Node.Agent do
     :ignore
   end
 
+  @doc """
+  Stops every frame from here on (the VM is being stopped): `send_frame/1`
+  writes nothing.
+  """
+  @spec silence() :: :ok
+  def silence do
+    _ = :persistent_term.erase({__MODULE__, :port})
+    :ok
+  end
+
   @doc "Writes `term` as one frame to the host (from any process of the VM)."
   @spec send_frame(term) :: :ok
   def send_frame(term) do
@@ -134,6 +153,7 @@ defmodule Sandbox.Node.Agent do
     Process.flag(:trap_exit, true)
     port = :erlang.open_port({:fd, 0, 1}, [:binary, {:packet, 4}, :eof])
     :persistent_term.put({__MODULE__, :port}, port)
+    :ok = Sandbox.Node.Agent.Sigterm.install()
     {:ok, %{port: port, id: nil, serving: %{}, audits: %{}, next_audit: 1, ready: false}}
   end
 
@@ -472,4 +492,43 @@ defmodule Sandbox.Node.Agent.Stub do
     do: {:reply, String.to_integer(System.pid()), state}
 
   def handle_call(_other, _from, state), do: {:reply, {:error, :unavailable}, state}
+end
+
+defmodule Sandbox.Node.Agent.Sigterm do
+  @moduledoc """
+  The sandbox VM's SIGTERM handler (in `:erl_signal_server`, in place of
+  OTP's): it silences `Sandbox.Node.Agent.send_frame/1`, then stops the VM
+  in order (`:init.stop/0`, as OTP's handler does).
+  """
+
+  @behaviour :gen_event
+
+  @doc "Puts this handler in the place of OTP's in `:erl_signal_server`."
+  @spec install() :: :ok
+  def install do
+    case :gen_event.swap_handler(
+           :erl_signal_server,
+           {:erl_signal_handler, :swap},
+           {__MODULE__, []}
+         ) do
+      :ok -> :ok
+      # OTP's handler was replaced already: this one is added.
+      {:error, _} -> :gen_event.add_handler(:erl_signal_server, __MODULE__, [])
+    end
+  end
+
+  @impl true
+  def init(_args), do: {:ok, nil}
+
+  @impl true
+  def handle_event(:sigterm, state) do
+    Sandbox.Node.Agent.silence()
+    :init.stop()
+    {:ok, state}
+  end
+
+  def handle_event(_signal, state), do: {:ok, state}
+
+  @impl true
+  def handle_call(_request, state), do: {:ok, :ok, state}
 end

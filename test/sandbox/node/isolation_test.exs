@@ -241,6 +241,21 @@ defmodule Sandbox.Node.IsolationTest do
       assert sleepers(seconds) == []
     end
 
+    test "a call in flight when the VM is told to stop gets the VM's end, not a reply from its shutdown",
+         ctx do
+      # The C-node stops a VM over a limit with SIGTERM, then SIGKILL. On
+      # SIGTERM the VM shuts down in order, killing the sandbox's processes:
+      # the call must not come back as an ordinary error from inside.
+      {id, info} = node!(ctx, "n")
+      busy = Task.async(fn -> Sandbox.call(id, ctx.code, :busy, [120_000], timeout: 180_000) end)
+      # Requests are served in order: once the ping is answered, the busy
+      # call is being served.
+      assert {:ok, :pong} = Sandbox.call(id, ctx.code, :ping, [])
+      {_, 0} = System.cmd("kill", ["-TERM", Integer.to_string(info.os_pid)])
+      assert {:error, {:exit, {:vm_down, _}}} = Task.await(busy, 180_000)
+      refute File.exists?("/proc/#{info.os_pid}")
+    end
+
     test "a process bomb: stopped inside the VM with the same reason as in-VM", ctx do
       {id, info} = node!(ctx, "n", resource_limits: %{max_processes: 50})
       :ok = Sandbox.subscribe(id)
