@@ -740,13 +740,23 @@ defmodule Sandbox.IsolatedCompiler.Pool do
     limits = limits |> Enum.reject(fn {_, v} -> is_nil(v) end) |> Map.new()
     launcher = state.launcher
 
-    with :ok <- launcher.set_limits(id, limits, state.cnode),
-         :ok <- launcher.write_stdin(id, [job_path, "\n"], state.cnode) do
+    busy = fn ->
       timer = if is_integer(timeout), do: Process.send_after(self(), {:job_timeout, id}, timeout)
       # The caller of run/6 is the one that checked out: its monitor stays.
-      w = %{w | status: :busy, from: from, timer: timer, marker: marker, buf: ""}
+      %{w | status: :busy, from: from, timer: timer, marker: marker, buf: ""}
+    end
+
+    with :ok <- launcher.set_limits(id, limits, state.cnode),
+         :ok <- launcher.write_stdin(id, [job_path, "\n"], state.cnode) do
+      w = busy.()
       count_use(%{state | workers: Map.put(state.workers, id, w), jobs: state.jobs + 1}, w.key)
     else
+      {:error, :not_found} ->
+        # The worker is gone, its exit not handled yet (it is on its way):
+        # killed over the limits just set, or dead of its own. The exit
+        # answers the caller as for a job, with how the worker ended.
+        put_in(state.workers[id], busy.())
+
       {:error, reason} ->
         # The worker is gone or unusable.
         Process.demonitor(w.monitor, [:flush])
