@@ -4,6 +4,7 @@ defmodule Sandbox.IsolatedCompilerHardeningTest do
   use ExUnit.Case, async: true
 
   import Sandbox.IsolatedCompilerTestHelpers
+  import Sandbox.Test.AtomFixtures, only: [existing_atoms: 1]
 
   alias Sandbox.IsolatedCompiler
   alias Sandbox.IsolatedCompiler.{Cache, Pool}
@@ -150,16 +151,7 @@ defmodule Sandbox.IsolatedCompilerHardeningTest do
       )
     end
 
-    # How many of the flood's atoms exist in this VM (none is made to find out).
-    defp existing(prefix, n) do
-      Enum.count(1..n, fn i ->
-        try do
-          String.to_existing_atom("#{prefix}#{i}")
-        rescue
-          ArgumentError -> false
-        end
-      end)
-    end
+    defp existing(prefix, n), do: existing_atoms(for(i <- 1..n, do: "#{prefix}#{i}"))
 
     test "cannot flood the host's atom table", %{opts: opts} do
       n = 60_000

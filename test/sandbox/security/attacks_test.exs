@@ -5,6 +5,7 @@ defmodule Sandbox.Security.AttacksTest do
   use ExUnit.Case, async: true
 
   import Sandbox.Test.SecurityFixtures
+  import Sandbox.Test.AtomFixtures, only: [existing_atoms: 1]
 
   alias Sandbox.Test.Peer
 
@@ -258,14 +259,17 @@ defmodule Sandbox.Security.AttacksTest do
 
   test "atoms: String.to_atom within the budget, refused beyond it", ctx do
     code = """
-    def run(n), do: for(i <- 1..n, do: String.to_atom("atk_\#{System.unique_integer()}_\#{i}"))
+    def run(tag, n), do: for(i <- 1..n, do: String.to_atom("atk_\#{tag}_\#{i}"))
     """
 
     {high, mod, _, _} = sandbox!(ctx, "atoms", code, :high)
-    before = :erlang.system_info(:atom_count)
-    assert {:ok, _} = Sandbox.call(high, mod, :run, [100])
-    assert security_error?(Sandbox.call(high, mod, :run, [20_000]))
-    assert :erlang.system_info(:atom_count) - before < 12_000
+    names = fn tag, n -> for i <- 1..n, do: "atk_#{tag}_#{i}" end
+    [a, b] = for _ <- 1..2, do: Integer.to_string(System.unique_integer([:positive]))
+    assert {:ok, _} = Sandbox.call(high, mod, :run, [a, 100])
+    assert existing_atoms(names.(a, 100)) == 100
+    assert security_error?(Sandbox.call(high, mod, :run, [b, 20_000]))
+    # No more than the budget left (10,000 in all) was made.
+    assert existing_atoms(names.(b, 20_000)) <= 10_000 - 100
   end
 
   test "sending to a host's registered name: refused under :high; to its own, allowed", ctx do
