@@ -1064,19 +1064,21 @@ defmodule Sandbox.ResourceMonitor do
         :ok
     end
 
-    kill_rounds(sb.members, id, state.sandboxes, 50)
+    kill_rounds(sb.members, sb, 50)
     Sandbox.Instance.limit_exceeded(sb.instance, limit, value)
     put_sandbox(state, id, %{sb | breach: {limit, value}, throttle: nil, fraction: 1.0})
   end
 
-  defp kill_rounds([], _id, _sandboxes, _left), do: :ok
+  defp kill_rounds([], _sb, _left), do: :ok
 
-  defp kill_rounds(pids, id, sandboxes, left) do
+  defp kill_rounds(pids, sb, left) do
     Sandbox.ResourceMonitor.Call.kill_all(pids)
 
     if left > 0 do
-      {groups, _} = Sample.sweep(%{Map.fetch!(sandboxes, id).gl => id})
-      kill_rounds(Map.get(groups, id, []), id, sandboxes, left - 1)
+      # The instance has the group leader while it starts the roots: it is
+      # not a member (see due/4), and it is told of the breach, not killed.
+      {groups, _} = Sample.sweep(%{sb.gl => :members})
+      kill_rounds(List.delete(Map.get(groups, :members, []), sb.instance), sb, left - 1)
     end
   end
 end

@@ -63,36 +63,8 @@ defmodule Sandbox.ResourceMonitorTest do
     test "a sample taken while the processes start is not the one reported", %{id: id} = ctx do
       # The application's start waits, with the sandbox's group leader set
       # and none of its processes up, until this test has had a sample taken.
-      gate = :"#{id}_gate"
-      Process.register(self(), gate)
-
-      dir =
-        project(ctx.tmp_dir, %{
-          "mix.exs" => """
-          defmodule Gated.MixProject do
-            use Mix.Project
-            def project, do: [app: :gated, version: "0.1.0"]
-            def application, do: [mod: {Gated.App, []}]
-          end
-          """,
-          "lib/gated.ex" => """
-          defmodule Gated.App do
-            use Application
-            def start(_, _) do
-              send(#{inspect(gate)}, {:starting, self()})
-              receive do: (:go -> :ok)
-              {:ok, sup} = Supervisor.start_link([], strategy: :one_for_one)
-              {:ok, _} = Agent.start_link(fn -> 0 end)
-              {:ok, sup}
-            end
-          end
-          """
-        })
-
-      creating =
-        Task.async(fn ->
-          Sandbox.create_sandbox(id, :gated, sandbox_path: dir, security_profile: :low)
-        end)
+      {dir, _gate} = gated!(ctx, id, :after_gate)
+      creating = Task.async(fn -> create_gated(id, dir) end)
 
       assert_receive {:starting, starter}, 60_000
       ResourceMonitor.sweep()
@@ -244,6 +216,25 @@ defmodule Sandbox.ResourceMonitorTest do
       refute_received {:sandbox_event, [:sandbox, :limit, :exceeded], _, _}
     end
 
+    @tag :tmp_dir
+    test "a breach found while the processes start stops them, not the instance starting them",
+         %{id: id} = ctx do
+      # The instance holds the sandbox's group leader while it starts the
+      # roots: a sample then finds the two processes over max_processes.
+      {dir, _gate} = gated!(ctx, id, :before_gate)
+      creating = Task.async(fn -> create_gated(id, dir, resource_limits: %{max_processes: 1}) end)
+
+      assert_receive {:starting, starter}, 60_000
+      ref = Process.monitor(starter)
+      ResourceMonitor.sweep()
+      send(starter, :go)
+      assert Task.await(creating, 60_000) == {:error, {:limit_exceeded, :max_processes}}
+      assert Sandbox.get_sandbox_info(id) == {:error, :not_found}
+      # The instance answered, then went as an instance does.
+      assert_receive {:DOWN, ^ref, :process, ^starter, reason}, 60_000
+      refute reason == :killed
+    end
+
     test "a sandbox over its limits from the start is not created", %{id: id} do
       assert Sandbox.create_sandbox(id, :hog,
                sandbox_path: hog_path(),
@@ -342,4 +333,49 @@ defmodule Sandbox.ResourceMonitorTest do
       :never -> :ok
     end
   end
+
+  # A project whose application's start sends {:starting, pid} to the test
+  # (registered as the returned name) and waits for :go; it starts a
+  # supervisor and an agent `:before_gate` or `:after_gate`.
+  defp gated!(ctx, id, at) do
+    gate = :"#{id}_gate"
+    Process.register(self(), gate)
+
+    wait = """
+        send(#{inspect(gate)}, {:starting, self()})
+        receive do: (:go -> :ok)
+    """
+
+    start = """
+        {:ok, sup} = Supervisor.start_link([], strategy: :one_for_one)
+        {:ok, _} = Agent.start_link(fn -> 0 end)
+    """
+
+    body = if at == :before_gate, do: start <> wait, else: wait <> start
+
+    dir =
+      project(ctx.tmp_dir, %{
+        "mix.exs" => """
+        defmodule Gated.MixProject do
+          use Mix.Project
+          def project, do: [app: :gated, version: "0.1.0"]
+          def application, do: [mod: {Gated.App, []}]
+        end
+        """,
+        "lib/gated.ex" => """
+        defmodule Gated.App do
+          use Application
+          def start(_, _) do
+        #{body}
+            {:ok, sup}
+          end
+        end
+        """
+      })
+
+    {dir, gate}
+  end
+
+  defp create_gated(id, dir, opts \\ []),
+    do: Sandbox.create_sandbox(id, :gated, [sandbox_path: dir, security_profile: :low] ++ opts)
 end
